@@ -1,0 +1,37 @@
+"""Controllers: classical policies and learned agents that act on observations only.
+
+``make_controller(name, env)`` builds one by name; ``CONTROLLERS`` lists the names with their
+lazy entry points.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twinloop.controllers.base import Controller
+from twinloop.core.registry import load
+
+#: Controller name -> ``"module:Class"``.
+CONTROLLERS: dict[str, str] = {
+    "random": "twinloop.controllers.classical.random:RandomController",
+    "greedy-neighbor": "twinloop.controllers.classical.stem:GreedyNeighbor",
+}
+
+
+def make_controller(name: str, env: Any, **kwargs: Any) -> Controller:
+    """Build controller ``name`` for ``env`` (a single or vector env).
+
+    Raises:
+        ValueError: Unknown name (the message lists valid ones) or unsupported system.
+    """
+    if name not in CONTROLLERS:
+        raise ValueError(
+            f"unknown controller {name!r}; valid controllers: {', '.join(CONTROLLERS)}"
+        )
+    cls = load(CONTROLLERS[name])
+    obs_space = getattr(env, "single_observation_space", env.observation_space)
+    act_space = getattr(env, "single_action_space", env.action_space)
+    return cls(obs_space, act_space, getattr(env, "metadata", {}), **kwargs)
+
+
+__all__ = ["CONTROLLERS", "Controller", "make_controller"]

@@ -1,0 +1,110 @@
+"""Per-environment random streams that numba kernels can draw from, whatever the thread count.
+
+Every environment owns a few independent streams (one for the backend's physics, one for the
+task's choices). Each stream is seeded from ``numpy.random.SeedSequence(seed, spawn_key=(k,))``,
+i.e. the ``k``-th child that ``SeedSequence(seed).spawn`` would give, and then advances as a
+SplitMix64 generator (Steele, Lea & Flood, "Fast splittable pseudorandom number generators",
+OOPSLA 2014): ``state += gamma; output = mix64(state)`` with a per-stream odd ``gamma``.
+
+Why not draw every number outside the kernel from ``numpy.random.Generator`` objects, as the
+design map first proposed: a batch of N environments would need N Python-level generator calls
+per step, which caps a vector env near 10^6 env-steps/s. A per-environment stream advanced
+inside the kernel keeps the properties that mattered (one SeedSequence at the root, independent
+per-env streams, results identical for any number of threads, N single envs equal to one vector
+env of N) at about 2 ns per draw.
+
+Layout: a ``uint64`` array of shape ``(n_envs, n_streams, 2)`` holding ``(state, gamma)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+#: Stream index used by a backend's physics.
+STREAM_BACKEND = 0
+#: Stream index used by a task (goal choice and other task-side randomness).
+STREAM_TASK = 1
+#: Number of streams every environment owns.
+N_STREAMS = 2
+
+_TWO_PI = 2.0 * math.pi
+_INV_2_53 = 1.0 / 9007199254740992.0
+
+
+def new_entropy() -> int:
+    """Draw fresh OS entropy for an unseeded run, as a non-negative 63-bit int."""
+    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def stream_state(seed: int, stream: int) -> np.ndarray:
+    """Return the ``(state, gamma)`` words of stream ``stream`` of the environment seeded ``seed``.
+
+    Args:
+        seed: Non-negative integer seed of one environment.
+        stream: Stream index (:data:`STREAM_BACKEND`, :data:`STREAM_TASK`).
+
+    Returns:
+        A ``uint64`` array of shape ``(2,)``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    words = np.random.SeedSequence(int(seed), spawn_key=(int(stream),)).generate_state(2, np.uint64)
+    words[1] |= np.uint64(1)  # SplitMix64 needs an odd increment
+    return words
+
+
+def seed_streams(rng: np.ndarray, row: int, seed: int) -> None:
+    """Seed every stream of environment ``row`` in ``rng`` from one integer seed."""
+    for k in range(rng.shape[1]):
+        rng[row, k] = stream_state(seed, k)
+
+
+def new_streams(n_envs: int) -> np.ndarray:
+    """Allocate an unseeded stream array for ``n_envs`` environments."""
+    return np.zeros((n_envs, N_STREAMS, 2), dtype=np.uint64)
+
+
+@njit(cache=True, inline="always")
+def next_u64(rng: np.ndarray, i: int, k: int) -> np.uint64:
+    """Advance stream ``k`` of environment ``i`` and return 64 random bits."""
+    s = rng[i, k, 0] + rng[i, k, 1]
+    rng[i, k, 0] = s
+    z = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def uniform(rng: np.ndarray, i: int, k: int) -> float:
+    """Draw a float uniform on (0, 1] (never 0, so ``log`` is always safe)."""
+    return (float(next_u64(rng, i, k) >> np.uint64(11)) + 1.0) * _INV_2_53
+
+
+@njit(cache=True, inline="always")
+def uniform_range(rng: np.ndarray, i: int, k: int, lo: float, hi: float) -> float:
+    """Draw a float uniform on (lo, hi]."""
+    return lo + (hi - lo) * uniform(rng, i, k)
+
+
+@njit(cache=True, inline="always")
+def normal_pair(rng: np.ndarray, i: int, k: int) -> tuple[float, float]:
+    """Draw two independent standard normals (Box-Muller)."""
+    r = math.sqrt(-2.0 * math.log(uniform(rng, i, k)))
+    phi = _TWO_PI * uniform(rng, i, k)
+    return r * math.cos(phi), r * math.sin(phi)
+
+
+@njit(cache=True, inline="always")
+def exponential(rng: np.ndarray, i: int, k: int, rate: float) -> float:
+    """Draw a waiting time of an exponential distribution with ``rate`` (1/s)."""
+    return -math.log(uniform(rng, i, k)) / rate
+
+
+@njit(cache=True)
+def fill_uniform(rng: np.ndarray, i: int, k: int, out: np.ndarray) -> None:
+    """Fill ``out`` with uniforms from one stream (used by tests and small helpers)."""
+    for j in range(out.size):
+        out.flat[j] = uniform(rng, i, k)

@@ -1,0 +1,270 @@
+"""The safety layer: action validation, command limits, rate limits, a watchdog and a safe state.
+
+Safety wraps every backend, the simulator included, so training sees the clipping that
+deployment will. It works at two places:
+
+* the **action boundary** (:func:`check_action`): a controller's action must be finite, of
+  the right shape and inside the action space; otherwise a ``ValueError`` names the env, the
+  element, the value and the bound, unless ``SafetyConfig.clip_actions`` asks for clipping;
+* the **command boundary** (:class:`SafetyLayer`): the command sent to the device is clipped
+  to the device's limits and, optionally, to a maximum change per step; the command actually
+  applied is reported. A watchdog puts the device into its safe state when no command arrives
+  within ``watchdog_s`` seconds.
+
+The clipping arithmetic is one numba function (:func:`clip_command_row`) used both by
+:class:`SafetyLayer` and inside batched kernels, so a vector env clips exactly as a single one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from numba import njit
+
+from twinloop.core.config import ConfigError, check_range
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SafetyConfig:
+    """What the safety layer does at the action and command boundaries.
+
+    Attributes:
+        clip_actions: Clip finite actions that lie outside the action space (and report the
+            applied action in ``info["applied_action"]``) instead of raising ``ValueError``.
+        max_command_step: Largest change of each command element between two steps, in the
+            command's units; ``()`` for no rate limit.
+        watchdog_s: Put the backend into its safe state when no command arrives within this
+            many wall-clock seconds; ``0`` disables the watchdog (the simulator default).
+    """
+
+    clip_actions: bool = False
+    max_command_step: tuple[float, ...] = ()
+    watchdog_s: float = 0.0
+
+    def __post_init__(self) -> None:  # noqa: D105
+        check_range(self, "watchdog_s", 0.0, 86400.0)
+        for k, v in enumerate(self.max_command_step):
+            if not (isinstance(v, int | float) and v > 0 and math.isfinite(v)):
+                raise ConfigError(f"SafetyConfig.max_command_step[{k}] = {v!r} must be > 0")
+
+
+class SafetyFault(RuntimeError):
+    """The safety layer tripped (watchdog or fault); the backend was put in its safe state."""
+
+
+def _space_text(space: gym.Space) -> str:
+    return repr(space)
+
+
+def check_action(
+    env_id: str,
+    space: gym.Space,
+    action: Any,
+    *,
+    clip: bool = False,
+    labels: Sequence[str] = (),
+) -> tuple[Any, bool]:
+    """Validate one action at the env boundary.
+
+    Args:
+        env_id: Id of the env, used in error messages.
+        space: The action space.
+        action: The controller's action.
+        clip: Clip finite out-of-bounds Box actions instead of raising.
+        labels: Optional names of Box elements (with units) for error messages.
+
+    Returns:
+        ``(applied_action, was_clipped)``. Box actions come back as float64 arrays.
+
+    Raises:
+        ValueError: Wrong shape, non-finite, or out of bounds (when not clipping).
+    """
+    if isinstance(space, gym.spaces.Box):
+        arr = np.asarray(action, dtype=np.float64)
+        if arr.shape != space.shape:
+            raise ValueError(
+                f"{env_id}: action has shape {arr.shape}, expected {space.shape} "
+                f"for {_space_text(space)}"
+            )
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            k = int(bad[0])
+            raise ValueError(
+                f"{env_id}: action{_index(arr, k)}{_label(labels, k)} = {arr.flat[k]} is not finite"
+            )
+        low = space.low.astype(np.float64)
+        high = space.high.astype(np.float64)
+        over = arr > high
+        under = arr < low
+        if over.any() or under.any():
+            if clip:
+                return np.clip(arr, low, high), True
+            k = int(np.flatnonzero(over | under)[0])
+            side, bound = (
+                ("above the upper", high.flat[k])
+                if over.flat[k]
+                else (
+                    "below the lower",
+                    low.flat[k],
+                )
+            )
+            raise ValueError(
+                f"{env_id}: action{_index(arr, k)}{_label(labels, k)} = {arr.flat[k]:.6g} is "
+                f"{side} bound {bound:.6g} of the action space {_space_text(space)}"
+            )
+        return arr, False
+    if isinstance(space, gym.spaces.Discrete):
+        try:
+            value = int(action)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{env_id}: action {action!r} is not an integer") from exc
+        if np.ndim(action) != 0 or value != action:
+            raise ValueError(f"{env_id}: action {action!r} is not a scalar integer")
+        lo, hi = int(space.start), int(space.start + space.n - 1)
+        if not lo <= value <= hi:
+            if clip:
+                return min(max(value, lo), hi), True
+            raise ValueError(f"{env_id}: action {value} is outside {{{lo}, ..., {hi}}} of {space}")
+        return value, False
+    if not space.contains(action):
+        raise ValueError(f"{env_id}: action {action!r} is not in the action space {space}")
+    return action, False
+
+
+def _index(arr: np.ndarray, k: int) -> str:
+    if arr.ndim <= 1:
+        return f"[{k}]"
+    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(k, arr.shape)) + "]"
+
+
+def _label(labels: Sequence[str], k: int) -> str:
+    return f" ({labels[k]})" if k < len(labels) else ""
+
+
+@njit(cache=True)
+def clip_command_row(
+    cmd: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    prev: np.ndarray,
+    max_step: np.ndarray,
+    has_prev: bool,
+    out: np.ndarray,
+) -> bool:
+    """Clip one command to ``[low, high]`` and to ``prev +- max_step``; return True if changed.
+
+    ``max_step`` entries that are ``inf`` impose no rate limit on that element.
+    """
+    changed = False
+    for j in range(cmd.shape[0]):
+        v = cmd[j]
+        if has_prev:
+            lo_r = prev[j] - max_step[j]
+            hi_r = prev[j] + max_step[j]
+            v = min(max(v, lo_r), hi_r)
+        v = min(max(v, low[j]), high[j])
+        if v != cmd[j]:
+            changed = True
+        out[j] = v
+    return changed
+
+
+class SafetyLayer:
+    """Command limits, rate limits and a watchdog in front of one backend.
+
+    Args:
+        command_space: The backend's command space (a ``Box``); its bounds are the device's
+            limits.
+        config: What to enforce.
+        on_trip: Called (from the watchdog thread) to put the device in its safe state.
+    """
+
+    def __init__(
+        self,
+        command_space: gym.spaces.Box,
+        config: SafetyConfig,
+        on_trip: Any | None = None,
+    ) -> None:
+        """Prepare the limits; the watchdog starts with the first command."""
+        if not isinstance(command_space, gym.spaces.Box):
+            raise TypeError("SafetyLayer needs a Box command space")
+        self.config = config
+        self.low = command_space.low.astype(np.float64).ravel()
+        self.high = command_space.high.astype(np.float64).ravel()
+        n = self.low.size
+        steps = config.max_command_step
+        if steps and len(steps) != n:
+            raise ConfigError(
+                f"SafetyConfig.max_command_step has {len(steps)} entries; the command has {n}"
+            )
+        self.max_step = np.array(steps if steps else [math.inf] * n, dtype=np.float64)
+        self._prev = np.zeros(n, dtype=np.float64)
+        self._has_prev = False
+        self._on_trip = on_trip
+        self._timer: threading.Timer | None = None
+        self._tripped = threading.Event()
+
+    @property
+    def tripped(self) -> bool:
+        """Whether the watchdog fired since the last reset."""
+        return self._tripped.is_set()
+
+    def reset(self) -> None:
+        """Forget the previous command (rate limits restart) and clear a tripped watchdog."""
+        self._has_prev = False
+        self._tripped.clear()
+
+    def filter(self, command: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Clip a command to the device limits; return ``(applied_command, was_clipped)``.
+
+        Raises:
+            SafetyFault: The watchdog fired before this command; the device is in its safe
+                state and the episode must be reset.
+        """
+        if self._tripped.is_set():
+            raise SafetyFault(
+                f"watchdog: no command for {self.config.watchdog_s} s; the backend was put in "
+                "its safe state. Reset the env to continue."
+            )
+        cmd = np.asarray(command, dtype=np.float64).ravel()
+        out = np.empty_like(cmd)
+        changed = clip_command_row(
+            cmd, self.low, self.high, self._prev, self.max_step, self._has_prev, out
+        )
+        self._prev[:] = out
+        self._has_prev = True
+        self._arm()
+        return out, bool(changed)
+
+    def _arm(self) -> None:
+        if self.config.watchdog_s <= 0:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(self.config.watchdog_s, self._trip)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _trip(self) -> None:
+        self._tripped.set()
+        log.warning("safety watchdog fired after %.3f s without a command", self.config.watchdog_s)
+        if self._on_trip is not None:
+            try:
+                self._on_trip()
+            except Exception:  # the watchdog must never die silently
+                log.exception("safe-state handler failed")
+
+    def disarm(self) -> None:
+        """Stop the watchdog (on close or episode end)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

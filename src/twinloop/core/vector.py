@@ -1,0 +1,298 @@
+"""KernelVectorEnv: a ``gymnasium.vector.VectorEnv`` over a batch-first kernel.
+
+The base class owns everything that is the same for every system: seeding (environment ``i``
+of ``reset(seed=s)`` is seeded ``s + i``, as Gymnasium's ``SyncVectorEnv`` does, so N single
+envs and one vector env of N agree step for step), action validation with precise errors,
+and the Gymnasium info conventions of the ``SAME_STEP`` autoreset mode (``final_obs``,
+``final_info`` and ``_key`` masks). A subclass provides two kernel calls that fill preallocated
+output arrays: :meth:`_kernel_reset` and :meth:`_kernel_step`. Auto-reset happens inside the
+kernel, with a fresh reset drawn from each environment's continuing random stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+from twinloop.core.layout import Layout
+from twinloop.core.rng import new_entropy
+from twinloop.core.safety import check_action
+
+#: Sentinel in the per-env seed array meaning "continue this env's stream".
+NO_SEED = -1
+
+
+class KernelVectorEnv(gym.vector.VectorEnv):
+    """Base class of batched envs whose physics and task run in one kernel call per step.
+
+    Args:
+        n_envs: Batch size.
+        observation_layout: Layout of one env's flat float32 observation.
+        single_action_space: Action space of one env (``Box`` or ``Discrete``).
+        info_float: Layout of float64 info fields (one row per env).
+        info_int: Layout of int64 info fields.
+        info_bool: Layout of bool info fields.
+        reset_info: Names of the info fields a reset reports (a subset of the layouts).
+        env_id: Registered id, for error messages.
+        clip_actions: Clip out-of-bounds actions instead of raising.
+        action_labels: Labels of action elements for error messages.
+    """
+
+    metadata: dict[str, Any] = {  # noqa: RUF012 (gymnasium convention)
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": [],
+    }
+
+    def __init__(
+        self,
+        n_envs: int,
+        observation_layout: Layout,
+        single_action_space: gym.Space,
+        info_float: Layout,
+        info_int: Layout,
+        info_bool: Layout,
+        reset_info: tuple[str, ...],
+        *,
+        env_id: str,
+        clip_actions: bool = False,
+        action_labels: tuple[str, ...] = (),
+    ) -> None:
+        """Set up spaces and info layouts; the subclass allocates its state."""
+        if isinstance(n_envs, bool) or not isinstance(n_envs, int | np.integer) or n_envs < 1:
+            raise ValueError(f"{env_id}: n_envs must be a positive int, got {n_envs!r}")
+        self.num_envs = int(n_envs)
+        self.env_id = env_id
+        self.observation_layout = observation_layout
+        self.single_observation_space = observation_layout.space(np.float32)
+        self.single_action_space = single_action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.info_float, self.info_int, self.info_bool = info_float, info_int, info_bool
+        all_names = {*info_float.names, *info_int.names, *info_bool.names}
+        missing = set(reset_info) - all_names
+        if missing:
+            raise ValueError(f"reset_info names not in the info layouts: {sorted(missing)}")
+        self.reset_info = tuple(reset_info)
+        self.clip_actions = clip_actions
+        self.action_labels = action_labels
+        self._started = False
+        self._needs_reset = True
+        self._reset_rows_flag = np.zeros(self.num_envs, dtype=np.bool_)
+        if isinstance(single_action_space, gym.spaces.Box):
+            self._act_low = single_action_space.low.astype(np.float64)
+            self._act_high = single_action_space.high.astype(np.float64)
+        elif not isinstance(single_action_space, gym.spaces.Discrete):
+            raise TypeError("KernelVectorEnv supports Box and Discrete action spaces")
+
+    # subclass hooks --------------------------------------------------------------------------
+    def _kernel_reset(
+        self,
+        mask: np.ndarray,
+        seeds: np.ndarray,
+        options: dict[str, Any],
+        obs: np.ndarray,
+        info_f: np.ndarray,
+        info_i: np.ndarray,
+        info_b: np.ndarray,
+    ) -> None:
+        """Reset the rows where ``mask``; ``seeds[i] >= 0`` re-seeds row ``i``'s streams."""
+        raise NotImplementedError
+
+    def _kernel_step(
+        self,
+        actions: np.ndarray,
+        action_clipped: np.ndarray,
+        obs: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        final_obs: np.ndarray,
+        top: tuple[np.ndarray, np.ndarray, np.ndarray],
+        final: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> None:
+        """Step every env; auto-reset the ended ones in the same call.
+
+        For an env that ended, the kernel writes its last observation into ``final_obs``, its
+        step infos into ``final`` and its reset observation into ``obs``; in ``top`` it writes
+        the reset-info fields and zeros elsewhere. For a live env, ``top`` holds its step infos.
+        """
+        raise NotImplementedError
+
+    # seeding -----------------------------------------------------------------------------------
+    def _seed_array(self, seed: int | list[int | None] | None) -> np.ndarray:
+        n = self.num_envs
+        if seed is None:
+            if self._started:
+                return np.full(n, NO_SEED, dtype=np.int64)
+            seed = new_entropy() % (2**62)
+        if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+            if seed < 0:
+                raise ValueError(f"{self.env_id}: seed must be >= 0, got {seed}")
+            return np.arange(int(seed), int(seed) + n, dtype=np.int64)
+        seeds = list(seed)
+        if len(seeds) != n:
+            raise ValueError(f"{self.env_id}: got {len(seeds)} seeds for {n} envs")
+        out = np.full(n, NO_SEED, dtype=np.int64)
+        for i, s in enumerate(seeds):
+            if s is None:
+                if not self._started:
+                    out[i] = new_entropy() % (2**62)
+            elif isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0:
+                raise ValueError(f"{self.env_id}: seed[{i}] = {s!r} must be a non-negative int")
+            else:
+                out[i] = int(s)
+        return out
+
+    # gymnasium API -----------------------------------------------------------------------------
+    def reset(
+        self,
+        *,
+        seed: int | list[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset all envs, or those in ``options["reset_mask"]``."""
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
+        if mask is None:
+            mask = np.ones(self.num_envs, dtype=np.bool_)
+        else:
+            mask = np.asarray(mask, dtype=np.bool_)
+            if mask.shape != (self.num_envs,):
+                raise ValueError(
+                    f"{self.env_id}: reset_mask has shape {mask.shape}, expected ({self.num_envs},)"
+                )
+            if not self._started and not mask.all():
+                raise ValueError(f"{self.env_id}: the first reset must reset every env")
+        seeds = self._seed_array(seed)
+        self._started = True
+        obs, info_f, info_i, info_b = self._alloc_rows()
+        self._kernel_reset(mask, seeds, options, obs, info_f, info_i, info_b)
+        self._needs_reset = False
+        infos: dict[str, Any] = {}
+        for name in self.reset_info:
+            infos[name] = self._column(name, info_f, info_i, info_b)
+            infos[f"_{name}"] = mask.copy()
+        return obs, infos
+
+    def step(
+        self, actions: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every env (auto-resetting ended ones in the same step)."""
+        if self._needs_reset:
+            raise RuntimeError(f"{self.env_id}: call reset() before step()")
+        actions, clipped = self._validate(actions)
+        n = self.num_envs
+        obs, top_f, top_i, top_b = self._alloc_rows()
+        _, fin_f, fin_i, fin_b = self._alloc_rows(obs=False)
+        final_obs = np.empty((n, self.observation_layout.size), dtype=np.float32)
+        reward = np.empty(n, dtype=np.float64)
+        terminated = np.empty(n, dtype=np.bool_)
+        truncated = np.empty(n, dtype=np.bool_)
+        self._kernel_step(
+            actions,
+            clipped,
+            obs,
+            reward,
+            terminated,
+            truncated,
+            final_obs,
+            (top_f, top_i, top_b),
+            (fin_f, fin_i, fin_b),
+        )
+        ended = terminated | truncated
+        live = ~ended
+        infos: dict[str, Any] = {}
+        reset_names = set(self.reset_info)
+        any_ended = bool(ended.any())
+        top_with_reset = live | ended
+        for name in self._info_names():
+            infos[name] = self._column(name, top_f, top_i, top_b)
+            infos[f"_{name}"] = top_with_reset if name in reset_names else live
+        if any_ended:
+            rows = np.flatnonzero(ended)
+            fobs = np.full(n, None, dtype=object)
+            fobs[rows] = list(final_obs[rows])
+            infos["final_obs"] = fobs
+            infos["_final_obs"] = ended
+            final_info: dict[str, Any] = {}
+            for name in self._info_names():
+                final_info[name] = self._column(name, fin_f, fin_i, fin_b)
+                final_info[f"_{name}"] = ended
+            infos["final_info"] = final_info
+            infos["_final_info"] = ended
+        return obs, reward, terminated, truncated, infos
+
+    # helpers -----------------------------------------------------------------------------------
+    def _info_names(self) -> tuple[str, ...]:
+        return self.info_float.names + self.info_int.names + self.info_bool.names
+
+    def _alloc_rows(
+        self, obs: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+        n = self.num_envs
+        return (
+            np.empty((n, self.observation_layout.size), dtype=np.float32) if obs else None,
+            np.zeros((n, self.info_float.size), dtype=np.float64),
+            np.zeros((n, self.info_int.size), dtype=np.int64),
+            np.zeros((n, self.info_bool.size), dtype=np.bool_),
+        )
+
+    def _column(self, name: str, f: np.ndarray, i: np.ndarray, b: np.ndarray) -> np.ndarray:
+        for layout, arr in ((self.info_float, f), (self.info_int, i), (self.info_bool, b)):
+            if name in layout:
+                return layout.get(arr, name)
+        raise KeyError(name)
+
+    def _validate(self, actions: Any) -> tuple[np.ndarray, np.ndarray]:
+        n = self.num_envs
+        space = self.single_action_space
+        if isinstance(space, gym.spaces.Box):
+            arr = np.asarray(actions, dtype=np.float64)
+            if arr.shape != (n, *space.shape):
+                raise ValueError(
+                    f"{self.env_id}: actions have shape {arr.shape}, expected "
+                    f"{(n, *space.shape)} for {n} envs of {space}"
+                )
+            flat = arr.reshape(n, -1)
+            finite = np.isfinite(flat).all(axis=1)
+            out_of_bounds = ((arr < self._act_low) | (arr > self._act_high)).reshape(n, -1)
+            outside = out_of_bounds.any(axis=1)
+            if not finite.all() or (outside.any() and not self.clip_actions):
+                bad = int(np.flatnonzero(~finite | outside)[0])
+                self._raise_for(bad, arr[bad])
+            if outside.any():
+                arr = np.clip(arr, self._act_low, self._act_high)
+            return np.ascontiguousarray(arr), outside
+        raw = np.asarray(actions)
+        if raw.shape != (n,):
+            raise ValueError(
+                f"{self.env_id}: actions have shape {raw.shape}, expected ({n},) for {space}"
+            )
+        as_int = raw.astype(np.int64, copy=False) if raw.dtype.kind in "iub" else None
+        if as_int is None:
+            ok = np.isfinite(raw.astype(np.float64)) & (raw == np.round(raw))
+            if not ok.all():
+                self._raise_for(int(np.flatnonzero(~ok)[0]), raw[int(np.flatnonzero(~ok)[0])])
+            as_int = raw.astype(np.int64)
+        lo, hi = int(space.start), int(space.start + space.n - 1)
+        outside = (as_int < lo) | (as_int > hi)
+        if outside.any():
+            if not self.clip_actions:
+                bad = int(np.flatnonzero(outside)[0])
+                self._raise_for(bad, int(as_int[bad]))
+            as_int = np.clip(as_int, lo, hi)
+        return as_int, outside
+
+    def _raise_for(self, index: int, action: Any) -> None:
+        try:
+            check_action(self.env_id, self.single_action_space, action, labels=self.action_labels)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (env index {index} of {self.num_envs})") from None
+        raise ValueError(f"{self.env_id}: invalid action {action!r} at env index {index}")
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Nothing to release: the state is plain arrays."""

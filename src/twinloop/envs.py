@@ -1,0 +1,30 @@
+"""The registry table: every env id twinloop provides, with lazy entry points.
+
+This is the one place that lists env ids; ``twinloop list`` and ``gymnasium.make`` read it.
+Entry points are strings, so nothing here imports a simulator or a vendor SDK.
+"""
+
+from __future__ import annotations
+
+from twinloop.core.registry import BackendSpec, EnvSpec, registry
+
+_STEM = "twinloop.sim.stem.env"
+
+registry.register(
+    EnvSpec(
+        id="twinloop/StemSteer-v0",
+        system="stem",
+        entry_point=f"{_STEM}:make_env",
+        vector_entry_point=f"{_STEM}:make_vec_env",
+        config_entry_point="twinloop.sim.stem.config:StemConfig",
+        backends=(
+            BackendSpec(
+                name="sim",
+                entry_point=f"{_STEM}:make_sim_backend",
+                deterministic=True,
+                description="in-process STEM kernel",
+            ),
+        ),
+        description="Steer a Si dopant through graphene to a goal site with a parked STEM beam",
+    )
+)

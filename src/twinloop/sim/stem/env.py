@@ -1,0 +1,496 @@
+"""STEM envs: the simulated backend, the single env and the kernel-batched vector env.
+
+``twinloop/StemSteer-v0`` = :class:`~twinloop.sim.stem.task.StemTask` x a backend x safety.
+The single env runs the kernel on a batch of one through :class:`StemSimBackend`; the vector
+env runs the same row functions of :mod:`~twinloop.sim.stem.kernel` and
+:mod:`~twinloop.sim.stem.task` inside one parallel loop, auto-resetting ended episodes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from numba import njit, prange
+
+from twinloop.core.backend import BaseBackend
+from twinloop.core.env import TwinEnv
+from twinloop.core.layout import Field, Layout
+from twinloop.core.rng import new_streams, seed_streams
+from twinloop.core.safety import clip_command_row
+from twinloop.core.vector import NO_SEED, KernelVectorEnv
+from twinloop.sim.stem import kernel as K
+from twinloop.sim.stem import task as T
+from twinloop.sim.stem.config import StemConfig
+
+ENV_ID = "twinloop/StemSteer-v0"
+
+
+def command_space(cfg: StemConfig) -> gym.spaces.Box:
+    """The microscope's command limits: probe inside the view, dwell within bounds."""
+    mi = cfg.microscope
+    h = 0.5 * mi.fov_angstrom
+    return gym.spaces.Box(
+        np.array([-h, -h, mi.dwell_min_s]),
+        np.array([h, h, mi.dwell_max_s]),
+        dtype=np.float64,
+    )
+
+
+COMMAND_LABELS = ("probe x in view (A)", "probe y in view (A)", "dwell (s)")
+
+
+class StemSimBackend(BaseBackend):
+    """The simulated microscope: the STEM kernel on a batch of one.
+
+    Args:
+        cfg: The system config.
+    """
+
+    kind = "sim"
+    deterministic = True
+
+    def __init__(self, cfg: StemConfig) -> None:
+        """Allocate the state; nothing is drawn until :meth:`reset`."""
+        super().__init__()
+        self.cfg = cfg
+        self.command_space = command_space(cfg)
+        self.measurement_space = K.MEASUREMENT.space(np.float64)
+        self._params = K.physics_params(cfg)
+        self._f, self._i, self._holes, self._meas = K.new_state(1)
+        self._rng = new_streams(1)
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
+        """New episode; ``seed`` re-seeds the physics stream, ``None`` continues it."""
+        if seed is not None:
+            seed_streams(self._rng, 0, int(seed))
+        K.reset(0, self._f, self._i, self._holes, self._params, self._rng, self._meas)
+        return self._meas[0].copy()
+
+    def apply(self, command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Park the beam, dwell, image; return ``(measurement, applied_command)``."""
+        x, y, dwell = float(command[0]), float(command[1]), float(command[2])
+        K.apply(0, x, y, dwell, self._f, self._i, self._holes, self._params, self._rng, self._meas)
+        return self._meas[0].copy(), np.asarray(command, dtype=np.float64)
+
+    def privileged(self) -> dict[str, Any]:
+        """True Si position and site, hops and rates of the last command."""
+        return {
+            "si_position_angstrom": K.true_position(self._f, self._i, 0),
+            "rates_per_s": self._f[0, K.F_RATE0 : K.F_RATE0 + 3].copy(),
+            "n_hops": int(self._i[0, K.I_HOPS]),
+            "si_site": self._i[0, K.I_SI_I : K.I_SI_S + 1].copy(),
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """Kind and rate model."""
+        return {"kind": self.kind, "rate_model": self.cfg.physics.rate_model}
+
+    @property
+    def true_rates_per_s(self) -> np.ndarray:
+        """Rates of the three neighbours at the start of the last dwell (1/s)."""
+        return self._f[0, K.F_RATE0 : K.F_RATE0 + 3].copy()
+
+
+def make_sim_backend(cfg: StemConfig) -> StemSimBackend:
+    """Backend factory for ``backend="sim"``."""
+    return StemSimBackend(cfg)
+
+
+def make_env(cfg: StemConfig, *, backend: Any, env_id: str = ENV_ID) -> TwinEnv:
+    """Single-env factory: the STEM task on ``backend`` behind the safety layer."""
+    task = T.StemTask(cfg)
+    return TwinEnv(
+        task,
+        backend,
+        cfg.safety,
+        env_id=env_id,
+        config=cfg,
+        metadata=_metadata(cfg, task.layout),
+    )
+
+
+def _metadata(cfg: StemConfig, layout: Layout) -> dict[str, Any]:
+    return {
+        "render_modes": [],
+        "system": "stem",
+        "action_mode": cfg.task.action_mode,
+        "action_dwell": cfg.task.action_dwell,
+        "observation_layout": layout.describe(),
+        "failure_names": T.FAILURE_NAMES,
+        "reward_terms": T.REWARD_TERMS,
+    }
+
+
+# --- info layouts shared by the vector env (and matching TwinEnv's info keys) ------------------
+IF_R = 0  # reward/<term>, 4 columns in REWARD_TERMS order
+IF_ELAPSED = 4
+IF_TIME = 5
+IF_DIST = 6
+IF_CMD = 7  # 3 columns
+IF_TRUE_POS = 10  # 2 columns
+IF_TRUE_RATES = 12  # 3 columns
+IF_ACTION = 15  # 2 or 3 columns (last, its size depends on the config)
+II_FAILURE = 0
+II_HOPS = 1
+II_SITE = 2  # 3 columns
+IB_SUCCESS = 0
+IB_ACT_CLIP = 1
+IB_CMD_CLIP = 2
+
+
+def info_layouts(cfg: StemConfig) -> tuple[Layout, Layout, Layout]:
+    """Float, int and bool info fields, in kernel column order."""
+    n_act = 3 if cfg.task.action_dwell else 2
+    floats = Layout(
+        [
+            *(Field(f"reward/{term}") for term in T.REWARD_TERMS),
+            Field("elapsed_s"),
+            Field("time_s"),
+            Field("distance_to_goal_angstrom"),
+            Field("applied_command", (3,)),
+            Field("true/si_position_angstrom", (2,)),
+            Field("true/rates_per_s", (3,)),
+            Field("applied_action", (n_act,)),
+        ]
+    )
+    ints = Layout([Field("failure"), Field("true/n_hops"), Field("true/si_site", (3,))])
+    bools = Layout([Field("is_success"), Field("action_clipped"), Field("command_clipped")])
+    return floats, ints, bools
+
+
+RESET_INFO = (
+    "time_s",
+    "distance_to_goal_angstrom",
+    "true/si_position_angstrom",
+    "true/rates_per_s",
+    "true/n_hops",
+    "true/si_site",
+)
+
+
+@njit(cache=True)
+def _write_reset_info(
+    i: int, dist: float, fstate: np.ndarray, istate: np.ndarray, inf: np.ndarray, ini: np.ndarray
+) -> None:
+    f = fstate[i]
+    x, y = K.site_xy(
+        istate[i, K.I_SI_I], istate[i, K.I_SI_J], istate[i, K.I_SI_S], f[K.F_COS], f[K.F_SIN]
+    )
+    inf[i, IF_TIME] = 0.0
+    inf[i, IF_DIST] = dist
+    inf[i, IF_TRUE_POS] = x
+    inf[i, IF_TRUE_POS + 1] = y
+    for k in range(3):
+        inf[i, IF_TRUE_RATES + k] = f[K.F_RATE0 + k]
+        ini[i, II_SITE + k] = istate[i, K.I_SI_I + k]
+    ini[i, II_HOPS] = istate[i, K.I_HOPS]
+
+
+@njit(cache=True)
+def _reset_row(
+    i: int,
+    goal_mode: int,
+    goal_dx: float,
+    goal_dy: float,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    holes: np.ndarray,
+    meas: np.ndarray,
+    tstate: np.ndarray,
+    rng: np.ndarray,
+    params: np.ndarray,
+    tparams: np.ndarray,
+    obs: np.ndarray,
+    inf: np.ndarray,
+    ini: np.ndarray,
+) -> None:
+    K.reset(i, fstate, istate, holes, params, rng, meas)
+    dist = T.task_reset(i, meas[i], tstate[i], tparams, rng, goal_mode, goal_dx, goal_dy, obs[i])
+    _write_reset_info(i, dist, fstate, istate, inf, ini)
+
+
+@njit(parallel=True, cache=True)
+def _reset_batch(
+    mask: np.ndarray,
+    goal_mode: np.ndarray,
+    goal: np.ndarray,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    holes: np.ndarray,
+    meas: np.ndarray,
+    tstate: np.ndarray,
+    rng: np.ndarray,
+    params: np.ndarray,
+    tparams: np.ndarray,
+    obs: np.ndarray,
+    inf: np.ndarray,
+    ini: np.ndarray,
+    has_prev: np.ndarray,
+) -> None:
+    for i in prange(mask.shape[0]):
+        if mask[i]:
+            _reset_row(
+                i,
+                goal_mode[i],
+                goal[i, 0],
+                goal[i, 1],
+                fstate,
+                istate,
+                holes,
+                meas,
+                tstate,
+                rng,
+                params,
+                tparams,
+                obs,
+                inf,
+                ini,
+            )
+            has_prev[i] = False
+        else:
+            T.write_observation(meas[i], tstate[i], tparams, obs[i])
+
+
+@njit(parallel=True, cache=True)
+def _step_batch(
+    actions: np.ndarray,
+    action_clipped: np.ndarray,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    holes: np.ndarray,
+    meas: np.ndarray,
+    tstate: np.ndarray,
+    rng: np.ndarray,
+    params: np.ndarray,
+    tparams: np.ndarray,
+    cmd_low: np.ndarray,
+    cmd_high: np.ndarray,
+    max_step: np.ndarray,
+    prev_cmd: np.ndarray,
+    has_prev: np.ndarray,
+    scratch: np.ndarray,
+    obs: np.ndarray,
+    reward: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    final_obs: np.ndarray,
+    top_f: np.ndarray,
+    top_i: np.ndarray,
+    top_b: np.ndarray,
+    fin_f: np.ndarray,
+    fin_i: np.ndarray,
+    fin_b: np.ndarray,
+) -> None:
+    n_act = actions.shape[1]
+    for i in prange(actions.shape[0]):
+        # action -> command -> safety -> physics -> task: the same row functions as TwinEnv
+        px, py, dwell = T.task_command(actions[i], meas[i], tparams)
+        cmd = scratch[i, 0:3]
+        safe = scratch[i, 3:6]
+        cmd[0], cmd[1], cmd[2] = px, py, dwell
+        cmd_clipped = clip_command_row(
+            cmd, cmd_low, cmd_high, prev_cmd[i], max_step, has_prev[i], safe
+        )
+        for q in range(3):
+            prev_cmd[i, q] = safe[q]
+        has_prev[i] = True
+        K.apply(i, safe[0], safe[1], safe[2], fstate, istate, holes, params, rng, meas)
+        out = obs[i]
+        (term, trunc, success, failure, dist, elapsed, time_s, r_s, r_f, r_t, r_p) = T.task_step(
+            meas[i], tstate[i], tparams, out
+        )
+        c_s = tparams[T.TP_R_SUCCESS] * r_s
+        c_f = tparams[T.TP_R_FAILURE] * r_f
+        c_t = tparams[T.TP_R_TIME] * r_t
+        c_p = tparams[T.TP_R_PROGRESS] * r_p
+        total = 0.0
+        total += c_s
+        total += c_f
+        total += c_t
+        total += c_p
+        reward[i] = total
+        terminated[i] = term
+        truncated[i] = trunc
+        ended = term or trunc
+        inf = fin_f if ended else top_f
+        ini = fin_i if ended else top_i
+        inb = fin_b if ended else top_b
+        inf[i, IF_R] = c_s
+        inf[i, IF_R + 1] = c_f
+        inf[i, IF_R + 2] = c_t
+        inf[i, IF_R + 3] = c_p
+        inf[i, IF_ELAPSED] = elapsed
+        inf[i, IF_TIME] = time_s
+        inf[i, IF_DIST] = dist
+        for q in range(3):
+            inf[i, IF_CMD + q] = safe[q]
+        for q in range(n_act):
+            inf[i, IF_ACTION + q] = actions[i, q]
+        f = fstate[i]
+        x, y = K.site_xy(
+            istate[i, K.I_SI_I], istate[i, K.I_SI_J], istate[i, K.I_SI_S], f[K.F_COS], f[K.F_SIN]
+        )
+        inf[i, IF_TRUE_POS] = x
+        inf[i, IF_TRUE_POS + 1] = y
+        for k in range(3):
+            inf[i, IF_TRUE_RATES + k] = f[K.F_RATE0 + k]
+            ini[i, II_SITE + k] = istate[i, K.I_SI_I + k]
+        ini[i, II_FAILURE] = failure
+        ini[i, II_HOPS] = istate[i, K.I_HOPS]
+        inb[i, IB_SUCCESS] = success
+        inb[i, IB_ACT_CLIP] = action_clipped[i]
+        inb[i, IB_CMD_CLIP] = cmd_clipped
+        if ended:
+            for q in range(out.shape[0]):
+                final_obs[i, q] = out[q]
+            _reset_row(
+                i,
+                T.GOAL_MODE_RANDOM,
+                0.0,
+                0.0,
+                fstate,
+                istate,
+                holes,
+                meas,
+                tstate,
+                rng,
+                params,
+                tparams,
+                obs,
+                top_f,
+                top_i,
+            )
+            has_prev[i] = False
+
+
+class StemVectorEnv(KernelVectorEnv):
+    """``n_envs`` STEM envs stepped by one parallel numba kernel (``SAME_STEP`` autoreset).
+
+    Args:
+        cfg: The system config (shared by all envs; randomised values are drawn per env).
+        n_envs: Batch size.
+        env_id: Registered id.
+    """
+
+    def __init__(self, cfg: StemConfig, n_envs: int, env_id: str = ENV_ID) -> None:
+        """Allocate the batched state."""
+        layout = T.observation_layout(cfg)
+        act_space, labels = T.action_space(cfg)
+        fl, il, bl = info_layouts(cfg)
+        super().__init__(
+            n_envs,
+            layout,
+            act_space,
+            fl,
+            il,
+            bl,
+            RESET_INFO,
+            env_id=env_id,
+            clip_actions=cfg.safety.clip_actions,
+            action_labels=labels,
+        )
+        self.cfg = cfg
+        self.metadata = {**self.metadata, **_metadata(cfg, layout)}
+        n = self.num_envs
+        self._params = K.physics_params(cfg)
+        self._tparams = T.task_params(cfg)
+        self._f, self._i, self._holes, self._meas = K.new_state(n)
+        self._t = np.zeros((n, T.N_T), dtype=np.float64)
+        self._rng = new_streams(n)
+        cs = command_space(cfg)
+        self._cmd_low = cs.low.astype(np.float64)
+        self._cmd_high = cs.high.astype(np.float64)
+        steps = cfg.safety.max_command_step
+        self._max_step = np.array(steps if steps else [math.inf] * 3, dtype=np.float64)
+        self._prev_cmd = np.zeros((n, 3), dtype=np.float64)
+        self._has_prev = np.zeros(n, dtype=np.bool_)
+        self._scratch = np.zeros((n, 6), dtype=np.float64)
+
+    def _kernel_reset(
+        self,
+        mask: np.ndarray,
+        seeds: np.ndarray,
+        options: dict[str, Any],
+        obs: np.ndarray,
+        info_f: np.ndarray,
+        info_i: np.ndarray,
+        info_b: np.ndarray,
+    ) -> None:
+        n = self.num_envs
+        for i in np.flatnonzero(mask & (seeds != NO_SEED)):
+            seed_streams(self._rng, int(i), int(seeds[i]))
+        goal_mode = np.zeros(n, dtype=np.int64)
+        goal = np.zeros((n, 2), dtype=np.float64)
+        if options.get("goal_offset_angstrom") is not None:
+            g = np.asarray(options["goal_offset_angstrom"], dtype=np.float64)
+            g = np.broadcast_to(g, (n, 2)) if g.shape == (2,) else g
+            if g.shape != (n, 2) or not np.isfinite(g).all():
+                raise ValueError(
+                    f"{self.env_id}: options['goal_offset_angstrom'] must be finite with shape "
+                    f"(2,) or ({n}, 2), got {g.shape}"
+                )
+            goal[:] = g
+            goal_mode[:] = T.GOAL_MODE_OFFSET
+        _reset_batch(
+            mask,
+            goal_mode,
+            goal,
+            self._f,
+            self._i,
+            self._holes,
+            self._meas,
+            self._t,
+            self._rng,
+            self._params,
+            self._tparams,
+            obs,
+            info_f,
+            info_i,
+            self._has_prev,
+        )
+
+    def _kernel_step(
+        self,
+        actions: np.ndarray,
+        action_clipped: np.ndarray,
+        obs: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        final_obs: np.ndarray,
+        top: tuple[np.ndarray, np.ndarray, np.ndarray],
+        final: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> None:
+        _step_batch(
+            actions,
+            action_clipped,
+            self._f,
+            self._i,
+            self._holes,
+            self._meas,
+            self._t,
+            self._rng,
+            self._params,
+            self._tparams,
+            self._cmd_low,
+            self._cmd_high,
+            self._max_step,
+            self._prev_cmd,
+            self._has_prev,
+            self._scratch,
+            obs,
+            reward,
+            terminated,
+            truncated,
+            final_obs,
+            *top,
+            *final,
+        )
+
+
+def make_vec_env(cfg: StemConfig, *, n_envs: int, env_id: str = ENV_ID) -> StemVectorEnv:
+    """Vector-env factory."""
+    return StemVectorEnv(cfg, n_envs, env_id=env_id)

@@ -1,0 +1,539 @@
+"""STEM physics kernel: a substitutional Si in graphene, moved by the electron beam.
+
+Batch-first numba functions over a state of arrays whose first axis is the environment index.
+Each function works on one row ``i``; the single env, the vector env and the microscope twin
+all call these same functions (the vector env inside one ``prange`` loop).
+
+Model (``shared/reference/stem.md``; Schwarzer et al., arXiv:2311.17894):
+
+* Graphene: lattice constant a = 2.46 A, bond a/sqrt(3) = 1.42 A; site ``(i, j, s)`` sits at
+  ``i a1 + j a2 + s (a1 + a2) / 3`` with a1 = a(1, 0), a2 = a(1/2, sqrt(3)/2), rotated by the
+  episode's lattice angle. The Si is substitutional and 3-fold; a jump swaps it with one of its
+  three C neighbours (it changes sublattice).
+* Dynamics: a continuous-time Markov process. With the beam parked at ``b``, neighbour k has
+  rate ``lambda_k = A exp(-|b - c_k|^2 / (2 sigma^2))`` with ``c_k`` on the Si->C_k bond
+  direction at the optimum distance; waiting times ~ Exp(sum of rates); after a hop the rates
+  are recomputed (the beam stays put), so several hops per dwell are possible. Competing
+  channels: knock-out of a C neighbour (the Si becomes 4-fold, immobile) at ``ratio x`` the
+  inversion rate, and loss of the Si (replaced by a C adatom).
+* Drift moves the sample under the parked beam; the dwell is split into pieces over which the
+  beam-to-sample shift stays below ``drift_resolution_angstrom`` (exact for piecewise-constant
+  rates by memorylessness). Imaging spreads the same dose uniformly over the field of view.
+* Terminal states: 4-fold (knock-out), lost, edge (a neighbour is missing: lattice border or a
+  hole), out of view (the Si left the frame before it could be re-centred).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from twinloop.core.layout import Field, Layout
+from twinloop.core.rng import STREAM_BACKEND, normal_pair, uniform, uniform_range
+from twinloop.sim.stem.config import (
+    BARN_ANGSTROM2,
+    BOND_ANGSTROM,
+    LATTICE_CONSTANT_ANGSTROM,
+    MAX_HOLES,
+    StemConfig,
+    max_transfer_ev,
+)
+
+A_LAT = LATTICE_CONSTANT_ANGSTROM
+BOND = BOND_ANGSTROM
+SQ3_2 = math.sqrt(3.0) / 2.0
+TWO_PI = 2.0 * math.pi
+
+# --- status codes (measurement "status") --------------------------------------------------------
+OK = 0
+KNOCKOUT = 1  # a C neighbour was knocked out: the Si is 4-fold and immobile
+LOST = 2  # the Si was replaced by a C adatom
+EDGE = 3  # the Si reached a site next to a missing atom (lattice border or hole)
+OUT_OF_VIEW = 4  # the Si left the field of view before re-centring
+#: Human-readable names of the status / failure codes, by code.
+STATUS_NAMES = ("none", "knockout", "lost", "edge", "out_of_view")
+
+# --- measurement layout (what a real pipeline extracts from a frame) ----------------------------
+MEASUREMENT = Layout(
+    [
+        Field("si_position_angstrom", (2,), doc="Si in the field of view, relative to its centre"),
+        Field("neighbor_offsets_angstrom", (3, 2), doc="C neighbours relative to the Si"),
+        Field("fov_center_angstrom", (2,), doc="field-of-view centre in the sample frame"),
+        Field("status", (), doc="0 ok, 1 four-fold, 2 lost, 3 edge, 4 out of view"),
+        Field("elapsed_s", (), doc="microscope time of the last command"),
+        Field("fov_angstrom", (), doc="field-of-view width"),
+        Field("holes_angstrom", (MAX_HOLES, 3), doc="known holes: x, y (sample frame), radius"),
+    ]
+)
+M_SI = 0
+M_NBR = 2
+M_FOV_C = 8
+M_STATUS = 10
+M_ELAPSED = 11
+M_FOV = 12
+M_HOLES = 13
+N_MEAS = MEASUREMENT.size
+
+# --- float state columns ------------------------------------------------------------------------
+F_COS = 0  # lattice rotation
+F_SIN = 1
+F_FOV_X = 2  # true field-of-view centre in the sample frame (A)
+F_FOV_Y = 3
+F_VX = 4  # drift of the view over the sample (A/s)
+F_VY = 5
+F_RATE_A = 6  # peak inversion rate per neighbour (1/s)
+F_INV2S2 = 7  # 1 / (2 sigma^2) of the rate profile (1/A^2)
+F_REACH = 8  # distance from the Si to the rate optimum along the bond (A)
+F_KO = 9  # knock-out / inversion ratio
+F_LOSS = 10  # loss / inversion ratio
+F_IMG_RATE = 11  # per-neighbour rate while imaging (1/s)
+F_RATE0 = 12  # rates at the start of the last dwell (privileged), 3 columns
+F_TIME = 15  # total microscope time of the episode (s)
+N_F = 16
+
+# --- int state columns --------------------------------------------------------------------------
+I_SI_I = 0
+I_SI_J = 1
+I_SI_S = 2
+I_STATUS = 3
+I_HOPS = 4  # hops during the last command
+I_NHOLES = 5
+I_FIRST_HOP = 6  # neighbour index (0-2) of the first hop of the last command, -1 if none
+N_I = 7
+
+# --- parameter vector (from the config, shared by all envs) -------------------------------------
+P_PRIOR = 0  # 1.0 for the hand-set prior rate model
+P_HALF_CELLS = 1
+P_RATE_A = 2
+P_SIGMA = 3
+P_REACH = 4
+P_KO = 5
+P_LOSS = 6
+P_XS_LOG_SD = 7
+P_FWHM_REL_SD = 8
+P_OPT_SD = 9
+P_FOV = 10
+P_RECENTRE = 11
+P_FRAME = 12
+P_SETTLE = 13
+P_RECENTRE_TIME = 14
+P_DRIFT_VMAX = 15
+P_DRIFT_D = 16
+P_DRIFT_RES = 17
+P_DET_NOISE = 18
+P_ANGLE = 19
+P_RANDOM_ANGLE = 20
+P_N_HOLES = 21
+P_HOLE_R = 22
+P_HOLE_DMIN = 23
+P_HOLE_DMAX = 24
+N_P = 25
+
+# Unit bond vectors Si->C_k of an s=0 site before rotation (s=1 sites use the negatives).
+_U0 = np.array(
+    [[SQ3_2, 0.5], [-SQ3_2, 0.5], [0.0, -1.0]],
+    dtype=np.float64,
+)
+
+
+def physics_params(cfg: StemConfig) -> np.ndarray:
+    """Pack the config into the kernel's parameter vector (derived values computed here)."""
+    ph, mi = cfg.physics, cfg.microscope
+    p = np.zeros(N_P, dtype=np.float64)
+    if ph.rate_model == "prior":
+        energy_scale = ph.cross_section_barn / ph.cross_section_barn_60kv
+        p[P_PRIOR] = 1.0
+        p[P_RATE_A] = (
+            ph.prior_peak_rate_per_s * (ph.beam_current_na / ph.prior_current_na) * energy_scale
+        )
+        p[P_SIGMA] = ph.prior_sigma_angstrom
+        p[P_REACH] = ph.prior_optimum_bond_fraction * BOND
+    else:
+        sigma = ph.probe_sigma_angstrom
+        p[P_RATE_A] = (
+            ph.electrons_per_s * ph.cross_section_barn * BARN_ANGSTROM2 / (TWO_PI * sigma**2)
+        )
+        p[P_SIGMA] = sigma
+        p[P_REACH] = BOND + ph.optimum_offset_angstrom
+    p[P_HALF_CELLS] = ph.lattice_size_cells // 2
+    p[P_KO] = ph.knockout_ratio
+    p[P_LOSS] = ph.loss_ratio
+    p[P_XS_LOG_SD] = ph.cross_section_log_sd
+    p[P_FWHM_REL_SD] = ph.probe_fwhm_rel_sd
+    p[P_OPT_SD] = ph.optimum_offset_sd_angstrom
+    p[P_FOV] = mi.fov_angstrom
+    p[P_RECENTRE] = mi.recentre_fraction
+    p[P_FRAME] = mi.frame_time_s
+    p[P_SETTLE] = mi.beam_settle_s
+    p[P_RECENTRE_TIME] = mi.recentre_time_s
+    p[P_DRIFT_VMAX] = mi.drift_speed_max_angstrom_per_s
+    p[P_DRIFT_D] = mi.drift_diffusion_angstrom2_per_s
+    p[P_DRIFT_RES] = mi.drift_resolution_angstrom
+    p[P_DET_NOISE] = mi.detection_noise_angstrom
+    p[P_ANGLE] = math.radians(mi.lattice_angle_deg)
+    p[P_RANDOM_ANGLE] = 1.0 if mi.randomize_lattice_angle else 0.0
+    p[P_N_HOLES] = ph.n_holes
+    p[P_HOLE_R] = ph.hole_radius_angstrom
+    p[P_HOLE_DMIN] = ph.hole_min_distance_angstrom
+    p[P_HOLE_DMAX] = ph.hole_max_distance_angstrom
+    return p
+
+
+def new_state(n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Allocate ``(fstate, istate, holes, measurement)`` for ``n_envs`` environments."""
+    return (
+        np.zeros((n_envs, N_F), dtype=np.float64),
+        np.zeros((n_envs, N_I), dtype=np.int64),
+        np.zeros((n_envs, MAX_HOLES, 3), dtype=np.float64),
+        np.zeros((n_envs, N_MEAS), dtype=np.float64),
+    )
+
+
+# --- lattice geometry --------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def site_xy(i: int, j: int, s: int, c: float, sn: float) -> tuple[float, float]:
+    """Position (A, sample frame) of lattice site ``(i, j, s)`` for rotation ``(cos, sin)``."""
+    x0 = A_LAT * (i + 0.5 * j) + s * 0.5 * A_LAT
+    y0 = A_LAT * SQ3_2 * j + s * A_LAT / (2.0 * math.sqrt(3.0))
+    return c * x0 - sn * y0, sn * x0 + c * y0
+
+
+@njit(cache=True, inline="always")
+def neighbor_site(i: int, j: int, s: int, k: int) -> tuple[int, int, int]:
+    """Lattice index of neighbour ``k`` (0, 1, 2) of site ``(i, j, s)``."""
+    if s == 0:
+        if k == 0:
+            return i, j, 1
+        if k == 1:
+            return i - 1, j, 1
+        return i, j - 1, 1
+    if k == 0:
+        return i, j, 0
+    if k == 1:
+        return i + 1, j, 0
+    return i, j + 1, 0
+
+
+@njit(cache=True, inline="always")
+def bond_unit(k: int, s: int, c: float, sn: float) -> tuple[float, float]:
+    """Unit vector from a site on sublattice ``s`` to its neighbour ``k``, rotated."""
+    sign = 1.0 if s == 0 else -1.0
+    ux = sign * _U0[k, 0]
+    uy = sign * _U0[k, 1]
+    return c * ux - sn * uy, sn * ux + c * uy
+
+
+@njit(cache=True)
+def site_missing(
+    i: int, j: int, s: int, half: int, c: float, sn: float, holes: np.ndarray, n_holes: int
+) -> bool:
+    """Whether site ``(i, j, s)`` has no atom (outside the lattice patch or inside a hole)."""
+    if i < -half or i >= half or j < -half or j >= half:
+        return True
+    if n_holes > 0:
+        x, y = site_xy(i, j, s, c, sn)
+        for h in range(n_holes):
+            dx = x - holes[h, 0]
+            dy = y - holes[h, 1]
+            if dx * dx + dy * dy < holes[h, 2] * holes[h, 2]:
+                return True
+    return False
+
+
+@njit(cache=True)
+def at_edge(
+    i: int, j: int, s: int, half: int, c: float, sn: float, holes: np.ndarray, n_holes: int
+) -> bool:
+    """Whether a site has a missing neighbour (an Si there is not 3-fold in the lattice)."""
+    for k in range(3):
+        ni, nj, ns = neighbor_site(i, j, s, k)
+        if site_missing(ni, nj, ns, half, c, sn, holes, n_holes):
+            return True
+    return False
+
+
+# --- rates -------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def neighbor_rate(k: int, x: float, y: float, s: int, bx: float, by: float, f: np.ndarray) -> float:
+    """Inversion rate (1/s) towards neighbour ``k`` of an Si at ``(x, y)``, beam at ``b``."""
+    ux, uy = bond_unit(k, s, f[F_COS], f[F_SIN])
+    dx = bx - (x + f[F_REACH] * ux)
+    dy = by - (y + f[F_REACH] * uy)
+    return f[F_RATE_A] * math.exp(-(dx * dx + dy * dy) * f[F_INV2S2])
+
+
+@njit(cache=True)
+def rates_at(
+    i: int, bx: float, by: float, fstate: np.ndarray, istate: np.ndarray, out: np.ndarray
+) -> None:
+    """Write the three inversion rates of env ``i`` with the beam at ``(bx, by)`` into ``out``."""
+    f = fstate[i]
+    si, sj, ss = istate[i, I_SI_I], istate[i, I_SI_J], istate[i, I_SI_S]
+    x, y = site_xy(si, sj, ss, f[F_COS], f[F_SIN])
+    for k in range(3):
+        out[k] = neighbor_rate(k, x, y, ss, bx, by, f)
+
+
+@njit(cache=True)
+def evolve(
+    i: int,
+    duration_s: float,
+    bx: float,
+    by: float,
+    uniform_rate: float,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    holes: np.ndarray,
+    params: np.ndarray,
+    rng: np.ndarray,
+) -> None:
+    """Run env ``i``'s Markov process for ``duration_s`` with the beam fixed at ``(bx, by)``.
+
+    With ``uniform_rate > 0`` every neighbour has that rate instead (a scanning beam spreading
+    its dose uniformly). Stops early at a terminal state.
+    """
+    f = fstate[i]
+    half = int(params[P_HALF_CELLS])
+    n_holes = istate[i, I_NHOLES]
+    c, sn = f[F_COS], f[F_SIN]
+    extra = 1.0 + f[F_KO] + f[F_LOSS]
+    t = 0.0
+    while True:
+        si, sj, ss = istate[i, I_SI_I], istate[i, I_SI_J], istate[i, I_SI_S]
+        if uniform_rate > 0.0:
+            l0 = l1 = l2 = uniform_rate
+        else:
+            x, y = site_xy(si, sj, ss, c, sn)
+            l0 = neighbor_rate(0, x, y, ss, bx, by, f)
+            l1 = neighbor_rate(1, x, y, ss, bx, by, f)
+            l2 = neighbor_rate(2, x, y, ss, bx, by, f)
+        total = l0 + l1 + l2
+        every = total * extra
+        if every <= 0.0:
+            return
+        t += -math.log(uniform(rng, i, STREAM_BACKEND)) / every
+        if t > duration_s:
+            return
+        v = uniform(rng, i, STREAM_BACKEND) * every
+        if v >= total:
+            istate[i, I_STATUS] = KNOCKOUT if v < total * (1.0 + f[F_KO]) else LOST
+            return
+        k = 0 if v < l0 else (1 if v < l0 + l1 else 2)
+        if istate[i, I_HOPS] == 0:
+            istate[i, I_FIRST_HOP] = k
+        ni, nj, ns = neighbor_site(si, sj, ss, k)
+        istate[i, I_SI_I] = ni
+        istate[i, I_SI_J] = nj
+        istate[i, I_SI_S] = ns
+        istate[i, I_HOPS] += 1
+        if at_edge(ni, nj, ns, half, c, sn, holes[i], n_holes):
+            istate[i, I_STATUS] = EDGE
+            return
+
+
+# --- measurement -------------------------------------------------------------------------------
+@njit(cache=True)
+def measure(
+    i: int,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    holes: np.ndarray,
+    params: np.ndarray,
+    rng: np.ndarray,
+    meas: np.ndarray,
+) -> None:
+    """Write what an image pipeline would extract into row ``i`` of ``meas``.
+
+    The Si position carries Gaussian localisation noise; the neighbours come from the fitted
+    lattice (exact bond vectors); the view centre from frame alignment (exact here).
+    """
+    f = fstate[i]
+    m = meas[i]
+    c, sn = f[F_COS], f[F_SIN]
+    ss = istate[i, I_SI_S]
+    x, y = site_xy(istate[i, I_SI_I], istate[i, I_SI_J], ss, c, sn)
+    nx = ny = 0.0
+    if params[P_DET_NOISE] > 0.0:
+        g1, g2 = normal_pair(rng, i, STREAM_BACKEND)
+        nx = params[P_DET_NOISE] * g1
+        ny = params[P_DET_NOISE] * g2
+    m[M_SI] = x - f[F_FOV_X] + nx
+    m[M_SI + 1] = y - f[F_FOV_Y] + ny
+    for k in range(3):
+        ux, uy = bond_unit(k, ss, c, sn)
+        m[M_NBR + 2 * k] = BOND * ux
+        m[M_NBR + 2 * k + 1] = BOND * uy
+    m[M_FOV_C] = f[F_FOV_X]
+    m[M_FOV_C + 1] = f[F_FOV_Y]
+    m[M_STATUS] = istate[i, I_STATUS]
+    m[M_FOV] = params[P_FOV]
+    for h in range(MAX_HOLES):
+        for q in range(3):
+            m[M_HOLES + 3 * h + q] = holes[i, h, q] if h < istate[i, I_NHOLES] else 0.0
+
+
+# --- reset and apply ---------------------------------------------------------------------------
+@njit(cache=True)
+def reset(
+    i: int,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    holes: np.ndarray,
+    params: np.ndarray,
+    rng: np.ndarray,
+    meas: np.ndarray,
+) -> None:
+    """Start a new episode in env ``i``; domain randomisation is re-drawn from its stream."""
+    f = fstate[i]
+    k = STREAM_BACKEND
+    angle = uniform_range(rng, i, k, 0.0, TWO_PI) if params[P_RANDOM_ANGLE] > 0 else params[P_ANGLE]
+    f[F_COS] = math.cos(angle)
+    f[F_SIN] = math.sin(angle)
+    speed = uniform_range(rng, i, k, 0.0, params[P_DRIFT_VMAX])
+    heading = uniform_range(rng, i, k, 0.0, TWO_PI)
+    f[F_VX] = speed * math.cos(heading)
+    f[F_VY] = speed * math.sin(heading)
+    xs_mult = 1.0
+    fwhm_mult = 1.0
+    reach = params[P_REACH]
+    if params[P_XS_LOG_SD] > 0.0:
+        xs_mult = math.exp(params[P_XS_LOG_SD] * normal_pair(rng, i, k)[0])
+    if params[P_FWHM_REL_SD] > 0.0:
+        fwhm_mult = min(max(1.0 + params[P_FWHM_REL_SD] * normal_pair(rng, i, k)[0], 0.5), 1.5)
+    if params[P_OPT_SD] > 0.0:
+        reach = max(reach + params[P_OPT_SD] * normal_pair(rng, i, k)[0], 0.0)
+    sigma = params[P_SIGMA] * fwhm_mult
+    if params[P_PRIOR] > 0:
+        peak = params[P_RATE_A] * xs_mult  # the prior's peak does not depend on the probe
+    else:
+        peak = params[P_RATE_A] * xs_mult / (fwhm_mult * fwhm_mult)  # normalised probe
+    f[F_RATE_A] = peak
+    f[F_INV2S2] = 1.0 / (2.0 * sigma * sigma)
+    f[F_REACH] = reach
+    f[F_KO] = params[P_KO]
+    f[F_LOSS] = params[P_LOSS]
+    # A scanning beam delivers the parked dose spread over the field of view: the Gaussian's
+    # integral 2 pi sigma^2 divided by the frame area.
+    f[F_IMG_RATE] = peak * TWO_PI * sigma * sigma / (params[P_FOV] * params[P_FOV])
+    f[F_RATE0] = f[F_RATE0 + 1] = f[F_RATE0 + 2] = 0.0
+    f[F_TIME] = 0.0
+    istate[i, I_SI_I] = 0
+    istate[i, I_SI_J] = 0
+    istate[i, I_SI_S] = 0
+    istate[i, I_STATUS] = OK
+    istate[i, I_HOPS] = 0
+    istate[i, I_FIRST_HOP] = -1
+    n_holes = int(params[P_N_HOLES])
+    istate[i, I_NHOLES] = n_holes
+    for h in range(MAX_HOLES):
+        holes[i, h, 0] = holes[i, h, 1] = holes[i, h, 2] = 0.0
+    for h in range(n_holes):
+        d = uniform_range(rng, i, k, params[P_HOLE_DMIN], params[P_HOLE_DMAX])
+        a = uniform_range(rng, i, k, 0.0, TWO_PI)
+        holes[i, h, 0] = d * math.cos(a)
+        holes[i, h, 1] = d * math.sin(a)
+        holes[i, h, 2] = params[P_HOLE_R]
+    eighth = params[P_FOV] / 8.0
+    f[F_FOV_X] = uniform_range(rng, i, k, -eighth, eighth)
+    f[F_FOV_Y] = uniform_range(rng, i, k, -eighth, eighth)
+    measure(i, fstate, istate, holes, params, rng, meas)
+    meas[i, M_ELAPSED] = 0.0
+
+
+@njit(cache=True)
+def apply(
+    i: int,
+    probe_x: float,
+    probe_y: float,
+    dwell_s: float,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    holes: np.ndarray,
+    params: np.ndarray,
+    rng: np.ndarray,
+    meas: np.ndarray,
+) -> None:
+    """Park the beam at ``(probe_x, probe_y)`` (A, view frame) for ``dwell_s``, then image.
+
+    Sequence: beam settle (drift only), dwell (piecewise-constant beam over the drifting
+    sample), one frame (uniform imaging dose), random-walk drift, measurement; if the Si left
+    the central part of the view, the view is re-centred on it at the cost of one more frame.
+    """
+    f = fstate[i]
+    istate[i, I_HOPS] = 0
+    istate[i, I_FIRST_HOP] = -1
+    vx, vy = f[F_VX], f[F_VY]
+    settle, frame = params[P_SETTLE], params[P_FRAME]
+    f[F_FOV_X] += vx * settle
+    f[F_FOV_Y] += vy * settle
+    # rates at the start of the dwell, reported as privileged information
+    bx0 = f[F_FOV_X] + probe_x
+    by0 = f[F_FOV_Y] + probe_y
+    si, sj, ss = istate[i, I_SI_I], istate[i, I_SI_J], istate[i, I_SI_S]
+    x, y = site_xy(si, sj, ss, f[F_COS], f[F_SIN])
+    for k in range(3):
+        f[F_RATE0 + k] = neighbor_rate(k, x, y, ss, bx0, by0, f)
+    speed = math.sqrt(vx * vx + vy * vy)
+    n_pieces = 1 + int(min(speed * dwell_s / params[P_DRIFT_RES], 1000.0))
+    dt = dwell_s / n_pieces
+    fx0, fy0 = f[F_FOV_X], f[F_FOV_Y]
+    for p in range(n_pieces):
+        if istate[i, I_STATUS] != OK:
+            break
+        bx = fx0 + vx * (p + 0.5) * dt + probe_x
+        by = fy0 + vy * (p + 0.5) * dt + probe_y
+        evolve(i, dt, bx, by, 0.0, fstate, istate, holes, params, rng)
+    if istate[i, I_STATUS] == OK and frame > 0.0:
+        evolve(i, frame, 0.0, 0.0, f[F_IMG_RATE], fstate, istate, holes, params, rng)
+    # the sample drifts through the whole dwell and frame, whatever happened to the Si
+    elapsed = settle + dwell_s + frame
+    f[F_FOV_X] = fx0 + vx * (dwell_s + frame)
+    f[F_FOV_Y] = fy0 + vy * (dwell_s + frame)
+    if params[P_DRIFT_D] > 0.0:
+        g1, g2 = normal_pair(rng, i, STREAM_BACKEND)
+        scale = math.sqrt(2.0 * params[P_DRIFT_D] * elapsed)
+        f[F_FOV_X] += scale * g1
+        f[F_FOV_Y] += scale * g2
+    _check_in_view(i, fstate, istate, params)
+    measure(i, fstate, istate, holes, params, rng, meas)
+    limit = 0.5 * params[P_RECENTRE] * params[P_FOV]
+    m = meas[i]
+    if istate[i, I_STATUS] == OK and (abs(m[M_SI]) > limit or abs(m[M_SI + 1]) > limit):
+        # re-centre the view on the measured Si; the sample keeps drifting meanwhile
+        f[F_FOV_X] += m[M_SI] + vx * params[P_RECENTRE_TIME]
+        f[F_FOV_Y] += m[M_SI + 1] + vy * params[P_RECENTRE_TIME]
+        elapsed += params[P_RECENTRE_TIME]
+        measure(i, fstate, istate, holes, params, rng, meas)
+    f[F_TIME] += elapsed
+    meas[i, M_ELAPSED] = elapsed
+
+
+@njit(cache=True)
+def _check_in_view(i: int, fstate: np.ndarray, istate: np.ndarray, params: np.ndarray) -> None:
+    """Mark the Si out of view if it is outside the frame (it cannot be found in the image)."""
+    if istate[i, I_STATUS] != OK:
+        return
+    f = fstate[i]
+    x, y = site_xy(istate[i, I_SI_I], istate[i, I_SI_J], istate[i, I_SI_S], f[F_COS], f[F_SIN])
+    half = 0.5 * params[P_FOV]
+    if abs(x - f[F_FOV_X]) > half or abs(y - f[F_FOV_Y]) > half:
+        istate[i, I_STATUS] = OUT_OF_VIEW
+
+
+def true_position(fstate: np.ndarray, istate: np.ndarray, i: int) -> np.ndarray:
+    """True Si position (A, sample frame) of env ``i`` (privileged)."""
+    x, y = site_xy(
+        int(istate[i, I_SI_I]),
+        int(istate[i, I_SI_J]),
+        int(istate[i, I_SI_S]),
+        float(fstate[i, F_COS]),
+        float(fstate[i, F_SIN]),
+    )
+    return np.array([x, y])
+
+
+def cross_section_ratio(beam_energy_kev: float, thermal_tail_ev: float) -> float:
+    """sigma(E) / sigma(60 kV) of the thermal-tail model (for tests and documentation)."""
+    return math.exp((max_transfer_ev(beam_energy_kev) - max_transfer_ev(60.0)) / thermal_tail_ev)
