@@ -88,7 +88,7 @@ class Layout:
         """Read field ``name`` from a flat row ``(size,)`` or batch ``(..., size)`` (a view)."""
         f = self.field(name)
         part = flat[..., self._slices[name]]
-        return part.reshape(*flat.shape[:-1], *f.shape)
+        return part.reshape((*flat.shape[:-1], *f.shape))
 
     def unpack(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """All fields of a row or batch as a dict of views."""

@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from twinloop.core.jit import njit
 
 #: Stream index used by a backend's physics.
 STREAM_BACKEND = 0
@@ -67,7 +68,7 @@ def new_streams(n_envs: int) -> np.ndarray:
     return np.zeros((n_envs, N_STREAMS, 2), dtype=np.uint64)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def next_u64(rng: np.ndarray, i: int, k: int) -> np.uint64:
     """Advance stream ``k`` of environment ``i`` and return 64 random bits."""
     s = rng[i, k, 0] + rng[i, k, 1]
@@ -77,19 +78,19 @@ def next_u64(rng: np.ndarray, i: int, k: int) -> np.uint64:
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def uniform(rng: np.ndarray, i: int, k: int) -> float:
     """Draw a float uniform on (0, 1] (never 0, so ``log`` is always safe)."""
     return (float(next_u64(rng, i, k) >> np.uint64(11)) + 1.0) * _INV_2_53
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def uniform_range(rng: np.ndarray, i: int, k: int, lo: float, hi: float) -> float:
     """Draw a float uniform on (lo, hi]."""
     return lo + (hi - lo) * uniform(rng, i, k)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def normal_pair(rng: np.ndarray, i: int, k: int) -> tuple[float, float]:
     """Draw two independent standard normals (Box-Muller)."""
     r = math.sqrt(-2.0 * math.log(uniform(rng, i, k)))
@@ -97,13 +98,13 @@ def normal_pair(rng: np.ndarray, i: int, k: int) -> tuple[float, float]:
     return r * math.cos(phi), r * math.sin(phi)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def exponential(rng: np.ndarray, i: int, k: int, rate: float) -> float:
     """Draw a waiting time of an exponential distribution with ``rate`` (1/s)."""
     return -math.log(uniform(rng, i, k)) / rate
 
 
-@njit(cache=True)
+@njit
 def fill_uniform(rng: np.ndarray, i: int, k: int, out: np.ndarray) -> None:
     """Fill ``out`` with uniforms from one stream (used by tests and small helpers)."""
     for j in range(out.size):

@@ -26,9 +26,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from numba import njit
 
 from twinloop.core.config import ConfigError, check_range
+from twinloop.core.jit import njit
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _label(labels: Sequence[str], k: int) -> str:
     return f" ({labels[k]})" if k < len(labels) else ""
 
 
-@njit(cache=True)
+@njit
 def clip_command_row(
     cmd: np.ndarray,
     low: np.ndarray,

@@ -18,12 +18,68 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
+from twinloop.core.jit import njit
 from twinloop.core.layout import Layout
 from twinloop.core.rng import new_entropy
 from twinloop.core.safety import check_action
 
 #: Sentinel in the per-env seed array meaning "continue this env's stream".
 NO_SEED = -1
+
+
+@njit
+def validate_box_actions(
+    actions: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    clip: bool,
+    out: np.ndarray,
+    clipped: np.ndarray,
+) -> int:
+    """Copy ``(n, d)`` actions into float64 ``out``, clipping if asked; flag clipped rows.
+
+    Returns:
+        The first row that is non-finite, or out of bounds while ``clip`` is False; -1 if none.
+    """
+    for i in range(actions.shape[0]):
+        outside = False
+        for j in range(actions.shape[1]):
+            v = float(actions[i, j])
+            if not np.isfinite(v):
+                return i
+            if v < low[j]:
+                outside = True
+                v = low[j]
+            elif v > high[j]:
+                outside = True
+                v = high[j]
+            out[i, j] = v
+        if outside and not clip:
+            return i
+        clipped[i] = outside
+    return -1
+
+
+@njit
+def validate_discrete_actions(
+    actions: np.ndarray, lo: int, hi: int, clip: bool, out: np.ndarray, clipped: np.ndarray
+) -> int:
+    """Copy integer actions into int64 ``out`` (clipping to ``[lo, hi]`` if asked)."""
+    for i in range(actions.shape[0]):
+        v = actions[i]
+        outside = v < lo or v > hi
+        if outside and not clip:
+            return i
+        out[i] = min(max(v, lo), hi)
+        clipped[i] = outside
+    return -1
+
+
+@njit(inline="always")
+def zero_row(arr: np.ndarray, i: int) -> None:
+    """Set row ``i`` of a 2-D array to zero (kernels use it for masked-out info rows)."""
+    for j in range(arr.shape[1]):
+        arr[i, j] = 0
 
 
 class KernelVectorEnv(gym.vector.VectorEnv):
@@ -77,14 +133,20 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         if missing:
             raise ValueError(f"reset_info names not in the info layouts: {sorted(missing)}")
         self.reset_info = tuple(reset_info)
+        # (name, which matrix 0/1/2, slice, shape) for every info field, computed once
+        self._columns = [
+            (f.name, k, layout.slice(f.name), f.shape)
+            for k, layout in enumerate((info_float, info_int, info_bool))
+            for f in layout
+        ]
         self.clip_actions = clip_actions
         self.action_labels = action_labels
         self._started = False
         self._needs_reset = True
         self._reset_rows_flag = np.zeros(self.num_envs, dtype=np.bool_)
         if isinstance(single_action_space, gym.spaces.Box):
-            self._act_low = single_action_space.low.astype(np.float64)
-            self._act_high = single_action_space.high.astype(np.float64)
+            self._act_low = np.ascontiguousarray(single_action_space.low, dtype=np.float64)
+            self._act_high = np.ascontiguousarray(single_action_space.high, dtype=np.float64)
         elif not isinstance(single_action_space, gym.spaces.Discrete):
             raise TypeError("KernelVectorEnv supports Box and Discrete action spaces")
 
@@ -116,9 +178,11 @@ class KernelVectorEnv(gym.vector.VectorEnv):
     ) -> None:
         """Step every env; auto-reset the ended ones in the same call.
 
-        For an env that ended, the kernel writes its last observation into ``final_obs``, its
-        step infos into ``final`` and its reset observation into ``obs``; in ``top`` it writes
-        the reset-info fields and zeros elsewhere. For a live env, ``top`` holds its step infos.
+        Output arrays are allocated uninitialised; the kernel writes every element. For an env
+        that ended, it writes its last observation into ``final_obs``, its step infos into
+        ``final`` and its reset observation into ``obs``; in ``top`` it writes the reset-info
+        fields and zeros elsewhere. For a live env, ``top`` holds its step infos and its
+        ``final`` rows are zero (Gymnasium's ``SyncVectorEnv`` conventions).
         """
         raise NotImplementedError
 
@@ -169,7 +233,7 @@ class KernelVectorEnv(gym.vector.VectorEnv):
                 raise ValueError(f"{self.env_id}: the first reset must reset every env")
         seeds = self._seed_array(seed)
         self._started = True
-        obs, info_f, info_i, info_b = self._alloc_rows()
+        obs, info_f, info_i, info_b = self._alloc_rows(zero=True)
         self._kernel_reset(mask, seeds, options, obs, info_f, info_i, info_b)
         self._needs_reset = False
         infos: dict[str, Any] = {}
@@ -205,22 +269,23 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         )
         ended = terminated | truncated
         live = ~ended
-        infos: dict[str, Any] = {}
+        all_rows = np.ones(n, dtype=np.bool_)
         reset_names = set(self.reset_info)
-        any_ended = bool(ended.any())
-        top_with_reset = live | ended
-        for name in self._info_names():
-            infos[name] = self._column(name, top_f, top_i, top_b)
-            infos[f"_{name}"] = top_with_reset if name in reset_names else live
-        if any_ended:
+        infos: dict[str, Any] = {}
+        top = (top_f, top_i, top_b)
+        for name, k, sl, shape in self._columns:
+            infos[name] = top[k][:, sl].reshape((n, *shape))
+            infos[f"_{name}"] = all_rows if name in reset_names else live
+        if ended.any():
             rows = np.flatnonzero(ended)
             fobs = np.full(n, None, dtype=object)
             fobs[rows] = list(final_obs[rows])
             infos["final_obs"] = fobs
             infos["_final_obs"] = ended
+            fin = (fin_f, fin_i, fin_b)
             final_info: dict[str, Any] = {}
-            for name in self._info_names():
-                final_info[name] = self._column(name, fin_f, fin_i, fin_b)
+            for name, k, sl, shape in self._columns:
+                final_info[name] = fin[k][:, sl].reshape((n, *shape))
                 final_info[f"_{name}"] = ended
             infos["final_info"] = final_info
             infos["_final_info"] = ended
@@ -231,14 +296,15 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         return self.info_float.names + self.info_int.names + self.info_bool.names
 
     def _alloc_rows(
-        self, obs: bool = True
+        self, obs: bool = True, zero: bool = False
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
         n = self.num_envs
+        alloc = np.zeros if zero else np.empty
         return (
             np.empty((n, self.observation_layout.size), dtype=np.float32) if obs else None,
-            np.zeros((n, self.info_float.size), dtype=np.float64),
-            np.zeros((n, self.info_int.size), dtype=np.int64),
-            np.zeros((n, self.info_bool.size), dtype=np.bool_),
+            alloc((n, self.info_float.size), dtype=np.float64),
+            alloc((n, self.info_int.size), dtype=np.int64),
+            alloc((n, self.info_bool.size), dtype=np.bool_),
         )
 
     def _column(self, name: str, f: np.ndarray, i: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -250,42 +316,47 @@ class KernelVectorEnv(gym.vector.VectorEnv):
     def _validate(self, actions: Any) -> tuple[np.ndarray, np.ndarray]:
         n = self.num_envs
         space = self.single_action_space
+        raw = np.asarray(actions)
+        clipped = np.empty(n, dtype=np.bool_)
         if isinstance(space, gym.spaces.Box):
-            arr = np.asarray(actions, dtype=np.float64)
-            if arr.shape != (n, *space.shape):
+            if raw.shape != (n, *space.shape):
                 raise ValueError(
-                    f"{self.env_id}: actions have shape {arr.shape}, expected "
+                    f"{self.env_id}: actions have shape {raw.shape}, expected "
                     f"{(n, *space.shape)} for {n} envs of {space}"
                 )
-            flat = arr.reshape(n, -1)
-            finite = np.isfinite(flat).all(axis=1)
-            out_of_bounds = ((arr < self._act_low) | (arr > self._act_high)).reshape(n, -1)
-            outside = out_of_bounds.any(axis=1)
-            if not finite.all() or (outside.any() and not self.clip_actions):
-                bad = int(np.flatnonzero(~finite | outside)[0])
-                self._raise_for(bad, arr[bad])
-            if outside.any():
-                arr = np.clip(arr, self._act_low, self._act_high)
-            return np.ascontiguousarray(arr), outside
-        raw = np.asarray(actions)
+            if raw.dtype.kind not in "fiub":
+                raise ValueError(f"{self.env_id}: actions must be numbers, got dtype {raw.dtype}")
+            out = np.empty((n, self._act_low.size), dtype=np.float64)
+            bad = validate_box_actions(
+                raw.reshape(n, -1),
+                self._act_low.ravel(),
+                self._act_high.ravel(),
+                self.clip_actions,
+                out,
+                clipped,
+            )
+            if bad >= 0:
+                self._raise_for(bad, raw[bad])
+            return out.reshape(n, *space.shape), clipped
         if raw.shape != (n,):
             raise ValueError(
                 f"{self.env_id}: actions have shape {raw.shape}, expected ({n},) for {space}"
             )
-        as_int = raw.astype(np.int64, copy=False) if raw.dtype.kind in "iub" else None
-        if as_int is None:
-            ok = np.isfinite(raw.astype(np.float64)) & (raw == np.round(raw))
+        if raw.dtype.kind not in "iub":
+            as_float = raw.astype(np.float64)
+            ok = np.isfinite(as_float) & (as_float == np.round(as_float))
             if not ok.all():
-                self._raise_for(int(np.flatnonzero(~ok)[0]), raw[int(np.flatnonzero(~ok)[0])])
-            as_int = raw.astype(np.int64)
+                bad = int(np.flatnonzero(~ok)[0])
+                self._raise_for(bad, raw[bad])
+            raw = as_float
+        out_i = np.empty(n, dtype=np.int64)
         lo, hi = int(space.start), int(space.start + space.n - 1)
-        outside = (as_int < lo) | (as_int > hi)
-        if outside.any():
-            if not self.clip_actions:
-                bad = int(np.flatnonzero(outside)[0])
-                self._raise_for(bad, int(as_int[bad]))
-            as_int = np.clip(as_int, lo, hi)
-        return as_int, outside
+        bad = validate_discrete_actions(
+            raw.astype(np.int64), lo, hi, self.clip_actions, out_i, clipped
+        )
+        if bad >= 0:
+            self._raise_for(bad, int(raw[bad]))
+        return out_i, clipped
 
     def _raise_for(self, index: int, action: Any) -> None:
         try:

@@ -10,22 +10,22 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from numba import njit
 
 from twinloop.controllers.base import Controller
+from twinloop.core.jit import njit
 from twinloop.core.rng import new_streams, seed_streams, uniform
 
 _STREAM = 0
 
 
-@njit(cache=True)
+@njit
 def _fill_box(rng: np.ndarray, low: np.ndarray, high: np.ndarray, out: np.ndarray) -> None:
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
             out[i, j] = low[j] + (high[j] - low[j]) * uniform(rng, i, _STREAM)
 
 
-@njit(cache=True)
+@njit
 def _fill_discrete(rng: np.ndarray, start: int, n: int, out: np.ndarray) -> None:
     for i in range(out.shape[0]):
         out[i] = start + min(int(uniform(rng, i, _STREAM) * n), n - 1)

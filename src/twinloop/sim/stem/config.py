@@ -76,7 +76,7 @@ class StemPhysicsConfig:
     # Holes (known defects) per episode: centres at U(min, max) A from the start, angle U(0, 2pi)
     n_holes: int = 0
     hole_radius_angstrom: float = 2.5
-    hole_min_distance_angstrom: float = 5.0
+    hole_min_distance_angstrom: float = 6.0
     hole_max_distance_angstrom: float = 15.0
 
     def __post_init__(self) -> None:  # noqa: D105

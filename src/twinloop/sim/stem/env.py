@@ -13,14 +13,15 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from twinloop.core.backend import BaseBackend
 from twinloop.core.env import TwinEnv
+from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
 from twinloop.core.rng import new_streams, seed_streams
 from twinloop.core.safety import clip_command_row
-from twinloop.core.vector import NO_SEED, KernelVectorEnv
+from twinloop.core.vector import NO_SEED, KernelVectorEnv, zero_row
 from twinloop.sim.stem import kernel as K
 from twinloop.sim.stem import task as T
 from twinloop.sim.stem.config import StemConfig
@@ -171,7 +172,7 @@ RESET_INFO = (
 )
 
 
-@njit(cache=True)
+@njit
 def _write_reset_info(
     i: int, dist: float, fstate: np.ndarray, istate: np.ndarray, inf: np.ndarray, ini: np.ndarray
 ) -> None:
@@ -189,7 +190,7 @@ def _write_reset_info(
     ini[i, II_HOPS] = istate[i, K.I_HOPS]
 
 
-@njit(cache=True)
+@njit
 def _reset_row(
     i: int,
     goal_mode: int,
@@ -212,7 +213,7 @@ def _reset_row(
     _write_reset_info(i, dist, fstate, istate, inf, ini)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def _reset_batch(
     mask: np.ndarray,
     goal_mode: np.ndarray,
@@ -254,7 +255,7 @@ def _reset_batch(
             T.write_observation(meas[i], tstate[i], tparams, obs[i])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def _step_batch(
     actions: np.ndarray,
     action_clipped: np.ndarray,
@@ -318,6 +319,10 @@ def _step_batch(
         inf = fin_f if ended else top_f
         ini = fin_i if ended else top_i
         inb = fin_b if ended else top_b
+        # every element of the outputs is written: the unused side of this row is zero
+        zero_row(top_f if ended else fin_f, i)
+        zero_row(top_i if ended else fin_i, i)
+        zero_row(top_b if ended else fin_b, i)
         inf[i, IF_R] = c_s
         inf[i, IF_R + 1] = c_f
         inf[i, IF_R + 2] = c_t

@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
 from twinloop.core.rng import STREAM_BACKEND, normal_pair, uniform, uniform_range
 from twinloop.sim.stem.config import (
@@ -45,6 +45,10 @@ A_LAT = LATTICE_CONSTANT_ANGSTROM
 BOND = BOND_ANGSTROM
 SQ3_2 = math.sqrt(3.0) / 2.0
 TWO_PI = 2.0 * math.pi
+# site_xy constants, folded here (numba does not fold sqrt or checked divisions in the kernel)
+_HALF_A = 0.5 * A_LAT
+_A_Y = A_LAT * SQ3_2
+_B_Y = A_LAT / (2.0 * math.sqrt(3.0))
 
 # --- status codes (measurement "status") --------------------------------------------------------
 OK = 0
@@ -89,7 +93,7 @@ F_REACH = 8  # distance from the Si to the rate optimum along the bond (A)
 F_KO = 9  # knock-out / inversion ratio
 F_LOSS = 10  # loss / inversion ratio
 F_IMG_RATE = 11  # per-neighbour rate while imaging (1/s)
-F_RATE0 = 12  # rates at the start of the last dwell (privileged), 3 columns
+F_RATE0 = 12  # rates when the last dwell started (privileged), 3 columns
 F_TIME = 15  # total microscope time of the episode (s)
 N_F = 16
 
@@ -192,15 +196,15 @@ def new_state(n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 
 # --- lattice geometry --------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def site_xy(i: int, j: int, s: int, c: float, sn: float) -> tuple[float, float]:
     """Position (A, sample frame) of lattice site ``(i, j, s)`` for rotation ``(cos, sin)``."""
-    x0 = A_LAT * (i + 0.5 * j) + s * 0.5 * A_LAT
-    y0 = A_LAT * SQ3_2 * j + s * A_LAT / (2.0 * math.sqrt(3.0))
+    x0 = A_LAT * i + _HALF_A * (j + s)
+    y0 = _A_Y * j + _B_Y * s
     return c * x0 - sn * y0, sn * x0 + c * y0
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def neighbor_site(i: int, j: int, s: int, k: int) -> tuple[int, int, int]:
     """Lattice index of neighbour ``k`` (0, 1, 2) of site ``(i, j, s)``."""
     if s == 0:
@@ -216,7 +220,7 @@ def neighbor_site(i: int, j: int, s: int, k: int) -> tuple[int, int, int]:
     return i, j + 1, 0
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def bond_unit(k: int, s: int, c: float, sn: float) -> tuple[float, float]:
     """Unit vector from a site on sublattice ``s`` to its neighbour ``k``, rotated."""
     sign = 1.0 if s == 0 else -1.0
@@ -225,7 +229,7 @@ def bond_unit(k: int, s: int, c: float, sn: float) -> tuple[float, float]:
     return c * ux - sn * uy, sn * ux + c * uy
 
 
-@njit(cache=True)
+@njit
 def site_missing(
     i: int, j: int, s: int, half: int, c: float, sn: float, holes: np.ndarray, n_holes: int
 ) -> bool:
@@ -242,7 +246,7 @@ def site_missing(
     return False
 
 
-@njit(cache=True)
+@njit
 def at_edge(
     i: int, j: int, s: int, half: int, c: float, sn: float, holes: np.ndarray, n_holes: int
 ) -> bool:
@@ -255,7 +259,7 @@ def at_edge(
 
 
 # --- rates -------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def neighbor_rate(k: int, x: float, y: float, s: int, bx: float, by: float, f: np.ndarray) -> float:
     """Inversion rate (1/s) towards neighbour ``k`` of an Si at ``(x, y)``, beam at ``b``."""
     ux, uy = bond_unit(k, s, f[F_COS], f[F_SIN])
@@ -264,7 +268,7 @@ def neighbor_rate(k: int, x: float, y: float, s: int, bx: float, by: float, f: n
     return f[F_RATE_A] * math.exp(-(dx * dx + dy * dy) * f[F_INV2S2])
 
 
-@njit(cache=True)
+@njit
 def rates_at(
     i: int, bx: float, by: float, fstate: np.ndarray, istate: np.ndarray, out: np.ndarray
 ) -> None:
@@ -276,7 +280,7 @@ def rates_at(
         out[k] = neighbor_rate(k, x, y, ss, bx, by, f)
 
 
-@njit(cache=True)
+@njit
 def evolve(
     i: int,
     duration_s: float,
@@ -288,11 +292,17 @@ def evolve(
     holes: np.ndarray,
     params: np.ndarray,
     rng: np.ndarray,
+    known: bool = False,
+    l0: float = 0.0,
+    l1: float = 0.0,
+    l2: float = 0.0,
 ) -> None:
     """Run env ``i``'s Markov process for ``duration_s`` with the beam fixed at ``(bx, by)``.
 
     With ``uniform_rate > 0`` every neighbour has that rate instead (a scanning beam spreading
-    its dose uniformly). Stops early at a terminal state.
+    its dose uniformly). ``known`` passes the three rates of the current Si position already
+    evaluated at this beam (``l0, l1, l2``), saving their recomputation before the first hop.
+    Stops early at a terminal state.
     """
     f = fstate[i]
     half = int(params[P_HALF_CELLS])
@@ -300,10 +310,13 @@ def evolve(
     c, sn = f[F_COS], f[F_SIN]
     extra = 1.0 + f[F_KO] + f[F_LOSS]
     t = 0.0
+    fresh = known
     while True:
         si, sj, ss = istate[i, I_SI_I], istate[i, I_SI_J], istate[i, I_SI_S]
         if uniform_rate > 0.0:
             l0 = l1 = l2 = uniform_rate
+        elif fresh:
+            fresh = False  # l0, l1, l2 as given
         else:
             x, y = site_xy(si, sj, ss, c, sn)
             l0 = neighbor_rate(0, x, y, ss, bx, by, f)
@@ -334,7 +347,7 @@ def evolve(
 
 
 # --- measurement -------------------------------------------------------------------------------
-@njit(cache=True)
+@njit
 def measure(
     i: int,
     fstate: np.ndarray,
@@ -347,7 +360,8 @@ def measure(
     """Write what an image pipeline would extract into row ``i`` of ``meas``.
 
     The Si position carries Gaussian localisation noise; the neighbours come from the fitted
-    lattice (exact bond vectors); the view centre from frame alignment (exact here).
+    lattice (exact bond vectors); the view centre from frame alignment (exact here). The
+    known holes, which do not move, are written once by :func:`reset`.
     """
     f = fstate[i]
     m = meas[i]
@@ -369,13 +383,10 @@ def measure(
     m[M_FOV_C + 1] = f[F_FOV_Y]
     m[M_STATUS] = istate[i, I_STATUS]
     m[M_FOV] = params[P_FOV]
-    for h in range(MAX_HOLES):
-        for q in range(3):
-            m[M_HOLES + 3 * h + q] = holes[i, h, q] if h < istate[i, I_NHOLES] else 0.0
 
 
 # --- reset and apply ---------------------------------------------------------------------------
-@njit(cache=True)
+@njit
 def reset(
     i: int,
     fstate: np.ndarray,
@@ -438,11 +449,15 @@ def reset(
     eighth = params[P_FOV] / 8.0
     f[F_FOV_X] = uniform_range(rng, i, k, -eighth, eighth)
     f[F_FOV_Y] = uniform_range(rng, i, k, -eighth, eighth)
+    # holes do not move: the measurement carries them from the first frame of the episode
+    for h in range(MAX_HOLES):
+        for q in range(3):
+            meas[i, M_HOLES + 3 * h + q] = holes[i, h, q]
     measure(i, fstate, istate, holes, params, rng, meas)
     meas[i, M_ELAPSED] = 0.0
 
 
-@njit(cache=True)
+@njit
 def apply(
     i: int,
     probe_x: float,
@@ -468,13 +483,6 @@ def apply(
     settle, frame = params[P_SETTLE], params[P_FRAME]
     f[F_FOV_X] += vx * settle
     f[F_FOV_Y] += vy * settle
-    # rates at the start of the dwell, reported as privileged information
-    bx0 = f[F_FOV_X] + probe_x
-    by0 = f[F_FOV_Y] + probe_y
-    si, sj, ss = istate[i, I_SI_I], istate[i, I_SI_J], istate[i, I_SI_S]
-    x, y = site_xy(si, sj, ss, f[F_COS], f[F_SIN])
-    for k in range(3):
-        f[F_RATE0 + k] = neighbor_rate(k, x, y, ss, bx0, by0, f)
     speed = math.sqrt(vx * vx + vy * vy)
     n_pieces = 1 + int(min(speed * dwell_s / params[P_DRIFT_RES], 1000.0))
     dt = dwell_s / n_pieces
@@ -484,7 +492,20 @@ def apply(
             break
         bx = fx0 + vx * (p + 0.5) * dt + probe_x
         by = fy0 + vy * (p + 0.5) * dt + probe_y
-        evolve(i, dt, bx, by, 0.0, fstate, istate, holes, params, rng)
+        if p == 0:
+            # the rates when the dwell starts (beam over the first drift piece), reported as
+            # privileged information and handed to the Markov process
+            x, y = site_xy(
+                istate[i, I_SI_I], istate[i, I_SI_J], istate[i, I_SI_S], f[F_COS], f[F_SIN]
+            )
+            ss = istate[i, I_SI_S]
+            r0 = neighbor_rate(0, x, y, ss, bx, by, f)
+            r1 = neighbor_rate(1, x, y, ss, bx, by, f)
+            r2 = neighbor_rate(2, x, y, ss, bx, by, f)
+            f[F_RATE0], f[F_RATE0 + 1], f[F_RATE0 + 2] = r0, r1, r2
+            evolve(i, dt, bx, by, 0.0, fstate, istate, holes, params, rng, True, r0, r1, r2)
+        else:
+            evolve(i, dt, bx, by, 0.0, fstate, istate, holes, params, rng)
     if istate[i, I_STATUS] == OK and frame > 0.0:
         evolve(i, frame, 0.0, 0.0, f[F_IMG_RATE], fstate, istate, holes, params, rng)
     # the sample drifts through the whole dwell and frame, whatever happened to the Si
@@ -510,7 +531,7 @@ def apply(
     meas[i, M_ELAPSED] = elapsed
 
 
-@njit(cache=True)
+@njit
 def _check_in_view(i: int, fstate: np.ndarray, istate: np.ndarray, params: np.ndarray) -> None:
     """Mark the Si out of view if it is outside the frame (it cannot be found in the image)."""
     if istate[i, I_STATUS] != OK:

@@ -32,8 +32,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from numba import njit
 
+from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
 from twinloop.core.rng import STREAM_TASK, new_streams, seed_streams, uniform, uniform_range
 from twinloop.core.task import TaskStep
@@ -169,7 +169,7 @@ def reward_scales(cfg: StemConfig) -> dict[str, float]:
 
 
 # --- numba row functions -----------------------------------------------------------------------
-@njit(cache=True)
+@njit
 def snap_to_site(qx: float, qy: float, sx: float, sy: float, m: np.ndarray) -> tuple[float, float]:
     """Nearest lattice site to ``(qx, qy)``, from an Si at ``(sx, sy)`` and its neighbours."""
     n0x, n0y = m[M_NBR], m[M_NBR + 1]
@@ -196,7 +196,7 @@ def snap_to_site(qx: float, qy: float, sx: float, sy: float, m: np.ndarray) -> t
     return bx, by
 
 
-@njit(cache=True)
+@njit
 def _blocked(gx: float, gy: float, m: np.ndarray, n_holes: int) -> bool:
     """Whether a goal site lies in or next to a known hole (the Si could not sit there)."""
     for h in range(n_holes):
@@ -206,7 +206,7 @@ def _blocked(gx: float, gy: float, m: np.ndarray, n_holes: int) -> bool:
     return False
 
 
-@njit(cache=True)
+@njit
 def write_observation(m: np.ndarray, t: np.ndarray, tp: np.ndarray, obs: np.ndarray) -> float:
     """Fill one observation row from a measurement; return the Si-goal distance (A)."""
     half = 0.5 * tp[TP_FOV]
@@ -230,7 +230,7 @@ def write_observation(m: np.ndarray, t: np.ndarray, tp: np.ndarray, obs: np.ndar
     return math.sqrt(gx * gx + gy * gy)
 
 
-@njit(cache=True)
+@njit
 def task_reset(
     i: int,
     m: np.ndarray,
@@ -278,7 +278,7 @@ def task_reset(
     return dist
 
 
-@njit(cache=True)
+@njit
 def task_command(a: np.ndarray, m: np.ndarray, tp: np.ndarray) -> tuple[float, float, float]:
     """Turn an action into ``(probe_x, probe_y, dwell_s)`` in the view frame."""
     if tp[TP_ABSOLUTE] > 0.0:
@@ -290,7 +290,7 @@ def task_command(a: np.ndarray, m: np.ndarray, tp: np.ndarray) -> tuple[float, f
     return px, py, dwell
 
 
-@njit(cache=True)
+@njit
 def task_step(
     m: np.ndarray, t: np.ndarray, tp: np.ndarray, obs: np.ndarray
 ) -> tuple[bool, bool, bool, int, float, float, float, float, float, float, float]:

@@ -1,0 +1,42 @@
+"""The README's two commands stay true: CI runs the README's test command verbatim."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Two commands for a fresh machine", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", section)
+
+
+def test_readme_has_exactly_two_commands() -> None:
+    cmds = _commands()
+    assert len(cmds) == 2
+    assert all(c.startswith("python3 -m venv .venv") for c in cmds)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci_lines = [
+        line
+        for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line and not line.startswith("#") and not line.startswith(("set ", "cd "))
+    ]
+    assert ci_lines == [_commands()[1]]
+
+
+def test_main_job_runs_a_registered_env_and_controller() -> None:
+    import twinloop
+    from twinloop.controllers import CONTROLLERS
+
+    cmd = _commands()[0]
+    env_id = re.search(r"twinloop (?:run|demo) (\S+)", cmd)
+    if env_id:
+        assert env_id.group(1) in twinloop.registry
+    ctrl = re.search(r"--controller (\S+)", cmd)
+    if ctrl:
+        assert ctrl.group(1) in CONTROLLERS
