@@ -100,6 +100,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = _parse_overrides(args.env_id, args.set)
     backend_opts: dict[str, Any] = {}
+    if args.address or args.port is not None:
+        backend_opts["address"] = args.address or f"tcp://{args.host or '127.0.0.1'}:{args.port}"
+    if args.token:
+        backend_opts["token"] = args.token
     if args.n_envs > 1:
         if args.backend not in (None, twinloop.spec(args.env_id).backend_names[0]):
             raise SystemExit("--n-envs > 1 runs on the simulator kernel only; drop --backend")
@@ -162,6 +166,25 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+#: ``twinloop serve <device>``: device -> module with ``add_arguments(parser)`` and ``main(args)``.
+SERVE_DEVICES: dict[str, str] = {
+    "microscope": "twinloop.hardware.microscope.cli",
+    "balloon": "twinloop.hardware.balloon.server",
+}
+
+
+def _add_serve(sub: Any) -> None:
+    import importlib
+
+    s = sub.add_parser("serve", help="run a device's network twin (simulator behind its protocol)")
+    devices = s.add_subparsers(dest="device", required=True)
+    for name, module_name in SERVE_DEVICES.items():
+        module = importlib.import_module(module_name)
+        d = devices.add_parser(name, help=(module.__doc__ or "").splitlines()[0])
+        module.add_arguments(d)
+        d.set_defaults(func=module.main)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``twinloop``."""
     p = argparse.ArgumentParser(prog="twinloop", description=__doc__.splitlines()[0])
@@ -188,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run episodes in a kernel-batched vector env of this size",
     )
     s.add_argument("--backend", default=None, help="backend name (default: the simulator)")
+    s.add_argument("--address", default=None,
+                   help="device address for network backends, e.g. tcp://127.0.0.1:5555")
+    s.add_argument("--host", default=None, help="device host (with --port; default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="device port (network backends)")
+    s.add_argument("--token", default=None, help="shared secret of the device's twin")
     s.add_argument(
         "--set",
         action="append",
@@ -198,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, help="also write the results to this JSON file")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_run)
+
+    _add_serve(sub)
     return p
 
 

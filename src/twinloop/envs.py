@@ -9,6 +9,7 @@ from __future__ import annotations
 from twinloop.core.registry import BackendSpec, EnvSpec, registry
 
 _STEM = "twinloop.sim.stem.env"
+_MIC = "twinloop.hardware.microscope"
 
 registry.register(
     EnvSpec(
@@ -23,6 +24,28 @@ registry.register(
                 entry_point=f"{_STEM}:make_sim_backend",
                 deterministic=True,
                 description="in-process STEM kernel",
+            ),
+            BackendSpec(
+                name="sim-image",
+                entry_point=f"{_MIC}:make_sim_image_backend",
+                deterministic=True,
+                description="in-process simulated microscope seen through frames + atom finding",
+            ),
+            BackendSpec(
+                name="remote",
+                entry_point=f"{_MIC}:make_remote_backend",
+                deterministic=False,
+                options=("address", "token", "timeout_s"),
+                extra="microscope",
+                description="a microscope twin (`twinloop serve microscope`) over ZeroMQ",
+            ),
+            BackendSpec(
+                name="nion",
+                entry_point=f"{_MIC}:make_nion_backend",
+                deterministic=False,
+                options=("instrument_id", "scan_id", "timeout_s"),
+                extra="nion",
+                description="Nion Swift STEM controller + scan device",
             ),
         ),
         description="Steer a Si dopant through graphene to a goal site with a parked STEM beam",

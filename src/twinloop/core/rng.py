@@ -28,8 +28,10 @@ from twinloop.core.jit import njit
 STREAM_BACKEND = 0
 #: Stream index used by a task (goal choice and other task-side randomness).
 STREAM_TASK = 1
+#: Stream index used for sensor noise that must not perturb the physics (e.g. image shot noise).
+STREAM_SENSOR = 2
 #: Number of streams every environment owns.
-N_STREAMS = 2
+N_STREAMS = 3
 
 _TWO_PI = 2.0 * math.pi
 _INV_2_53 = 1.0 / 9007199254740992.0

@@ -1,1 +1,1 @@
-"""twinloop.hardware."""
+"""Device backends: network twins and vendor adapters behind ``twinloop.core.Backend``."""

@@ -184,6 +184,41 @@ class StemMicroscopeConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class StemImagingConfig:
+    """HAADF image formation (the fast path) and the atom-finding pipeline.
+
+    Intensity ~ sum_i Y (Z_i/6)^gamma G(x - r_i; sigma_probe) + background, in detected
+    electrons: ``(I t_pixel / e) x yield``, with Poisson shot noise [reference sheet: yield
+    ~1e-3 of incident electrons at a C column and ~4e-3 at the Si at 60 kV, 80-200 mrad;
+    gamma 1.7-1.9 (abTEM multislice Si/C peak ratio 4.3-5.1); per-line jitter up to ~0.3 A].
+    The pixel time follows from the frame time: ``(frame_time_s / n - flyback) / n``.
+    """
+
+    frame_pixels: int = 256  # square frames of n x n pixels over the field of view
+    flyback_us: float = 500.0  # per line
+    imaging_current_na: float = 0.03  # probe current while scanning: 30 pA [reference sheet]
+    carbon_yield: float = 1e-3  # HAADF electrons per incident electron at a C column
+    z_exponent: float = 1.8  # gamma; Si/C peak ratio (14/6)^1.8 = 4.6
+    background_yield: float = 1e-4  # uniform background (contamination, detector offset)
+    line_jitter_angstrom: float = 0.1  # per-line x jitter, N(0, sd^2), re-drawn every line
+    flyback_distortion_angstrom: float = 0.2  # x lag at the start of a line ...
+    flyback_decay_pixels: float = 8.0  # ... decaying exponentially along the line
+    max_reimages: int = 2  # perception re-images when the Si is not found unambiguously
+
+    def __post_init__(self) -> None:  # noqa: D105
+        check_range(self, "frame_pixels", 16, 4096)
+        check_range(self, "imaging_current_na", 0.0, 10.0)
+        check_range(self, "flyback_us", 0.0, 1e5)
+        check_range(self, "carbon_yield", 0.0, 1.0, lo_open=True)
+        check_range(self, "z_exponent", 0.5, 3.0)
+        check_range(self, "background_yield", 0.0, 1.0)
+        check_range(self, "line_jitter_angstrom", 0.0, 2.0)
+        check_range(self, "flyback_distortion_angstrom", 0.0, 5.0)
+        check_range(self, "flyback_decay_pixels", 0.1, 1e4)
+        check_range(self, "max_reimages", 0, 20)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class StemTaskConfig:
     """Steer the Si to a goal site: actions, goals, reward and limits.
 
@@ -222,14 +257,27 @@ class StemTaskConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StemConfig:
-    """The whole STEM system: physics, microscope, task and safety."""
+    """The whole STEM system: physics, microscope, imaging, task and safety."""
 
     physics: StemPhysicsConfig = dataclasses.field(default_factory=StemPhysicsConfig)
     microscope: StemMicroscopeConfig = dataclasses.field(default_factory=StemMicroscopeConfig)
+    imaging: StemImagingConfig = dataclasses.field(default_factory=StemImagingConfig)
     task: StemTaskConfig = dataclasses.field(default_factory=StemTaskConfig)
     safety: SafetyConfig = dataclasses.field(default_factory=SafetyConfig)
 
+    @property
+    def pixel_time_s(self) -> float:
+        """Dwell of the scanning beam per pixel in a frame."""
+        n = self.imaging.frame_pixels
+        return (self.microscope.frame_time_s / n - self.imaging.flyback_us * 1e-6) / n
+
     def __post_init__(self) -> None:  # noqa: D105
+        if self.microscope.frame_time_s > 0 and self.pixel_time_s <= 0:
+            raise ConfigError(
+                f"StemMicroscopeConfig.frame_time_s = {self.microscope.frame_time_s} is too "
+                f"short for {self.imaging.frame_pixels} lines with a flyback of "
+                f"{self.imaging.flyback_us} us each"
+            )
         half = 0.5 * self.physics.lattice_size_cells * LATTICE_CONSTANT_ANGSTROM
         if self.task.goal_max_angstrom > 0.8 * half:
             raise ConfigError(

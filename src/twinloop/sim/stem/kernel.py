@@ -35,6 +35,7 @@ from twinloop.core.rng import STREAM_BACKEND, normal_pair, uniform, uniform_rang
 from twinloop.sim.stem.config import (
     BARN_ANGSTROM2,
     BOND_ANGSTROM,
+    ELEMENTARY_CHARGE_C,
     LATTICE_CONSTANT_ANGSTROM,
     MAX_HOLES,
     StemConfig,
@@ -56,8 +57,9 @@ KNOCKOUT = 1  # a C neighbour was knocked out: the Si is 4-fold and immobile
 LOST = 2  # the Si was replaced by a C adatom
 EDGE = 3  # the Si reached a site next to a missing atom (lattice border or hole)
 OUT_OF_VIEW = 4  # the Si left the field of view before re-centring
+AMBIGUOUS = 5  # (image backends) two Si-like atoms persisted through re-imaging
 #: Human-readable names of the status / failure codes, by code.
-STATUS_NAMES = ("none", "knockout", "lost", "edge", "out_of_view")
+STATUS_NAMES = ("none", "knockout", "lost", "edge", "out_of_view", "ambiguous")
 
 # --- measurement layout (what a real pipeline extracts from a frame) ----------------------------
 MEASUREMENT = Layout(
@@ -65,7 +67,7 @@ MEASUREMENT = Layout(
         Field("si_position_angstrom", (2,), doc="Si in the field of view, relative to its centre"),
         Field("neighbor_offsets_angstrom", (3, 2), doc="C neighbours relative to the Si"),
         Field("fov_center_angstrom", (2,), doc="field-of-view centre in the sample frame"),
-        Field("status", (), doc="0 ok, 1 four-fold, 2 lost, 3 edge, 4 out of view"),
+        Field("status", (), doc="0 ok, 1 four-fold, 2 lost, 3 edge, 4 out of view, 5 ambiguous"),
         Field("elapsed_s", (), doc="microscope time of the last command"),
         Field("fov_angstrom", (), doc="field-of-view width"),
         Field("holes_angstrom", (MAX_HOLES, 3), doc="known holes: x, y (sample frame), radius"),
@@ -105,7 +107,8 @@ I_STATUS = 3
 I_HOPS = 4  # hops during the last command
 I_NHOLES = 5
 I_FIRST_HOP = 6  # neighbour index (0-2) of the first hop of the last command, -1 if none
-N_I = 7
+I_KO_NEIGHBOR = 7  # neighbour index (0-2) knocked out, when the status is KNOCKOUT
+N_I = 8
 
 # --- parameter vector (from the config, shared by all envs) -------------------------------------
 P_PRIOR = 0  # 1.0 for the hand-set prior rate model
@@ -133,7 +136,8 @@ P_N_HOLES = 21
 P_HOLE_R = 22
 P_HOLE_DMIN = 23
 P_HOLE_DMAX = 24
-N_P = 25
+P_IMG_RATE_A = 25  # peak rate per neighbour at the imaging current (1/s)
+N_P = 26
 
 # Unit bond vectors Si->C_k of an s=0 site before rotation (s=1 sites use the negatives).
 _U0 = np.array(
@@ -146,21 +150,24 @@ def physics_params(cfg: StemConfig) -> np.ndarray:
     """Pack the config into the kernel's parameter vector (derived values computed here)."""
     ph, mi = cfg.physics, cfg.microscope
     p = np.zeros(N_P, dtype=np.float64)
+    # rates are linear in the current: the peak rate per nA, then at the parking and imaging
+    # currents
     if ph.rate_model == "prior":
         energy_scale = ph.cross_section_barn / ph.cross_section_barn_60kv
         p[P_PRIOR] = 1.0
-        p[P_RATE_A] = (
-            ph.prior_peak_rate_per_s * (ph.beam_current_na / ph.prior_current_na) * energy_scale
-        )
+        per_na = ph.prior_peak_rate_per_s / ph.prior_current_na * energy_scale
         p[P_SIGMA] = ph.prior_sigma_angstrom
         p[P_REACH] = ph.prior_optimum_bond_fraction * BOND
     else:
         sigma = ph.probe_sigma_angstrom
-        p[P_RATE_A] = (
-            ph.electrons_per_s * ph.cross_section_barn * BARN_ANGSTROM2 / (TWO_PI * sigma**2)
+        electrons_per_s_per_na = 1e-9 / ELEMENTARY_CHARGE_C
+        per_na = electrons_per_s_per_na * ph.cross_section_barn * BARN_ANGSTROM2 / (
+            TWO_PI * sigma**2
         )
         p[P_SIGMA] = sigma
         p[P_REACH] = BOND + ph.optimum_offset_angstrom
+    p[P_RATE_A] = per_na * ph.beam_current_na
+    p[P_IMG_RATE_A] = per_na * cfg.imaging.imaging_current_na
     p[P_HALF_CELLS] = ph.lattice_size_cells // 2
     p[P_KO] = ph.knockout_ratio
     p[P_LOSS] = ph.loss_ratio
@@ -331,7 +338,11 @@ def evolve(
             return
         v = uniform(rng, i, STREAM_BACKEND) * every
         if v >= total:
-            istate[i, I_STATUS] = KNOCKOUT if v < total * (1.0 + f[F_KO]) else LOST
+            ko = v < total * (1.0 + f[F_KO])
+            istate[i, I_STATUS] = KNOCKOUT if ko else LOST
+            if ko:  # the C knocked out is neighbour k with probability lambda_k / total
+                w = (v - total) / f[F_KO]
+                istate[i, I_KO_NEIGHBOR] = 0 if w < l0 else (1 if w < l0 + l1 else 2)
             return
         k = 0 if v < l0 else (1 if v < l0 + l1 else 2)
         if istate[i, I_HOPS] == 0:
@@ -416,18 +427,18 @@ def reset(
     if params[P_OPT_SD] > 0.0:
         reach = max(reach + params[P_OPT_SD] * normal_pair(rng, i, k)[0], 0.0)
     sigma = params[P_SIGMA] * fwhm_mult
-    if params[P_PRIOR] > 0:
-        peak = params[P_RATE_A] * xs_mult  # the prior's peak does not depend on the probe
-    else:
-        peak = params[P_RATE_A] * xs_mult / (fwhm_mult * fwhm_mult)  # normalised probe
+    # the prior's peak does not depend on the probe; the physical one is a normalised probe
+    scale = xs_mult if params[P_PRIOR] > 0 else xs_mult / (fwhm_mult * fwhm_mult)
+    peak = params[P_RATE_A] * scale
     f[F_RATE_A] = peak
     f[F_INV2S2] = 1.0 / (2.0 * sigma * sigma)
     f[F_REACH] = reach
     f[F_KO] = params[P_KO]
     f[F_LOSS] = params[P_LOSS]
-    # A scanning beam delivers the parked dose spread over the field of view: the Gaussian's
-    # integral 2 pi sigma^2 divided by the frame area.
-    f[F_IMG_RATE] = peak * TWO_PI * sigma * sigma / (params[P_FOV] * params[P_FOV])
+    # A scanning beam at the imaging current spreads its dose over the field of view: the
+    # Gaussian's integral 2 pi sigma^2 divided by the frame area.
+    img_peak = params[P_IMG_RATE_A] * scale
+    f[F_IMG_RATE] = img_peak * TWO_PI * sigma * sigma / (params[P_FOV] * params[P_FOV])
     f[F_RATE0] = f[F_RATE0 + 1] = f[F_RATE0 + 2] = 0.0
     f[F_TIME] = 0.0
     istate[i, I_SI_I] = 0
@@ -458,7 +469,33 @@ def reset(
 
 
 @njit
-def apply(
+def begin_command(i: int, istate: np.ndarray) -> None:
+    """Clear the per-command counters (hops, first hop) before a new command."""
+    istate[i, I_HOPS] = 0
+    istate[i, I_FIRST_HOP] = -1
+
+
+@njit
+def drift(i: int, duration_s: float, fstate: np.ndarray) -> None:
+    """Move the view over the sample at the episode's drift velocity for ``duration_s``."""
+    fstate[i, F_FOV_X] += fstate[i, F_VX] * duration_s
+    fstate[i, F_FOV_Y] += fstate[i, F_VY] * duration_s
+
+
+@njit
+def diffuse(
+    i: int, duration_s: float, fstate: np.ndarray, params: np.ndarray, rng: np.ndarray
+) -> None:
+    """Random-walk part of the drift over ``duration_s`` (variance 2 D t per axis)."""
+    if params[P_DRIFT_D] > 0.0 and duration_s > 0.0:
+        g1, g2 = normal_pair(rng, i, STREAM_BACKEND)
+        scale = math.sqrt(2.0 * params[P_DRIFT_D] * duration_s)
+        fstate[i, F_FOV_X] += scale * g1
+        fstate[i, F_FOV_Y] += scale * g2
+
+
+@njit
+def dwell(
     i: int,
     probe_x: float,
     probe_y: float,
@@ -468,21 +505,14 @@ def apply(
     holes: np.ndarray,
     params: np.ndarray,
     rng: np.ndarray,
-    meas: np.ndarray,
 ) -> None:
-    """Park the beam at ``(probe_x, probe_y)`` (A, view frame) for ``dwell_s``, then image.
+    """Park the beam at ``(probe_x, probe_y)`` (A, view frame) for ``dwell_s``.
 
-    Sequence: beam settle (drift only), dwell (piecewise-constant beam over the drifting
-    sample), one frame (uniform imaging dose), random-walk drift, measurement; if the Si left
-    the central part of the view, the view is re-centred on it at the cost of one more frame.
+    The Markov process runs with a piecewise-constant beam over the drifting sample; the view
+    moves on with the drift.
     """
     f = fstate[i]
-    istate[i, I_HOPS] = 0
-    istate[i, I_FIRST_HOP] = -1
     vx, vy = f[F_VX], f[F_VY]
-    settle, frame = params[P_SETTLE], params[P_FRAME]
-    f[F_FOV_X] += vx * settle
-    f[F_FOV_Y] += vy * settle
     speed = math.sqrt(vx * vx + vy * vy)
     n_pieces = 1 + int(min(speed * dwell_s / params[P_DRIFT_RES], 1000.0))
     dt = dwell_s / n_pieces
@@ -506,28 +536,72 @@ def apply(
             evolve(i, dt, bx, by, 0.0, fstate, istate, holes, params, rng, True, r0, r1, r2)
         else:
             evolve(i, dt, bx, by, 0.0, fstate, istate, holes, params, rng)
-    if istate[i, I_STATUS] == OK and frame > 0.0:
-        evolve(i, frame, 0.0, 0.0, f[F_IMG_RATE], fstate, istate, holes, params, rng)
-    # the sample drifts through the whole dwell and frame, whatever happened to the Si
+    # the sample drifts through the whole dwell, whatever happened to the Si
+    f[F_FOV_X] = fx0 + vx * dwell_s
+    f[F_FOV_Y] = fy0 + vy * dwell_s
+
+
+@njit
+def scan_dose(
+    i: int,
+    frame_s: float,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    holes: np.ndarray,
+    params: np.ndarray,
+    rng: np.ndarray,
+) -> None:
+    """The dose of one frame, spread uniformly over the view, then the view drifts on."""
+    if istate[i, I_STATUS] == OK and frame_s > 0.0:
+        rate = fstate[i, F_IMG_RATE]
+        evolve(i, frame_s, 0.0, 0.0, rate, fstate, istate, holes, params, rng)
+    drift(i, frame_s, fstate)
+
+
+@njit
+def shift_view(i: int, dx: float, dy: float, fstate: np.ndarray) -> None:
+    """Move the scan field by ``(dx, dy)`` A (re-centring)."""
+    fstate[i, F_FOV_X] += dx
+    fstate[i, F_FOV_Y] += dy
+
+
+@njit
+def apply(
+    i: int,
+    probe_x: float,
+    probe_y: float,
+    dwell_s: float,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    holes: np.ndarray,
+    params: np.ndarray,
+    rng: np.ndarray,
+    meas: np.ndarray,
+) -> None:
+    """Park the beam at ``(probe_x, probe_y)`` (A, view frame) for ``dwell_s``, then image.
+
+    Sequence: beam settle (drift only), dwell (piecewise-constant beam over the drifting
+    sample), one frame (uniform imaging dose), random-walk drift, measurement; if the Si left
+    the central part of the view, the view is re-centred on it at the cost of one more frame.
+    """
+    begin_command(i, istate)
+    settle, frame = params[P_SETTLE], params[P_FRAME]
+    drift(i, settle, fstate)
+    dwell(i, probe_x, probe_y, dwell_s, fstate, istate, holes, params, rng)
+    scan_dose(i, frame, fstate, istate, holes, params, rng)
     elapsed = settle + dwell_s + frame
-    f[F_FOV_X] = fx0 + vx * (dwell_s + frame)
-    f[F_FOV_Y] = fy0 + vy * (dwell_s + frame)
-    if params[P_DRIFT_D] > 0.0:
-        g1, g2 = normal_pair(rng, i, STREAM_BACKEND)
-        scale = math.sqrt(2.0 * params[P_DRIFT_D] * elapsed)
-        f[F_FOV_X] += scale * g1
-        f[F_FOV_Y] += scale * g2
+    diffuse(i, elapsed, fstate, params, rng)
     _check_in_view(i, fstate, istate, params)
     measure(i, fstate, istate, holes, params, rng, meas)
     limit = 0.5 * params[P_RECENTRE] * params[P_FOV]
     m = meas[i]
     if istate[i, I_STATUS] == OK and (abs(m[M_SI]) > limit or abs(m[M_SI + 1]) > limit):
         # re-centre the view on the measured Si; the sample keeps drifting meanwhile
-        f[F_FOV_X] += m[M_SI] + vx * params[P_RECENTRE_TIME]
-        f[F_FOV_Y] += m[M_SI + 1] + vy * params[P_RECENTRE_TIME]
+        shift_view(i, m[M_SI], m[M_SI + 1], fstate)
+        drift(i, params[P_RECENTRE_TIME], fstate)
         elapsed += params[P_RECENTRE_TIME]
         measure(i, fstate, istate, holes, params, rng, meas)
-    f[F_TIME] += elapsed
+    fstate[i, F_TIME] += elapsed
     meas[i, M_ELAPSED] = elapsed
 
 

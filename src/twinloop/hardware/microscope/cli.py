@@ -1,0 +1,67 @@
+"""``twinloop serve microscope``: run the microscope twin in this process until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Any
+
+ENV_ID = "twinloop/StemSteer-v0"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``twinloop serve microscope``."""
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=5555, help="TCP port (0: any free port)")
+    p.add_argument("--token", default=None, help="shared secret every request must carry")
+    p.add_argument(
+        "--watchdog-s",
+        type=float,
+        default=5.0,
+        help="blank the beam after this long without a request",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="STEM config override for the simulated sample (repeatable)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; prints the bound address on stdout first."""
+    import twinloop
+    from twinloop.core.config import parse_assignment
+    from twinloop.hardware.microscope.fake import SimMicroscope
+    from twinloop.hardware.microscope.server import MicroscopeServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = twinloop.make_config(ENV_ID)
+    overrides: dict[str, Any] = dict(parse_assignment(cfg, a) for a in args.set)
+    cfg = twinloop.make_config(ENV_ID, **overrides)
+    server = MicroscopeServer(
+        SimMicroscope(cfg),
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        watchdog_s=args.watchdog_s,
+    )
+
+    def stop(*_: Any) -> None:
+        server.stop(timeout_s=0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"microscope twin listening on {server.address}", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: bound to {args.host}, reachable from other machines"
+            + ("" if args.token else " without a token"),
+            file=sys.stderr,
+            flush=True,
+        )
+    server.serve_forever()
+    return 0
