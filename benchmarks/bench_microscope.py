@@ -69,7 +69,9 @@ def _truth(cfg, f, i, n):
     x, y = K.site_xy(*map(int, i[0, :3]), f[0, K.F_COS], f[0, K.F_SIN])
     fov = cfg.microscope.fov_angstrom
     t = (y - f[0, K.F_FOV_Y] + fov / 2) / (fov / n) * cfg.microscope.frame_time_s / n
-    return np.array([x - f[0, K.F_FOV_X] - f[0, K.F_VX] * t, y - f[0, K.F_FOV_Y] - f[0, K.F_VY] * t])
+    return np.array(
+        [x - f[0, K.F_FOV_X] - f[0, K.F_VX] * t, y - f[0, K.F_FOV_Y] - f[0, K.F_VY] * t]
+    )
 
 
 def bench_perception(frames: int, currents_pa: list[float]) -> list[dict]:

@@ -169,7 +169,6 @@ def _json_default(obj: Any) -> Any:
 #: ``twinloop serve <device>``: device -> module with ``add_arguments(parser)`` and ``main(args)``.
 SERVE_DEVICES: dict[str, str] = {
     "microscope": "twinloop.hardware.microscope.cli",
-    "balloon": "twinloop.hardware.balloon.server",
 }
 
 

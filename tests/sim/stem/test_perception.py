@@ -32,7 +32,9 @@ def _si_truth(cfg: StemConfig, f: np.ndarray, i: np.ndarray, img: np.ndarray) ->
     x, y = K.site_xy(*map(int, i[0, :3]), f[0, K.F_COS], f[0, K.F_SIN])
     n, fov = img.shape[0], cfg.microscope.fov_angstrom
     t = (y - f[0, K.F_FOV_Y] + fov / 2) / (fov / n) * cfg.microscope.frame_time_s / n
-    return np.array([x - f[0, K.F_FOV_X] - f[0, K.F_VX] * t, y - f[0, K.F_FOV_Y] - f[0, K.F_VY] * t])
+    return np.array(
+        [x - f[0, K.F_FOV_X] - f[0, K.F_VX] * t, y - f[0, K.F_FOV_Y] - f[0, K.F_VY] * t]
+    )
 
 
 def test_si_found_in_99_percent_of_frames_within_0_2_angstrom() -> None:
@@ -103,7 +105,7 @@ def test_alignment_recovers_the_view_shift(shift) -> None:
     K.shift_view(0, shift[0], shift[1], f)
     b = P.find_atoms(R.render_frame(cfg, 0, (f, i, h), p, ip, rng), 20.0, 0.45)[0]
     # a small drift is found from no guess; a commanded re-centre from its command
-    guess = np.zeros(2) if np.hypot(*shift) < 1 else np.array(shift) + [0.2, -0.2]
+    guess = np.zeros(2) if np.hypot(*shift) < 1 else np.array(shift) + np.array([0.2, -0.2])
     est, matched = P.align(a, b, guess)
     assert matched > 30
     np.testing.assert_allclose(est, shift, atol=0.05)
