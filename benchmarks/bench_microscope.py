@@ -84,21 +84,25 @@ def bench_perception(frames: int, currents_pa: list[float]) -> list[dict]:
         for seed in range(frames):
             p, (f, i, h), rng, ip = _sample(cfg, seed)
             img = R.render_frame(cfg, 0, (f, i, h), p, ip, rng)
-            det = P.analyse(img, cfg.microscope.fov_angstrom, cfg.physics.probe_sigma_angstrom,
-                            ratio)
+            det = P.analyse(
+                img, cfg.microscope.fov_angstrom, cfg.physics.probe_sigma_angstrom, ratio
+            )
             statuses[det.status] = statuses.get(det.status, 0) + 1
             if det.status == P.OK:
                 found += 1
-                errors.append(float(np.hypot(*(det.si_position_angstrom
-                                               - _truth(cfg, f, i, img.shape[0])))))
-        rows.append({
-            "imaging_current_pa": pa,
-            "electrons_per_pixel": electrons,
-            "si_found_fraction": found / frames,
-            "median_error_angstrom": float(np.median(errors)) if errors else float("nan"),
-            "p95_error_angstrom": float(np.percentile(errors, 95)) if errors else float("nan"),
-            "outcomes": statuses,
-        })
+                errors.append(
+                    float(np.hypot(*(det.si_position_angstrom - _truth(cfg, f, i, img.shape[0]))))
+                )
+        rows.append(
+            {
+                "imaging_current_pa": pa,
+                "electrons_per_pixel": electrons,
+                "si_found_fraction": found / frames,
+                "median_error_angstrom": float(np.median(errors)) if errors else float("nan"),
+                "p95_error_angstrom": float(np.percentile(errors, 95)) if errors else float("nan"),
+                "outcomes": statuses,
+            }
+        )
     return rows
 
 
@@ -110,7 +114,9 @@ def bench_twin(seconds: float) -> dict:
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "twinloop.cli", "serve", "microscope", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert "listening" in proc.stdout.readline()
@@ -142,8 +148,11 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "microscope.json"))
     args = p.parse_args()
     numba.set_num_threads(1)
-    machine = {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-               "processor": platform.processor() or platform.machine()}
+    machine = {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
     render = bench_render(args.repeats)
     print("HAADF render, 256 x 256, one core (target <= 2 ms median)")
@@ -151,22 +160,30 @@ def main() -> None:
         print(f"  {name:32s} {r['median_ms']:7.3f} ms")
 
     perception = bench_perception(args.frames, args.currents_pa)
-    print(f"\nSi detection over {args.frames} frames per dose (targets at the default 30 pA: "
-          ">= 99 % found, median error <= 0.2 A)")
+    print(
+        f"\nSi detection over {args.frames} frames per dose (targets at the default 30 pA: "
+        ">= 99 % found, median error <= 0.2 A)"
+    )
     print(f"  {'current':>8s} {'e-/pixel':>9s} {'found':>7s} {'median err':>11s} {'p95 err':>8s}")
     for r in perception:
-        print(f"  {r['imaging_current_pa']:6.0f}pA {r['electrons_per_pixel']:9.0f} "
-              f"{100 * r['si_found_fraction']:6.1f}% {r['median_error_angstrom']:9.3f} A "
-              f"{r['p95_error_angstrom']:6.3f} A   {r['outcomes']}")
+        print(
+            f"  {r['imaging_current_pa']:6.0f}pA {r['electrons_per_pixel']:9.0f} "
+            f"{100 * r['si_found_fraction']:6.1f}% {r['median_error_angstrom']:9.3f} A "
+            f"{r['p95_error_angstrom']:6.3f} A   {r['outcomes']}"
+        )
 
     twin = bench_twin(args.seconds)
-    print(f"\nTwin on loopback: {twin['park_acquire_64px_per_s']:.0f} park+acquire(64x64) "
-          "pairs/s from one client (target >= 200)")
+    print(
+        f"\nTwin on loopback: {twin['park_acquire_64px_per_s']:.0f} park+acquire(64x64) "
+        "pairs/s from one client (target >= 200)"
+    )
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(
-        {"machine": machine, "render": render, "perception": perception, "twin": twin},
-        indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {"machine": machine, "render": render, "perception": perception, "twin": twin}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -210,8 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run episodes in a kernel-batched vector env of this size",
     )
     s.add_argument("--backend", default=None, help="backend name (default: the simulator)")
-    s.add_argument("--address", default=None,
-                   help="device address for network backends, e.g. tcp://127.0.0.1:5555")
+    s.add_argument(
+        "--address",
+        default=None,
+        help="device address for network backends, e.g. tcp://127.0.0.1:5555",
+    )
     s.add_argument("--host", default=None, help="device host (with --port; default 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="device port (network backends)")
     s.add_argument("--token", default=None, help="shared secret of the device's twin")

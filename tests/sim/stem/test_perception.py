@@ -61,8 +61,10 @@ def test_four_fold_si_is_recognised() -> None:
         i[0, K.I_KO_NEIGHBOR] = 1
 
     hits = sum(
-        P.analyse(_frame(cfg, s, knock_out)[0], 20.0, cfg.physics.probe_sigma_angstrom,
-                  RATIO).status == P.FOUR_FOLD
+        P.analyse(
+            _frame(cfg, s, knock_out)[0], 20.0, cfg.physics.probe_sigma_angstrom, RATIO
+        ).status
+        == P.FOUR_FOLD
         for s in range(10)
     )
     assert hits >= 9
@@ -80,8 +82,13 @@ def test_lost_si_reads_as_no_si() -> None:
 
 
 def test_si_next_to_a_hole_reads_as_edge() -> None:
-    cfg = override(StemConfig(), n_holes=1, hole_radius_angstrom=1.0,
-                   hole_min_distance_angstrom=4.0, hole_max_distance_angstrom=4.0)
+    cfg = override(
+        StemConfig(),
+        n_holes=1,
+        hole_radius_angstrom=1.0,
+        hole_min_distance_angstrom=4.0,
+        hole_max_distance_angstrom=4.0,
+    )
 
     def hole_next_to_si(f, i, h):
         x, y = K.site_xy(0, 0, 1, f[0, K.F_COS], f[0, K.F_SIN])  # neighbour 0 of the Si
@@ -93,8 +100,9 @@ def test_si_next_to_a_hole_reads_as_edge() -> None:
 
 @pytest.mark.parametrize("shift", [(0.4, -0.3), (3.0, 2.0)])
 def test_alignment_recovers_the_view_shift(shift) -> None:
-    cfg = override(StemConfig(), drift_speed_max_angstrom_per_s=0.0,
-                   drift_diffusion_angstrom2_per_s=0.0)
+    cfg = override(
+        StemConfig(), drift_speed_max_angstrom_per_s=0.0, drift_diffusion_angstrom2_per_s=0.0
+    )
     p = K.physics_params(cfg)
     f, i, h, m = K.new_state(1)
     rng = new_streams(1)

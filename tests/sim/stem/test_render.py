@@ -54,8 +54,12 @@ def test_si_to_carbon_peak_ratio_follows_z_to_the_gamma() -> None:
     img = R.render_frame(cfg, 0, state, p, ip, rng)
     f = state[0]
     si = _value_at(img, cfg, f, *K.site_xy(0, 0, 0, 1.0, 0.0))
-    far_c = np.mean([_value_at(img, cfg, f, *K.site_xy(a, b, s, 1.0, 0.0))
-                     for a, b, s in [(2, 1, 0), (-2, 1, 1), (1, -3, 0), (-1, 2, 1)]])
+    far_c = np.mean(
+        [
+            _value_at(img, cfg, f, *K.site_xy(a, b, s, 1.0, 0.0))
+            for a, b, s in [(2, 1, 0), (-2, 1, 1), (1, -3, 0), (-1, 2, 1)]
+        ]
+    )
     bg = cfg.imaging.background_yield / cfg.imaging.carbon_yield
     ratio = (si - bg * far_c) / (far_c - bg * far_c)
     assert 4.3 < ratio < 5.1
@@ -106,8 +110,12 @@ def test_shot_noise_is_exactly_poisson(lam: float) -> None:
 def test_line_jitter_shifts_rows_by_the_configured_spread() -> None:
     """Per-line jitter N(0, sd^2): the x centroid of an atom's rows scatters by ~sd."""
     sd = 0.2
-    cfg = override(StemConfig(), imaging_current_na=10.0, line_jitter_angstrom=sd,
-                   **{k: v for k, v in QUIET.items() if k != "line_jitter_angstrom"})
+    cfg = override(
+        StemConfig(),
+        imaging_current_na=10.0,
+        line_jitter_angstrom=sd,
+        **{k: v for k, v in QUIET.items() if k != "line_jitter_angstrom"},
+    )
     p, state, rng, ip = _setup(cfg)
     img = R.render_frame(cfg, 0, state, p, ip, rng).astype(np.float64)
     n, fov = img.shape[0], cfg.microscope.fov_angstrom
@@ -139,8 +147,9 @@ def test_drift_shears_the_frame() -> None:
     line_s = cfg.microscope.frame_time_s / img.shape[0]
     px = cfg.microscope.fov_angstrom / img.shape[0]
     # expected apparent position: sample x - view x at the time the row is scanned
-    sites = np.array([K.site_xy(a, b, s, 1.0, 0.0) for a in range(-8, 9) for b in range(-8, 9)
-                      for s in (0, 1)])
+    sites = np.array(
+        [K.site_xy(a, b, s, 1.0, 0.0) for a in range(-8, 9) for b in range(-8, 9) for s in (0, 1)]
+    )
     rows = (xy[:, 1] + cfg.microscope.fov_angstrom / 2) / px
     t = rows * line_s
     truth_now = sites[None, :, :] - np.array([f[0, K.F_FOV_X], f[0, K.F_FOV_Y]])

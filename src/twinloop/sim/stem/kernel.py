@@ -161,8 +161,8 @@ def physics_params(cfg: StemConfig) -> np.ndarray:
     else:
         sigma = ph.probe_sigma_angstrom
         electrons_per_s_per_na = 1e-9 / ELEMENTARY_CHARGE_C
-        per_na = electrons_per_s_per_na * ph.cross_section_barn * BARN_ANGSTROM2 / (
-            TWO_PI * sigma**2
+        per_na = (
+            electrons_per_s_per_na * ph.cross_section_barn * BARN_ANGSTROM2 / (TWO_PI * sigma**2)
         )
         p[P_SIGMA] = sigma
         p[P_REACH] = BOND + ph.optimum_offset_angstrom
