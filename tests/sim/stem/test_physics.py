@@ -208,7 +208,7 @@ def test_several_hops_per_dwell_follow_poisson_under_uniform_dose() -> None:
     With a uniform imaging dose every neighbour has the same constant rate r wherever the Si
     is, so the number of hops in a frame of T seconds is Poisson(3 r T).
     """
-    cfg = _still(frame_time_s=30.0, beam_current_na=3.0, fov_angstrom=10.0)
+    cfg = _still(frame_time_s=30.0, imaging_current_na=3.0, fov_angstrom=10.0)
     n = 8000
     params, f, i, holes, meas, rng = _state(cfg, n, seed=3)
     rate = f[0, K.F_IMG_RATE]
@@ -234,7 +234,7 @@ def test_knockout_and_loss_compete_with_inversion() -> None:
         knockout_ratio_60kv=k,
         loss_ratio=mu,
         frame_time_s=600.0,
-        beam_current_na=10.0,
+        imaging_current_na=10.0,
         fov_angstrom=20.0,
     )
     n = 20000
@@ -298,7 +298,7 @@ def test_recentring_costs_time_and_brings_the_si_back() -> None:
 def test_si_reaching_the_lattice_edge_ends_the_episode() -> None:
     cfg = _still(
         lattice_size_cells=8,
-        beam_current_na=10.0,
+        imaging_current_na=10.0,
         frame_time_s=100.0,
         fov_angstrom=20.0,
         goal_max_angstrom=3.0,
@@ -322,7 +322,7 @@ def test_holes_stop_the_si() -> None:
         hole_radius_angstrom=2.0,
         hole_min_distance_angstrom=5.0,
         hole_max_distance_angstrom=5.0,
-        beam_current_na=10.0,
+        imaging_current_na=10.0,
         frame_time_s=200.0,
         fov_angstrom=20.0,
     )
@@ -340,7 +340,7 @@ def test_holes_stop_the_si() -> None:
 
 def test_si_out_of_view_is_a_failure() -> None:
     cfg = _still(
-        beam_current_na=5.0,
+        imaging_current_na=5.0,
         frame_time_s=200.0,
         fov_angstrom=6.0,
         offset_max_angstrom=2.0,
