@@ -139,6 +139,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         ("truncated (step limit)", summary["truncated"]),
         ("failures by kind", failures),
     ]
+    for key in sorted(k[: -len("_ci95")] for k in summary if k.endswith("_ci95")):
+        if key == "success_rate":
+            continue
+        m_lo, m_hi = summary[f"{key}_ci95"]
+        rows.append((key, f"{summary[key]:.3f}  (95% bootstrap CI {m_lo:.3f}-{m_hi:.3f})"))
     print(
         f"{args.env_id}  controller={args.controller}  backend={args.backend or 'sim'}  "
         f"seed={args.seed}  n_envs={args.n_envs}"
@@ -169,6 +174,7 @@ def _json_default(obj: Any) -> Any:
 #: ``twinloop serve <device>``: device -> module with ``add_arguments(parser)`` and ``main(args)``.
 SERVE_DEVICES: dict[str, str] = {
     "microscope": "twinloop.hardware.microscope.cli",
+    "balloon": "twinloop.hardware.balloon.server",
 }
 
 

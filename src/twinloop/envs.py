@@ -43,11 +43,47 @@ registry.register(
                 name="nion",
                 entry_point=f"{_MIC}:make_nion_backend",
                 deterministic=False,
-                options=("instrument_id", "scan_id", "timeout_s"),
+                options=("instrument_id", "scan_id", "timeout_s", "clock", "channel"),
                 extra="nion",
                 description="Nion Swift STEM controller + scan device",
             ),
         ),
         description="Steer a Si dopant through graphene to a goal site with a parked STEM beam",
+    )
+)
+
+_BALLOON = "twinloop.sim.balloon.env"
+
+registry.register(
+    EnvSpec(
+        id="twinloop/BalloonStationKeeping-v0",
+        system="balloon",
+        entry_point=f"{_BALLOON}:make_env",
+        vector_entry_point=f"{_BALLOON}:make_vec_env",
+        config_entry_point="twinloop.sim.balloon.config:BalloonConfig",
+        backends=(
+            BackendSpec(
+                name="sim",
+                entry_point=f"{_BALLOON}:make_sim_backend",
+                deterministic=True,
+                description="in-process balloon kernel and generative winds",
+            ),
+            BackendSpec(
+                name="mavlink",
+                entry_point="twinloop.hardware.balloon.backend:make_mavlink_backend",
+                deterministic=False,
+                options=(
+                    "address",
+                    "ack_timeout_s",
+                    "retries",
+                    "connect_timeout_s",
+                    "frame_timeout_s",
+                    "heartbeat_s",
+                ),
+                extra="balloon",
+                description="a flight controller (or `twinloop serve balloon`) over MAVLink/UDP",
+            ),
+        ),
+        description="Keep a superpressure balloon within 50 km of a station for 48 h (BLE task)",
     )
 )

@@ -15,6 +15,11 @@ from twinloop.core.registry import load
 CONTROLLERS: dict[str, str] = {
     "random": "twinloop.controllers.classical.random:RandomController",
     "greedy-neighbor": "twinloop.controllers.classical.stem:GreedyNeighbor",
+    "greedy-learned": "twinloop.controllers.classical.stem:GreedyLearned",
+    "planner": "twinloop.controllers.classical.stem:Planner",
+    "station-seeker": "twinloop.controllers.classical.balloon:StationSeeker",
+    "random-walk": "twinloop.controllers.classical.balloon:RandomWalk",
+    "altitude-hold": "twinloop.controllers.classical.balloon:AltitudeHold",
 }
 
 

@@ -36,6 +36,8 @@ class EpisodeResult:
         terminated: Ended in a terminal state.
         truncated: Cut by the step limit.
         time_s: The system's own clock at the end (microscope time for STEM), if reported.
+        metrics: Per-episode metrics the env names in ``metadata["episode_metrics"]``, read
+            from the last step's info (e.g. ``twr50`` of the balloon).
     """
 
     episode: int
@@ -47,6 +49,7 @@ class EpisodeResult:
     terminated: bool
     truncated: bool
     time_s: float
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _failure_name(metadata: dict[str, Any], code: Any) -> str:
@@ -70,6 +73,7 @@ def _result(
         terminated=bool(term),
         truncated=bool(trunc),
         time_s=float(info.get("time_s", math.nan)),
+        metrics={k: float(info[k]) for k in meta.get("episode_metrics", ()) if k in info},
     )
 
 
@@ -108,17 +112,22 @@ def run_vector(
     episodes: int,
     seed: int,
     progress: ProgressFn | None = None,
+    on_idle: Callable[[np.ndarray], None] | None = None,
 ) -> list[EpisodeResult]:
     """Run ``episodes`` episodes spread over the rows of a vector env.
 
     Each row runs episode after episode; an ended row is re-seeded with the next episode's
     seed (a masked reset), so episode ``e`` sees seed ``seed + e`` as in :func:`run_single`.
+    Rows with no episode left keep stepping; ``on_idle(mask)`` is told which rows those are
+    whenever the set grows (a recorder uses it to skip their extra episodes).
     """
     n = env.num_envs
     meta = dict(env.metadata)
     row_episode = np.full(n, -1, dtype=np.int64)
     first = min(n, episodes)
     row_episode[:first] = np.arange(first)
+    if on_idle is not None:
+        on_idle(row_episode < 0)
     seeds = [seed + int(e) if e >= 0 else seed + episodes + i for i, e in enumerate(row_episode)]
     obs, _ = env.reset(seed=seeds)
     controller.reset(n, np.array(seeds))
@@ -155,6 +164,8 @@ def run_vector(
                 next_episode += 1
             else:
                 row_episode[i] = -1
+        if on_idle is not None and (row_episode[ended] < 0).any():
+            on_idle(row_episode < 0)
         if restart.any():
             obs, _ = env.reset(seed=new_seeds, options={"reset_mask": restart})
             controller.reset(n, np.array([s if s is not None else 0 for s in new_seeds]), restart)
@@ -162,7 +173,11 @@ def run_vector(
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
-    """Success rate (with a 95 % Wilson interval), mean return, steps, time, failures."""
+    """Success rate (with a 95 % Wilson interval), mean return, steps, time, failures.
+
+    Each per-episode metric (``EpisodeResult.metrics``) is reported as ``<name>`` (the mean)
+    and ``<name>_ci95`` (a percentile bootstrap interval of the mean).
+    """
     n = len(results)
     if n == 0:
         raise ValueError("no episodes to summarize")
@@ -179,7 +194,20 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "median_time_to_success_s": float(np.median(success_times)) if success_times else math.nan,
         "truncated": sum(r.truncated for r in results),
         "failures": dict(sorted(failures.items())),
+        **_metric_summary(results),
     }
+
+
+def _metric_summary(results: Sequence[EpisodeResult]) -> dict[str, Any]:
+    from twinloop.eval.bootstrap import bootstrap_ci
+
+    out: dict[str, Any] = {}
+    names = sorted({k for r in results for k in r.metrics})
+    for name in names:
+        values = np.array([r.metrics[name] for r in results if name in r.metrics])
+        out[name] = float(values.mean())
+        out[f"{name}_ci95"] = list(bootstrap_ci(values))
+    return out
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

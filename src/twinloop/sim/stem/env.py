@@ -122,6 +122,16 @@ def _metadata(cfg: StemConfig, layout: Layout) -> dict[str, Any]:
         "observation_layout": layout.describe(),
         "failure_names": T.FAILURE_NAMES,
         "reward_terms": T.REWARD_TERMS,
+        # what a controller may know about the instrument's settings (not the sample's state)
+        "beam": {
+            "current_na": cfg.physics.beam_current_na,
+            "voltage_kv": cfg.physics.beam_energy_kev,
+        },
+        "timing": {
+            "settle_s": cfg.microscope.beam_settle_s,
+            "frame_s": cfg.microscope.frame_time_s,
+            "dwell_s": cfg.microscope.dwell_s,
+        },
     }
 
 

@@ -1,0 +1,1 @@
+"""The balloon flight controller over MAVLink: protocol, backend, vehicle twin, fakes."""

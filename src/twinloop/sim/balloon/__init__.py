@@ -1,0 +1,1 @@
+"""The stratospheric balloon: superpressure balloon physics, winds and station keeping."""

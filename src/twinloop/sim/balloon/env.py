@@ -1,0 +1,515 @@
+"""Balloon envs: the simulated backend, the single env and the kernel-batched vector env.
+
+``twinloop/BalloonStationKeeping-v0`` = :class:`~twinloop.sim.balloon.task.BalloonTask` x a
+backend x safety. The single env runs the kernel on a batch of one through
+:class:`BalloonSimBackend`; the vector env runs the same row functions of
+:mod:`~twinloop.sim.balloon.kernel` and :mod:`~twinloop.sim.balloon.task` inside one parallel
+loop, auto-resetting ended episodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from numba import prange
+
+from twinloop.core.backend import BaseBackend
+from twinloop.core.env import TwinEnv
+from twinloop.core.jit import njit
+from twinloop.core.layout import Field, Layout
+from twinloop.core.rng import new_streams, seed_streams
+from twinloop.core.safety import clip_command_row
+from twinloop.core.vector import NO_SEED, KernelVectorEnv, zero_row
+from twinloop.sim.balloon import kernel as K
+from twinloop.sim.balloon import task as T
+from twinloop.sim.balloon.config import BalloonConfig
+
+ENV_ID = "twinloop/BalloonStationKeeping-v0"
+
+#: The flight controller's command: 0 down, 1 stay, 2 up.
+COMMAND_SPACE = gym.spaces.Box(np.array([0.0]), np.array([2.0]), dtype=np.float64)
+
+
+def wind_inputs(cfg: BalloonConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(wind params, grid, grid levels)`` for the kernel; loads gridded winds if configured."""
+    if cfg.wind.source == "grid":
+        from twinloop.sim.balloon.era5 import load_grid
+
+        grid, levels, meta = load_grid(cfg)
+        return K.wind_params(cfg, meta), grid, levels
+    grid, levels = K.empty_grid()
+    return K.wind_params(cfg), grid, levels
+
+
+class BalloonSimBackend(BaseBackend):
+    """The simulated balloon and its forecast service: the kernel on a batch of one.
+
+    Args:
+        cfg: The system config.
+    """
+
+    kind = "sim"
+    deterministic = True
+
+    def __init__(self, cfg: BalloonConfig) -> None:
+        """Allocate the state; nothing is drawn until :meth:`reset`."""
+        super().__init__()
+        self.cfg = cfg
+        self.command_space = COMMAND_SPACE
+        self.measurement_layout = K.measurement_layout(cfg)
+        self.measurement_space = self.measurement_layout.space(np.float64)
+        self._params = K.physics_params(cfg)
+        self._wp, self._grid, self._levels = wind_inputs(cfg)
+        self._f, self._i, self._wind, self._work, self._meas = K.new_state(cfg, 1)
+        self._rng = new_streams(1)
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
+        """New episode; ``seed`` re-seeds the physics stream, ``None`` continues it."""
+        if seed is not None:
+            seed_streams(self._rng, 0, int(seed))
+        K.reset(
+            0,
+            self._f,
+            self._i,
+            self._wind,
+            self._work,
+            self._params,
+            self._wp,
+            self._grid,
+            self._levels,
+            self._rng,
+            self._meas,
+        )
+        return self._meas[0].copy()
+
+    def apply(self, command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fly one control step; return ``(measurement, applied_command)``."""
+        applied = K.apply(
+            0,
+            float(command[0]),
+            self._f,
+            self._i,
+            self._wind,
+            self._work,
+            self._params,
+            self._wp,
+            self._grid,
+            self._levels,
+            self._meas,
+        )
+        return self._meas[0].copy(), np.array([float(applied)])
+
+    def privileged(self) -> dict[str, Any]:
+        """Superpressure, gas temperature, ballonet air and the true wind at the balloon."""
+        f = self._f[0]
+        return {
+            "superpressure_pa": float(f[K.F_SP]),
+            "gas_temperature_k": float(f[K.F_T_GAS]),
+            "ballonet_air_mol": float(f[K.F_N_AIR]),
+            "wind_m_per_s": np.array([f[K.F_WU], f[K.F_WV]]),
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """Kind and wind source."""
+        return {"kind": self.kind, "wind_source": self.cfg.wind.source}
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """Views of the raw kernel state (for tests and the vehicle twin)."""
+        return {"f": self._f, "i": self._i, "wind": self._wind, "meas": self._meas}
+
+    def kernel_args(self) -> tuple[np.ndarray, ...]:
+        """``(fstate, istate, wind, work, params, wind params, grid, levels)`` of row 0."""
+        return (
+            self._f,
+            self._i,
+            self._wind,
+            self._work,
+            self._params,
+            self._wp,
+            self._grid,
+            self._levels,
+        )
+
+
+def make_sim_backend(cfg: BalloonConfig) -> BalloonSimBackend:
+    """Backend factory for ``backend="sim"``."""
+    return BalloonSimBackend(cfg)
+
+
+def metadata(cfg: BalloonConfig, layout: Layout) -> dict[str, Any]:
+    """Env metadata shared by the single and vector envs (controllers read it)."""
+    return {
+        "render_modes": [],
+        "system": "balloon",
+        "observation_layout": layout.describe(),
+        "column_levels_pa": list(cfg.column_levels_pa),
+        "station_radius_km": cfg.task.station_radius_km,
+        "control_step_s": cfg.physics.control_step_s,
+        "min_altitude_ft": cfg.flight_safety.min_altitude_ft,
+        "failure_names": T.FAILURE_NAMES,
+        "reward_terms": T.REWARD_TERMS,
+        "episode_metrics": ("twr50",),
+        "commands": K.COMMAND_NAMES,
+    }
+
+
+def make_env(cfg: BalloonConfig, *, backend: Any, env_id: str = ENV_ID) -> TwinEnv:
+    """Single-env factory: the station-keeping task on ``backend`` behind the safety layer."""
+    task = T.BalloonTask(cfg)
+    return TwinEnv(
+        task,
+        backend,
+        cfg.safety,
+        env_id=env_id,
+        config=cfg,
+        metadata=metadata(cfg, task.layout),
+    )
+
+
+# --- info layouts shared by the vector env (and matching TwinEnv's info keys) ------------------
+IF_R = 0  # reward/<term>, 2 columns in REWARD_TERMS order
+IF_DIST = 2
+IF_TWR = 3
+IF_TIME = 4
+IF_CMD = 5
+IF_SP = 6
+IF_TGAS = 7
+IF_NAIR = 8
+IF_WIND = 9  # 2 columns
+II_FAILURE = 0
+II_ACTION = 1
+IB_WITHIN = 0
+IB_ACT_CLIP = 1
+IB_CMD_CLIP = 2
+
+
+def info_layouts() -> tuple[Layout, Layout, Layout]:
+    """Float, int and bool info fields, in kernel column order."""
+    floats = Layout(
+        [
+            *(Field(f"reward/{term}") for term in T.REWARD_TERMS),
+            Field("distance_km"),
+            Field("twr50"),
+            Field("time_s"),
+            Field("applied_command", (1,)),
+            Field("true/superpressure_pa"),
+            Field("true/gas_temperature_k"),
+            Field("true/ballonet_air_mol"),
+            Field("true/wind_m_per_s", (2,)),
+        ]
+    )
+    ints = Layout([Field("failure"), Field("applied_action")])
+    bools = Layout([Field("within_station"), Field("action_clipped"), Field("command_clipped")])
+    return floats, ints, bools
+
+
+RESET_INFO = (
+    "time_s",
+    "distance_km",
+    "true/superpressure_pa",
+    "true/gas_temperature_k",
+    "true/ballonet_air_mol",
+    "true/wind_m_per_s",
+)
+
+
+@njit
+def _write_true(i: int, fstate: np.ndarray, inf: np.ndarray) -> None:
+    f = fstate[i]
+    inf[i, IF_SP] = f[K.F_SP]
+    inf[i, IF_TGAS] = f[K.F_T_GAS]
+    inf[i, IF_NAIR] = f[K.F_N_AIR]
+    inf[i, IF_WIND] = f[K.F_WU]
+    inf[i, IF_WIND + 1] = f[K.F_WV]
+
+
+@njit
+def _reset_row(
+    i: int,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    wind: np.ndarray,
+    work: np.ndarray,
+    meas: np.ndarray,
+    tstate: np.ndarray,
+    rng: np.ndarray,
+    params: np.ndarray,
+    wp: np.ndarray,
+    grid: np.ndarray,
+    levels: np.ndarray,
+    tparams: np.ndarray,
+    obs: np.ndarray,
+    inf: np.ndarray,
+) -> None:
+    K.reset(i, fstate, istate, wind, work, params, wp, grid, levels, rng, meas)
+    dist = T.task_reset(meas[i], tstate[i], tparams, obs[i])
+    inf[i, IF_TIME] = meas[i, K.M_ELAPSED]
+    inf[i, IF_DIST] = dist
+    _write_true(i, fstate, inf)
+
+
+@njit(parallel=True)
+def _reset_batch(
+    mask: np.ndarray,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    wind: np.ndarray,
+    work: np.ndarray,
+    meas: np.ndarray,
+    tstate: np.ndarray,
+    rng: np.ndarray,
+    params: np.ndarray,
+    wp: np.ndarray,
+    grid: np.ndarray,
+    levels: np.ndarray,
+    tparams: np.ndarray,
+    obs: np.ndarray,
+    inf: np.ndarray,
+    has_prev: np.ndarray,
+) -> None:
+    for i in prange(mask.shape[0]):
+        if mask[i]:
+            _reset_row(
+                i,
+                fstate,
+                istate,
+                wind,
+                work,
+                meas,
+                tstate,
+                rng,
+                params,
+                wp,
+                grid,
+                levels,
+                tparams,
+                obs,
+                inf,
+            )
+            has_prev[i] = False
+        else:
+            T.write_observation(meas[i], tstate[i], tparams, obs[i])
+
+
+@njit(parallel=True)
+def _step_batch(
+    actions: np.ndarray,
+    action_clipped: np.ndarray,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    wind: np.ndarray,
+    work: np.ndarray,
+    meas: np.ndarray,
+    tstate: np.ndarray,
+    rng: np.ndarray,
+    params: np.ndarray,
+    wp: np.ndarray,
+    grid: np.ndarray,
+    levels: np.ndarray,
+    tparams: np.ndarray,
+    cmd_low: np.ndarray,
+    cmd_high: np.ndarray,
+    max_step: np.ndarray,
+    prev_cmd: np.ndarray,
+    has_prev: np.ndarray,
+    scratch: np.ndarray,
+    obs: np.ndarray,
+    reward: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    final_obs: np.ndarray,
+    top_f: np.ndarray,
+    top_i: np.ndarray,
+    top_b: np.ndarray,
+    fin_f: np.ndarray,
+    fin_i: np.ndarray,
+    fin_b: np.ndarray,
+) -> None:
+    for i in prange(actions.shape[0]):
+        # action -> command -> safety -> physics -> task: the same row functions as TwinEnv
+        cmd = scratch[i, 0:1]
+        safe = scratch[i, 1:2]
+        cmd[0] = T.task_command(actions[i], tstate[i])
+        cmd_clipped = clip_command_row(
+            cmd, cmd_low, cmd_high, prev_cmd[i], max_step, has_prev[i], safe
+        )
+        prev_cmd[i, 0] = safe[0]
+        has_prev[i] = True
+        applied = K.apply(i, safe[0], fstate, istate, wind, work, params, wp, grid, levels, meas)
+        out = obs[i]
+        (term, trunc, within, failure, dist, twr, time_s, r_s, r_p) = T.task_step(
+            meas[i], tstate[i], tparams, out
+        )
+        c_s = tparams[T.TP_R_STATION] * r_s
+        c_p = tparams[T.TP_R_POWER] * r_p
+        total = 0.0
+        total += c_s
+        total += c_p
+        reward[i] = total
+        terminated[i] = term
+        truncated[i] = trunc
+        ended = term or trunc
+        inf = fin_f if ended else top_f
+        ini = fin_i if ended else top_i
+        inb = fin_b if ended else top_b
+        # every element of the outputs is written: the unused side of this row is zero
+        zero_row(top_f if ended else fin_f, i)
+        zero_row(top_i if ended else fin_i, i)
+        zero_row(top_b if ended else fin_b, i)
+        inf[i, IF_R] = c_s
+        inf[i, IF_R + 1] = c_p
+        inf[i, IF_DIST] = dist
+        inf[i, IF_TWR] = twr
+        inf[i, IF_TIME] = time_s
+        inf[i, IF_CMD] = float(applied)
+        _write_true(i, fstate, inf)
+        ini[i, II_FAILURE] = failure
+        ini[i, II_ACTION] = actions[i]
+        inb[i, IB_WITHIN] = within
+        inb[i, IB_ACT_CLIP] = action_clipped[i]
+        inb[i, IB_CMD_CLIP] = cmd_clipped or float(applied) != safe[0]
+        if ended:
+            for q in range(out.shape[0]):
+                final_obs[i, q] = out[q]
+            _reset_row(
+                i,
+                fstate,
+                istate,
+                wind,
+                work,
+                meas,
+                tstate,
+                rng,
+                params,
+                wp,
+                grid,
+                levels,
+                tparams,
+                obs,
+                top_f,
+            )
+            has_prev[i] = False
+
+
+class BalloonVectorEnv(KernelVectorEnv):
+    """``n_envs`` balloons stepped by one parallel numba kernel (``SAME_STEP`` autoreset).
+
+    Args:
+        cfg: The system config (shared by all envs; randomised values are drawn per env).
+        n_envs: Batch size.
+        env_id: Registered id.
+    """
+
+    def __init__(self, cfg: BalloonConfig, n_envs: int, env_id: str = ENV_ID) -> None:
+        """Allocate the batched state."""
+        layout = T.observation_layout(cfg)
+        fl, il, bl = info_layouts()
+        super().__init__(
+            n_envs,
+            layout,
+            gym.spaces.Discrete(3),
+            fl,
+            il,
+            bl,
+            RESET_INFO,
+            env_id=env_id,
+            clip_actions=cfg.safety.clip_actions,
+            action_labels=T.BalloonTask.action_labels,
+        )
+        self.cfg = cfg
+        self.metadata = {**self.metadata, **metadata(cfg, layout)}
+        n = self.num_envs
+        self._params = K.physics_params(cfg)
+        self._wp, self._grid, self._levels = wind_inputs(cfg)
+        self._tparams = T.task_params(cfg)
+        self._f, self._i, self._wind, self._work, self._meas = K.new_state(cfg, n)
+        self._t = np.zeros((n, T.state_size(cfg)), dtype=np.float64)
+        self._rng = new_streams(n)
+        self._cmd_low = COMMAND_SPACE.low.astype(np.float64)
+        self._cmd_high = COMMAND_SPACE.high.astype(np.float64)
+        steps = cfg.safety.max_command_step
+        self._max_step = np.array(steps if steps else [np.inf], dtype=np.float64)
+        self._prev_cmd = np.zeros((n, 1), dtype=np.float64)
+        self._has_prev = np.zeros(n, dtype=np.bool_)
+        self._scratch = np.zeros((n, 2), dtype=np.float64)
+
+    def _kernel_reset(
+        self,
+        mask: np.ndarray,
+        seeds: np.ndarray,
+        options: dict[str, Any],
+        obs: np.ndarray,
+        info_f: np.ndarray,
+        info_i: np.ndarray,
+        info_b: np.ndarray,
+    ) -> None:
+        for i in np.flatnonzero(mask & (seeds != NO_SEED)):
+            seed_streams(self._rng, int(i), int(seeds[i]))
+        _reset_batch(
+            mask,
+            self._f,
+            self._i,
+            self._wind,
+            self._work,
+            self._meas,
+            self._t,
+            self._rng,
+            self._params,
+            self._wp,
+            self._grid,
+            self._levels,
+            self._tparams,
+            obs,
+            info_f,
+            self._has_prev,
+        )
+
+    def _kernel_step(
+        self,
+        actions: np.ndarray,
+        action_clipped: np.ndarray,
+        obs: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        final_obs: np.ndarray,
+        top: tuple[np.ndarray, np.ndarray, np.ndarray],
+        final: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> None:
+        _step_batch(
+            actions,
+            action_clipped,
+            self._f,
+            self._i,
+            self._wind,
+            self._work,
+            self._meas,
+            self._t,
+            self._rng,
+            self._params,
+            self._wp,
+            self._grid,
+            self._levels,
+            self._tparams,
+            self._cmd_low,
+            self._cmd_high,
+            self._max_step,
+            self._prev_cmd,
+            self._has_prev,
+            self._scratch,
+            obs,
+            reward,
+            terminated,
+            truncated,
+            final_obs,
+            *top,
+            *final,
+        )
+
+
+def make_vec_env(cfg: BalloonConfig, *, n_envs: int, env_id: str = ENV_ID) -> BalloonVectorEnv:
+    """Vector-env factory."""
+    return BalloonVectorEnv(cfg, n_envs, env_id=env_id)
