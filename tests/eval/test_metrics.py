@@ -42,8 +42,9 @@ def test_probability_of_improvement_is_the_normalised_mann_whitney_u() -> None:
 def test_probability_of_improvement_averages_over_tasks() -> None:
     x = [1, 2, 10, 11]
     y = [0, 0, 20, 20]
-    poi = probability_of_improvement(x, y, x_strata=[0, 0, 1, 1], y_strata=[0, 0, 1, 1],
-                                     n_resamples=50)
+    poi = probability_of_improvement(
+        x, y, x_strata=[0, 0, 1, 1], y_strata=[0, 0, 1, 1], n_resamples=50
+    )
     assert poi.point == pytest.approx(0.5)  # task 0: X always better; task 1: never
 
 
