@@ -9,8 +9,9 @@ import numpy as np
 from twinloop.controllers.classical.stem import next_hop
 
 B = 1.42
-NBRS = np.array([[B * math.cos(a), B * math.sin(a)] for a in (math.pi / 6, 5 * math.pi / 6,
-                                                                 3 * math.pi / 2)])
+NBRS = np.array(
+    [[B * math.cos(a), B * math.sin(a)] for a in (math.pi / 6, 5 * math.pi / 6, 3 * math.pi / 2)]
+)
 NO_HOLES = np.zeros((0, 3))
 
 

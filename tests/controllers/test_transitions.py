@@ -19,8 +19,12 @@ from twinloop.controllers.transitions import (
 B = 1.42
 # neighbours of an A-site Si, lattice rotated by 20 degrees
 ANG = math.radians(20)
-NBRS = np.array([[B * math.cos(ANG + a), B * math.sin(ANG + a)]
-                 for a in (math.pi / 6, 5 * math.pi / 6, 3 * math.pi / 2)])
+NBRS = np.array(
+    [
+        [B * math.cos(ANG + a), B * math.sin(ANG + a)]
+        for a in (math.pi / 6, 5 * math.pi / 6, 3 * math.pi / 2)
+    ]
+)
 
 
 def _step(disp=(0.0, 0.0), failure=0, nbrs_after=None, beam=(1.0, 0.5), dwell=3.0) -> RawStep:
@@ -49,8 +53,12 @@ def test_no_hop_and_single_hops_are_kept_with_canonical_labels() -> None:
     assert t.label[0] == NO_HOP
     # the beam offset is rotated so neighbour 0 lies on +x, in bond lengths
     rot = -(ANG + math.pi / 6)
-    want = np.array([math.cos(rot) * 1.0 - math.sin(rot) * 0.5,
-                     math.sin(rot) * 1.0 + math.cos(rot) * 0.5]) / B
+    want = (
+        np.array(
+            [math.cos(rot) * 1.0 - math.sin(rot) * 0.5, math.sin(rot) * 1.0 + math.cos(rot) * 0.5]
+        )
+        / B
+    )
     np.testing.assert_allclose(t.beam[0], want)
 
 
@@ -80,8 +88,13 @@ def _rate(beam: np.ndarray, k: int) -> np.ndarray:
 
 def test_augmentation_produces_the_six_symmetric_images() -> None:
     rng = np.random.default_rng(0)
-    t = Transitions(rng.normal(size=(5, 2)), np.ones(5), np.full(5, 0.1), np.full(5, 60.0),
-                    np.array([0, 1, 2, -1, 1]))
+    t = Transitions(
+        rng.normal(size=(5, 2)),
+        np.ones(5),
+        np.full(5, 0.1),
+        np.full(5, 60.0),
+        np.array([0, 1, 2, -1, 1]),
+    )
     a = augment_c3v(t)
     assert len(a) == 30
     # every image keeps the rate of the labelled neighbour (the physics is C3v-symmetric)
@@ -89,7 +102,8 @@ def test_augmentation_produces_the_six_symmetric_images() -> None:
         src = row % 5
         if t.label[src] >= 0:
             assert _rate(a.beam[row], a.label[row]) == pytest.approx(
-                _rate(t.beam[src], t.label[src]))
+                _rate(t.beam[src], t.label[src])
+            )
     np.testing.assert_array_equal(a.label[a.label < 0].size, 6)
     # the six images of a beam are distinct points at the same distance from the Si
     r = np.linalg.norm(a.beam.reshape(6, 5, 2), axis=-1)

@@ -100,8 +100,14 @@ def aggregate(
         def stat(a: np.ndarray, axis: int = -1, fn: Stat = fn) -> np.ndarray:
             return fn(a, gamma=gamma, axis=axis) if fn is optimality_gap else fn(a, axis=axis)
 
-        lo, hi = bootstrap_ci(x, strata=strata, statistic=stat, confidence=confidence,
-                              n_resamples=n_resamples, seed=seed)
+        lo, hi = bootstrap_ci(
+            x,
+            strata=strata,
+            statistic=stat,
+            confidence=confidence,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
         out[name] = Interval(float(stat(x)), lo, hi)
     return out
 
