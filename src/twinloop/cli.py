@@ -110,7 +110,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         env = twinloop.make_vec(args.env_id, args.n_envs, **overrides)
     else:
         env = twinloop.make(args.env_id, backend=args.backend, **backend_opts, **overrides)
-    controller = make_controller(args.controller, env)
+    if args.record:
+        from twinloop.datasets.cli import wrap_for_recording
+
+        env = wrap_for_recording(env, args)
+    controller = make_controller(
+        args.controller, env, **({"model": args.model} if args.model else {})
+    )
     with tqdm(
         total=args.episodes,
         desc=f"{args.controller} on {args.env_id}",
@@ -123,10 +129,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         if args.n_envs > 1:
-            results = run_vector(env, controller, args.episodes, args.seed, progress)
+            on_idle = (lambda idle: env.set_recording(~idle)) if args.record else None
+            results = run_vector(env, controller, args.episodes, args.seed, progress, on_idle)
         else:
             results = run_single(env, controller, args.episodes, args.seed, progress)
     env.close()
+    if args.record:
+        from twinloop.datasets.cli import report_recording
+
+        report_recording(env)
     summary = summarize(results)
     lo, hi = summary["success_rate_ci95"]
     failures = ", ".join(f"{k}: {v}" for k, v in summary["failures"].items()) or "none"
@@ -231,11 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="config override, e.g. --set beam_current_na=0.2 (repeatable)",
     )
+    s.add_argument(
+        "--model",
+        default=None,
+        help="trained model for learned controllers (greedy-learned, planner)",
+    )
     s.add_argument("--json", default=None, help="also write the results to this JSON file")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    from twinloop.datasets.cli import add_data_parser, add_record_arguments
+
+    add_record_arguments(s)
     s.set_defaults(func=cmd_run)
 
     _add_serve(sub)
+    from twinloop.demo_cli import add_parsers
+
+    add_parsers(sub)
+    add_data_parser(sub)
     return p
 
 
@@ -258,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, KeyError, ImportError) as exc:
+    except (ValueError, KeyError, ImportError, FileNotFoundError, FileExistsError) as exc:
         print(f"twinloop: error: {exc}", file=sys.stderr)
         return 2
 

@@ -273,3 +273,41 @@ def augment_c3v(t: Transitions) -> Transitions:
                 )
             )
     return Transitions.concatenate(parts)
+
+
+def from_dataset(dataset: Any) -> tuple[Transitions, dict[str, int]]:
+    """Filtered, canonicalised transitions of every episode of a recorded STEM dataset.
+
+    Works on any backend's recording (simulator, twin, instrument): it reads only the
+    observations and the applied commands and failures stored in the infos.
+
+    Args:
+        dataset: A :class:`twinloop.datasets.Dataset`.
+
+    Returns:
+        ``(transitions, dropped)``: ``dropped`` counts the rows each filter removed.
+    """
+    meta = dataset.metadata.get("twinloop", dataset.metadata)
+    env_meta = meta.get("env_metadata", {})
+    layout = env_meta.get("observation_layout")
+    if not layout or env_meta.get("system") != "stem":
+        raise ValueError(f"{dataset.path} is not a STEM recording (no STEM observation layout)")
+    beam = env_meta.get("beam", {})
+    current, voltage = float(beam.get("current_na", 0.1)), float(beam.get("voltage_kv", 60.0))
+    parts, dropped = [], dict.fromkeys(FILTERS, 0)
+    for ep in dataset.iterate_episodes():
+        if len(ep) == 0:
+            continue
+        steps = steps_from_episode(
+            np.asarray(ep.observations),
+            np.asarray(ep.infos["applied_command"])[1:],
+            np.asarray(ep.infos["failure"])[1:],
+            layout,
+            current,
+            voltage,
+        )
+        keep, d = filter_steps(steps)
+        for k, v in d.items():
+            dropped[k] += v
+        parts.append(canonicalize(steps, keep))
+    return Transitions.concatenate(parts), dropped

@@ -164,3 +164,29 @@ def test_observations_stay_in_the_space_over_long_random_runs() -> None:
             assert env.observation_space.contains(obs)
             if term or trunc:
                 break
+
+
+def test_goals_exactly_n_hops_away() -> None:
+    """goal_hops=h: the goal is h lattice hops away (checked by breadth-first search)."""
+    from collections import deque
+
+    env = twinloop.make(ID, goal_hops=5, detection_noise_angstrom=0.0)
+    for seed in range(15):
+        env.reset(seed=seed)
+        b = env.unwrapped.backend
+        c, s = b._f[0, K.F_COS], b._f[0, K.F_SIN]
+        goal = env.unwrapped.task.goal_angstrom
+        start = (0, 0, 0)
+        seen, queue = {start: 0}, deque([start])
+        found = None
+        while queue:
+            site = queue.popleft()
+            if np.hypot(*(np.array(K.site_xy(*site, c, s)) - goal)) < 1e-6:
+                found = seen[site]
+                break
+            for k in range(3):
+                nxt = K.neighbor_site(*site, k)
+                if nxt not in seen and seen[site] < 8:
+                    seen[nxt] = seen[site] + 1
+                    queue.append(nxt)
+        assert found == 5

@@ -233,6 +233,7 @@ class StemTaskConfig:
     success_radius_angstrom: float = 0.71  # half a bond [S23]
     goal_min_angstrom: float = 2.0  # goals drawn 0.1-50 A away [S23]; here a laptop default
     goal_max_angstrom: float = 8.0
+    goal_hops: int = 0  # > 0: goals exactly this many lattice hops away (replaces the annulus)
     max_steps: int = 100  # truncation
     reward_success: float = 1.0
     reward_failure: float = 1.0
@@ -246,6 +247,7 @@ class StemTaskConfig:
         check_range(self, "goal_min_angstrom", 0.0, 1e4)
         check_range(self, "goal_max_angstrom", self.goal_min_angstrom, 1e4)
         check_range(self, "max_steps", 1, 10_000_000)
+        check_range(self, "goal_hops", 0, 200)
         for name in (
             "reward_success",
             "reward_failure",
@@ -279,6 +281,12 @@ class StemConfig:
                 f"{self.imaging.flyback_us} us each"
             )
         half = 0.5 * self.physics.lattice_size_cells * LATTICE_CONSTANT_ANGSTROM
+        if self.task.goal_hops * BOND_ANGSTROM > 0.8 * half:
+            raise ConfigError(
+                f"StemTaskConfig.goal_hops = {self.task.goal_hops} reaches beyond 0.8 x the "
+                f"lattice half-width ({0.8 * half:.1f} A for lattice_size_cells = "
+                f"{self.physics.lattice_size_cells})"
+            )
         if self.task.goal_max_angstrom > 0.8 * half:
             raise ConfigError(
                 f"StemTaskConfig.goal_max_angstrom = {self.task.goal_max_angstrom} must stay "

@@ -81,7 +81,8 @@ TP_R_PROGRESS = 10
 TP_N_HOLES = 11
 TP_FOV = 12
 TP_BOUND = 13
-N_TP = 14
+TP_GOAL_HOPS = 14
+N_TP = 15
 
 #: Reward terms in summation order.
 REWARD_TERMS = ("success", "failure", "time", "progress")
@@ -154,6 +155,7 @@ def task_params(cfg: StemConfig) -> np.ndarray:
     p[TP_N_HOLES] = cfg.physics.n_holes
     p[TP_FOV] = cfg.microscope.fov_angstrom
     p[TP_BOUND] = goal_bound_angstrom(cfg)
+    p[TP_GOAL_HOPS] = t.goal_hops
     return p
 
 
@@ -194,6 +196,39 @@ def snap_to_site(qx: float, qy: float, sx: float, sy: float, m: np.ndarray) -> t
                     best = d2
                     bx, by = cx, cy
     return bx, by
+
+
+@njit
+def hop_distance(gx: float, gy: float, sx: float, sy: float, m: np.ndarray) -> int:
+    """Lattice hops from the Si at ``(sx, sy)`` to the site at ``(gx, gy)`` (a lattice site).
+
+    Two hops move the Si along the triangular lattice of its own sublattice (basis
+    ``u = n0 - n1``, ``w = n0 - n2``), where the distance of ``m u + l w`` is
+    ``max(|m|, |l|, |m + l|)``; a site of the other sublattice is one hop plus that distance
+    from the best first neighbour.
+    """
+    n0x, n0y = m[M_NBR], m[M_NBR + 1]
+    ux, uy = n0x - m[M_NBR + 2], n0y - m[M_NBR + 3]
+    wx, wy = n0x - m[M_NBR + 4], n0y - m[M_NBR + 5]
+    det = ux * wy - uy * wx
+    best = 1 << 30
+    for sub in range(2):
+        rx = gx - sx - (n0x if sub == 1 else 0.0)
+        ry = gy - sy - (n0y if sub == 1 else 0.0)
+        a = (rx * wy - ry * wx) / det
+        b = (ux * ry - uy * rx) / det
+        ia, ib = int(round(a)), int(round(b))
+        if abs(a - ia) > 0.1 or abs(b - ib) > 0.1:
+            continue  # not a site of this sublattice
+        if sub == 0:
+            d = max(abs(ia), abs(ib), abs(ia + ib))
+            best = min(best, 2 * d)
+        else:
+            # first hop to n0 (0, 0), n1 = n0 - u (a + 1, b) or n2 = n0 - w (a, b + 1)
+            for da, db in ((0, 0), (1, 0), (0, 1)):
+                d = max(abs(ia + da), abs(ib + db), abs(ia + da + ib + db))
+                best = min(best, 1 + 2 * d)
+    return best
 
 
 @njit
@@ -245,7 +280,8 @@ def task_reset(
     """Choose the goal site and write the first observation; return the goal distance (A).
 
     ``goal_mode`` 0 draws a site uniformly over the annulus ``[goal_min, goal_max]`` (away
-    from known holes) from the task stream; 1 snaps ``(goal_dx, goal_dy)`` relative to the Si.
+    from known holes) from the task stream, or, with ``goal_hops > 0``, a site exactly that
+    many lattice hops away; 1 snaps ``(goal_dx, goal_dy)`` relative to the Si.
     """
     sx = m[M_FOV_C] + m[M_SI]
     sy = m[M_FOV_C + 1] + m[M_SI + 1]
@@ -253,7 +289,10 @@ def task_reset(
     if goal_mode == GOAL_MODE_OFFSET:
         gx, gy = snap_to_site(sx + goal_dx, sy + goal_dy, sx, sy, m)
     else:
+        hops = int(tp[TP_GOAL_HOPS])
         rmin, rmax = tp[TP_GOAL_MIN], tp[TP_GOAL_MAX]
+        if hops > 0:  # every site h hops away lies within h bonds, and beyond ~h/2 bonds
+            rmin, rmax = 0.45 * hops * BOND_ANGSTROM, hops * BOND_ANGSTROM + 1e-6
         gx, gy = sx, sy
         worst = 1e300
         for _ in range(256):
@@ -262,6 +301,8 @@ def task_reset(
             cx, cy = snap_to_site(sx + r * math.cos(a), sy + r * math.sin(a), sx, sy, m)
             d = math.sqrt((cx - sx) ** 2 + (cy - sy) ** 2)
             miss = max(rmin - d, 0.0) + max(d - rmax, 0.0)
+            if hops > 0:
+                miss += abs(hop_distance(cx, cy, sx, sy, m) - hops)
             if d < 0.5 * BOND_ANGSTROM or _blocked(cx, cy, m, n_holes):
                 miss += 1e6
             if miss < worst:

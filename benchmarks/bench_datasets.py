@@ -1,0 +1,260 @@
+"""Dataset capture throughput: twinloop.datasets vs no recording vs minari.DataCollector.
+
+Measures, on the STEM env (random actions, pre-drawn so sampling costs nothing):
+
+1. vector env steps/s without and with ``RecordVectorEpisodes`` at several ``n_envs``, the
+   recording overhead and the bytes written per step;
+2. the same single-env capture through ``RecordEpisodes`` and through
+   ``minari.DataCollector`` (same env, actions and steps, written to disk), and their ratio;
+3. write throughput of image observations (MB/s of raw pixels before compression).
+
+Runs alternate (plain, recorded, plain, ...) and each figure is the best of ``--repeats``, so a
+burst of load from another process does not bias one side. Prints a table and writes JSON to
+``benchmarks/results/datasets.json``.
+
+    python benchmarks/bench_datasets.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+import twinloop
+from twinloop.datasets import DatasetWriter, RecordEpisodes, RecordVectorEpisodes
+from twinloop.datasets.schema import FieldSpec
+
+ENV_ID = "twinloop/StemSteer-v0"
+RESULTS = Path(__file__).parent / "results" / "datasets.json"
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def vector_run(n_envs: int, steps: int, root: Path | None) -> tuple[float, int]:
+    """Steps/s of ``steps`` vector steps (after a warm-up), and bytes written."""
+    env = twinloop.make_vec(ENV_ID, n_envs)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+        env = RecordVectorEpisodes(env, root / "bench" / f"vec{n_envs}-v0")
+    env.action_space.seed(0)
+    actions = [env.action_space.sample() for _ in range(64)]
+    env.reset(seed=0)
+    for k in range(200):
+        env.step(actions[k % 64])
+    t0 = time.perf_counter()
+    for k in range(steps):
+        env.step(actions[k % 64])
+    dt = time.perf_counter() - t0
+    env.close()
+    size = _du(root) if root is not None else 0
+    return steps * n_envs / dt, size
+
+
+def bench_vector(sizes: list[int], steps: int, repeats: int, tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n in sizes:
+        k = max(200, steps // n)
+        plain, rec, size = [], [], 0
+        for _ in range(repeats):
+            plain.append(vector_run(n, k, None)[0])
+            sps, size = vector_run(n, k, tmp / "vec")
+            rec.append(sps)
+        best_plain, best_rec = max(plain), max(rec)
+        recorded_steps = (k + 200) * n  # recorded episodes cover warm-up and timed steps
+        rows.append(
+            {
+                "n_envs": n,
+                "vector_steps": k,
+                "steps_per_s_plain": best_plain,
+                "steps_per_s_recording": best_rec,
+                "overhead_pct": 100 * (best_plain / best_rec - 1),
+                "bytes_per_step": size / recorded_steps,
+            }
+        )
+    return rows
+
+
+def _single_actions(n: int) -> list:
+    env = twinloop.make(ENV_ID)
+    env.action_space.seed(0)
+    return [env.action_space.sample() for _ in range(n)]
+
+
+def single_run(kind: str, steps: int, actions: list, tmp: Path) -> float:
+    """Env steps/s of one env run for ``steps`` steps: plain, twinloop or minari capture."""
+    shutil.rmtree(tmp / kind, ignore_errors=True)
+    env = twinloop.make(ENV_ID)
+    collector = None
+    if kind == "twinloop":
+        env = RecordEpisodes(env, tmp / kind / "bench" / "single-v0")
+    elif kind == "minari":
+        import minari
+
+        os.environ["MINARI_DATASETS_PATH"] = str(tmp / kind)
+        # infos stay off: Minari requires reset and step infos of the same structure, which
+        # STEM's are not; this favours Minari (it writes less than twinloop does)
+        collector = minari.DataCollector(env, record_infos=False)
+        env = collector
+    t0 = time.perf_counter()
+    done, ep = 0, 0
+    while done < steps:
+        env.reset(seed=ep)
+        ep += 1
+        while done < steps:
+            _, _, term, trunc, _ = env.step(actions[done])
+            done += 1
+            if term or trunc:
+                break
+    if collector is not None:
+        collector.create_dataset(dataset_id="bench/single-v0", algorithm_name="random")
+    env.close()
+    return steps / (time.perf_counter() - t0)
+
+
+def bench_single(steps: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    actions = _single_actions(steps)
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for kind in ("plain", "twinloop", "minari"):
+            best[kind] = max(best.get(kind, 0.0), single_run(kind, steps, actions, tmp))
+    cost = {k: 1 / best[k] - 1 / best["plain"] for k in ("twinloop", "minari")}
+    return {
+        "steps": steps,
+        "steps_per_s_plain": best["plain"],
+        "steps_per_s_twinloop": best["twinloop"],
+        "steps_per_s_minari": best["minari"],
+        "recording_us_per_step_twinloop": 1e6 * cost["twinloop"],
+        "recording_us_per_step_minari": 1e6 * cost["minari"],
+        "minari_over_twinloop_recording_cost": cost["minari"] / cost["twinloop"],
+        "minari_over_twinloop_wall_time": best["twinloop"] / best["minari"],
+    }
+
+
+def _frames(n: int, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """HAADF-like frames: bright Gaussian atoms on a dark lattice background plus noise."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.zeros(shape)
+    for cy in range(8, h, 16):
+        for cx in range(8 + (cy // 16 % 2) * 8, w, 16):
+            base += 120 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18.0)
+    out = np.empty((n, h, w), np.uint8)
+    for k in range(n):
+        drift = np.roll(base, (k % 5, k % 3), axis=(0, 1))
+        out[k] = np.clip(drift + rng.poisson(8, shape), 0, 255)
+    return out
+
+
+def bench_images(
+    shape: tuple[int, int], frames: int, episodes: int, repeats: int, tmp: Path
+) -> dict:
+    import gymnasium as gym
+
+    obs = gym.spaces.Box(0, 255, shape, np.uint8)
+    act = gym.spaces.Box(-1, 1, (2,), np.float32)
+    data = _frames(frames + 1, shape, 0)
+    values = [
+        data,
+        np.zeros((frames, 2), np.float32),
+        np.zeros(frames),
+        np.eye(1, frames, frames - 1, dtype=bool)[0],
+        np.zeros(frames, bool),
+        np.zeros(frames + 1),
+    ]
+    best = 0.0
+    size = 0
+    for _ in range(repeats):
+        path = tmp / "img" / "bench" / "images-v0"
+        shutil.rmtree(tmp / "img", ignore_errors=True)
+        w = DatasetWriter(path, observation_space=obs, action_space=act)
+        w.begin(list[FieldSpec]())
+        t0 = time.perf_counter()
+        for _ in range(episodes):
+            w.write_fields(values)
+        dt = time.perf_counter() - t0
+        w.close()
+        best = max(best, episodes * data.nbytes / dt / 1e6)
+        size = _du(path)
+    raw = episodes * data.nbytes
+    return {
+        "frame_shape": list(shape),
+        "frames_per_episode": frames + 1,
+        "episodes": episodes,
+        "raw_mb_per_s": best,
+        "compression_ratio": raw / max(size, 1),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args()
+    repeats = args.repeats or (2 if args.quick else 5)
+    vec_steps = 60_000 if args.quick else 400_000
+    single_steps = 3_000 if args.quick else 10_000
+    tmp = Path(tempfile.mkdtemp(prefix="bench_datasets_"))
+    try:
+        vector = bench_vector([16, 64, 256], vec_steps, repeats, tmp)
+        single = bench_single(single_steps, repeats, tmp)
+        images = bench_images((256, 256), 99, 20 if args.quick else 60, repeats, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"STEM vector env, random actions (best of {repeats})")
+    print(
+        f"{'n_envs':>6}  {'plain steps/s':>14}  {'recording steps/s':>18}  {'overhead':>8}  "
+        f"{'bytes/step':>10}"
+    )
+    for r in vector:
+        plain, rec = r["steps_per_s_plain"], r["steps_per_s_recording"]
+        print(
+            f"{r['n_envs']:>6}  {plain:>14,.0f}  {rec:>18,.0f}"
+            f"  {r['overhead_pct']:>7.1f}%  {r['bytes_per_step']:>10.1f}"
+        )
+    print(
+        f"\nsingle env, {single['steps']} steps: plain {single['steps_per_s_plain']:,.0f} steps/s, "
+        f"twinloop {single['steps_per_s_twinloop']:,.0f}, minari.DataCollector "
+        f"{single['steps_per_s_minari']:,.0f}"
+    )
+    print(
+        f"  recording cost per step: twinloop {single['recording_us_per_step_twinloop']:.1f} us, "
+        f"minari {single['recording_us_per_step_minari']:.1f} us "
+        f"(minari / twinloop = {single['minari_over_twinloop_recording_cost']:.1f}x)"
+    )
+    print(
+        f"\nimages {images['frame_shape']} uint8, {images['frames_per_episode']} frames/episode: "
+        f"{images['raw_mb_per_s']:.0f} MB/s of raw pixels, compression "
+        f"{images['compression_ratio']:.2f}x"
+    )
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "numba_threads": numba.get_num_threads(),
+            "python": platform.python_version(),
+        },
+        "vector": vector,
+        "single_env_vs_minari": single,
+        "images": images,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

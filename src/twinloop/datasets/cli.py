@@ -1,0 +1,247 @@
+"""``twinloop data ...`` and the ``--record`` option of ``twinloop run``.
+
+``twinloop data info DIR [--follow]`` · ``twinloop data merge OUT SHARD...`` ·
+``twinloop data recover DIR``. There is no ``export-minari``: the native layout is Minari's
+(``MINARI_DATASETS_PATH=ROOT python -c "import minari; minari.load_dataset('ns/name-v0')"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+from typing import Any
+
+import gymnasium as gym
+
+
+def add_record_arguments(parser: argparse.ArgumentParser) -> None:
+    """The capture options of ``twinloop run``."""
+    g = parser.add_argument_group("recording (twinloop.datasets)")
+    g.add_argument(
+        "--record",
+        default=None,
+        metavar="ROOT",
+        help="record every episode into ROOT/<namespace>/<name>-v<N> (Minari's layout; "
+        "MINARI_DATASETS_PATH=ROOT lets minari.load_dataset find it)",
+    )
+    g.add_argument(
+        "--dataset-id",
+        default=None,
+        help="dataset id 'namespace/name-v<N>' (default: twinloop/<env>-<controller>-v0)",
+    )
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace a dataset of that id")
+    mode.add_argument("--append", action="store_true", help="add episodes to that dataset")
+    g.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="user tag stored with the dataset (repeatable), e.g. --tag operator=ana",
+    )
+
+
+def default_dataset_id(env_id: str, controller: str) -> str:
+    """``twinloop/<env name>-<controller>-v0``, e.g. ``twinloop/stemsteer-greedy-v0``."""
+    name = re.sub(r"-v\d+$", "", env_id.split("/")[-1]).lower()
+    slug = re.sub(r"[^-_\w]+", "_", f"{name}-{controller}")
+    return f"twinloop/{slug}-v0"
+
+
+def parse_tags(items: list[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict; values that parse as JSON become numbers/bools."""
+    tags: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"tag {item!r} must look like key=value")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        try:
+            tags[key] = json.loads(raw)
+        except ValueError:
+            tags[key] = raw
+    return tags
+
+
+def wrap_for_recording(
+    env: gym.Env | gym.vector.VectorEnv, args: argparse.Namespace
+) -> gym.Env | gym.vector.VectorEnv:
+    """Wrap the env of ``twinloop run`` in a recorder as ``--record`` asks (or return it)."""
+    if not getattr(args, "record", None):
+        return env
+    from twinloop.datasets import DatasetError, record
+    from twinloop.datasets.writer import dataset_dir
+
+    dataset_id = args.dataset_id or default_dataset_id(args.env_id, args.controller)
+    tags = {"controller": args.controller, "seed": args.seed, **parse_tags(args.tag)}
+    mode = "overwrite" if args.overwrite else "append" if args.append else "create"
+    try:
+        return record(
+            env, dataset_dir(args.record, dataset_id), dataset_id=dataset_id, mode=mode, tags=tags
+        )
+    except DatasetError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def report_recording(env: Any) -> None:
+    """One line saying where the episodes went (after the env was closed)."""
+    writer = getattr(env, "writer", None)
+    if writer is not None:
+        print(
+            f"recorded {writer.n_episodes} episodes ({writer.n_steps} steps) as "
+            f"{writer.dataset_id} in {writer.directory}"
+        )
+
+
+# --- twinloop data ----------------------------------------------------------------------------
+def add_data_parser(sub: Any) -> None:
+    """Register ``twinloop data`` and its subcommands on the top-level subparsers."""
+    p = sub.add_parser("data", help="inspect, follow, merge and recover recorded datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+
+    s = dsub.add_parser("info", help="summarise the dataset(s) in DIR")
+    s.add_argument("path", metavar="DIR", help="a dataset folder, its data folder, or a root")
+    s.add_argument("--follow", action="store_true", help="keep reporting while it is written")
+    s.add_argument("--interval", type=float, default=1.0, help="follow poll interval (s)")
+    s.add_argument("--timeout", type=float, default=None, help="stop following after (s)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=cmd_info)
+
+    s = dsub.add_parser("merge", help="merge shards into one dataset (episode ids 0..N-1)")
+    s.add_argument("out", metavar="OUT", help="output dataset folder <root>/<ns>/<name>-v<N>")
+    s.add_argument("shards", metavar="SHARD", nargs="+", help="input datasets")
+    s.add_argument("--dataset-id", default=None, help="output id (default: from OUT)")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    mode.add_argument("--append", action="store_true", help="add to OUT if it exists")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_merge)
+
+    s = dsub.add_parser("recover", help="update metadata.json of a capture whose writer was killed")
+    s.add_argument("path", metavar="DIR")
+    s.set_defaults(func=cmd_recover)
+
+
+def _fail(exc: Exception) -> int:
+    print(f"twinloop: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _utc(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _describe(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    start, end = summary["wall_time_start_s"], summary["wall_time_end_s"]
+    span = f"{_utc(start)} .. {_utc(end)}"
+    if start is not None and end is not None:
+        span += f"  ({end - start:.1f} s)"
+    backends = (
+        ", ".join(" ".join(f"{k}={v}" for k, v in b.items()) for b in summary["backends"]) or "-"
+    )
+    rows = [
+        ("id", summary["dataset_id"]),
+        ("path", summary["path"]),
+        ("writer", summary["writer_state"]),
+        ("episodes", summary["episodes"]),
+        ("steps", summary["steps"]),
+        ("size on disk", f"{summary['size_bytes'] / 1e6:.2f} MB"),
+        ("bytes per step", f"{summary['bytes_per_step']:.1f}"),
+        (
+            "return mean [min, max]",
+            f"{summary['return_mean']:.3f} [{summary['return_min']:.3f}, "
+            f"{summary['return_max']:.3f}]",
+        ),
+        ("terminated / truncated", f"{summary['terminated']} / {summary['truncated']}"),
+        ("env", summary["env_id"] or "-"),
+        ("backends", backends),
+        ("time span (UTC)", span),
+        ("twinloop", f"{summary['twinloop_version']} (git {summary['git_revision'] or '-'})"),
+        ("tags", json.dumps(summary["tags"]) if summary["tags"] else "-"),
+    ]
+    if summary["combined_datasets"]:
+        rows.append(("merged from", ", ".join(summary["combined_datasets"])))
+    return rows
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Summarise every dataset under ``DIR`` (or follow one while it is written)."""
+    from twinloop.cli import _table
+    from twinloop.datasets import DatasetError, open_dataset, summarize
+    from twinloop.datasets.writer import find_datasets
+
+    found = find_datasets(args.path)
+    if not found:
+        return _fail(ValueError(f"no dataset under {args.path} (no */data/metadata.json)"))
+    if args.follow and len(found) > 1:
+        return _fail(ValueError(f"--follow needs one dataset; {args.path} holds {len(found)}"))
+    summaries = []
+    for data_dir in found:
+        try:
+            ds = open_dataset(data_dir)
+        except DatasetError as exc:
+            return _fail(exc)
+        with ds:
+            if args.follow:
+                _follow(ds, args)
+            summaries.append(summarize(ds))
+    if args.json:
+        print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2))
+        return 0
+    for k, summary in enumerate(summaries):
+        if k:
+            print()
+        print(_table(_describe(summary), ("dataset", "value")))
+        for problem in summary["problems"]:
+            print(f"problem: {problem}")
+    return 1 if any(s["problems"] for s in summaries) else 0
+
+
+def _follow(ds: Any, args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    with tqdm(desc=ds.id, unit="ep", file=sys.stderr, initial=len(ds)) as bar:
+        for new in ds.follow(poll_s=args.interval, timeout_s=args.timeout):
+            bar.update(new)
+            bar.set_postfix(steps=ds.total_steps, writer=ds.writer_state, refresh=False)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge shards into one dataset."""
+    from tqdm import tqdm
+
+    from twinloop.datasets import DatasetError, merge_datasets
+
+    mode = "overwrite" if args.overwrite else "append" if args.append else "create"
+    with tqdm(desc="merge", unit="ep", file=sys.stderr, disable=args.quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            result = merge_datasets(
+                args.out, args.shards, dataset_id=args.dataset_id, mode=mode, progress=progress
+            )
+        except DatasetError as exc:
+            return _fail(exc)
+    print(f"merged {result['episodes']} episodes ({result['steps']} steps) into {args.out}")
+    for problem in result["skipped"]:
+        print(f"skipped: {problem}")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Rewrite metadata.json from the data file of an interrupted capture."""
+    from twinloop.datasets import DatasetError, recover_dataset
+
+    try:
+        counts = recover_dataset(args.path)
+    except DatasetError as exc:
+        return _fail(exc)
+    print(f"{args.path}: {counts['episodes']} episodes, {counts['steps']} steps")
+    return 0

@@ -1,0 +1,796 @@
+"""Read datasets for training: iterate episodes, sample transitions, filter, follow a capture.
+
+Nothing is loaded up front but an index: one parsed header per episode (its attributes list
+every dataset's address). Episodes and transitions are then read straight from a memory map
+of the file; a batch of transitions is one vectorised gather per field, so sampling costs
+the same per transition however large the dataset (plus a binary search over episode
+boundaries). Compressed image fields are decompressed one frame at a time.
+
+Damage is contained: the reader walks the same chain of checksummed blocks the writer
+appends, so a truncated or corrupted file yields every episode before the damage, and
+:attr:`Dataset.problems` names the file and the first bad episode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from twinloop.datasets import _episode as E
+from twinloop.datasets import _hdf5 as H
+from twinloop.datasets.errors import DatasetCorruptError, DatasetNotFoundError
+from twinloop.datasets.schema import (
+    SOURCE_ACTION,
+    SOURCE_INFO,
+    SOURCE_OBS,
+    SOURCE_REWARD,
+    SOURCE_TERMINATED,
+    SOURCE_TRUNCATED,
+    SOURCE_WALL,
+    FieldSpec,
+    space_from_json,
+)
+from twinloop.datasets.writer import DATA_FILE, METADATA_FILE, find_data_dir, writer_alive
+
+log = logging.getLogger(__name__)
+
+
+# --- scanning the file ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class EpisodeEntry:
+    """What the index knows about one episode (from its group header)."""
+
+    name: str
+    header: int
+    attrs: dict[str, Any]
+    addresses: np.ndarray
+    sizes: np.ndarray
+
+
+@dataclasses.dataclass
+class FileScan:
+    """The committed state of a data file."""
+
+    path: Path
+    file_size: int
+    eoa: int
+    root_address: int
+    tail_address: int
+    tail_chunk: bytes
+    episodes: list[EpisodeEntry]
+    problems: list[str]
+    n_links: int
+
+    @property
+    def n_episodes(self) -> int:
+        """Episodes linked from the root group."""
+        return self.n_links
+
+    @property
+    def n_steps(self) -> int:
+        """Steps of the readable episodes."""
+        return int(sum(int(e.attrs.get("total_steps", 0)) for e in self.episodes))
+
+    @property
+    def wall_span(self) -> tuple[float, float] | None:
+        """Earliest start and latest end wall time (Unix s) of the readable episodes."""
+        if not self.episodes:
+            return None
+        lo = min(float(e.attrs.get("wall_time_start_s", np.nan)) for e in self.episodes)
+        hi = max(float(e.attrs.get("wall_time_end_s", np.nan)) for e in self.episodes)
+        return lo, hi
+
+
+class _File:
+    """Positional reads of a file, clipped to its size at open time (or after refresh)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+
+    def refresh(self) -> None:
+        self.size = os.fstat(self.fd).st_size
+
+    def read(self, address: int, n: int) -> bytes:
+        return os.pread(self.fd, n, address)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _parse_episode(f: _File, name: str, address: int, n_fields: int) -> EpisodeEntry:
+    messages = H.read_header(f.read, address, f.size)
+    attrs: dict[str, Any] = {}
+    index = None
+    for m in messages:
+        if m.kind == H.MSG_ATTRIBUTE:
+            key, value = H.parse_attribute(m.body)
+            if key == E.INDEX_ATTR:
+                index = np.array(value, dtype=np.int64)
+            else:
+                attrs[key] = value.item() if value.ndim == 0 else value.tolist()
+    if index is None or index.size != 1 + 2 * n_fields or index[0] != n_fields:
+        raise H.FormatError(f"{name} has no valid {E.INDEX_ATTR} attribute for {n_fields} fields")
+    pairs = index[1:].reshape(n_fields, 2)
+    return EpisodeEntry(name, address, attrs, pairs[:, 0].copy(), pairs[:, 1].copy())
+
+
+def _check_ranges(entry: EpisodeEntry, fields: Sequence[FieldSpec], size: int) -> None:
+    steps = int(entry.attrs.get("total_steps", -1))
+    if steps < 1:
+        raise H.FormatError(f"total_steps = {steps}")
+    for j, f in enumerate(fields):
+        addr, nbytes = int(entry.addresses[j]), int(entry.sizes[j])
+        rows = steps + int(f.obs_aligned)
+        if not f.image and nbytes != rows * f.row_bytes:
+            raise H.FormatError(f"{f.path} holds {nbytes} bytes, expected {rows * f.row_bytes}")
+        if addr < 0 or addr + (28 if f.image else nbytes) > size:
+            raise H.FormatError(
+                f"{f.path} (bytes {addr}-{addr + nbytes}) lies past the end of the file ({size} "
+                "bytes): the file is truncated"
+            )
+
+
+class _Chain:
+    """Walks the root group's link blocks, remembering where it stopped (for following)."""
+
+    def __init__(self, f: _File, fields: Sequence[FieldSpec] | None) -> None:
+        self.f = f
+        self.fields = fields
+        self.problems: list[str] = []
+        self.links: list[tuple[str, int]] = []
+        self.entries: list[EpisodeEntry] = []
+        self.broken = False
+        self.bad: list[str] = []
+        self.tail_address = -1
+        self.tail_chunk = b""
+        self.tail_length: int | None = None
+        try:
+            self.eoa, self.root = H.parse_superblock(f.read(0, H.SUPERBLOCK_SIZE))
+        except ValueError as exc:
+            self.eoa, self.root = 0, H.SUPERBLOCK_SIZE
+            self.problems.append(
+                f"{f.path}: superblock unreadable ({exc}); reading from the root group at offset "
+                f"{self.root} (other HDF5 tools will not open this file)"
+            )
+
+    def walk(self) -> int:
+        """Read new link blocks and their episodes; return how many episodes were added."""
+        if self.broken:
+            return 0
+        before = len(self.entries)
+        if self.tail_address < 0:
+            pending = [(self.root, None)]
+        else:
+            # re-read the last block: its reserved tail may have become a continuation
+            pending = [(self.tail_address, self.tail_length)]
+        first = True
+        while pending:
+            address, length = pending.pop(0)
+            try:
+                msgs, conts, raw = self._read_chunk(address, length)
+            except (H.FormatError, ValueError, IndexError) as exc:
+                nxt = f"episode_{len(self.links)}"
+                self.problems.append(
+                    f"{self.f.path}: root link block at offset {address} is unreadable ({exc}); "
+                    f"{nxt} and every later episode cannot be located"
+                )
+                self.broken = True
+                break
+            new_links = [H.parse_link(m.body) for m in msgs if m.kind == H.MSG_LINK]
+            if not (first and self.tail_address >= 0):
+                self.links.extend((n, a) for n, a in new_links if a is not None)
+            first = False
+            self.tail_address, self.tail_length, self.tail_chunk = address, length, raw
+            pending = [(int(a), int(n)) for a, n in conts] + pending
+        self._parse_new()
+        return len(self.entries) - before
+
+    def _read_chunk(self, address: int, length: int | None) -> tuple:
+        try:
+            return H.read_chunk(self.f.read, address, length, self.f.size)
+        except (H.FormatError, ValueError, IndexError):
+            # a live writer may have grown the file and linked new bytes since our last fstat:
+            # look at the size again before calling the block unreadable
+            self.f.refresh()
+            return H.read_chunk(self.f.read, address, length, self.f.size)
+
+    def _read_episode(self, name: str, address: int) -> EpisodeEntry:
+        for attempt in range(2):
+            try:
+                entry = _parse_episode(self.f, name, address, len(self.fields or ()))
+                _check_ranges(entry, self.fields or (), self.f.size)
+                return entry
+            except (H.FormatError, ValueError, IndexError, KeyError):
+                if attempt:
+                    raise
+                self.f.refresh()  # as in _read_chunk: the file may have grown meanwhile
+        raise AssertionError("unreachable")
+
+    def _parse_new(self) -> None:
+        if self.fields is None:
+            return
+        seen = len(self.entries) + len(self.bad)
+        for name, address in self.links[seen:]:
+            try:
+                entry = self._read_episode(name, address)
+            except (H.FormatError, ValueError, IndexError, KeyError) as exc:
+                self.bad.append(name)
+                self.problems.append(
+                    f"{self.f.path}: {name} (header at offset {address}) is unreadable: {exc}"
+                )
+                continue
+            self.entries.append(entry)
+
+
+def _load_fields(data_dir: Path) -> tuple[dict[str, Any], list[FieldSpec] | None]:
+    meta_path = data_dir / METADATA_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        return {}, None
+    except ValueError as exc:
+        raise DatasetCorruptError(f"{meta_path}: not valid JSON ({exc})") from exc
+    tl = meta.get("twinloop")
+    if not tl or "fields" not in tl:
+        return meta, None
+    return meta, [FieldSpec.from_json(f) for f in tl["fields"]]
+
+
+def scan_file(path: str | os.PathLike, fields: Sequence[FieldSpec] | None = None) -> FileScan:
+    """Walk a data file's committed episodes (used to append and to check files)."""
+    path = Path(path)
+    if fields is None:
+        _, fields = _load_fields(path.parent)
+    f = _File(path)
+    try:
+        chain = _Chain(f, fields)
+        chain.walk()
+        return FileScan(
+            path=path,
+            file_size=f.size,
+            eoa=chain.eoa,
+            root_address=chain.root,
+            tail_address=chain.tail_address,
+            tail_chunk=chain.tail_chunk,
+            episodes=chain.entries,
+            problems=chain.problems,
+            n_links=len(chain.links),
+        )
+    finally:
+        f.close()
+
+
+# --- the public reader ---------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class EpisodeData:
+    """One episode, read in full.
+
+    Attributes:
+        id: Episode id in the dataset.
+        observations: ``L + 1`` rows (an array, or a dict/tuple of arrays; text as ``str``).
+        actions: ``L`` rows.
+        rewards: ``(L,)`` float64.
+        terminations: ``(L,)`` bool.
+        truncations: ``(L,)`` bool.
+        infos: Info key (``reward/progress``, ``wall_time_s`` ...) -> ``L + 1`` rows; row 0
+            is the reset's info.
+        metadata: Episode attributes (``seed``, ``env_index``, ``episode_return`` ...).
+    """
+
+    id: int
+    observations: Any
+    actions: Any
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+    infos: dict[str, np.ndarray]
+    metadata: dict[str, Any]
+
+    def __len__(self) -> int:
+        """Number of steps."""
+        return int(self.rewards.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class TransitionBatch:
+    """Transitions ``(s, a, r, s', terminated, truncated)`` sampled uniformly over all steps.
+
+    Attributes:
+        observations: Observation before the step (batched like the observation space).
+        actions: Controller action.
+        rewards: Reward.
+        next_observations: Observation after the step (the final one at an episode end).
+        terminations: The step ended the episode in a terminal state.
+        truncations: The step ended the episode by a time limit.
+        episode_ids: Dataset id of each transition's episode.
+        steps: Step index of each transition within its episode.
+        infos: Info of the step (row ``t + 1``), if requested.
+    """
+
+    observations: Any
+    actions: Any
+    rewards: np.ndarray
+    next_observations: Any
+    terminations: np.ndarray
+    truncations: np.ndarray
+    episode_ids: np.ndarray
+    steps: np.ndarray
+    infos: dict[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        """Batch size."""
+        return int(self.rewards.shape[0])
+
+
+def _nest(items: Sequence[tuple[tuple, Any]], space: gym.Space) -> Any:
+    if isinstance(space, gym.spaces.Dict):
+        return {
+            k: _nest([(key[1:], v) for key, v in items if key and key[0] == k], sub)
+            for k, sub in space.spaces.items()
+        }
+    if isinstance(space, gym.spaces.Tuple):
+        return tuple(
+            _nest([(key[1:], v) for key, v in items if key and key[0] == k], sub)
+            for k, sub in enumerate(space.spaces)
+        )
+    return items[0][1]
+
+
+class _Store:
+    """The shared state of a dataset: file, fields and index (grows while following)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / DATA_FILE
+        self.meta, fields = _load_fields(data_dir)
+        if fields is None:
+            if not self.meta:
+                raise DatasetNotFoundError(
+                    f"{data_dir / METADATA_FILE} is missing: not a dataset (or a capture that "
+                    "has not committed its first episode yet)"
+                )
+            raise DatasetCorruptError(
+                f"{data_dir / METADATA_FILE} has no twinloop field list: this dataset was not "
+                "written by twinloop (open it with minari.MinariDataset instead)"
+            )
+        if not self.path.exists():
+            raise DatasetNotFoundError(f"{self.path} is missing")
+        self.fields = fields
+        self.observation_space = space_from_json(self.meta["observation_space"])
+        self.action_space = space_from_json(self.meta["action_space"])
+        self.file = _File(self.path)
+        self.inode = os.fstat(self.file.fd).st_ino
+        self.chain = _Chain(self.file, fields)
+        self.chain.walk()
+        self._map: np.ndarray | None = None
+        self._chunks: dict[tuple[int, int], np.ndarray] = {}
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        entries = self.chain.entries
+        n_f = len(self.fields)
+        self.ids = np.array([int(e.attrs["id"]) for e in entries], dtype=np.int64)
+        self.steps = np.array([int(e.attrs["total_steps"]) for e in entries], dtype=np.int64)
+        self.addr = (
+            np.stack([e.addresses for e in entries]) if entries else np.zeros((0, n_f), np.int64)
+        )
+        self.meta_rows = [self._episode_meta(e) for e in entries]
+
+    def _episode_meta(self, e: EpisodeEntry) -> dict[str, Any]:
+        m = dict(e.attrs)
+        mm = self.map()
+        steps = int(m["total_steps"])
+        for j, f in enumerate(self.fields):
+            if f.source in (SOURCE_TERMINATED, SOURCE_TRUNCATED):
+                m[f.source] = bool(mm[int(e.addresses[j]) + steps - 1])
+        return m
+
+    def map(self) -> np.ndarray:
+        if self._map is None or self._map.size < self.file.size:
+            self._map = (
+                np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.file.size,))
+                if self.file.size
+                else np.zeros(0, np.uint8)
+            )
+        return self._map
+
+    def refresh(self) -> int:
+        try:
+            if os.stat(self.path).st_ino != self.inode:
+                raise DatasetCorruptError(
+                    f"{self.path} was replaced while being read (overwritten); open it again"
+                )
+        except FileNotFoundError:
+            raise DatasetNotFoundError(f"{self.path} was deleted while being read") from None
+        self.file.refresh()
+        self._map = None
+        n = self.chain.walk()
+        if n:
+            self._rebuild()
+        new_meta, _ = _load_fields(self.data_dir)
+        if new_meta:
+            self.meta = new_meta
+        return n
+
+    # reading ---------------------------------------------------------------------------------
+    def rows(self, j: int, eps: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows[k]`` of field ``j`` in episodes ``eps[k]`` (indices into the index)."""
+        f = self.fields[j]
+        if f.image:
+            out = np.empty((eps.size, *f.shape), dtype=f.np_dtype)
+            for k, (e, r) in enumerate(zip(eps.tolist(), rows.tolist(), strict=True)):
+                out[k] = self.frame(j, e, r)
+            return out
+        nb = f.row_bytes
+        start = self.addr[eps, j] + rows * nb
+        raw = self.map()[start[:, None] + np.arange(nb)]
+        return np.ascontiguousarray(raw).view(f.np_dtype).reshape(eps.size, *f.shape)
+
+    def field(self, j: int, e: int) -> np.ndarray:
+        """All rows of field ``j`` of episode ``e``."""
+        f = self.fields[j]
+        n = int(self.steps[e]) + int(f.obs_aligned)
+        if f.image:
+            return np.stack([self.frame(j, e, r) for r in range(n)])
+        count = n * int(np.prod(f.shape, dtype=np.int64))
+        arr = np.frombuffer(self.map(), dtype=f.np_dtype, count=count, offset=int(self.addr[e, j]))
+        return arr.reshape(n, *f.shape).copy()
+
+    def frame(self, j: int, e: int, r: int) -> np.ndarray:
+        f = self.fields[j]
+        table = self._chunks.get((e, j))
+        if table is None:
+            table = H.read_fixed_array(
+                self.file.read, int(self.addr[e, j]), f.row_bytes, self.file.size
+            )
+            self._chunks[(e, j)] = table
+        addr, size = int(table[r, 0]), int(table[r, 1])
+        raw = zlib.decompress(self.file.read(addr, size))
+        return np.frombuffer(raw, dtype=f.np_dtype).reshape(f.shape)
+
+    def close(self) -> None:
+        self._map = None
+        self.file.close()
+
+
+def _decode_text(arr: np.ndarray) -> np.ndarray:
+    out = np.empty(arr.shape, dtype=object)
+    flat = arr.reshape(-1)
+    out_flat = out.reshape(-1)
+    for i, b in enumerate(flat):
+        out_flat[i] = bytes(b).decode("utf-8")
+    return out
+
+
+class Dataset:
+    """A twinloop dataset (or a filtered view of one).
+
+    Args:
+        path: The dataset folder, its ``data`` folder or its data file.
+        strict: Raise :class:`DatasetCorruptError` on the first damaged episode instead of
+            skipping it and listing it in :attr:`problems`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, strict: bool = False) -> None:
+        """Open the file and index its committed episodes."""
+        self._store = _Store(find_data_dir(path))
+        self._sel: np.ndarray | None = None
+        self.strict = strict
+        self._report()
+
+    @classmethod
+    def _view(cls, store: _Store, sel: np.ndarray, strict: bool) -> Dataset:
+        obj = cls.__new__(cls)
+        obj._store = store
+        obj._sel = sel
+        obj.strict = strict
+        return obj
+
+    def _report(self) -> None:
+        if self.problems:
+            if self.strict:
+                raise DatasetCorruptError(self.problems[0])
+            log.warning("%s", self.problems[0])
+
+    # description -------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        """The data file."""
+        return self._store.path
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The content of metadata.json."""
+        return self._store.meta
+
+    @property
+    def id(self) -> str:
+        """The dataset id."""
+        return str(self._store.meta.get("dataset_id", ""))
+
+    @property
+    def fields(self) -> list[FieldSpec]:
+        """Stored fields."""
+        return self._store.fields
+
+    @property
+    def observation_space(self) -> gym.Space:
+        """Single-env observation space."""
+        return self._store.observation_space
+
+    @property
+    def action_space(self) -> gym.Space:
+        """Single-env action space."""
+        return self._store.action_space
+
+    @property
+    def problems(self) -> list[str]:
+        """Damage found so far: each names the file and the first episode it affects."""
+        return list(self._store.chain.problems)
+
+    @property
+    def writer_state(self) -> str:
+        """``open`` (being written), ``interrupted`` (its writer died), ``closed`` or ``failed``.
+
+        An interrupted capture holds every episode committed before its writer died; its
+        metadata.json counts may lag (``twinloop data recover`` updates them).
+        """
+        state = str(self._store.meta.get("twinloop", {}).get("writer", {}).get("state", "closed"))
+        if state == "open" and not writer_alive(self._store.data_dir):
+            return "interrupted"
+        return state
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Index positions of this view's episodes."""
+        if self._sel is None:
+            return np.arange(self._store.ids.size)
+        return self._sel
+
+    def __len__(self) -> int:
+        """Number of (readable) episodes in this view."""
+        return int(self.indices.size)
+
+    @property
+    def total_steps(self) -> int:
+        """Number of steps in this view."""
+        return int(self._store.steps[self.indices].sum())
+
+    @property
+    def episode_metadata(self) -> list[dict[str, Any]]:
+        """Attributes of each episode of this view (plus ``terminated`` / ``truncated``)."""
+        rows = self._store.meta_rows
+        return [rows[i] for i in self.indices.tolist()]
+
+    # episodes --------------------------------------------------------------------------------
+    def _episode(self, e: int) -> EpisodeData:
+        store = self._store
+        obs, act = [], []
+        out: dict[str, Any] = {"infos": {}}
+        for j, f in enumerate(store.fields):
+            value = store.field(j, e)
+            if f.text:
+                value = list(_decode_text(value))
+            if f.source == SOURCE_OBS:
+                obs.append((f.key, value))
+            elif f.source == SOURCE_ACTION:
+                act.append((f.key, value))
+            elif f.source == SOURCE_REWARD:
+                out["rewards"] = value
+            elif f.source == SOURCE_TERMINATED:
+                out["terminations"] = value
+            elif f.source == SOURCE_TRUNCATED:
+                out["truncations"] = value
+            else:
+                out["infos"][f.key[0]] = value
+        return EpisodeData(
+            id=int(store.ids[e]),
+            observations=_nest(obs, store.observation_space),
+            actions=_nest(act, store.action_space),
+            rewards=out["rewards"],
+            terminations=out["terminations"],
+            truncations=out["truncations"],
+            infos=out["infos"],
+            metadata=dict(store.meta_rows[e]),
+        )
+
+    def __getitem__(self, i: int) -> EpisodeData:
+        """The ``i``-th episode of this view."""
+        idx = self.indices
+        if not -idx.size <= i < idx.size:
+            raise IndexError(f"episode {i} out of range for a dataset of {idx.size} episodes")
+        return self._episode(int(idx[i]))
+
+    def iterate_episodes(self, indices: Sequence[int] | None = None) -> Iterator[EpisodeData]:
+        """Yield episodes of this view (all, or the view positions in ``indices``)."""
+        idx = self.indices
+        for i in range(idx.size) if indices is None else indices:
+            yield self._episode(int(idx[i]))
+
+    def __iter__(self) -> Iterator[EpisodeData]:
+        """Iterate over episodes."""
+        return self.iterate_episodes()
+
+    def sample_episodes(self, n: int, rng: np.random.Generator | None = None) -> list[EpisodeData]:
+        """``n`` distinct episodes chosen uniformly."""
+        rng = rng or np.random.default_rng()
+        if n > len(self):
+            raise ValueError(f"cannot sample {n} episodes from a dataset of {len(self)}")
+        return [self[int(i)] for i in rng.choice(len(self), size=n, replace=False)]
+
+    def filter(
+        self, predicate: Callable[[dict[str, Any]], bool] | None = None, **equals: Any
+    ) -> Dataset:
+        """A view of the episodes whose metadata satisfies ``predicate`` and ``equals``.
+
+        Example: ``ds.filter(lambda m: m["episode_return"] > 0, terminated=True)``.
+        Metadata keys: ``id``, ``seed``, ``total_steps``, ``env_index``, ``episode_return``,
+        ``wall_time_start_s``, ``wall_time_end_s``, ``terminated``, ``truncated``.
+        """
+        rows = self._store.meta_rows
+        for key in equals:
+            if rows and key not in rows[0]:
+                raise KeyError(f"no episode metadata {key!r}; keys: {', '.join(sorted(rows[0]))}")
+        keep = [
+            i
+            for i in self.indices.tolist()
+            if all(rows[i].get(k) == v for k, v in equals.items())
+            and (predicate is None or predicate(rows[i]))
+        ]
+        return Dataset._view(self._store, np.array(keep, dtype=np.int64), self.strict)
+
+    # transitions -------------------------------------------------------------------------------
+    def sample(
+        self,
+        batch_size: int,
+        rng: np.random.Generator | None = None,
+        *,
+        with_infos: bool = False,
+    ) -> TransitionBatch:
+        """Sample ``batch_size`` transitions uniformly over every step of this view."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        store = self._store
+        idx = self.indices
+        steps = store.steps[idx]
+        total = int(steps.sum())
+        if total == 0:
+            raise ValueError("cannot sample transitions from an empty dataset")
+        rng = rng or np.random.default_rng()
+        bounds = np.cumsum(steps)
+        g = rng.integers(0, total, size=batch_size)
+        local = np.searchsorted(bounds, g, side="right")
+        eps = idx[local]
+        t = g - (bounds[local] - steps[local])
+        obs, nxt, act = [], [], []
+        out: dict[str, Any] = {}
+        infos: dict[str, np.ndarray] = {}
+        for j, f in enumerate(store.fields):
+            if f.source == SOURCE_OBS:
+                a, b = store.rows(j, eps, t), store.rows(j, eps, t + 1)
+                if f.text:
+                    a, b = _decode_text(a), _decode_text(b)
+                obs.append((f.key, a))
+                nxt.append((f.key, b))
+            elif f.source == SOURCE_ACTION:
+                v = store.rows(j, eps, t)
+                act.append((f.key, _decode_text(v) if f.text else v))
+            elif f.source in (SOURCE_REWARD, SOURCE_TERMINATED, SOURCE_TRUNCATED):
+                out[f.source] = store.rows(j, eps, t)
+            elif with_infos and f.source in (SOURCE_INFO, SOURCE_WALL):
+                infos[f.key[0]] = store.rows(j, eps, t + 1)
+        return TransitionBatch(
+            observations=_nest(obs, store.observation_space),
+            actions=_nest(act, store.action_space),
+            rewards=out[SOURCE_REWARD],
+            next_observations=_nest(nxt, store.observation_space),
+            terminations=out[SOURCE_TERMINATED],
+            truncations=out[SOURCE_TRUNCATED],
+            episode_ids=store.ids[eps],
+            steps=t,
+            infos=infos if with_infos else None,
+        )
+
+    # following ---------------------------------------------------------------------------------
+    def refresh(self) -> int:
+        """Index episodes committed since opening (or the last refresh); return how many.
+
+        A filtered view keeps its selection; refresh the full dataset to see new episodes.
+        """
+        before = len(self._store.chain.problems)
+        n = self._store.refresh()
+        if len(self._store.chain.problems) > before:
+            self._report()
+        return n
+
+    def follow(self, poll_s: float = 0.5, timeout_s: float | None = None) -> Iterator[int]:
+        """Poll a capture being written; yield the number of new episodes after each poll.
+
+        Ends when the writer has closed (``writer_state != "open"``) or after ``timeout_s``.
+        """
+        t0 = time.monotonic()
+        while True:
+            n = self.refresh()
+            yield n
+            if self.writer_state != "open":
+                n = self.refresh()
+                if n:
+                    yield n
+                return
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                return
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        """Release the file."""
+        self._store.close()
+
+    def __enter__(self) -> Dataset:
+        """Return self."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close."""
+        self.close()
+
+
+def open_dataset(path: str | os.PathLike, *, strict: bool = False) -> Dataset:
+    """Open a dataset for reading (see :class:`Dataset`)."""
+    return Dataset(path, strict=strict)
+
+
+def summarize(ds: Dataset) -> dict[str, Any]:
+    """Episodes, steps, size, returns, backends, tags and time span of a dataset."""
+    meta = ds.metadata
+    tl: Mapping[str, Any] = meta.get("twinloop", {})
+    rows = ds.episode_metadata
+    returns = np.array([r.get("episode_return", np.nan) for r in rows], dtype=np.float64)
+    starts = [r["wall_time_start_s"] for r in rows if "wall_time_start_s" in r]
+    ends = [r["wall_time_end_s"] for r in rows if "wall_time_end_s" in r]
+    size = 0
+    for p in ds.path.parent.iterdir():
+        if p.is_file():
+            size += p.stat().st_blocks * 512
+    return {
+        "dataset_id": ds.id,
+        "path": str(ds.path.parent),
+        "episodes": len(ds),
+        "steps": ds.total_steps,
+        "size_bytes": int(size),
+        "bytes_per_step": size / ds.total_steps if ds.total_steps else float("nan"),
+        "return_mean": float(np.mean(returns)) if returns.size else float("nan"),
+        "return_min": float(np.min(returns)) if returns.size else float("nan"),
+        "return_max": float(np.max(returns)) if returns.size else float("nan"),
+        "terminated": int(sum(bool(r.get("terminated")) for r in rows)),
+        "truncated": int(sum(bool(r.get("truncated")) for r in rows)),
+        "env_id": tl.get("env_id"),
+        "backends": _backends(tl),
+        "tags": tl.get("tags", {}),
+        "twinloop_version": tl.get("twinloop_version"),
+        "git_revision": tl.get("git_revision"),
+        "wall_time_start_s": min(starts) if starts else None,
+        "wall_time_end_s": max(ends) if ends else None,
+        "writer_state": ds.writer_state,
+        "problems": ds.problems,
+        "combined_datasets": meta.get("combined_datasets", []),
+    }
+
+
+def _backends(tl: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if "backends" in tl:
+        return list(tl["backends"])
+    return [tl["backend"]] if tl.get("backend") else []
