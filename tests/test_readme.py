@@ -40,3 +40,15 @@ def test_main_job_runs_a_registered_env_and_controller() -> None:
     ctrl = re.search(r"--controller (\S+)", cmd)
     if ctrl:
         assert ctrl.group(1) in CONTROLLERS
+
+
+def test_python_quickstart_runs() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Python quickstart", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
+    assert len(code) == 1
+    namespace: dict = {}
+    exec(
+        compile(code[0].replace("n_envs=1024", "n_envs=8"), "README quickstart", "exec"), namespace
+    )
+    assert "reward" in namespace and "vec" in namespace

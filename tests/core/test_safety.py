@@ -97,3 +97,17 @@ def test_watchdog_does_not_fire_while_commands_arrive() -> None:
     layer.disarm()
     time.sleep(0.3)
     assert not fired.is_set()
+
+
+def test_vector_envs_check_the_rate_limit_size() -> None:
+    import twinloop
+
+    with pytest.raises(ConfigError, match="has 1 entries; the command has 3"):
+        twinloop.make_vec("twinloop/StemSteer-v0", 2, max_command_step=(1.0,))
+    vec = twinloop.make_vec("twinloop/StemSteer-v0", 2, max_command_step=(0.5, 0.5, 100.0))
+    vec.reset(seed=0)
+    _, _, _, _, info = vec.step(np.zeros((2, 2), np.float32))
+    first = info["applied_command"].copy()
+    _, _, _, _, info = vec.step(np.full((2, 2), 3.0, np.float32))
+    step = np.abs(info["applied_command"][:, :2] - first[:, :2])
+    assert (step <= 0.5 + 1e-12).all() and info["command_clipped"].all()

@@ -57,6 +57,20 @@ class SafetyConfig:
                 raise ConfigError(f"SafetyConfig.max_command_step[{k}] = {v!r} must be > 0")
 
 
+def rate_limits(config: SafetyConfig, n_elements: int) -> np.ndarray:
+    """Per-element largest change per step (``inf``: none), checked against the command size.
+
+    Raises:
+        ConfigError: ``max_command_step`` has a different number of entries than the command.
+    """
+    steps = config.max_command_step
+    if steps and len(steps) != n_elements:
+        raise ConfigError(
+            f"SafetyConfig.max_command_step has {len(steps)} entries; the command has {n_elements}"
+        )
+    return np.array(steps if steps else [math.inf] * n_elements, dtype=np.float64)
+
+
 class SafetyFault(RuntimeError):
     """The safety layer tripped (watchdog or fault); the backend was put in its safe state."""
 
@@ -201,12 +215,7 @@ class SafetyLayer:
         self.low = command_space.low.astype(np.float64).ravel()
         self.high = command_space.high.astype(np.float64).ravel()
         n = self.low.size
-        steps = config.max_command_step
-        if steps and len(steps) != n:
-            raise ConfigError(
-                f"SafetyConfig.max_command_step has {len(steps)} entries; the command has {n}"
-            )
-        self.max_step = np.array(steps if steps else [math.inf] * n, dtype=np.float64)
+        self.max_step = rate_limits(config, n)
         self._prev = np.zeros(n, dtype=np.float64)
         self._has_prev = False
         self._on_trip = on_trip

@@ -20,8 +20,8 @@ from gymnasium.vector.utils import batch_space
 
 from twinloop.core.jit import njit
 from twinloop.core.layout import Layout
-from twinloop.core.rng import new_entropy
-from twinloop.core.safety import check_action
+from twinloop.core.rng import new_entropy, new_streams, seed_streams
+from twinloop.core.safety import SafetyConfig, check_action, rate_limits
 
 #: Sentinel in the per-env seed array meaning "continue this env's stream".
 NO_SEED = -1
@@ -150,6 +150,21 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         elif not isinstance(single_action_space, gym.spaces.Discrete):
             raise TypeError("KernelVectorEnv supports Box and Discrete action spaces")
 
+    def _init_rows(self, command_space: gym.spaces.Box, safety: SafetyConfig) -> None:
+        """Allocate every row's random streams and the safety layer's per-row state.
+
+        Subclasses call this once; :meth:`reset` then seeds the streams of re-seeded rows
+        before :meth:`_kernel_reset` runs. Kernels receive ``_rng``, ``_cmd_low``,
+        ``_cmd_high``, ``_max_step``, ``_prev_cmd`` and ``_has_prev``.
+        """
+        n = self.num_envs
+        self._rng = new_streams(n)
+        self._cmd_low = np.ascontiguousarray(command_space.low, dtype=np.float64).ravel()
+        self._cmd_high = np.ascontiguousarray(command_space.high, dtype=np.float64).ravel()
+        self._max_step = rate_limits(safety, self._cmd_low.size)
+        self._prev_cmd = np.zeros((n, self._cmd_low.size), dtype=np.float64)
+        self._has_prev = np.zeros(n, dtype=np.bool_)
+
     # subclass hooks --------------------------------------------------------------------------
     def _kernel_reset(
         self,
@@ -161,7 +176,7 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         info_i: np.ndarray,
         info_b: np.ndarray,
     ) -> None:
-        """Reset the rows where ``mask``; ``seeds[i] >= 0`` re-seeds row ``i``'s streams."""
+        """Reset the rows where ``mask`` (their streams are already re-seeded where asked)."""
         raise NotImplementedError
 
     def _kernel_step(
@@ -233,6 +248,8 @@ class KernelVectorEnv(gym.vector.VectorEnv):
                 raise ValueError(f"{self.env_id}: the first reset must reset every env")
         seeds = self._seed_array(seed)
         self._started = True
+        for i in np.flatnonzero(mask & (seeds != NO_SEED)):
+            seed_streams(self._rng, int(i), int(seeds[i]))
         obs, info_f, info_i, info_b = self._alloc_rows(zero=True)
         self._kernel_reset(mask, seeds, options, obs, info_f, info_i, info_b)
         self._needs_reset = False

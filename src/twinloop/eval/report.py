@@ -205,36 +205,26 @@ def plot_runs(runs: Sequence[Run], summary: dict[str, Any], path: str | Path) ->
 
     rows = summary["runs"]
     labels = [f"{r['controller']}\n({r['backend']})" for r in rows]
-    x = np.arange(len(rows))
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(4.2 * 3, 4.2))
-    sr = np.array([r["success_rate"] for r in rows])
-    ci = np.array([r["success_rate_ci95"] for r in rows])
-    ax1.bar(x, sr, color="tab:blue", alpha=0.7)
-    # (with very few episodes a percentile interval can sit beside its point: clip at zero)
-    ax1.errorbar(
-        x,
-        sr,
-        yerr=np.clip([sr - ci[:, 0], ci[:, 1] - sr], 0, None),
-        fmt="none",
-        color="k",
-        capsize=4,
+    _bars_with_intervals(
+        ax1,
+        rows,
+        labels,
+        "success_rate",
+        "success_rate_ci95",
+        "tab:blue",
+        "success rate (95% Wilson CI)",
     )
-    ax1.set_xticks(x, labels, fontsize=7, rotation=35, ha="right")
-    ax1.set_ylabel("success rate (95% Wilson CI)")
     ax1.set_ylim(0, 1)
-    med = np.array([r["median_time_to_goal_s"] for r in rows])
-    mci = np.array([r["median_time_to_goal_ci95"] for r in rows])
-    ax2.bar(x, med, color="tab:orange", alpha=0.7)
-    ax2.errorbar(
-        x,
-        med,
-        yerr=np.clip([med - mci[:, 0], mci[:, 1] - med], 0, None),
-        fmt="none",
-        color="k",
-        capsize=4,
+    _bars_with_intervals(
+        ax2,
+        rows,
+        labels,
+        "median_time_to_goal_s",
+        "median_time_to_goal_ci95",
+        "tab:orange",
+        "median microscope time to goal, s (95% CI)",
     )
-    ax2.set_xticks(x, labels, fontsize=7, rotation=35, ha="right")
-    ax2.set_ylabel("median microscope time to goal, s (95% CI)")
     taus = np.linspace(0, max(1.0, float(np.nanmax([r.time_s.max() for r in runs]))), 200)
     for r in runs:
         # fraction of all episodes that reached the goal within tau seconds
@@ -248,6 +238,20 @@ def plot_runs(runs: Sequence[Run], summary: dict[str, Any], path: str | Path) ->
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _bars_with_intervals(
+    ax: Any, rows: list[dict], labels: list[str], key: str, ci_key: str, color: str, ylabel: str
+) -> None:
+    x = np.arange(len(rows))
+    value = np.array([r[key] for r in rows], dtype=np.float64)
+    ci = np.array([r[ci_key] for r in rows], dtype=np.float64)
+    ax.bar(x, value, color=color, alpha=0.7)
+    # (with very few episodes a percentile interval can sit beside its point: clip at zero)
+    err = np.clip([value - ci[:, 0], ci[:, 1] - value], 0, None)
+    ax.errorbar(x, value, yerr=err, fmt="none", color="k", capsize=4)
+    ax.set_xticks(x, labels, fontsize=7, rotation=35, ha="right")
+    ax.set_ylabel(ylabel)
 
 
 def write_json(obj: Any, path: str | Path) -> None:

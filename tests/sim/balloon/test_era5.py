@@ -20,7 +20,7 @@ ENV_ID = "twinloop/BalloonStationKeeping-v0"
 LEVELS_HPA = np.array([150.0, 125.0, 100.0, 70.0, 50.0])  # ERA5 order: descending
 
 
-def _write(path, du: float = 0.0) -> None:
+def _write(path, du: float = 0.0, zarr: bool = False) -> None:
     times = np.datetime64("2012-05-01T00:00") + np.arange(61) * np.timedelta64(1, "h")
     lat = np.arange(5.0, -5.5, -1.0)  # ERA5 order: descending
     lon = np.arange(100.0, 110.5, 1.0)
@@ -35,7 +35,23 @@ def _write(path, du: float = 0.0) -> None:
         },
         coords={"time": times, "level": LEVELS_HPA, "latitude": lat, "longitude": lon},
     )
-    ds.to_netcdf(path, engine="h5netcdf")
+    if zarr:
+        ds.to_zarr(path)
+    else:
+        ds.to_netcdf(path, engine="h5netcdf")
+
+
+def test_zarr_and_netcdf_files_give_the_same_winds(tmp_path) -> None:
+    pytest.importorskip("zarr", reason="Zarr stores need zarr (pip install twinloop[balloon])")
+    nc, zr = tmp_path / "forecast.nc", tmp_path / "forecast.zarr"
+    _write(nc)
+    _write(zr, zarr=True)
+    runs = []
+    for path in (nc, zr):
+        env = twinloop.make(ENV_ID, source="grid", forecast_path=str(path), truth_path=str(path))
+        env.reset(seed=3)
+        runs.append([env.step(1)[4]["true/wind_m_per_s"] for _ in range(5)])
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-6)
 
 
 def test_grid_winds_drive_the_balloon(tmp_path) -> None:

@@ -21,7 +21,7 @@ from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
 from twinloop.core.rng import new_streams, seed_streams
 from twinloop.core.safety import clip_command_row
-from twinloop.core.vector import NO_SEED, KernelVectorEnv, zero_row
+from twinloop.core.vector import KernelVectorEnv, zero_row
 from twinloop.sim.balloon import kernel as K
 from twinloop.sim.balloon import task as T
 from twinloop.sim.balloon.config import BalloonConfig
@@ -427,13 +427,7 @@ class BalloonVectorEnv(KernelVectorEnv):
         self._tparams = T.task_params(cfg)
         self._f, self._i, self._wind, self._work, self._meas = K.new_state(cfg, n)
         self._t = np.zeros((n, T.state_size(cfg)), dtype=np.float64)
-        self._rng = new_streams(n)
-        self._cmd_low = COMMAND_SPACE.low.astype(np.float64)
-        self._cmd_high = COMMAND_SPACE.high.astype(np.float64)
-        steps = cfg.safety.max_command_step
-        self._max_step = np.array(steps if steps else [np.inf], dtype=np.float64)
-        self._prev_cmd = np.zeros((n, 1), dtype=np.float64)
-        self._has_prev = np.zeros(n, dtype=np.bool_)
+        self._init_rows(COMMAND_SPACE, cfg.safety)
         self._scratch = np.zeros((n, 2), dtype=np.float64)
 
     def _kernel_reset(
@@ -446,8 +440,6 @@ class BalloonVectorEnv(KernelVectorEnv):
         info_i: np.ndarray,
         info_b: np.ndarray,
     ) -> None:
-        for i in np.flatnonzero(mask & (seeds != NO_SEED)):
-            seed_streams(self._rng, int(i), int(seeds[i]))
         _reset_batch(
             mask,
             self._f,

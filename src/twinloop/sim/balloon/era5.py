@@ -43,7 +43,8 @@ def _open(path: str) -> Any:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"wind file {path!r} does not exist")
-    if p.suffix == ".zarr" or (p.is_dir() and (p / ".zmetadata").exists()):
+    zarr_markers = (".zmetadata", ".zgroup", "zarr.json")  # zarr v2 / v3 stores
+    if p.suffix == ".zarr" or (p.is_dir() and any((p / m).exists() for m in zarr_markers)):
         return xr.open_zarr(p)
     return xr.open_dataset(p)
 

@@ -8,7 +8,6 @@ env runs the same row functions of :mod:`~twinloop.sim.stem.kernel` and
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gymnasium as gym
@@ -21,7 +20,7 @@ from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
 from twinloop.core.rng import new_streams, seed_streams
 from twinloop.core.safety import clip_command_row
-from twinloop.core.vector import NO_SEED, KernelVectorEnv, zero_row
+from twinloop.core.vector import KernelVectorEnv, zero_row
 from twinloop.sim.stem import kernel as K
 from twinloop.sim.stem import task as T
 from twinloop.sim.stem.config import StemConfig
@@ -414,14 +413,7 @@ class StemVectorEnv(KernelVectorEnv):
         self._tparams = T.task_params(cfg)
         self._f, self._i, self._holes, self._meas = K.new_state(n)
         self._t = np.zeros((n, T.N_T), dtype=np.float64)
-        self._rng = new_streams(n)
-        cs = command_space(cfg)
-        self._cmd_low = cs.low.astype(np.float64)
-        self._cmd_high = cs.high.astype(np.float64)
-        steps = cfg.safety.max_command_step
-        self._max_step = np.array(steps if steps else [math.inf] * 3, dtype=np.float64)
-        self._prev_cmd = np.zeros((n, 3), dtype=np.float64)
-        self._has_prev = np.zeros(n, dtype=np.bool_)
+        self._init_rows(command_space(cfg), cfg.safety)
         self._scratch = np.zeros((n, 6), dtype=np.float64)
 
     def _kernel_reset(
@@ -435,8 +427,6 @@ class StemVectorEnv(KernelVectorEnv):
         info_b: np.ndarray,
     ) -> None:
         n = self.num_envs
-        for i in np.flatnonzero(mask & (seeds != NO_SEED)):
-            seed_streams(self._rng, int(i), int(seeds[i]))
         goal_mode = np.zeros(n, dtype=np.int64)
         goal = np.zeros((n, 2), dtype=np.float64)
         if options.get("goal_offset_angstrom") is not None:
