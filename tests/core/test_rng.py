@@ -49,3 +49,22 @@ def test_stream_state_rejects_bad_seeds() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         stream_state(True, 0)  # type: ignore[arg-type]
     assert stream_state(3, 0)[1] % 2 == 1, "the SplitMix64 increment must be odd"
+
+
+def test_normal_pairs_are_independent_standard_normals() -> None:
+    from twinloop.core.jit import njit
+    from twinloop.core.rng import normal_pair
+
+    @njit
+    def draw(rng: np.ndarray, n: int) -> np.ndarray:
+        out = np.empty((n, 2))
+        for j in range(n):
+            out[j, 0], out[j, 1] = normal_pair(rng, 0, 0)
+        return out
+
+    rng = new_streams(1)
+    seed_streams(rng, 0, 5)
+    x = draw(rng, 100_000)
+    for col in (x[:, 0], x[:, 1]):
+        assert stats.kstest(col, "norm").pvalue > 1e-4
+    assert abs(np.corrcoef(x[:, 0], x[:, 1])[0, 1]) < 0.02

@@ -94,10 +94,19 @@ def uniform_range(rng: np.ndarray, i: int, k: int, lo: float, hi: float) -> floa
 
 @njit(inline="always")
 def normal_pair(rng: np.ndarray, i: int, k: int) -> tuple[float, float]:
-    """Draw two independent standard normals (Box-Muller)."""
-    r = math.sqrt(-2.0 * math.log(uniform(rng, i, k)))
-    phi = _TWO_PI * uniform(rng, i, k)
-    return r * math.cos(phi), r * math.sin(phi)
+    """Draw two independent standard normals.
+
+    Marsaglia's polar method (Marsaglia & Bray, SIAM Review 6, 1964): a point uniform in the
+    unit disc, scaled by ``sqrt(-2 ln s / s)``; exact, and cheaper than Box-Muller's
+    sine and cosine (21 % of the candidate points are rejected).
+    """
+    while True:
+        u = 2.0 * uniform(rng, i, k) - 1.0
+        v = 2.0 * uniform(rng, i, k) - 1.0
+        s = u * u + v * v
+        if 0.0 < s < 1.0:
+            f = math.sqrt(-2.0 * math.log(s) / s)
+            return u * f, v * f
 
 
 @njit(inline="always")

@@ -143,6 +143,7 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         self.action_labels = action_labels
         self._started = False
         self._needs_reset = True
+        self._step_plan: tuple[int, list] | None = None
         self._reset_rows_flag = np.zeros(self.num_envs, dtype=np.bool_)
         if isinstance(single_action_space, gym.spaces.Box):
             self._act_low = np.ascontiguousarray(single_action_space.low, dtype=np.float64)
@@ -267,12 +268,19 @@ class KernelVectorEnv(gym.vector.VectorEnv):
             raise RuntimeError(f"{self.env_id}: call reset() before step()")
         actions, clipped = self._validate(actions)
         n = self.num_envs
-        obs, top_f, top_i, top_b = self._alloc_rows()
-        _, fin_f, fin_i, fin_b = self._alloc_rows(obs=False)
-        final_obs = np.empty((n, self.observation_layout.size), dtype=np.float32)
-        reward = np.empty(n, dtype=np.float64)
-        terminated = np.empty(n, dtype=np.bool_)
-        truncated = np.empty(n, dtype=np.bool_)
+        (
+            obs,
+            final_obs,
+            reward,
+            terminated,
+            truncated,
+            top_f,
+            top_i,
+            top_b,
+            fin_f,
+            fin_i,
+            fin_b,
+        ) = self._alloc_step()
         self._kernel_step(
             actions,
             clipped,
@@ -290,12 +298,17 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         reset_names = set(self.reset_info)
         infos: dict[str, Any] = {}
         top = (top_f, top_i, top_b)
+        any_live = bool(live.any())
         for name, k, sl, shape in self._columns:
-            infos[name] = top[k][:, sl].reshape((n, *shape))
-            infos[f"_{name}"] = all_rows if name in reset_names else live
+            if name in reset_names:
+                infos[name] = top[k][:, sl].reshape((n, *shape))
+                infos[f"_{name}"] = all_rows
+            elif any_live:  # as in SyncVectorEnv: a key no env reported this step is absent
+                infos[name] = top[k][:, sl].reshape((n, *shape))
+                infos[f"_{name}"] = live
         if ended.any():
             rows = np.flatnonzero(ended)
-            fobs = np.full(n, None, dtype=object)
+            fobs = np.empty(n, dtype=object)  # object arrays start as None
             fobs[rows] = list(final_obs[rows])
             infos["final_obs"] = fobs
             infos["_final_obs"] = ended
@@ -311,6 +324,41 @@ class KernelVectorEnv(gym.vector.VectorEnv):
     # helpers -----------------------------------------------------------------------------------
     def _info_names(self) -> tuple[str, ...]:
         return self.info_float.names + self.info_int.names + self.info_bool.names
+
+    def _alloc_step(self) -> list[np.ndarray]:
+        """Every output array of one step, carved from a single fresh allocation.
+
+        One block of the same size every step lets the allocator reuse it without page
+        faults (ten separate arrays of mixed sizes made glibc hand ~2 MB back to the kernel
+        and fault it in again at 4096 envs, up to 0.6 ms a step). The arrays are fresh each
+        step: an info kept by the caller keeps its block alive and never changes.
+        """
+        if self._step_plan is None:
+            n, d = self.num_envs, self.observation_layout.size
+            nf, ni, nb = self.info_float.size, self.info_int.size, self.info_bool.size
+            specs = [
+                ((n, d), np.float32),
+                ((n, d), np.float32),
+                ((n,), np.float64),
+                ((n,), np.bool_),
+                ((n,), np.bool_),
+                ((n, nf), np.float64),
+                ((n, ni), np.int64),
+                ((n, nb), np.bool_),
+                ((n, nf), np.float64),
+                ((n, ni), np.int64),
+                ((n, nb), np.bool_),
+            ]
+            plan, offset = [], 0
+            for shape, dt in specs:
+                size = int(np.prod(shape)) * np.dtype(dt).itemsize
+                plan.append((offset, offset + size, np.dtype(dt), shape))
+                offset += (size + 63) // 64 * 64  # 64-byte aligned
+            self._step_plan = (offset + 64, plan)
+        total, plan = self._step_plan
+        block = np.empty(total, dtype=np.uint8)
+        base = (-block.ctypes.data) % 64
+        return [block[base + a : base + b].view(dt).reshape(shape) for a, b, dt, shape in plan]
 
     def _alloc_rows(
         self, obs: bool = True, zero: bool = False

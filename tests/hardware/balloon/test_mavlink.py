@@ -30,18 +30,28 @@ def _wait(cond, timeout: float = 3.0) -> bool:
 def test_sim_and_twin_fly_the_same_flight() -> None:
     """Same seed, same commands: the twin over MAVLink matches the in-process simulator.
 
-    Differences come only from the wire formats (1e-7 degree positions, float32 fields).
+    Differences come only from the wire formats (1e-7 degree positions, float32 fields). The
+    ambient features and the reward match tightly; in the 181-level wind column a measurement
+    updates the level nearest the balloon's pressure, so a float32-rounded pressure at a level
+    boundary may update its neighbour instead: up to 1 % of column entries may differ more.
     """
     sim = twinloop.make(ID)
     with running_twin() as (_, address):
         env = twinloop.make(ID, backend="mavlink", address=address)
         o_twin, _ = env.reset(seed=7)
         o_sim, _ = sim.reset(seed=7)
-        np.testing.assert_allclose(o_twin, o_sim, rtol=1e-5, atol=1e-2)
+        column = env.observation_space.shape[0] - 181 * 3  # the wind column comes last
+
+        def same(a: np.ndarray, b: np.ndarray) -> None:
+            np.testing.assert_allclose(a[:column], b[:column], rtol=1e-5, atol=1e-2)
+            off = ~np.isclose(a[column:], b[column:], rtol=1e-5, atol=1e-2)
+            assert off.mean() <= 0.01, f"{off.sum()} wind-column entries differ"
+
+        same(o_twin, o_sim)
         commands = [0, 0, 0, 1, 2, 2, 1, 0, 1, 1] * 3
         for a in commands:
             got, want = env.step(a), sim.step(a)
-            np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-2)
+            same(got[0], want[0])
             assert got[1] == pytest.approx(want[1], abs=1e-6)
             assert got[2:4] == want[2:4]
             assert got[4]["applied_command"][0] == want[4]["applied_command"][0]
