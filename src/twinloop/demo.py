@@ -49,7 +49,7 @@ class DemoConfig:
     out: str = "twinloop-demo"
     backend: str = "remote"
     transitions: int = 2000
-    episodes: int = 40
+    episodes: int = 100
     goal_hops: int = 5
     seed: int = 0
     train_steps: int = 2000
@@ -316,7 +316,10 @@ def _markdown(
         "",
         "Same seeds, hence the same goals, for every controller and backend. Success rates "
         "carry 95 % Wilson intervals; median times to goal (successful episodes) and all "
-        "differences carry 95 % percentile-bootstrap intervals.",
+        "differences carry 95 % percentile-bootstrap intervals. Each interval is 95 % on its "
+        "own: among the dozen-odd comparisons below, about one is expected to exclude 0 by "
+        "chance, so read a single borderline difference with care (more episodes: "
+        "`--episodes`).",
         "",
         "```",
         tables,

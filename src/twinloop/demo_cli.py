@@ -46,7 +46,7 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--out", default="twinloop-demo", help="report folder (default: %(default)s)")
     _backend_args(d, "remote")
     d.add_argument("--transitions", type=int, default=2000)
-    d.add_argument("--episodes", type=int, default=40, help="per controller and backend")
+    d.add_argument("--episodes", type=int, default=100, help="per controller and backend")
     d.add_argument("--goal-hops", type=int, default=5)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--train-steps", type=int, default=2000)
