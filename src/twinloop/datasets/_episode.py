@@ -22,8 +22,8 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
 
+from twinloop.core.jit import njit
 from twinloop.datasets import _hdf5 as H
 from twinloop.datasets.schema import (
     SOURCE_REWARD,
@@ -266,7 +266,7 @@ class StepBuffer:
 
 
 # --- the fill kernel --------------------------------------------------------------------------
-@njit(cache=True)
+@njit(error_model="python")
 def _put_u64(out: np.ndarray, pos: int, value: int) -> None:
     v = np.int64(value)
     for k in range(8):
@@ -300,7 +300,7 @@ def pack_schema(buf: StepBuffer, tpl: Template, ext: np.ndarray) -> np.ndarray:
     ).astype(np.int64)
 
 
-@njit(cache=True)
+@njit(error_model="python")
 def _link_block(out: np.ndarray, pos: int, ids: np.ndarray, addrs: np.ndarray) -> int:
     """Write an OCHK block linking ``episode_<ids[e]>`` -> ``addrs[e]``; return its length."""
     p = pos
@@ -346,7 +346,7 @@ def _link_block(out: np.ndarray, pos: int, ids: np.ndarray, addrs: np.ndarray) -
     return p + 4 - pos
 
 
-@njit(cache=True)
+@njit(error_model="python")
 def continued_tail(block: np.ndarray, address: int, length: int) -> np.ndarray:
     """The new last 24 bytes of ``block`` once its reserved NIL points at ``(address, length)``."""
     n = block.shape[0]
@@ -362,7 +362,7 @@ def continued_tail(block: np.ndarray, address: int, length: int) -> np.ndarray:
     return tmp[p:].copy()
 
 
-@njit(cache=True)
+@njit(error_model="python")
 def fill_episodes(
     ring: np.ndarray,
     final: np.ndarray,
@@ -525,7 +525,7 @@ def fill_episodes(
     return pos + n
 
 
-@njit(cache=True)
+@njit(error_model="python")
 def fill_ended(
     ring: np.ndarray,
     final: np.ndarray,

@@ -35,7 +35,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from numba import njit
+
+from twinloop.core.jit import njit
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 UNDEF = 0xFFFFFFFFFFFFFFFF
@@ -65,12 +66,12 @@ _MSG_HEADER = 4  # type (1), size (2), flags (1); creation order is never tracke
 M32 = 0xFFFFFFFF
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always", error_model="python")
 def _rot(x: int, k: int) -> int:
     return ((x << k) | (x >> (32 - k))) & M32
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always", error_model="python")
 def _word(buf: np.ndarray, k: int) -> int:
     return (
         np.int64(buf[k])
@@ -80,7 +81,7 @@ def _word(buf: np.ndarray, k: int) -> int:
     )
 
 
-@njit(cache=True)
+@njit(error_model="python")
 def lookup3(buf: np.ndarray, start: int, length: int) -> int:
     """Jenkins ``hashlittle`` (lookup3.c, 2006) over ``buf[start:start+length]``, seed 0.
 
@@ -142,7 +143,7 @@ def checksum(data: bytes | bytearray | memoryview | np.ndarray) -> int:
     return int(lookup3(arr, 0, arr.size))
 
 
-@njit(cache=True)
+@njit(error_model="python")
 def seal(buf: np.ndarray, start: int, length: int) -> None:
     """Write the checksum of ``buf[start:start+length]`` into the 4 bytes that follow."""
     c = lookup3(buf, start, length)
