@@ -69,10 +69,7 @@ def bench_vector(n_envs: int, seconds: float) -> dict:
         steps += n_calls * n_envs
     # the fused kernel alone (validated actions, reused output buffers): the physics' share
     acts, clipped = vec._validate(actions[0])
-    obs, tf, ti, tb = vec._alloc_rows()
-    _, ff, fi, fb = vec._alloc_rows(obs=False)
-    fo = np.empty_like(obs)
-    rew, term, trunc = np.empty(n_envs), np.empty(n_envs, bool), np.empty(n_envs, bool)
+    obs, fo, rew, term, trunc, tf, ti, tb, ff, fi, fb = vec._alloc_step()
     kernel_rounds = []
     for _ in range(max(3, len(rounds))):
         n_calls = max(1, 200_000 // n_envs)

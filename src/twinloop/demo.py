@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import socket
 import subprocess
 import sys
@@ -395,8 +394,3 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
         started=started,
         extra={"config": dataclasses.asdict(cfg), "training": info},
     )
-
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    """Read a demo's ``results.json``."""
-    return json.loads(Path(path).read_text())

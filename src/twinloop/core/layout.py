@@ -50,6 +50,7 @@ class Layout:
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate field names in layout: {names}")
         self.fields: tuple[Field, ...] = tuple(fields)
+        self._by_name = {f.name: f for f in self.fields}
         self._slices: dict[str, slice] = {}
         offset = 0
         for f in self.fields:
@@ -79,10 +80,10 @@ class Layout:
 
     def field(self, name: str) -> Field:
         """The :class:`Field` called ``name``."""
-        return self.fields[self.names.index(name)] if name in self else self._missing(name)
-
-    def _missing(self, name: str) -> Field:
-        raise KeyError(f"no field {name!r}; fields: {', '.join(self.names)}")
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no field {name!r}; fields: {', '.join(self.names)}") from None
 
     def get(self, flat: np.ndarray, name: str) -> np.ndarray:
         """Read field ``name`` from a flat row ``(size,)`` or batch ``(..., size)`` (a view)."""

@@ -133,6 +133,7 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         if missing:
             raise ValueError(f"reset_info names not in the info layouts: {sorted(missing)}")
         self.reset_info = tuple(reset_info)
+        self._reset_names = frozenset(reset_info)
         # (name, which matrix 0/1/2, slice, shape) for every info field, computed once
         self._columns = [
             (f.name, k, layout.slice(f.name), f.shape)
@@ -251,7 +252,7 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         self._started = True
         for i in np.flatnonzero(mask & (seeds != NO_SEED)):
             seed_streams(self._rng, int(i), int(seeds[i]))
-        obs, info_f, info_i, info_b = self._alloc_rows(zero=True)
+        obs, info_f, info_i, info_b = self._alloc_reset()
         self._kernel_reset(mask, seeds, options, obs, info_f, info_i, info_b)
         self._needs_reset = False
         infos: dict[str, Any] = {}
@@ -295,12 +296,11 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         ended = terminated | truncated
         live = ~ended
         all_rows = np.ones(n, dtype=np.bool_)
-        reset_names = set(self.reset_info)
         infos: dict[str, Any] = {}
         top = (top_f, top_i, top_b)
         any_live = bool(live.any())
         for name, k, sl, shape in self._columns:
-            if name in reset_names:
+            if name in self._reset_names:
                 infos[name] = top[k][:, sl].reshape((n, *shape))
                 infos[f"_{name}"] = all_rows
             elif any_live:  # as in SyncVectorEnv: a key no env reported this step is absent
@@ -360,16 +360,14 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         base = (-block.ctypes.data) % 64
         return [block[base + a : base + b].view(dt).reshape(shape) for a, b, dt, shape in plan]
 
-    def _alloc_rows(
-        self, obs: bool = True, zero: bool = False
-    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+    def _alloc_reset(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Observation and zeroed info rows of a reset (rows not reset keep zeros)."""
         n = self.num_envs
-        alloc = np.zeros if zero else np.empty
         return (
-            np.empty((n, self.observation_layout.size), dtype=np.float32) if obs else None,
-            alloc((n, self.info_float.size), dtype=np.float64),
-            alloc((n, self.info_int.size), dtype=np.int64),
-            alloc((n, self.info_bool.size), dtype=np.bool_),
+            np.empty((n, self.observation_layout.size), dtype=np.float32),
+            np.zeros((n, self.info_float.size), dtype=np.float64),
+            np.zeros((n, self.info_int.size), dtype=np.int64),
+            np.zeros((n, self.info_bool.size), dtype=np.bool_),
         )
 
     def _column(self, name: str, f: np.ndarray, i: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -101,7 +101,7 @@ class MicroscopeBackend(BaseBackend):
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
         """New sample on a twin (re-seeded); on an instrument, just image the current state."""
-        self._guard(lambda: self.microscope.reset_sample(seed))
+        self.microscope.reset_sample(seed)
         self._view[:] = 0.0
         self._atoms = np.zeros((0, 2))
         start = self.microscope.clock_s
@@ -114,28 +114,24 @@ class MicroscopeBackend(BaseBackend):
         """Park, dwell, image, perceive; return ``(measurement, applied_command)``."""
         x, y, dwell = (float(v) for v in command)
         start = self.microscope.clock_s
-        self._guard(lambda: self.microscope.park(x, y))
-        self._guard(lambda: self.microscope.dwell(dwell))
+        self.microscope.park(x, y)
+        self.microscope.dwell(dwell)
         det = self._image()
         limit = 0.5 * self.cfg.microscope.recentre_fraction * self.cfg.microscope.fov_angstrom
         if det.status == P.OK and max(abs(det.si_position_angstrom)) > limit:
             shift = det.si_position_angstrom.copy()
-            self._guard(lambda: self.microscope.shift_view(float(shift[0]), float(shift[1])))
+            self.microscope.shift_view(float(shift[0]), float(shift[1]))
             det = self._image(expected_shift=shift)
         self._write(det, self.microscope.clock_s - start)
         return self._meas.copy(), np.array([x, y, dwell])
 
     # helpers ------------------------------------------------------------------------------------
-    def _guard(self, call: Any) -> Any:
-        # a fault propagates; whoever drives the backend (TwinEnv) then calls safe_state()
-        return call()
-
     def _image(self, first: bool = False, expected_shift: np.ndarray | None = None) -> P.Detection:
         """Acquire and analyse a frame, re-imaging while the Si is ambiguous; align it."""
         self.reimages = 0
         guess = np.zeros(2) if expected_shift is None else expected_shift
         while True:
-            frame = self._guard(lambda: self.microscope.acquire(self._pixels, self._pixel_time))
+            frame = self.microscope.acquire(self._pixels, self._pixel_time)
             det = P.analyse(
                 frame.image,
                 float(frame.metadata.get("fov_angstrom", self.cfg.microscope.fov_angstrom)),
@@ -158,10 +154,8 @@ class MicroscopeBackend(BaseBackend):
 
     def _write(self, det: P.Detection, elapsed: float) -> None:
         m = self._meas
-        m[K.M_SI : K.M_SI + 2] = (
-            det.si_position_angstrom if det.status == P.OK else (m[K.M_SI : K.M_SI + 2])
-        )
-        if det.status == P.OK:
+        if det.status == P.OK:  # otherwise the last good Si and neighbours stay
+            m[K.M_SI : K.M_SI + 2] = det.si_position_angstrom
             m[K.M_NBR : K.M_NBR + 6] = det.neighbor_offsets_angstrom.ravel()
         m[K.M_FOV_C : K.M_FOV_C + 2] = self._view
         m[K.M_STATUS] = STATUS_OF[det.status]
@@ -171,7 +165,7 @@ class MicroscopeBackend(BaseBackend):
 
     def privileged(self) -> dict[str, Any]:
         """The twin's truth (same keys as the ``sim`` backend); ``{}`` on an instrument."""
-        truth = self._guard(self.microscope.truth) if self.connected else {}
+        truth = self.microscope.truth() if self.connected else {}
         if not truth:
             return {}
         return {

@@ -136,11 +136,6 @@ class StemPhysicsConfig:
             de / self.knockout_tail_ev - de / self.thermal_tail_ev
         )
 
-    @property
-    def electrons_per_s(self) -> float:
-        """Beam current in electrons per second."""
-        return self.beam_current_na * 1e-9 / ELEMENTARY_CHARGE_C
-
 
 #: Upper bound on holes per episode (array sizes in the kernel).
 MAX_HOLES = 8

@@ -88,11 +88,6 @@ class StemSimBackend(BaseBackend):
         """Kind and rate model."""
         return {"kind": self.kind, "rate_model": self.cfg.physics.rate_model}
 
-    @property
-    def true_rates_per_s(self) -> np.ndarray:
-        """Rates of the three neighbours at the start of the last dwell (1/s)."""
-        return self._f[0, K.F_RATE0 : K.F_RATE0 + 3].copy()
-
 
 def make_sim_backend(cfg: StemConfig) -> StemSimBackend:
     """Backend factory for ``backend="sim"``."""

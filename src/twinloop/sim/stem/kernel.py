@@ -39,7 +39,6 @@ from twinloop.sim.stem.config import (
     LATTICE_CONSTANT_ANGSTROM,
     MAX_HOLES,
     StemConfig,
-    max_transfer_ev,
 )
 
 A_LAT = LATTICE_CONSTANT_ANGSTROM
@@ -627,8 +626,3 @@ def true_position(fstate: np.ndarray, istate: np.ndarray, i: int) -> np.ndarray:
         float(fstate[i, F_SIN]),
     )
     return np.array([x, y])
-
-
-def cross_section_ratio(beam_energy_kev: float, thermal_tail_ev: float) -> float:
-    """sigma(E) / sigma(60 kV) of the thermal-tail model (for tests and documentation)."""
-    return math.exp((max_transfer_ev(beam_energy_kev) - max_transfer_ev(60.0)) / thermal_tail_ev)
