@@ -71,13 +71,29 @@ def new_streams(n_envs: int) -> np.ndarray:
 
 
 @njit(inline="always")
+def mix64(s: np.uint64) -> np.uint64:
+    """SplitMix64's output function: 64 random bits from an advanced state word."""
+    z = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always")
+def unit_from_state(s: np.uint64) -> float:
+    """The uniform on (0, 1] that :func:`uniform` returns for the advanced state word ``s``.
+
+    For hot loops that keep a stream's state in a local: ``s += gamma; u = unit_from_state(s)``
+    draws the same sequence as :func:`uniform` without touching the stream array.
+    """
+    return (float(mix64(s) >> np.uint64(11)) + 1.0) * _INV_2_53
+
+
+@njit(inline="always")
 def next_u64(rng: np.ndarray, i: int, k: int) -> np.uint64:
     """Advance stream ``k`` of environment ``i`` and return 64 random bits."""
     s = rng[i, k, 0] + rng[i, k, 1]
     rng[i, k, 0] = s
-    z = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    return mix64(s)
 
 
 @njit(inline="always")

@@ -83,9 +83,9 @@ def test_counts_scale_with_current_times_pixel_time() -> None:
     assert c_peak == pytest.approx(electrons * (1e-3 + 1e-4), rel=0.25)
 
 
-@pytest.mark.parametrize("lam", [0.3, 4.0, 9.5, 10.5, 37.0, 250.0])
+@pytest.mark.parametrize("lam", [0.03, 0.3, 3.3, 4.0, 9.5, 15.99, 16.0, 37.0, 250.0])
 def test_shot_noise_is_exactly_poisson(lam: float) -> None:
-    """Both regimes of the sampler (inversion below 10, Hormann's PTRS above) are Poisson."""
+    """Both regimes of the sampler (guided tables below 16, Hormann's PTRS above) are Poisson."""
 
     @njit
     def draw(lam: float, n: int, rng: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from twinloop.core.jit import njit
-from twinloop.core.rng import STREAM_SENSOR, normal_pair, uniform
+from twinloop.core.rng import STREAM_SENSOR, normal_pair, unit_from_state
 from twinloop.sim.stem import kernel as K
 from twinloop.sim.stem.config import ELEMENTARY_CHARGE_C, StemConfig
 
@@ -35,8 +35,6 @@ IP_JITTER = 5
 IP_FLYBACK_A = 6
 IP_FLYBACK_DECAY = 7
 N_IP = 8
-
-_POISSON_INVERSION_MAX = 10.0  # below: exact inversion; above: transformed rejection (PTRS)
 
 
 def imaging_params(cfg: StemConfig) -> np.ndarray:
@@ -56,43 +54,116 @@ def imaging_params(cfg: StemConfig) -> np.ndarray:
 
 _INV_K = 1.0 / np.arange(1, 64, dtype=np.float64)  # 1/k for the inversion search
 
+# Exact Poisson draws for small means from tables. A mean lam below _TABLE_MAX splits into
+# lam_q = t / _TABLE_STEPS (tabulated) plus a remainder delta < 1 / _TABLE_STEPS, and
+# Poisson(lam) = Poisson(lam_q) + Poisson(delta) exactly (independent Poisson counts add).
+# Poisson(lam_q) is inverted on its tabulated CDF, starting from a guide table (Chen & Asau,
+# "On generating random variates from an empirical distribution", AIIE Trans. 6, 1974), so
+# that a draw is one or two comparisons instead of a search of ~lam steps with a branch
+# misprediction at its end; Poisson(delta) is 0 whenever u <= 1 - delta <= exp(-delta).
+_TABLE_STEPS = 16
+_TABLE_MAX = 16.0
+_TABLE_K = 64  # counts per table: P(X >= 64) < 1e-18 for every tabulated mean
+_GUIDE = 64
+
+
+def _poisson_tables() -> tuple[np.ndarray, np.ndarray]:
+    n_t = int(_TABLE_MAX * _TABLE_STEPS)
+    k = np.arange(_TABLE_K, dtype=np.float64)
+    log_fact = np.array([math.lgamma(v + 1.0) for v in k])
+    cdf = np.empty((n_t, _TABLE_K), dtype=np.float64)
+    guide = np.empty((n_t, _GUIDE), dtype=np.int64)
+    edges = np.arange(_GUIDE, dtype=np.float64) / _GUIDE
+    for t in range(n_t):
+        lam = t / _TABLE_STEPS
+        if lam == 0.0:
+            pmf = (k == 0).astype(np.float64)
+        else:
+            pmf = np.exp(-lam + k * math.log(lam) - log_fact)
+        c = np.minimum(np.cumsum(pmf), 1.0)
+        c[-1] = 1.0  # the tail beyond is below double precision
+        cdf[t] = c
+        guide[t] = np.searchsorted(c, edges, side="left")  # smallest k with cdf >= b / G
+    return cdf, guide
+
+
+_CDF, _GUIDE_START = _poisson_tables()
+
 
 @njit
-def poisson(lam: float, rng: np.ndarray, i: int) -> float:
-    """One exact Poisson draw: inversion for small means, Hormann's PTRS (1993) above.
+def _poisson_small(delta: float, u: float) -> int:
+    """Invert Poisson(delta) at ``u`` by a sequential search (for the rare non-zero remainder)."""
+    p = math.exp(-delta)
+    cdf = p
+    j = 0
+    while u > cdf and j < 62:
+        p *= delta * _INV_K[j]
+        j += 1
+        cdf += p
+    return j
+
+
+@njit
+def _poisson_ptrs(lam: float, s: np.uint64, g: np.uint64) -> tuple[float, np.uint64]:
+    """Hormann's transformed rejection with squeeze (PTRS) for means of 10 and above.
 
     W. Hormann, "The transformed rejection method for generating Poisson random variables",
     Insurance: Mathematics and Economics 12 (1993) 39-45.
     """
-    if lam <= 0.0:
-        return 0.0
-    if lam < _POISSON_INVERSION_MAX:
-        u = uniform(rng, i, STREAM_SENSOR)
-        p = math.exp(-lam)
-        cdf = p
-        k = 0
-        while u > cdf and k < 62:
-            p *= lam * _INV_K[k]
-            k += 1
-            cdf += p
-        return float(k)
     slam = math.sqrt(lam)
     b = 0.931 + 2.53 * slam
     a = -0.059 + 0.02483 * b
     vr = 0.9277 - 3.6224 / (b - 2.0)
     while True:
-        u = uniform(rng, i, STREAM_SENSOR) - 0.5
-        v = uniform(rng, i, STREAM_SENSOR)
+        s += g
+        u = unit_from_state(s) - 0.5
+        s += g
+        v = unit_from_state(s)
         us = 0.5 - abs(u)
         k = math.floor((2.0 * a / us + b) * u + lam + 0.43)
         if us >= 0.07 and v <= vr:
-            return k
+            return float(k), s
         if k < 0.0 or (us < 0.013 and v > us):
             continue
         inv_alpha = 1.1239 + 1.1328 / (b - 3.4)
         lhs = math.log(v * inv_alpha / (a / (us * us) + b))
         if lhs <= -lam + k * math.log(lam) - math.lgamma(k + 1.0):
-            return k
+            return float(k), s
+
+
+@njit(inline="always")
+def poisson_from_state(lam: float, s: np.uint64, g: np.uint64) -> tuple[float, np.uint64]:
+    """One exact Poisson draw from a stream kept in locals (state ``s``, increment ``g``).
+
+    Guided table inversion below a mean of 16, Hormann's PTRS above. Scalars only, so that it
+    inlines into a pixel loop; returns the count and the advanced state.
+    """
+    if lam <= 0.0:
+        return 0.0, s
+    if lam >= _TABLE_MAX:
+        return _poisson_ptrs(lam, s, g)
+    x = lam * _TABLE_STEPS
+    t = int(x)
+    delta = (x - t) / _TABLE_STEPS
+    s += g
+    u = unit_from_state(s)
+    k = _GUIDE_START[t, min(int(u * _GUIDE), _GUIDE - 1)]
+    while u > _CDF[t, k]:
+        k += 1
+    if delta > 0.0:
+        s += g
+        u = unit_from_state(s)
+        if u > 1.0 - delta:  # rare (probability <= delta): Poisson(delta) may be non-zero
+            k += _poisson_small(delta, u)
+    return float(k), s
+
+
+@njit
+def poisson(lam: float, rng: np.ndarray, i: int) -> float:
+    """One exact Poisson draw with mean ``lam`` from env ``i``'s sensor stream."""
+    k, s = poisson_from_state(lam, rng[i, STREAM_SENSOR, 0], rng[i, STREAM_SENSOR, 1])
+    rng[i, STREAM_SENSOR, 0] = s
+    return k
 
 
 @njit
@@ -217,6 +288,8 @@ def render(
     lag = np.empty(n)  # flyback lag of each column, in ideal-grid columns
     for q in range(n):
         lag[q] = q + margin_px + ip[IP_FLYBACK_A] * math.exp(-q / ip[IP_FLYBACK_DECAY]) / px
+    expected = np.empty(n)
+    s, g = rng[i, STREAM_SENSOR, 0], rng[i, STREAM_SENSOR, 1]
     for r in range(n):
         row = ideal[r]
         offset = shift[r] / px
@@ -227,7 +300,13 @@ def render(
             w = x - q0
             q0 = min(max(q0, 0), m - 2)
             value = (1.0 - w) * row[q0] + w * row[q0 + 1]
-            out[r, q] = poisson(electrons * (bg + value), rng, i)
+            expected[q] = electrons * (bg + value)
+        # shot noise in a loop of its own (the resampling above stays branch-free), drawn
+        # from the sensor stream's state held in a local
+        out_row = out[r]
+        for q in range(n):
+            out_row[q], s = poisson_from_state(expected[q], s, g)
+    rng[i, STREAM_SENSOR, 0] = s
 
 
 def render_frame(
