@@ -6,7 +6,9 @@ Measures, on the STEM env (random actions, pre-drawn so sampling costs nothing):
    recording overhead and the bytes written per step;
 2. the same single-env capture through ``RecordEpisodes`` and through
    ``minari.DataCollector`` (same env, actions and steps, written to disk), and their ratio;
-3. write throughput of image observations (MB/s of raw pixels before compression).
+3. write throughput of image observations (MB/s of raw pixels before compression);
+4. transition sampling (``Dataset.sample``) from datasets of growing episode counts: the
+   time per sampled transition should not grow with the number of episodes.
 
 Runs alternate (plain, recorded, plain, ...) and each figure is the best of ``--repeats``, so a
 burst of load from another process does not bias one side. Prints a table and writes JSON to
@@ -198,6 +200,53 @@ def bench_images(
     }
 
 
+def bench_sampling(
+    vector_steps: list[int], batch: int, repeats: int, tmp: Path
+) -> list[dict[str, Any]]:
+    """Microseconds per sampled transition from STEM datasets of growing size."""
+    from twinloop.datasets import open_dataset
+
+    rows = []
+    for n_steps in vector_steps:
+        path = tmp / "sampling" / f"s{n_steps}-v0"
+        shutil.rmtree(path, ignore_errors=True)
+        env = RecordVectorEpisodes(twinloop.make_vec(ENV_ID, 256), path)
+        env.action_space.seed(0)
+        env.reset(seed=0)
+        for _ in range(n_steps):
+            env.step(env.action_space.sample())
+        env.close()
+        ds = open_dataset(path)
+        rng = np.random.default_rng(0)
+        ds.sample(batch, rng)  # builds the step index
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                ds.sample(batch, rng)
+            best = min(best, (time.perf_counter() - t0) / (20 * batch))
+        # the lookup alone (global step -> episode, step), on a large batch
+        from twinloop.datasets.reader import _locate
+
+        index = ds._step_index
+        g = rng.integers(0, index.total, size=1 << 20)
+        _locate(g[:16], index.bounds, index.guide, index.shift)
+        t0 = time.perf_counter()
+        _locate(g, index.bounds, index.guide, index.shift)
+        locate_ns = 1e9 * (time.perf_counter() - t0) / g.size
+        rows.append(
+            {
+                "episodes": len(ds),
+                "steps": ds.total_steps,
+                "file_mb": ds.path.stat().st_size / 1e6,
+                "batch": batch,
+                "us_per_transition": 1e6 * best,
+                "locate_ns_per_sample": locate_ns,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer steps and repeats")
@@ -212,6 +261,7 @@ def main() -> None:
         vector = bench_vector([16, 64, 256], vec_steps, repeats, tmp)
         single = bench_single(single_steps, repeats, tmp)
         images = bench_images((256, 256), 99, 20 if args.quick else 60, repeats, tmp)
+        sampling = bench_sampling([100, 1_000] if args.quick else [100, 1_000, 8_000], 256, 3, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"STEM vector env, random actions (best of {repeats})")
@@ -240,6 +290,15 @@ def main() -> None:
         f"{images['raw_mb_per_s']:.0f} MB/s of raw pixels, compression "
         f"{images['compression_ratio']:.2f}x"
     )
+    print(f"\ntransition sampling, batches of {sampling[0]['batch']}")
+    print(
+        f"{'episodes':>9}  {'steps':>10}  {'file MB':>8}  {'us/transition':>13}  {'locate ns':>9}"
+    )
+    for r in sampling:
+        print(
+            f"{r['episodes']:>9,}  {r['steps']:>10,}  {r['file_mb']:>8.0f}  "
+            f"{r['us_per_transition']:>13.2f}  {r['locate_ns_per_sample']:>9.1f}"
+        )
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -250,6 +309,7 @@ def main() -> None:
         "vector": vector,
         "single_env_vs_minari": single,
         "images": images,
+        "sampling": sampling,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

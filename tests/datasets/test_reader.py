@@ -153,3 +153,49 @@ def test_garbage_file_is_reported(tmp_path, stem_ds):
     ds = open_dataset(tmp_path / "g-v0")
     assert len(ds) == 0
     assert "superblock unreadable" in ds.problems[0] and str(path) in ds.problems[0]
+
+
+def test_step_lookup_matches_a_binary_search_for_any_mix_of_episode_lengths():
+    """The O(1) guide-table lookup returns the same (episode, step) as a binary search.
+
+    Lengths mix 1-step episodes with long ones, so that buckets hold many episode ends.
+    """
+    from twinloop.datasets.reader import _locate, _StepIndex
+
+    rng = np.random.default_rng(3)
+    for steps in (
+        np.array([1, 1, 1, 500, 1, 2, 3, 1000, 1, 1]),
+        rng.integers(1, 200, size=300),
+        np.array([7]),
+    ):
+        index = _StepIndex.build((0, steps.size), steps)
+        g = np.arange(index.total)
+        local, t = _locate(g, index.bounds, index.guide, index.shift)
+        bounds = np.cumsum(steps)
+        want = np.searchsorted(bounds, g, side="right")
+        np.testing.assert_array_equal(local, want)
+        np.testing.assert_array_equal(t, g - (bounds[want] - steps[want]))
+        assert (t >= 0).all() and (t < steps[local]).all()
+
+
+def test_sampling_sees_episodes_committed_after_a_refresh(tmp_path):
+    """The cached step index is rebuilt when a followed dataset grows."""
+    env = twinloop.make("twinloop/StemSteer-v0")
+    rec = RecordEpisodes(env, tmp_path / "twinloop" / "grow-v0", mode="create")
+    rec.reset(seed=0)
+    done = 0
+    ds = None
+    while done < 4:
+        _, _, term, trunc, _ = rec.step(rec.action_space.sample())
+        if term or trunc:
+            done += 1
+            rec.reset()
+            if done == 1:
+                ds = open_dataset(tmp_path / "twinloop" / "grow-v0")
+                first = ds.sample(64, np.random.default_rng(0))
+                assert set(first.episode_ids.tolist()) == {0}
+    assert ds is not None
+    ds.refresh()
+    batch = ds.sample(4096, np.random.default_rng(1))
+    assert set(batch.episode_ids.tolist()) == {0, 1, 2, 3}
+    rec.close()

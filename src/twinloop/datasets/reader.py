@@ -26,6 +26,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from twinloop.core.jit import njit
 from twinloop.datasets import _episode as E
 from twinloop.datasets import _hdf5 as H
 from twinloop.datasets.errors import DatasetCorruptError, DatasetNotFoundError
@@ -381,6 +382,7 @@ class _Store:
         self._rebuild()
 
     def _rebuild(self) -> None:
+        self.generation = getattr(self, "generation", -1) + 1  # bumped on every re-index
         entries = self.chain.entries
         n_f = len(self.fields)
         self.ids = np.array([int(e.attrs["id"]) for e in entries], dtype=np.int64)
@@ -476,6 +478,53 @@ def _decode_text(arr: np.ndarray) -> np.ndarray:
     return out
 
 
+@njit
+def _locate(
+    g: np.ndarray, bounds: np.ndarray, guide: np.ndarray, shift: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Episode (position in the view) and step of each global step index in ``g``.
+
+    ``bounds`` are the cumulative step counts of the view's episodes; ``guide[b]`` is the
+    episode holding step ``b << shift``. A lookup starts there and moves past the episodes that
+    end inside the bucket: with buckets no longer than the mean episode, at most one move is
+    expected per sample, whatever the mix of episode lengths.
+    """
+    local = np.empty(g.size, dtype=np.int64)
+    t = np.empty(g.size, dtype=np.int64)
+    for k in range(g.size):
+        x = g[k]
+        e = guide[x >> shift]
+        while bounds[e] <= x:
+            e += 1
+        local[k] = e
+        t[k] = x - (bounds[e - 1] if e > 0 else 0)
+    return local, t
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepIndex:
+    """Guide table over a view's steps: O(1) expected work to locate a sampled step."""
+
+    key: tuple[int, int]
+    bounds: np.ndarray
+    guide: np.ndarray
+    shift: int
+
+    @property
+    def total(self) -> int:
+        return int(self.bounds[-1]) if self.bounds.size else 0
+
+    @classmethod
+    def build(cls, key: tuple[int, int], steps: np.ndarray) -> _StepIndex:
+        bounds = np.cumsum(steps, dtype=np.int64)
+        total = int(bounds[-1]) if bounds.size else 0
+        mean = total / max(1, steps.size)
+        shift = max(0, int(np.floor(np.log2(max(1.0, mean)))))
+        starts = np.arange((total >> shift) + 1, dtype=np.int64) << shift
+        guide = np.searchsorted(bounds, starts, side="right").astype(np.int64)
+        return cls(key, bounds, guide, shift)
+
+
 class Dataset:
     """A twinloop dataset (or a filtered view of one).
 
@@ -489,6 +538,7 @@ class Dataset:
         """Open the file and index its committed episodes."""
         self._store = _Store(find_data_dir(path))
         self._sel: np.ndarray | None = None
+        self._step_index: _StepIndex | None = None
         self.strict = strict
         self._report()
 
@@ -497,6 +547,7 @@ class Dataset:
         obj = cls.__new__(cls)
         obj._store = store
         obj._sel = sel
+        obj._step_index = None
         obj.strict = strict
         return obj
 
@@ -661,21 +712,27 @@ class Dataset:
         *,
         with_infos: bool = False,
     ) -> TransitionBatch:
-        """Sample ``batch_size`` transitions uniformly over every step of this view."""
+        """Sample ``batch_size`` transitions uniformly over every step of this view.
+
+        Locating a sampled step costs O(1) expected time whatever the number of episodes (a
+        guide table over the view's steps, built once per view and episode count); reading its
+        rows is one gather per field from the memory-mapped file.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         store = self._store
         idx = self.indices
-        steps = store.steps[idx]
-        total = int(steps.sum())
-        if total == 0:
+        # the index is rebuilt when the view or the store's episode list changes (refresh)
+        key = (store.generation, idx.size)
+        index = self._step_index
+        if index is None or index.key != key:
+            index = self._step_index = _StepIndex.build(key, store.steps[idx])
+        if index.total == 0:
             raise ValueError("cannot sample transitions from an empty dataset")
         rng = rng or np.random.default_rng()
-        bounds = np.cumsum(steps)
-        g = rng.integers(0, total, size=batch_size)
-        local = np.searchsorted(bounds, g, side="right")
+        g = rng.integers(0, index.total, size=batch_size)
+        local, t = _locate(g, index.bounds, index.guide, index.shift)
         eps = idx[local]
-        t = g - (bounds[local] - steps[local])
         obs, nxt, act = [], [], []
         out: dict[str, Any] = {}
         infos: dict[str, np.ndarray] = {}
