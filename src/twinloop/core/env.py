@@ -117,7 +117,11 @@ class TwinEnv(gym.Env):
         info["applied_command"] = np.asarray(applied_command, dtype=np.float64).copy()
         info["action_clipped"] = bool(action_clipped)
         info["command_clipped"] = bool(
-            command_clipped or not np.array_equal(applied_command, safe_command)
+            command_clipped
+            or (
+                applied_command is not safe_command
+                and not np.array_equal(applied_command, safe_command)
+            )
         )
         info.update(self._privileged())
         if result.terminated or result.truncated:

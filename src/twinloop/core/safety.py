@@ -104,6 +104,18 @@ def check_action(
     """
     if isinstance(space, gym.spaces.Box):
         arr = np.asarray(action, dtype=np.float64)
+        bounds = _small_box_bounds(space)
+        if bounds is not None and arr.shape == space.shape:
+            # fast path for small boxes: one pass over Python floats; NaN fails every
+            # comparison and +-inf fails finite bounds, so anything odd takes the full check
+            lows, highs, finite = bounds
+            ok = True
+            for v, lo, hi in zip(arr.ravel().tolist(), lows, highs, strict=True):
+                if not (lo <= v <= hi) or not (finite or math.isfinite(v)):
+                    ok = False
+                    break
+            if ok:
+                return arr, False
         if arr.shape != space.shape:
             raise ValueError(
                 f"{env_id}: action has shape {arr.shape}, expected {space.shape} "
@@ -152,6 +164,26 @@ def check_action(
     if not space.contains(action):
         raise ValueError(f"{env_id}: action {action!r} is not in the action space {space}")
     return action, False
+
+
+_SMALL_BOX = 16
+_BOX_BOUNDS: dict[int, tuple[gym.spaces.Box, list[float], list[float], bool]] = {}
+
+
+def _small_box_bounds(space: gym.spaces.Box) -> tuple[list[float], list[float], bool] | None:
+    """Cached float bounds of a Box with at most ``_SMALL_BOX`` elements (else None)."""
+    hit = _BOX_BOUNDS.get(id(space))
+    if hit is not None and hit[0] is space:
+        return hit[1], hit[2], hit[3]
+    if space.low.size > _SMALL_BOX:
+        return None
+    lows = space.low.astype(np.float64).ravel().tolist()
+    highs = space.high.astype(np.float64).ravel().tolist()
+    finite = all(math.isfinite(v) for v in lows + highs)
+    if len(_BOX_BOUNDS) > 256:  # spaces come and go with envs; keep the cache small
+        _BOX_BOUNDS.clear()
+    _BOX_BOUNDS[id(space)] = (space, lows, highs, finite)
+    return lows, highs, finite
 
 
 def _index(arr: np.ndarray, k: int) -> str:

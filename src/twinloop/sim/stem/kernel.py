@@ -616,13 +616,13 @@ def _check_in_view(i: int, fstate: np.ndarray, istate: np.ndarray, params: np.nd
         istate[i, I_STATUS] = OUT_OF_VIEW
 
 
+@njit
 def true_position(fstate: np.ndarray, istate: np.ndarray, i: int) -> np.ndarray:
     """True Si position (A, sample frame) of env ``i`` (privileged)."""
     x, y = site_xy(
-        int(istate[i, I_SI_I]),
-        int(istate[i, I_SI_J]),
-        int(istate[i, I_SI_S]),
-        float(fstate[i, F_COS]),
-        float(fstate[i, F_SIN]),
+        istate[i, I_SI_I], istate[i, I_SI_J], istate[i, I_SI_S], fstate[i, F_COS], fstate[i, F_SIN]
     )
-    return np.array([x, y])
+    out = np.empty(2)
+    out[0] = x
+    out[1] = y
+    return out
