@@ -42,6 +42,26 @@ def test_check_action_clips_when_asked_but_never_nan() -> None:
         check_action("env", BOX, [np.nan, 0.0], clip=True)
 
 
+def test_check_action_refuses_non_finite_values_in_an_unbounded_box() -> None:
+    """With infinite bounds, +-inf passes every comparison: it must still be refused."""
+    box = gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float64)
+    out, clipped = check_action("env", box, [1e300, -5.0, 0.0])
+    assert not clipped and out[0] == 1e300
+    for bad in ([np.inf, 0.0, 0.0], [0.0, -np.inf, 0.0], [0.0, 0.0, np.nan]):
+        with pytest.raises(ValueError, match="is not finite"):
+            check_action("env", box, bad)
+
+
+def test_check_action_large_boxes_take_the_array_path() -> None:
+    """Boxes above the small-box size are checked with array operations, with the same errors."""
+    box = gym.spaces.Box(-1.0, 1.0, shape=(4, 8), dtype=np.float32)
+    ok = np.zeros((4, 8))
+    assert check_action("env", box, ok)[0].shape == (4, 8)
+    ok[2, 5] = 1.5
+    with pytest.raises(ValueError, match=r"action\[2, 5\] = 1.5 is above the upper bound 1"):
+        check_action("env", box, ok)
+
+
 def test_check_action_discrete() -> None:
     space = gym.spaces.Discrete(3)
     assert check_action("env", space, 2) == (2, False)
