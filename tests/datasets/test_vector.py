@@ -166,3 +166,59 @@ def test_gymnasium_vector_env_of_twinloop_ids(tmp_path):
         rec.step(rec.action_space.sample())
     rec.close()
     assert len(open_dataset(tmp_path / "g-v0")) >= 2
+
+
+def test_kernel_env_fast_path_records_what_the_generic_path_records(tmp_path, monkeypatch):
+    """The one-block copy of a kernel vector env's step equals the field-by-field copy.
+
+    The same actions are recorded twice, once with the fast path and once with it switched
+    off; every field of every episode (all infos, final observations) must agree.
+    """
+    vec = twinloop.make_vec(STEM, 7)
+    vec.action_space.seed(5)
+    actions = [vec.action_space.sample() for _ in range(300)]
+    rec = RecordVectorEpisodes(twinloop.make_vec(STEM, 7), tmp_path / "fast-v0")
+    rec.reset(seed=9)
+    for act in actions:
+        rec.step(act)
+    assert rec._scatter is not None  # the fast path was taken
+    rec.close()
+    monkeypatch.setattr(RecordVectorEpisodes, "_scatter_plan", lambda self: None)
+    slow = _record_vector(twinloop.make_vec(STEM, 7), tmp_path / "slow-v0", actions, seed=9)
+    fast = open_dataset(tmp_path / "fast-v0")
+    assert len(fast) == len(slow) > 7
+    for a, b in zip(fast.iterate_episodes(), slow.iterate_episodes(), strict=True):
+        assert a.metadata["env_index"] == b.metadata["env_index"]
+        _same_episode(a, b)
+
+
+def test_fast_path_steps_aside_when_a_wrapper_changes_the_outputs(tmp_path):
+    """A wrapper that returns other arrays turns the fast path off for its steps.
+
+    The recorder must record what it was given (observations doubled here), not the kernel's
+    output block.
+    """
+
+    class Double(gym.vector.VectorWrapper):
+        def reset(self, **kwargs):
+            obs, info = self.env.reset(**kwargs)
+            return 2.0 * obs, info
+
+        def step(self, actions):
+            obs, r, te, tr, info = self.env.step(actions)
+            if "final_obs" in info:
+                info = dict(info)
+                info["final_obs"] = np.array(
+                    [None if o is None else 2.0 * o for o in info["final_obs"]], dtype=object
+                )
+            return 2.0 * obs, r, te, tr, info
+
+    base = twinloop.make_vec(STEM, 3)
+    base.action_space.seed(0)
+    actions = [base.action_space.sample() for _ in range(120)]
+    ds = _record_vector(Double(base), tmp_path / "wrapped-v0", actions, 1)
+    ref = _record_vector(twinloop.make_vec(STEM, 3), tmp_path / "plain-v0", actions, 1)
+    assert len(ds) == len(ref) > 3
+    for a, b in zip(ds.iterate_episodes(), ref.iterate_episodes(), strict=True):
+        np.testing.assert_array_equal(a.observations, 2.0 * b.observations)
+        np.testing.assert_array_equal(a.rewards, b.rewards)

@@ -145,6 +145,8 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         self._started = False
         self._needs_reset = True
         self._step_plan: tuple[int, list] | None = None
+        self._last_block: np.ndarray | None = None  # the block of the last step's outputs
+        self._last_obs: np.ndarray | None = None
         self._reset_rows_flag = np.zeros(self.num_envs, dtype=np.bool_)
         if isinstance(single_action_space, gym.spaces.Box):
             self._act_low = np.ascontiguousarray(single_action_space.low, dtype=np.float64)
@@ -358,7 +360,55 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         total, plan = self._step_plan
         block = np.empty(total, dtype=np.uint8)
         base = (-block.ctypes.data) % 64
-        return [block[base + a : base + b].view(dt).reshape(shape) for a, b, dt, shape in plan]
+        blk = block[base : base + total - 64]
+        out = [blk[a:b].view(dt).reshape(shape) for a, b, dt, shape in plan]
+        self._last_block, self._last_obs = blk, out[0]
+        return out
+
+    def step_record_layout(self) -> dict[str, tuple[int, int, int, int, np.dtype, tuple]]:
+        """Where a step's outputs lie in its block, for recorders that copy a step at once.
+
+        After :meth:`step`, :attr:`last_step_block` is the 64-byte aligned ``uint8`` block
+        that every output array of that step views. Returns ``name -> (offset,
+        final_offset, row_stride, row_bytes, dtype, shape)`` (bytes from the block's start;
+        ``final_offset`` is -1 when there is none) for ``"obs"`` (final: ``final_obs``),
+        ``"reward"``, ``"terminated"``, ``"truncated"`` and each info column (final: its
+        ``final_info`` column). The layout is the same for every step.
+        """
+        if self._step_plan is None:
+            self._alloc_step()
+        assert self._step_plan is not None
+        plan = self._step_plan[1]
+        out: dict[str, tuple[int, int, int, int, np.dtype, tuple]] = {}
+        d = self.observation_layout.size
+        f32 = np.dtype(np.float32)
+        out["obs"] = (plan[0][0], plan[1][0], d * 4, d * 4, f32, (d,))
+        for name, k in (("reward", 2), ("terminated", 3), ("truncated", 4)):
+            dt = plan[k][2]
+            out[name] = (plan[k][0], -1, dt.itemsize, dt.itemsize, dt, ())
+        widths = (self.info_float.size, self.info_int.size, self.info_bool.size)
+        for name, k, sl, shape in self._columns:
+            dt = plan[5 + k][2]
+            col = sl.start * dt.itemsize
+            out[name] = (
+                plan[5 + k][0] + col,
+                plan[8 + k][0] + col,
+                widths[k] * dt.itemsize,
+                (sl.stop - sl.start) * dt.itemsize,
+                dt,
+                tuple(shape),
+            )
+        return out
+
+    @property
+    def last_step_block(self) -> np.ndarray | None:
+        """The block of the last step's outputs (see :meth:`step_record_layout`)."""
+        return self._last_block
+
+    @property
+    def last_step_observations(self) -> np.ndarray | None:
+        """The observation array the last step returned (a view of :attr:`last_step_block`)."""
+        return self._last_obs
 
     def _alloc_reset(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Observation and zeroed info rows of a reset (rows not reset keep zeros)."""

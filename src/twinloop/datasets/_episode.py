@@ -631,3 +631,104 @@ def image_region(frames: np.ndarray, at: int, level: int) -> tuple[bytes, int]:
     fa_at = at + _align8(len(data))
     index = H.fixed_array(at + offsets, sizes, chunk_bytes, IMAGE_PAGE_BITS, fa_at)
     return data + b"\0" * (_align8(len(data)) - len(data)) + index, fa_at
+
+
+# --- the vector recorder's fast path: one step's output block into a ring row -----------------
+#: Columns of a scatter plan row.
+SC_DST = 0  # byte offset of the field in a ring row
+SC_SRC = 1  # byte offset of the field's first env in the step block
+SC_FIN = 2  # byte offset of its final value (final_obs / final_info), -1: none
+SC_STRIDE = 3  # bytes from one env to the next in the step block
+SC_BYTES = 4  # bytes per env
+SC_KIND = 5  # SCATTER_* below
+N_SC = 6
+SCATTER_STEP = 0  # step-aligned (reward, flags): the block's value
+SCATTER_OBS = 1  # observation-aligned (observations, infos): the block's value, final on ends
+SCATTER_WALL = 2  # the wall clock, written by the recorder
+
+
+@njit
+def _scatter_field(
+    dst: np.ndarray,
+    dst_w: np.ndarray,
+    rb: int,
+    dst_off: int,
+    src: np.ndarray,
+    src_w: np.ndarray,
+    src_off: int,
+    stride: int,
+    nb: int,
+    rows: np.ndarray,
+) -> None:
+    """Copy ``nb`` bytes per env from ``src_off + i * stride`` to ``i * rb + dst_off``.
+
+    Only envs with ``rows[i]``; by 8-byte words when offsets, stride and size allow.
+    """
+    n = rows.shape[0]
+    if (dst_off & 7) == 0 and (src_off & 7) == 0 and (nb & 7) == 0 and (stride & 7) == 0:
+        nw = nb >> 3
+        for i in range(n):
+            if rows[i]:
+                d = (i * rb + dst_off) >> 3
+                s = (src_off + i * stride) >> 3
+                for k in range(nw):
+                    dst_w[d + k] = src_w[s + k]
+    else:
+        for i in range(n):
+            if rows[i]:
+                d = i * rb + dst_off
+                s = src_off + i * stride
+                for k in range(nb):
+                    dst[d + k] = src[s + k]
+
+
+@njit
+def scatter_step(
+    block: np.ndarray,
+    plan: np.ndarray,
+    ring_row: np.ndarray,
+    final: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    now: float,
+    ended: np.ndarray,
+    every: np.ndarray,
+) -> bool:
+    """Copy one vector step's outputs from the env's output ``block`` into a ring row.
+
+    ``ring_row`` is ``(n_envs, row_bytes)`` (row ``t`` of a :class:`StepBuffer`), ``final``
+    the buffer's final rows, ``every`` an all-True mask. Observation-aligned fields take the
+    step's value (for an ended env: the next episode's first observation and reset info)
+    and, for ended envs, the final value into ``final``. Returns whether any env ended
+    (``ended`` receives the mask).
+    """
+    n = ring_row.shape[0]
+    rb = ring_row.shape[1]
+    flat = ring_row.reshape(n * rb)
+    flat_w = flat.view(np.int64)
+    fin = final.reshape(final.shape[0] * final.shape[1])
+    fin_w = fin.view(np.int64)
+    block_w = block.view(np.int64)
+    wall = np.zeros(1, dtype=np.float64)
+    wall[0] = now
+    wall_w = wall.view(np.int64)
+    wall_b = wall.view(np.uint8)
+    any_end = False
+    for i in range(n):
+        e = terminated[i] or truncated[i]
+        ended[i] = e
+        any_end = any_end or e
+    for j in range(plan.shape[0]):
+        dst = plan[j, SC_DST]
+        nb = plan[j, SC_BYTES]
+        kind = plan[j, SC_KIND]
+        if kind == SCATTER_WALL:  # one value for every env: stride 0
+            _scatter_field(flat, flat_w, rb, dst, wall_b, wall_w, 0, 0, nb, every)
+            if any_end:
+                _scatter_field(fin, fin_w, rb, dst, wall_b, wall_w, 0, 0, nb, ended)
+            continue
+        stride = plan[j, SC_STRIDE]
+        _scatter_field(flat, flat_w, rb, dst, block, block_w, plan[j, SC_SRC], stride, nb, every)
+        if kind == SCATTER_OBS and any_end:
+            _scatter_field(fin, fin_w, rb, dst, block, block_w, plan[j, SC_FIN], stride, nb, ended)
+    return any_end

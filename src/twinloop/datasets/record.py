@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from twinloop.datasets import _episode as E
 from twinloop.datasets._episode import StepBuffer
 from twinloop.datasets.schema import (
     SOURCE_ACTION,
@@ -312,6 +313,9 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
                 f"reports final observations), got {mode_!r}; build Gymnasium vector envs "
                 "with autoreset_mode=AutoresetMode.SAME_STEP"
             )
+        self._scatter: np.ndarray | None = None
+        self._ended = np.zeros(env.num_envs, dtype=np.bool_)
+        self._every = np.ones(env.num_envs, dtype=np.bool_)
         self._setup(
             env,
             directory,
@@ -408,6 +412,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
             self._begin(info, self.num_envs)
             buf = self._buf
             assert buf is not None
+            self._scatter = self._scatter_plan()
             p_obs, p_info, _, p_now = self._pending
             self._pending = None
             self._write_rows(buf, 0, p_obs, p_info, np.arange(self.num_envs), p_now)
@@ -417,6 +422,21 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
         for j, key, text in self._act_w:
             value = _get(actions, key)
             views[j][t] = _encode_text(value, fields[j]) if text else value
+        if self._scatter is not None and obs is getattr(self.env, "last_step_observations", None):
+            # fast path: the step's outputs are one block of a kernel vector env
+            if E.scatter_step(
+                self.env.last_step_block,
+                self._scatter,
+                buf.data[t],
+                buf.final,
+                terminated,
+                truncated,
+                now,
+                self._ended,
+                self._every,
+            ):
+                self._commit_ended(buf, t, self._ended)
+            return obs, rewards, terminated, truncated, info
         views[self._j_rew][t] = rewards
         views[self._j_term][t] = terminated
         views[self._j_trunc][t] = truncated
@@ -452,10 +472,54 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
                 value = _lookup(final_info, key)
             final[j][:] = 0 if value is None else value
         final[self._j_wall][:] = now
+        self._commit_ended(buf, t, ended)
+
+    def _commit_ended(self, buf: StepBuffer, t: int, ended: np.ndarray) -> None:
         self.writer.commit_ended(buf, t, ended, self._rec_cur, self._seed_cur)
-        buf.start[rows] = t
-        self._seed_cur[rows] = -1
-        self._rec_cur[rows] = self.recording[rows]
+        buf.start[ended] = t
+        self._seed_cur[ended] = -1
+        self._rec_cur[ended] = self.recording[ended]
+
+    def _scatter_plan(self) -> np.ndarray | None:
+        """The fast path's copy plan, or None when the fast path does not apply.
+
+        It applies when the wrapped env is a kernel vector env whose output block holds every
+        recorded field except the actions (observations, reward, flags, every info).
+        """
+        layout_of = getattr(self.env, "step_record_layout", None)
+        buf = self._buf
+        if layout_of is None or buf is None or self._text or buf.image.any():
+            return None
+        layout = layout_of()
+        rows = []
+        for j, f in enumerate(buf.fields):
+            if f.source == SOURCE_ACTION:
+                continue  # the controller's actions: one assignment per step
+            if f.source == SOURCE_WALL:
+                rows.append((buf.offsets[j], 0, -1, 0, f.row_bytes, E.SCATTER_WALL))
+                continue
+            name = {
+                SOURCE_OBS: "obs" if f.key == () else None,
+                SOURCE_REWARD: "reward",
+                SOURCE_TERMINATED: "terminated",
+                SOURCE_TRUNCATED: "truncated",
+                SOURCE_INFO: f.key[0] if len(f.key) == 1 else None,
+            }.get(f.source)
+            entry = layout.get(name) if name is not None else None
+            if entry is None:
+                return None
+            off, fin, stride, nbytes, dtype, shape = entry
+            if nbytes != f.row_bytes or np.dtype(dtype) != f.np_dtype or tuple(shape) != f.shape:
+                return None
+            kind = (
+                E.SCATTER_STEP
+                if f.source in (SOURCE_REWARD, SOURCE_TERMINATED, SOURCE_TRUNCATED)
+                else E.SCATTER_OBS
+            )
+            if kind == E.SCATTER_OBS and fin < 0:
+                return None
+            rows.append((buf.offsets[j], off, fin, stride, nbytes, kind))
+        return np.array(rows, dtype=np.int64).reshape(-1, E.N_SC)
 
     def close(self, **kwargs: Any) -> None:
         """Finish the dataset, then close the env."""
