@@ -36,7 +36,7 @@ import numpy as np
 
 from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
-from twinloop.core.rng import STREAM_BACKEND, normal_pair, uniform, uniform_range
+from twinloop.core.rng import STREAM_BACKEND, normal, uniform, uniform_range
 from twinloop.sim.balloon import wind as W
 from twinloop.sim.balloon.config import (
     AIR_MOLAR_MASS_KG_PER_MOL,
@@ -963,7 +963,7 @@ def _gamma(rng: np.ndarray, i: int, k: int, shape: float) -> float:
     d = a - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     for _ in range(1000):
-        x = normal_pair(rng, i, k)[0]
+        x = normal(rng, i, k)
         v = 1.0 + c * x
         if v <= 0.0:
             continue
@@ -1097,7 +1097,7 @@ def reset(
     # upwelling IR ~ scale * LogitNormal(loc, spread), re-drawn below the minimum (W/m^2)
     ir = params[P_IR_SCALE]
     for _ in range(200):
-        z = params[P_IR_LOC] + params[P_IR_SPREAD] * normal_pair(rng, i, k)[0]
+        z = params[P_IR_LOC] + params[P_IR_SPREAD] * normal(rng, i, k)
         cand = params[P_IR_SCALE] / (1.0 + math.exp(-min(max(z, -700.0), 700.0)))
         if cand >= params[P_IR_MIN]:
             ir = cand

@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from twinloop.core.jit import njit
-from twinloop.core.rng import normal_pair, uniform
+from twinloop.core.rng import normal, uniform
 
 TWO_PI = 2.0 * math.pi
 
@@ -102,7 +102,7 @@ def _ar_field(
     for t in range(nt):
         e = 0.0
         for lev in range(nl):
-            g = normal_pair(rng, i, k)[0]
+            g = normal(rng, i, k)
             e = g if lev == 0 else rho_l * e + sl * g
             idx = start + (t * nl + lev) * stride
             if t == 0:

@@ -31,7 +31,14 @@ import numpy as np
 
 from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
-from twinloop.core.rng import STREAM_BACKEND, normal_pair, uniform, uniform_range
+from twinloop.core.rng import (
+    STREAM_BACKEND,
+    normal,
+    normal_pair,
+    standard_exponential,
+    uniform,
+    uniform_range,
+)
 from twinloop.sim.stem.config import (
     BARN_ANGSTROM2,
     BOND_ANGSTROM,
@@ -332,7 +339,7 @@ def evolve(
         every = total * extra
         if every <= 0.0:
             return
-        t += -math.log(uniform(rng, i, STREAM_BACKEND)) / every
+        t += standard_exponential(rng, i, STREAM_BACKEND) / every
         if t > duration_s:
             return
         v = uniform(rng, i, STREAM_BACKEND) * every
@@ -420,11 +427,11 @@ def reset(
     fwhm_mult = 1.0
     reach = params[P_REACH]
     if params[P_XS_LOG_SD] > 0.0:
-        xs_mult = math.exp(params[P_XS_LOG_SD] * normal_pair(rng, i, k)[0])
+        xs_mult = math.exp(params[P_XS_LOG_SD] * normal(rng, i, k))
     if params[P_FWHM_REL_SD] > 0.0:
-        fwhm_mult = min(max(1.0 + params[P_FWHM_REL_SD] * normal_pair(rng, i, k)[0], 0.5), 1.5)
+        fwhm_mult = min(max(1.0 + params[P_FWHM_REL_SD] * normal(rng, i, k), 0.5), 1.5)
     if params[P_OPT_SD] > 0.0:
-        reach = max(reach + params[P_OPT_SD] * normal_pair(rng, i, k)[0], 0.0)
+        reach = max(reach + params[P_OPT_SD] * normal(rng, i, k), 0.0)
     sigma = params[P_SIGMA] * fwhm_mult
     # the prior's peak does not depend on the probe; the physical one is a normalised probe
     scale = xs_mult if params[P_PRIOR] > 0 else xs_mult / (fwhm_mult * fwhm_mult)

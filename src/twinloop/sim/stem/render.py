@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from twinloop.core.jit import njit
-from twinloop.core.rng import STREAM_SENSOR, normal_pair, unit_from_state
+from twinloop.core.rng import STREAM_SENSOR, normal, unit_from_state
 from twinloop.sim.stem import kernel as K
 from twinloop.sim.stem.config import ELEMENTARY_CHARGE_C, StemConfig
 
@@ -210,7 +210,7 @@ def render(
     # x offsets of every row: drift during the frame, jitter; the flyback lag is per column
     shift = np.empty(n)
     for r in range(n):
-        g = normal_pair(rng, i, STREAM_SENSOR)[0] if ip[IP_JITTER] > 0.0 else 0.0
+        g = normal(rng, i, STREAM_SENSOR) if ip[IP_JITTER] > 0.0 else 0.0
         shift[r] = vx * r * line_s + ip[IP_JITTER] * g
     max_shift = abs(vx) * frame_s + 5.0 * ip[IP_JITTER] + ip[IP_FLYBACK_A] + px
     margin_px = int(math.ceil((max_shift + 1e-9) / px)) + 1
