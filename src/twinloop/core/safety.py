@@ -196,7 +196,7 @@ def _label(labels: Sequence[str], k: int) -> str:
     return f" ({labels[k]})" if k < len(labels) else ""
 
 
-@njit
+@njit(inline="always")
 def clip_command_row(
     cmd: np.ndarray,
     low: np.ndarray,

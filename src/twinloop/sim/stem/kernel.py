@@ -242,7 +242,7 @@ def bond_unit(k: int, s: int, c: float, sn: float) -> tuple[float, float]:
     return c * ux - sn * uy, sn * ux + c * uy
 
 
-@njit
+@njit(inline="always")
 def site_missing(
     i: int, j: int, s: int, half: int, c: float, sn: float, holes: np.ndarray, n_holes: int
 ) -> bool:
@@ -259,7 +259,7 @@ def site_missing(
     return False
 
 
-@njit
+@njit(inline="always")
 def at_edge(
     i: int, j: int, s: int, half: int, c: float, sn: float, holes: np.ndarray, n_holes: int
 ) -> bool:
@@ -293,7 +293,7 @@ def rates_at(
         out[k] = neighbor_rate(k, x, y, ss, bx, by, f)
 
 
-@njit
+@njit(inline="always")
 def evolve(
     i: int,
     duration_s: float,
@@ -364,7 +364,7 @@ def evolve(
 
 
 # --- measurement -------------------------------------------------------------------------------
-@njit
+@njit(inline="always")
 def measure(
     i: int,
     fstate: np.ndarray,
@@ -474,21 +474,21 @@ def reset(
     meas[i, M_ELAPSED] = 0.0
 
 
-@njit
+@njit(inline="always")
 def begin_command(i: int, istate: np.ndarray) -> None:
     """Clear the per-command counters (hops, first hop) before a new command."""
     istate[i, I_HOPS] = 0
     istate[i, I_FIRST_HOP] = -1
 
 
-@njit
+@njit(inline="always")
 def drift(i: int, duration_s: float, fstate: np.ndarray) -> None:
     """Move the view over the sample at the episode's drift velocity for ``duration_s``."""
     fstate[i, F_FOV_X] += fstate[i, F_VX] * duration_s
     fstate[i, F_FOV_Y] += fstate[i, F_VY] * duration_s
 
 
-@njit
+@njit(inline="always")
 def diffuse(
     i: int, duration_s: float, fstate: np.ndarray, params: np.ndarray, rng: np.ndarray
 ) -> None:
@@ -500,7 +500,7 @@ def diffuse(
         fstate[i, F_FOV_Y] += scale * g2
 
 
-@njit
+@njit(inline="always")
 def dwell(
     i: int,
     probe_x: float,
@@ -547,7 +547,7 @@ def dwell(
     f[F_FOV_Y] = fy0 + vy * dwell_s
 
 
-@njit
+@njit(inline="always")
 def scan_dose(
     i: int,
     frame_s: float,
@@ -564,14 +564,14 @@ def scan_dose(
     drift(i, frame_s, fstate)
 
 
-@njit
+@njit(inline="always")
 def shift_view(i: int, dx: float, dy: float, fstate: np.ndarray) -> None:
     """Move the scan field by ``(dx, dy)`` A (re-centring)."""
     fstate[i, F_FOV_X] += dx
     fstate[i, F_FOV_Y] += dy
 
 
-@njit
+@njit(inline="always")
 def apply(
     i: int,
     probe_x: float,
@@ -611,7 +611,7 @@ def apply(
     meas[i, M_ELAPSED] = elapsed
 
 
-@njit
+@njit(inline="always")
 def _check_in_view(i: int, fstate: np.ndarray, istate: np.ndarray, params: np.ndarray) -> None:
     """Mark the Si out of view if it is outside the frame (it cannot be found in the image)."""
     if istate[i, I_STATUS] != OK:

@@ -241,7 +241,7 @@ def _blocked(gx: float, gy: float, m: np.ndarray, n_holes: int) -> bool:
     return False
 
 
-@njit
+@njit(inline="always")
 def write_observation(m: np.ndarray, t: np.ndarray, tp: np.ndarray, obs: np.ndarray) -> float:
     """Fill one observation row from a measurement; return the Si-goal distance (A)."""
     half = 0.5 * tp[TP_FOV]
@@ -319,7 +319,7 @@ def task_reset(
     return dist
 
 
-@njit
+@njit(inline="always")
 def task_command(a: np.ndarray, m: np.ndarray, tp: np.ndarray) -> tuple[float, float, float]:
     """Turn an action into ``(probe_x, probe_y, dwell_s)`` in the view frame."""
     if tp[TP_ABSOLUTE] > 0.0:
@@ -331,7 +331,7 @@ def task_command(a: np.ndarray, m: np.ndarray, tp: np.ndarray) -> tuple[float, f
     return px, py, dwell
 
 
-@njit
+@njit(inline="always")
 def task_step(
     m: np.ndarray, t: np.ndarray, tp: np.ndarray, obs: np.ndarray
 ) -> tuple[bool, bool, bool, int, float, float, float, float, float, float, float]:
