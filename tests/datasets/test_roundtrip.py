@@ -105,3 +105,75 @@ def test_set_recording_skips_episodes(tmp_path):
     run_episodes(env, 1, seed=7)
     env.close()
     assert [m["seed"] for m in open_dataset(tmp_path / "s-v0").episode_metadata] == [0, 7]
+
+
+def _image_episode(frames: np.ndarray) -> list:
+    steps = frames.shape[0] - 1
+    return [
+        frames,
+        np.zeros((steps, 2), np.float32),
+        np.zeros(steps),
+        np.r_[np.zeros(steps - 1, bool), True],
+        np.zeros(steps, bool),
+        np.linspace(0.0, 1.0, steps + 1),
+    ]
+
+
+@pytest.mark.parametrize("strategy", ["auto", "deflate", "huffman"])
+def test_image_compression_strategies_round_trip_through_h5py(tmp_path, strategy):
+    """Every strategy writes standard deflate chunks: h5py and our reader get the frames back.
+
+    ``auto`` chooses Huffman-only for shot-noise frames (LZ77 finds nothing to match) and
+    deflate for frames with flat regions (where LZ77 compresses far better).
+    """
+    import gymnasium as gym
+
+    from twinloop.datasets import DatasetWriter
+
+    rng = np.random.default_rng(0)
+    noisy = rng.poisson(20.0, size=(9, 48, 48)).clip(0, 255).astype(np.uint8)
+    flat = np.zeros((9, 48, 48), np.uint8)
+    flat[:, 10:30, 5:40] = 200
+    obs = gym.spaces.Dict(
+        {
+            "noisy": gym.spaces.Box(0, 255, (48, 48), np.uint8),
+            "flat": gym.spaces.Box(0, 255, (48, 48), np.uint8),
+        }
+    )
+    w = DatasetWriter(
+        tmp_path / "ns" / "img-v0",
+        observation_space=obs,
+        action_space=gym.spaces.Box(-1, 1, (2,), np.float32),
+        compression_strategy=strategy,
+    )
+    w.begin([])
+    w.write_fields([flat, noisy, *_image_episode(noisy)[1:]])
+    w.close()
+    want = {"auto": (True, False), "deflate": (False, False), "huffman": (True, True)}[strategy]
+    assert (w.huffman["observations/noisy"], w.huffman["observations/flat"]) == want
+    ds = open_dataset(tmp_path / "ns" / "img-v0")
+    ep = ds[0]
+    np.testing.assert_array_equal(ep.observations["noisy"], noisy)
+    np.testing.assert_array_equal(ep.observations["flat"], flat)
+    with h5py.File(ds.path, "r") as f:
+        np.testing.assert_array_equal(f["episode_0/observations/noisy"][()], noisy)
+        np.testing.assert_array_equal(f["episode_0/observations/flat"][()], flat)
+    assert ds.metadata["twinloop"]["image_compression"]["observations/noisy"] == (
+        "huffman" if want[0] else "deflate"
+    )
+
+
+def test_unknown_compression_strategy_is_refused(tmp_path):
+    """A bad strategy names the value and the choices, and creates nothing."""
+    import gymnasium as gym
+
+    from twinloop.datasets import DatasetWriter
+
+    with pytest.raises(ValueError, match="auto, deflate, huffman, got 'lz4'"):
+        DatasetWriter(
+            tmp_path / "ns" / "x-v0",
+            observation_space=gym.spaces.Box(0, 1, (2,)),
+            action_space=gym.spaces.Box(0, 1, (2,)),
+            compression_strategy="lz4",
+        )
+    assert not (tmp_path / "ns").exists()

@@ -150,8 +150,8 @@ class RecordEpisodes(gym.Wrapper, _Recorder):
         mode: ``"create"``, ``"overwrite"`` or ``"append"``.
         tags: User tags stored in metadata.json.
         info_exclude: Info keys (or ``prefix/``) not to record.
-        **writer_options: ``fsync``, ``compression_level``, ``metadata_interval_s``,
-            ``progress`` (see :class:`DatasetWriter`).
+        **writer_options: ``fsync``, ``compression_level``, ``compression_strategy``,
+            ``metadata_interval_s``, ``progress`` (see :class:`DatasetWriter`).
 
     An episode reset before it ended is not recorded (its steps have no end flag).
     """
@@ -289,7 +289,8 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
         tags: User tags stored in metadata.json.
         info_exclude: Info keys (or ``prefix/``) not to record.
         progress: Called as ``progress(episodes, steps)`` after every commit.
-        **writer_options: ``fsync``, ``compression_level``, ``metadata_interval_s``.
+        **writer_options: ``fsync``, ``compression_level``, ``compression_strategy``,
+            ``metadata_interval_s``.
     """
 
     def __init__(
