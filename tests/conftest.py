@@ -40,3 +40,40 @@ def assert_same(a: Any, b: Any, path: str = "") -> None:
 @pytest.fixture(params=ENV_IDS)
 def env_id(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_kernels() -> None:
+    """Compile the numba kernels once, in this process, before any test runs.
+
+    A clean checkout starts with an empty numba cache (it is keyed on the package's source),
+    and the STEM kernels take ~2 minutes to compile. Tests that start twinloop in a
+    subprocess (``twinloop run --record``, a microscope twin, a flight controller twin) must
+    not pay that inside their own timeouts; once this fixture has run they load the kernels
+    from the on-disk cache.
+    """
+    from twinloop.datasets import RecordVectorEpisodes
+
+    for env_id in ENV_IDS:
+        env = twinloop.make(env_id)
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+        env.close()
+        vec = twinloop.make_vec(env_id, 2)
+        vec.reset(seed=0)
+        vec.step(vec.action_space.sample())
+        vec.close()
+    image = twinloop.make("twinloop/StemSteer-v0", backend="sim-image")
+    image.reset(seed=0)
+    image.step(image.action_space.sample())
+    image.close()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = RecordVectorEpisodes(twinloop.make_vec("twinloop/StemSteer-v0", 2), f"{tmp}/w/w-v0")
+        rec.reset(seed=0)
+        for _ in range(300):
+            _, _, term, trunc, _ = rec.step(rec.action_space.sample())
+            if (term | trunc).any():
+                break
+        rec.close()

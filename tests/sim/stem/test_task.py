@@ -190,3 +190,30 @@ def test_goals_exactly_n_hops_away() -> None:
                     seen[nxt] = seen[site] + 1
                     queue.append(nxt)
         assert found == 5
+
+
+def test_unused_hole_rows_neither_block_goals_nor_show_offsets() -> None:
+    """A hole row with radius 0 (an image backend that has seen fewer holes) is no hole.
+
+    It must not block goals near its (0, 0) placeholder and its observation row stays zero;
+    a real hole blocks the sites within its radius plus a bond.
+    """
+    from twinloop.core.config import override
+    from twinloop.sim.stem import task as T
+    from twinloop.sim.stem.config import StemConfig
+
+    cfg = override(StemConfig(), n_holes=2)
+    tp = T.task_params(cfg)
+    m = np.zeros(K.N_MEAS)
+    m[K.M_SI : K.M_SI + 2] = (1.0, -2.0)
+    m[K.M_FOV] = cfg.microscope.fov_angstrom
+    assert not T._blocked(0.5, 0.0, m, 2)
+    m[K.M_HOLES : K.M_HOLES + 3] = (8.0, 0.0, 2.5)
+    assert T._blocked(8.0 + 2.5 + 1.0, 0.0, m, 2)
+    assert not T._blocked(8.0 + 2.5 + 1.6, 0.0, m, 2)
+    layout = T.observation_layout(cfg)
+    obs = np.zeros(layout.size, dtype=np.float32)
+    T.write_observation(m, np.zeros(T.N_T), tp, obs)
+    holes = layout.get(obs, "hole_offsets_angstrom")
+    np.testing.assert_allclose(holes[0], (7.0, 2.0, 2.5))
+    np.testing.assert_array_equal(holes[1], 0.0)

@@ -6,22 +6,16 @@ Backend factories (named in the registry table):
 * ``remote``: a twin served by ``twinloop serve microscope`` (``address=``, ``token=``,
   ``timeout_s=``);
 * ``nion``: Nion Swift's instrumentation API (optional extra ``nion``).
+
+All three find the Si, its neighbours and (with ``n_holes > 0``) the sample's holes in the
+frames (:mod:`twinloop.sim.stem.perception`), giving the ``sim`` backend's measurement layout.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twinloop.core.config import ConfigError
 from twinloop.sim.stem.config import StemConfig
-
-
-def _check_supported(cfg: StemConfig) -> None:
-    if cfg.physics.n_holes:
-        raise ConfigError(
-            f"n_holes = {cfg.physics.n_holes}: hole detection from frames is not implemented; "
-            "image backends need n_holes = 0"
-        )
 
 
 def make_sim_image_backend(cfg: StemConfig) -> Any:
@@ -29,7 +23,6 @@ def make_sim_image_backend(cfg: StemConfig) -> Any:
     from twinloop.hardware.microscope.backend import MicroscopeBackend
     from twinloop.hardware.microscope.fake import SimMicroscope
 
-    _check_supported(cfg)
     return MicroscopeBackend(cfg, SimMicroscope(cfg), kind="sim-image", deterministic=True)
 
 
@@ -43,7 +36,6 @@ def make_remote_backend(
     from twinloop.hardware.microscope.backend import MicroscopeBackend
     from twinloop.hardware.microscope.remote import RemoteMicroscope
 
-    _check_supported(cfg)
     mic = RemoteMicroscope(address=address, token=token, timeout_s=timeout_s)
     return MicroscopeBackend(cfg, mic, kind="remote", deterministic=True)
 
@@ -53,5 +45,4 @@ def make_nion_backend(cfg: StemConfig, **options: Any) -> Any:
     from twinloop.hardware.microscope.backend import MicroscopeBackend
     from twinloop.hardware.microscope.nion import NionMicroscope
 
-    _check_supported(cfg)
     return MicroscopeBackend(cfg, NionMicroscope(cfg, **options), kind="nion")

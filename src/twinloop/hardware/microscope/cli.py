@@ -27,7 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="STEM config override for the simulated sample (repeatable)",
+        help=(
+            "STEM config override for the simulated sample (repeatable), e.g. n_holes=2; "
+            "clients refuse a twin whose holes differ from their config"
+        ),
     )
 
 

@@ -131,7 +131,11 @@ class SimMicroscope:
         self._blanked = False
 
     def acquire(self, pixels: int, pixel_time_s: float) -> Frame:
-        """Scan one frame: render it, then deliver its dose while the sample drifts."""
+        """Scan one frame: render it, then deliver its dose while the sample drifts.
+
+        The kernel spreads a frame's dose uniformly over the view; a view that does not hold the
+        Si (the hole survey's) gives it none.
+        """
         self.limits.check_acquire(pixels, pixel_time_s)
         with self._lock:
             flyback = self.cfg.imaging.flyback_us * 1e-6
@@ -151,7 +155,10 @@ class SimMicroscope:
             )
             duration = pixels * (pixels * pixel_time_s + flyback)
             start = self._clock
-            K.scan_dose(0, duration, self._f, self._i, self._holes, self._params, self._rng)
+            if self._si_in_view():
+                K.scan_dose(0, duration, self._f, self._i, self._holes, self._params, self._rng)
+            else:  # the scan misses the Si (a survey view): no dose, only drift
+                K.drift(0, duration, self._f)
             K.diffuse(0, duration, self._f, self._params, self._rng)
             self._clock += duration
             self._frames += 1
@@ -174,6 +181,12 @@ class SimMicroscope:
         with self._lock:
             K.shift_view(0, float(dx_angstrom), float(dy_angstrom), self._f)
             self._advance(self.cfg.microscope.beam_settle_s)
+
+    def _si_in_view(self) -> bool:
+        """Whether the Si lies inside the scanned field (only then does a frame dose it)."""
+        x, y = K.true_position(self._f, self._i, 0)
+        half = 0.5 * self.limits.fov_angstrom
+        return abs(x - self._f[0, K.F_FOV_X]) <= half and abs(y - self._f[0, K.F_FOV_Y]) <= half
 
     def _advance(self, seconds: float) -> None:
         K.drift(0, seconds, self._f)
@@ -205,8 +218,20 @@ class SimMicroscope:
                     float(self._f[0, K.F_FOV_X]),
                     float(self._f[0, K.F_FOV_Y]),
                 ],
+                # x, y (sample frame, as si_position_angstrom) and radius of each hole
+                "holes_angstrom": self._holes[0, : int(self._i[0, K.I_NHOLES])].tolist(),
             }
 
     def identity(self) -> dict[str, Any]:
-        """Kind and rate model."""
-        return {"kind": self.kind, "rate_model": self.cfg.physics.rate_model}
+        """Kind, rate model and the holes it simulates (a client checks them against its config)."""
+        ph = self.cfg.physics
+        return {
+            "kind": self.kind,
+            "rate_model": ph.rate_model,
+            "holes": {
+                "n_holes": ph.n_holes,
+                "hole_radius_angstrom": ph.hole_radius_angstrom,
+                "hole_min_distance_angstrom": ph.hole_min_distance_angstrom,
+                "hole_max_distance_angstrom": ph.hole_max_distance_angstrom,
+            },
+        }

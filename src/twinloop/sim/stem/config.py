@@ -199,6 +199,13 @@ class StemImagingConfig:
     flyback_distortion_angstrom: float = 0.2  # x lag at the start of a line ...
     flyback_decay_pixels: float = 8.0  # ... decaying exponentially along the line
     max_reimages: int = 2  # perception re-images when the Si is not found unambiguously
+    # Image backends with n_holes > 0 map holes from frames; at reset they image a grid of views
+    # spaced half the field of view around the Si (consecutive views overlap by half, so frame
+    # alignment chains them) until the square of this half-width is seen, then return to the
+    # start view; 0: no survey (holes are mapped from the frames of the episode only).
+    # Default: holes lie <= 15 A from the start with radius 2.5 A (physics defaults), so
+    # 17.5 A holds them all; + 0.5 A spare. With a 20 A view: a 3 x 3 grid, 45-50 s.
+    hole_survey_half_width_angstrom: float = 18.0
 
     def __post_init__(self) -> None:  # noqa: D105
         check_range(self, "frame_pixels", 16, 4096)
@@ -211,6 +218,7 @@ class StemImagingConfig:
         check_range(self, "flyback_distortion_angstrom", 0.0, 5.0)
         check_range(self, "flyback_decay_pixels", 0.1, 1e4)
         check_range(self, "max_reimages", 0, 20)
+        check_range(self, "hole_survey_half_width_angstrom", 0.0, 1000.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

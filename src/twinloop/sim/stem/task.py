@@ -235,6 +235,8 @@ def hop_distance(gx: float, gy: float, sx: float, sy: float, m: np.ndarray) -> i
 def _blocked(gx: float, gy: float, m: np.ndarray, n_holes: int) -> bool:
     """Whether a goal site lies in or next to a known hole (the Si could not sit there)."""
     for h in range(n_holes):
+        if m[M_HOLES + 3 * h + 2] <= 0.0:
+            continue  # an unused row (an image backend that has seen fewer holes)
         r = m[M_HOLES + 3 * h + 2] + BOND_ANGSTROM
         if (gx - m[M_HOLES + 3 * h]) ** 2 + (gy - m[M_HOLES + 3 * h + 1]) ** 2 < r * r:
             return True
@@ -259,6 +261,11 @@ def write_observation(m: np.ndarray, t: np.ndarray, tp: np.ndarray, obs: np.ndar
     obs[O_FOV] = m[M_FOV]
     obs[O_TIME] = min(t[T_STEP] / tp[TP_MAX_STEPS], 1.0)
     for h in range(int(tp[TP_N_HOLES])):
+        if m[M_HOLES + 3 * h + 2] <= 0.0:  # an unused row: all zeros (radius 0 = no hole)
+            obs[O_HOLES + 3 * h] = 0.0
+            obs[O_HOLES + 3 * h + 1] = 0.0
+            obs[O_HOLES + 3 * h + 2] = 0.0
+            continue
         obs[O_HOLES + 3 * h] = min(max(m[M_HOLES + 3 * h] - sx, -bound), bound)
         obs[O_HOLES + 3 * h + 1] = min(max(m[M_HOLES + 3 * h + 1] - sy, -bound), bound)
         obs[O_HOLES + 3 * h + 2] = m[M_HOLES + 3 * h + 2]
