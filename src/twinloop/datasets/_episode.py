@@ -676,23 +676,25 @@ def _scatter_field(
     stride: int,
     nb: int,
     rows: np.ndarray,
+    all_rows: bool,
 ) -> None:
     """Copy ``nb`` bytes per env from ``src_off + i * stride`` to ``i * rb + dst_off``.
 
-    Only envs with ``rows[i]``; by 8-byte words when offsets, stride and size allow.
+    Every env when ``all_rows``, else those with ``rows[i]``; by 8-byte words when offsets,
+    stride and size allow.
     """
     n = rows.shape[0]
     if (dst_off & 7) == 0 and (src_off & 7) == 0 and (nb & 7) == 0 and (stride & 7) == 0:
         nw = nb >> 3
         for i in range(n):
-            if rows[i]:
+            if all_rows or rows[i]:
                 d = (i * rb + dst_off) >> 3
                 s = (src_off + i * stride) >> 3
                 for k in range(nw):
                     dst_w[d + k] = src_w[s + k]
     else:
         for i in range(n):
-            if rows[i]:
+            if all_rows or rows[i]:
                 d = i * rb + dst_off
                 s = src_off + i * stride
                 for k in range(nb):
@@ -709,15 +711,13 @@ def scatter_step(
     truncated: np.ndarray,
     now: float,
     ended: np.ndarray,
-    every: np.ndarray,
 ) -> bool:
     """Copy one vector step's outputs from the env's output ``block`` into a ring row.
 
     ``ring_row`` is ``(n_envs, row_bytes)`` (row ``t`` of a :class:`StepBuffer`), ``final``
-    the buffer's final rows, ``every`` an all-True mask. Observation-aligned fields take the
-    step's value (for an ended env: the next episode's first observation and reset info)
-    and, for ended envs, the final value into ``final``. Returns whether any env ended
-    (``ended`` receives the mask).
+    the buffer's final rows. Observation-aligned fields take the step's value (for an ended
+    env: the next episode's first observation and reset info) and, for ended envs, the final
+    value into ``final``. Returns whether any env ended (``ended`` receives the mask).
     """
     n = ring_row.shape[0]
     rb = ring_row.shape[1]
@@ -740,12 +740,13 @@ def scatter_step(
         nb = plan[j, SC_BYTES]
         kind = plan[j, SC_KIND]
         if kind == SCATTER_WALL:  # one value for every env: stride 0
-            _scatter_field(flat, flat_w, rb, dst, wall_b, wall_w, 0, 0, nb, every)
+            _scatter_field(flat, flat_w, rb, dst, wall_b, wall_w, 0, 0, nb, ended, True)
             if any_end:
-                _scatter_field(fin, fin_w, rb, dst, wall_b, wall_w, 0, 0, nb, ended)
+                _scatter_field(fin, fin_w, rb, dst, wall_b, wall_w, 0, 0, nb, ended, False)
             continue
         stride = plan[j, SC_STRIDE]
-        _scatter_field(flat, flat_w, rb, dst, block, block_w, plan[j, SC_SRC], stride, nb, every)
+        src, fsrc = plan[j, SC_SRC], plan[j, SC_FIN]
+        _scatter_field(flat, flat_w, rb, dst, block, block_w, src, stride, nb, ended, True)
         if kind == SCATTER_OBS and any_end:
-            _scatter_field(fin, fin_w, rb, dst, block, block_w, plan[j, SC_FIN], stride, nb, ended)
+            _scatter_field(fin, fin_w, rb, dst, block, block_w, fsrc, stride, nb, ended, False)
     return any_end

@@ -379,10 +379,11 @@ class _Store:
         self.chain.walk()
         self._map: np.ndarray | None = None
         self._chunks: dict[tuple[int, int], np.ndarray] = {}
+        self.generation = -1
         self._rebuild()
 
     def _rebuild(self) -> None:
-        self.generation = getattr(self, "generation", -1) + 1  # bumped on every re-index
+        self.generation += 1  # bumped on every re-index (sampling caches key on it)
         entries = self.chain.entries
         n_f = len(self.fields)
         self.ids = np.array([int(e.attrs["id"]) for e in entries], dtype=np.int64)

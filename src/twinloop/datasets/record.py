@@ -316,7 +316,6 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
             )
         self._scatter: np.ndarray | None = None
         self._ended = np.zeros(env.num_envs, dtype=np.bool_)
-        self._every = np.ones(env.num_envs, dtype=np.bool_)
         self._setup(
             env,
             directory,
@@ -434,7 +433,6 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
                 truncated,
                 now,
                 self._ended,
-                self._every,
             ):
                 self._commit_ended(buf, t, self._ended)
             return obs, rewards, terminated, truncated, info

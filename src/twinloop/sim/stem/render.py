@@ -105,7 +105,7 @@ def _poisson_small(delta: float, u: float) -> int:
 
 @njit
 def _poisson_ptrs(lam: float, s: np.uint64, g: np.uint64) -> tuple[float, np.uint64]:
-    """Hormann's transformed rejection with squeeze (PTRS) for means of 10 and above.
+    """Hormann's transformed rejection with squeeze (PTRS), used for means of 16 and above.
 
     W. Hormann, "The transformed rejection method for generating Poisson random variables",
     Insurance: Mathematics and Economics 12 (1993) 39-45.
