@@ -2,8 +2,9 @@
 
 Measures, on the STEM env (random actions, pre-drawn so sampling costs nothing):
 
-1. vector env steps/s without and with ``RecordVectorEpisodes`` at several ``n_envs``, the
-   recording overhead and the bytes written per step;
+1. vector env steps/s without and with ``RecordVectorEpisodes`` at several ``n_envs``, both
+   through the capture companion (the default) and inline, the recording overhead, the
+   bytes written per step and the CPU time of each process;
 2. the same single-env capture through ``RecordEpisodes`` and through
    ``minari.DataCollector`` (same env, actions and steps, written to disk), and their ratio;
 3. write throughput of image observations (MB/s of raw pixels before compression);
@@ -44,47 +45,75 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
 
 
-def vector_run(n_envs: int, steps: int, root: Path | None) -> tuple[float, int]:
-    """Steps/s of ``steps`` vector steps (after a warm-up), and bytes written."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def vector_run(
+    n_envs: int, steps: int, root: Path | None, capture: str = "auto"
+) -> tuple[float, int, float, float]:
+    """Steps/s, bytes written and CPU seconds per vector step (this process, the companion).
+
+    ``steps`` vector steps are timed after a warm-up. With a companion the timed span ends
+    when it has committed every step (``sync``).
+    """
     env = twinloop.make_vec(ENV_ID, n_envs)
     if root is not None:
         shutil.rmtree(root, ignore_errors=True)
-        env = RecordVectorEpisodes(env, root / "bench" / f"vec{n_envs}-v0")
+        env = RecordVectorEpisodes(env, root / "bench" / f"vec{n_envs}-v0", capture=capture)
     env.action_space.seed(0)
     actions = [env.action_space.sample() for _ in range(64)]
     env.reset(seed=0)
     for k in range(200):
         env.step(actions[k % 64])
+    link = getattr(env, "_link", None)
+    if link is not None:
+        env.sync()
+    pid = link.proc.pid if link is not None else None
+    c0 = _cpu_s(pid) if pid else 0.0
+    m0 = time.process_time()
     t0 = time.perf_counter()
     for k in range(steps):
         env.step(actions[k % 64])
+    if link is not None:
+        env.sync()
     dt = time.perf_counter() - t0
+    main_cpu = (time.process_time() - m0) / steps
+    companion_cpu = (_cpu_s(pid) - c0) / steps if pid else 0.0
     env.close()
     size = _du(root) if root is not None else 0
-    return steps * n_envs / dt, size
+    return steps * n_envs / dt, size, main_cpu, companion_cpu
 
 
 def bench_vector(sizes: list[int], steps: int, repeats: int, tmp: Path) -> list[dict[str, Any]]:
+    """Plain, companion and inline capture, alternating; each figure the best of repeats."""
     rows = []
     for n in sizes:
         k = max(200, steps // n)
-        plain, rec, size = [], [], 0
+        best: dict[str, tuple[float, int, float, float]] = {}
         for _ in range(repeats):
-            plain.append(vector_run(n, k, None)[0])
-            sps, size = vector_run(n, k, tmp / "vec")
-            rec.append(sps)
-        best_plain, best_rec = max(plain), max(rec)
+            for kind in ("plain", "companion", "inline"):
+                r = vector_run(n, k, None if kind == "plain" else tmp / "vec", kind)
+                if kind not in best or r[0] > best[kind][0]:
+                    best[kind] = r
         recorded_steps = (k + 200) * n  # recorded episodes cover warm-up and timed steps
-        rows.append(
-            {
-                "n_envs": n,
-                "vector_steps": k,
-                "steps_per_s_plain": best_plain,
-                "steps_per_s_recording": best_rec,
-                "overhead_pct": 100 * (best_plain / best_rec - 1),
+        plain = best["plain"][0]
+        row: dict[str, Any] = {"n_envs": n, "vector_steps": k, "steps_per_s_plain": plain}
+        for kind in ("companion", "inline"):
+            sps, size, main_cpu, comp_cpu = best[kind]
+            row[kind] = {
+                "steps_per_s": sps,
+                "overhead_pct": 100 * (plain / sps - 1),
                 "bytes_per_step": size / recorded_steps,
+                "cpu_us_per_vector_step_main": 1e6 * main_cpu,
+                "cpu_us_per_vector_step_companion": 1e6 * comp_cpu,
             }
-        )
+        rows.append(row)
     return rows
 
 
@@ -266,15 +295,18 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"STEM vector env, random actions (best of {repeats})")
     print(
-        f"{'n_envs':>6}  {'plain steps/s':>14}  {'recording steps/s':>18}  {'overhead':>8}  "
-        f"{'bytes/step':>10}"
+        f"{'n_envs':>6}  {'plain steps/s':>14}  {'capture':>9}  {'recording steps/s':>18}  "
+        f"{'overhead':>8}  {'bytes/step':>10}  {'CPU us/vec step: main':>21}  {'companion':>9}"
     )
     for r in vector:
-        plain, rec = r["steps_per_s_plain"], r["steps_per_s_recording"]
-        print(
-            f"{r['n_envs']:>6}  {plain:>14,.0f}  {rec:>18,.0f}"
-            f"  {r['overhead_pct']:>7.1f}%  {r['bytes_per_step']:>10.1f}"
-        )
+        for kind in ("companion", "inline"):
+            c = r[kind]
+            print(
+                f"{r['n_envs']:>6}  {r['steps_per_s_plain']:>14,.0f}  {kind:>9}  "
+                f"{c['steps_per_s']:>18,.0f}  {c['overhead_pct']:>7.1f}%  "
+                f"{c['bytes_per_step']:>10.1f}  {c['cpu_us_per_vector_step_main']:>21.1f}  "
+                f"{c['cpu_us_per_vector_step_companion']:>9.1f}"
+            )
     print(
         f"\nsingle env, {single['steps']} steps: plain {single['steps_per_s_plain']:,.0f} steps/s, "
         f"twinloop {single['steps_per_s_twinloop']:,.0f}, minari.DataCollector "

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 
-from twinloop.datasets import DatasetWriter, open_dataset, recover_dataset
+from twinloop.datasets import DatasetWriter, open_dataset, recover_dataset, writer_alive
 from twinloop.datasets.schema import FieldSpec
 
 OBS = gym.spaces.Dict(
@@ -186,6 +186,11 @@ def test_killed_cli_capture_opens(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # the capture companion commits what the run had stepped, then lets go of the dataset
+    deadline = time.monotonic() + 60
+    while writer_alive(meta.parent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not writer_alive(meta.parent), "the capture companion did not finish"
     ds = open_dataset(out / "cli" / "killed-v0")
     assert ds.problems == [] and len(ds) > 0
     for ep in ds:

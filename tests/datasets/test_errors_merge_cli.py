@@ -273,6 +273,7 @@ def test_reader_follows_a_capture_in_process(tmp_path):
     for _ in range(5):
         for _ in range(60):
             rec.step(rec.action_space.sample())
+        rec.sync()  # a capture companion may still be writing the last steps
         ds.refresh()
         seen.append(len(ds))
         assert len(ds) == rec.n_episodes
@@ -316,6 +317,7 @@ def test_follow_survives_a_file_that_grew_after_the_readers_last_look(tmp_path):
     f.refresh = stale_once
     while (tmp_path / "grow-v0" / "data" / "main_data.hdf5").stat().st_size <= stale_size:
         rec.step(rec.action_space.sample())
+    rec.sync()
     ds.refresh()
     assert calls["n"] >= 2, "the walk must look at the file size again"
     assert not ds.problems

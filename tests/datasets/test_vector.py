@@ -45,8 +45,8 @@ def _same_tree(a, b):
         np.testing.assert_array_equal(a, b)
 
 
-def _record_vector(vec, path, actions, seed):
-    rec = RecordVectorEpisodes(vec, path)
+def _record_vector(vec, path, actions, seed, capture="auto"):
+    rec = RecordVectorEpisodes(vec, path, capture=capture)
     rec.reset(seed=seed)
     for act in actions:
         rec.step(act)
@@ -69,12 +69,12 @@ def _record_singles(make, n, path_root, actions, seed):
     return out
 
 
-@pytest.mark.parametrize("n_envs", [1, 5])
-def test_stem_vector_recorder_equals_single_recorders(tmp_path, n_envs):
+@pytest.mark.parametrize(("n_envs", "capture"), [(1, "inline"), (5, "inline"), (5, "companion")])
+def test_stem_vector_recorder_equals_single_recorders(tmp_path, n_envs, capture):
     vec = twinloop.make_vec(STEM, n_envs)
     vec.action_space.seed(2)
     actions = [vec.action_space.sample() for _ in range(250)]
-    ds = _record_vector(vec, tmp_path / "vec-v0", actions, seed=40)
+    ds = _record_vector(vec, tmp_path / "vec-v0", actions, seed=40, capture=capture)
     singles = _record_singles(lambda: twinloop.make(STEM), n_envs, tmp_path, actions, seed=40)
     by_env = _by_env(ds)
     assert sum(len(v) for v in singles.values()) == len(ds) > n_envs  # auto-resets covered
@@ -88,12 +88,14 @@ def test_stem_vector_recorder_equals_single_recorders(tmp_path, n_envs):
     assert all(ep.metadata["seed"] == -1 for i in by_env for ep in by_env[i][1:])
 
 
-def test_sync_vector_env_with_dict_image_text(tmp_path):
+@pytest.mark.parametrize("capture", ["auto", "companion"])
+def test_sync_vector_env_with_dict_image_text(tmp_path, capture):
+    """Any SAME_STEP vector env; through the companion its steps travel as laid-out rows."""
     n = 3
     vec = SyncVectorEnv([ToyEnv for _ in range(n)], autoreset_mode=AutoresetMode.SAME_STEP)
     vec.action_space.seed(0)
     actions = [vec.action_space.sample() for _ in range(40)]
-    ds = _record_vector(vec, tmp_path / "toyvec-v0", actions, seed=7)
+    ds = _record_vector(vec, tmp_path / "toyvec-v0", actions, seed=7, capture=capture)
     singles = _record_singles(ToyEnv, n, tmp_path, actions, seed=7)
     by_env = _by_env(ds)
     for i in range(n):
@@ -102,10 +104,11 @@ def test_sync_vector_env_with_dict_image_text(tmp_path):
             _same_episode(a, b)
 
 
-def test_masked_resets_record_their_seeds(tmp_path):
+@pytest.mark.parametrize("capture", ["inline", "companion"])
+def test_masked_resets_record_their_seeds(tmp_path, capture):
     """The rollout pattern: each ended row is re-seeded by a masked reset."""
     vec = twinloop.make_vec(STEM, 4)
-    rec = RecordVectorEpisodes(vec, tmp_path / "m-v0")
+    rec = RecordVectorEpisodes(vec, tmp_path / "m-v0", capture=capture)
     rec.reset(seed=[100, 101, 102, 103])
     running = [100, 101, 102, 103]  # the seed of each row's current episode
     rec.action_space.seed(1)
@@ -138,17 +141,24 @@ def test_masked_resets_record_their_seeds(tmp_path):
         assert ep.rewards[t] == r
 
 
-def test_set_recording_rows(tmp_path):
+@pytest.mark.parametrize("capture", ["inline", "companion"])
+def test_set_recording_rows(tmp_path, capture):
     vec = twinloop.make_vec(STEM, 4)
-    rec = RecordVectorEpisodes(vec, tmp_path / "r-v0")
+    rec = RecordVectorEpisodes(vec, tmp_path / "r-v0", capture=capture)
     rec.set_recording([True, False, True, False])
     rec.reset(seed=0)
     rec.action_space.seed(0)
     for _ in range(200):
         rec.step(rec.action_space.sample())
+    rec.sync()
+    before = rec.n_episodes
+    rec.set_recording([False, True, True, True])  # row 0's running episode is dropped
+    for _ in range(200):
+        rec.step(rec.action_space.sample())
     rec.close()
-    rows = {m["env_index"] for m in open_dataset(tmp_path / "r-v0").episode_metadata}
-    assert rows == {0, 2}
+    meta = open_dataset(tmp_path / "r-v0").episode_metadata
+    assert {m["env_index"] for m in meta[:before]} == {0, 2}
+    assert {m["env_index"] for m in meta[before:]} == {1, 2, 3}
 
 
 def test_next_step_autoreset_is_refused(tmp_path):
@@ -168,23 +178,27 @@ def test_gymnasium_vector_env_of_twinloop_ids(tmp_path):
     assert len(open_dataset(tmp_path / "g-v0")) >= 2
 
 
-def test_kernel_env_fast_path_records_what_the_generic_path_records(tmp_path, monkeypatch):
+@pytest.mark.parametrize("capture", ["inline", "companion"])
+def test_kernel_env_fast_path_records_what_the_generic_path_records(tmp_path, monkeypatch, capture):
     """The one-block copy of a kernel vector env's step equals the field-by-field copy.
 
-    The same actions are recorded twice, once with the fast path and once with it switched
-    off; every field of every episode (all infos, final observations) must agree.
+    The same actions are recorded twice, once with the fast path (in process or through the
+    companion) and once inline with it switched off; every field of every episode (all
+    infos, final observations) must agree.
     """
     vec = twinloop.make_vec(STEM, 7)
     vec.action_space.seed(5)
     actions = [vec.action_space.sample() for _ in range(300)]
-    rec = RecordVectorEpisodes(twinloop.make_vec(STEM, 7), tmp_path / "fast-v0")
+    rec = RecordVectorEpisodes(twinloop.make_vec(STEM, 7), tmp_path / "fast-v0", capture=capture)
     rec.reset(seed=9)
     for act in actions:
         rec.step(act)
     assert rec._scatter is not None  # the fast path was taken
     rec.close()
     monkeypatch.setattr(RecordVectorEpisodes, "_scatter_plan", lambda self: None)
-    slow = _record_vector(twinloop.make_vec(STEM, 7), tmp_path / "slow-v0", actions, seed=9)
+    slow = _record_vector(
+        twinloop.make_vec(STEM, 7), tmp_path / "slow-v0", actions, seed=9, capture="inline"
+    )
     fast = open_dataset(tmp_path / "fast-v0")
     assert len(fast) == len(slow) > 7
     for a, b in zip(fast.iterate_episodes(), slow.iterate_episodes(), strict=True):

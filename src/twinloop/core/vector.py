@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
+import numba
 import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
@@ -25,6 +26,18 @@ from twinloop.core.safety import SafetyConfig, check_action, rate_limits
 
 #: Sentinel in the per-env seed array meaning "continue this env's stream".
 NO_SEED = -1
+#: A step kernel runs on at most ``num_envs // ENVS_PER_THREAD`` threads (at least one): a
+#: smaller batch is done before a second thread would be worth waking, and a thread left
+#: spinning between steps takes a core from whatever else runs (e.g. a capture companion).
+ENVS_PER_THREAD = 128
+
+
+@njit(cache=False)  # numba cannot cache it (it calls through ctypes pointers)
+def swap_num_threads(n: int) -> int:
+    """Set this thread's numba thread count to ``n``; return the previous one."""
+    prev = numba.get_num_threads()
+    numba.set_num_threads(n)
+    return prev
 
 
 @njit
@@ -148,6 +161,8 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         self._last_block: np.ndarray | None = None  # the block of the last step's outputs
         self._last_obs: np.ndarray | None = None
         self._reset_rows_flag = np.zeros(self.num_envs, dtype=np.bool_)
+        cap = max(1, self.num_envs // ENVS_PER_THREAD)
+        self._thread_cap = cap if cap < numba.config.NUMBA_NUM_THREADS else 0
         if isinstance(single_action_space, gym.spaces.Box):
             self._act_low = np.ascontiguousarray(single_action_space.low, dtype=np.float64)
             self._act_high = np.ascontiguousarray(single_action_space.high, dtype=np.float64)
@@ -284,17 +299,22 @@ class KernelVectorEnv(gym.vector.VectorEnv):
             fin_i,
             fin_b,
         ) = self._alloc_step()
-        self._kernel_step(
-            actions,
-            clipped,
-            obs,
-            reward,
-            terminated,
-            truncated,
-            final_obs,
-            (top_f, top_i, top_b),
-            (fin_f, fin_i, fin_b),
-        )
+        prev = swap_num_threads(self._thread_cap) if self._thread_cap else 0
+        try:
+            self._kernel_step(
+                actions,
+                clipped,
+                obs,
+                reward,
+                terminated,
+                truncated,
+                final_obs,
+                (top_f, top_i, top_b),
+                (fin_f, fin_i, fin_b),
+            )
+        finally:
+            if prev:
+                swap_num_threads(prev)
         ended = terminated | truncated
         live = ~ended
         all_rows = np.ones(n, dtype=np.bool_)

@@ -281,7 +281,8 @@ EP_END = 2
 EP_ID = 3
 EP_SEED = 4
 EP_LABEL = 5
-N_EP = 6
+EP_FINAL = 6  # row of ``final`` holding the episode's last observation-aligned values
+N_EP = 7
 
 
 def pack_schema(buf: StepBuffer, tpl: Template, ext: np.ndarray) -> np.ndarray:
@@ -383,7 +384,9 @@ def fill_episodes(
 ) -> int:
     """Encode the episodes described by ``eps`` (rows ``EP_*``) into ``out``.
 
-    Each episode is laid out as: plain datasets (8-aligned), ``ext[e, 2F]`` bytes reserved
+    Episode ``e`` reads its steps from ``ring[:, eps[EP_ENV, e]]`` and its last
+    observation-aligned values from ``final[eps[EP_FINAL, e]]``. Each episode is laid out
+    as: plain datasets (8-aligned), ``ext[e, 2F]`` bytes reserved
     for image regions the caller fills (their fixed-array address and size in
     ``ext[e, j]`` / ``ext[e, F + j]``), then the patched header template. A root link block
     for all of them follows. ``out[0]`` is file address ``base``.
@@ -421,6 +424,7 @@ def fill_episodes(
     h = template.shape[0]
     for e in range(n_eps):
         env = eps[EP_ENV, e]
+        fe = eps[EP_FINAL, e]
         s = eps[EP_START, e]
         t_end = eps[EP_END, e]
         n_steps = t_end - s
@@ -443,7 +447,7 @@ def fill_episodes(
                     pw += nw
                 if f_obs[j]:
                     for k in range(nw):
-                        out_w[pw + k] = fwords[env, ow + k]
+                        out_w[pw + k] = fwords[fe, ow + k]
                     pw += nw
                 pos = pw << 3
             else:
@@ -453,7 +457,7 @@ def fill_episodes(
                     pos += nb
                 if f_obs[j]:
                     for k in range(nb):
-                        out[pos + k] = final[env, off + k]
+                        out[pos + k] = final[fe, off + k]
                     pos += nb
             size[j] = (n_steps + f_obs[j]) * nb
             pos = (pos + 7) & ~7
@@ -468,7 +472,7 @@ def fill_episodes(
         fbits[0] = ret
         values[V_RETURN] = ibits[0]
         w0 = words_f[s, env, wall_word]
-        w1 = fwords_f[env, wall_word]
+        w1 = fwords_f[fe, wall_word]
         wall_lo = min(wall_lo, w0)
         wall_hi = max(wall_hi, w1)
         fbits[0] = w0
@@ -564,6 +568,7 @@ def fill_ended(
             eps[EP_ID, n] = next_id + n
             eps[EP_SEED, n] = seed[i]
             eps[EP_LABEL, n] = i
+            eps[EP_FINAL, n] = i
             n += 1
     if n == 0:
         result[2, 2] = 0

@@ -90,7 +90,7 @@ def report_recording(env: Any) -> None:
     writer = getattr(env, "writer", None)
     if writer is not None:
         print(
-            f"recorded {writer.n_episodes} episodes ({writer.n_steps} steps) as "
+            f"recorded {env.n_episodes} episodes ({env.n_steps} steps) as "
             f"{writer.dataset_id} in {writer.directory}"
         )
 

@@ -26,7 +26,9 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from twinloop.datasets import _episode as E
+from twinloop.datasets import companion as C
 from twinloop.datasets._episode import StepBuffer
+from twinloop.datasets.companion import K_BLOCK, K_RECORDING, K_RESET, K_ROW
 from twinloop.datasets.schema import (
     SOURCE_ACTION,
     SOURCE_INFO,
@@ -36,6 +38,7 @@ from twinloop.datasets.schema import (
     SOURCE_TRUNCATED,
     SOURCE_WALL,
     FieldSpec,
+    episode_fields,
     info_fields,
 )
 from twinloop.datasets.writer import DatasetWriter, Mode, ProgressFn, _encode_text, describe_env
@@ -103,7 +106,10 @@ class _Recorder:
     def _begin(self, step_info: Mapping[str, Any], batch: int | None) -> None:
         infos = info_fields(step_info, batch, exclude=self.info_exclude)
         self.writer.begin(infos)
-        buf = self.writer.buffer(self.n_rows)
+        self._index_fields(self.writer.buffer(self.n_rows))
+
+    def _index_fields(self, buf: StepBuffer) -> None:
+        """Keep the schema's step buffer and where each source's fields are."""
         self._buf = buf
         f = buf.fields
         self._obs_w = [(j, x.key, x.text) for j, x in enumerate(f) if x.source == SOURCE_OBS]
@@ -126,18 +132,25 @@ class _Recorder:
         episode on.
         """
         mask = np.broadcast_to(np.asarray(mask, dtype=np.bool_), (self.n_rows,))
-        self.recording = mask.copy()
+        self.recording[:] = mask
         self._rec_cur &= mask
+        link = getattr(self, "_link", None)
+        if link is not None:
+            slot = link.acquire()
+            slot["mask"][:] = mask
+            link.publish(slot, K_RECORDING, time.time())
 
     @property
     def n_episodes(self) -> int:
         """Episodes committed so far."""
-        return self.writer.n_episodes
+        counts = getattr(self, "_counts", None)
+        return self.writer.n_episodes if counts is None else counts()[0]
 
     @property
     def n_steps(self) -> int:
         """Steps committed so far."""
-        return self.writer.n_steps
+        counts = getattr(self, "_counts", None)
+        return self.writer.n_steps if counts is None else counts()[1]
 
 
 class RecordEpisodes(gym.Wrapper, _Recorder):
@@ -272,6 +285,148 @@ class RecordEpisodes(gym.Wrapper, _Recorder):
             self.env.close()
 
 
+class RowCommitter:
+    """Per-row episode bookkeeping of a vector capture: one step buffer, one writer.
+
+    The vector recorder uses it in process; the capture companion
+    (:mod:`twinloop.datasets.companion`) applies journal slots to it. Either way, an episode
+    is committed by one :meth:`DatasetWriter.commit_ended` call in the step it ends.
+
+    Args:
+        writer: The open writer (its schema begun).
+        buf: The step buffer of the writer's schema.
+        plan: The scatter plan of ``BLOCK`` steps (see ``_episode.scatter_step``), or None.
+        seed_cur: Per row, the seed of its current episode (-1: none); shared, not copied.
+        rec_cur: Per row, whether its current episode is recorded; shared.
+        recording: Per row, whether its next episodes are recorded; shared.
+    """
+
+    def __init__(
+        self,
+        writer: DatasetWriter,
+        buf: StepBuffer,
+        plan: np.ndarray | None,
+        seed_cur: np.ndarray | None = None,
+        rec_cur: np.ndarray | None = None,
+        recording: np.ndarray | None = None,
+    ) -> None:
+        """Keep references; missing row states start as unseeded and recorded."""
+        n = buf.n_envs
+        self.writer = writer
+        self.buf = buf
+        self.plan = plan
+        self.seed_cur = np.full(n, -1, np.int64) if seed_cur is None else seed_cur
+        self.rec_cur = np.ones(n, np.bool_) if rec_cur is None else rec_cur
+        self.recording = np.ones(n, np.bool_) if recording is None else recording
+        self.ended = np.zeros(n, dtype=np.bool_)
+        #: Collect ended episodes and write them at :meth:`flush` (the companion does, per
+        #: batch of steps) instead of in the step they end.
+        self.defer = False
+        self._pend = np.zeros((E.N_EP, 4 * n), dtype=np.int64)
+        self._pend_final = np.zeros((4 * n, buf.row_bytes), dtype=np.uint8)
+        self._n_pend = 0
+
+    def reset_rows(
+        self,
+        row_views: list[np.ndarray],
+        mask: np.ndarray,
+        seeds: np.ndarray,
+        recs: np.ndarray,
+        obs_fields: list[int],
+    ) -> None:
+        """Start new episodes in the ``mask`` rows from a row of reset observations."""
+        buf = self.buf
+        t = buf.t
+        for j in obs_fields:
+            buf.views[j][t, mask] = row_views[j][0, mask]
+        self.seed_cur[mask] = seeds[mask]
+        self.rec_cur[mask] = recs[mask]
+        buf.start[mask] = t
+
+    def set_recording(self, mask: np.ndarray) -> None:
+        """Record the rows' next episodes where ``mask``; drop current ones where not."""
+        self.recording[:] = mask
+        self.rec_cur &= mask
+
+    def block_step(
+        self,
+        actions: list[tuple[int, Any]],
+        block: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        now: float,
+    ) -> None:
+        """One step given as a kernel vector env's output block and the actions."""
+        buf = self.buf
+        if self._n_pend and buf.t + 1 >= buf.capacity:
+            self.flush()  # advance() may drop the rows of pending episodes
+        t = buf.advance()
+        views = buf.views
+        for j, value in actions:
+            views[j][t] = value
+        if E.scatter_step(
+            block, self.plan, buf.data[t], buf.final, terminated, truncated, now, self.ended
+        ):
+            self.commit(t, self.ended)
+
+    def row_step(self, row: np.ndarray, final: np.ndarray, ended: np.ndarray) -> None:
+        """One step given as a laid-out row and, for the rows that ``ended``, final rows."""
+        buf = self.buf
+        if self._n_pend and buf.t + 1 >= buf.capacity:
+            self.flush()
+        t = buf.advance()
+        buf.data[t] = row
+        if ended.any():
+            buf.final[ended] = final[ended]
+            self.commit(t, ended)
+
+    def commit(self, t: int, ended: np.ndarray) -> None:
+        """Commit the recorded episodes that ended at row ``t``; start the rows' next ones."""
+        if self.defer and not self.writer._has_images:
+            self._stash(t, ended)
+        else:
+            self.writer.commit_ended(self.buf, t, ended, self.rec_cur, self.seed_cur)
+        self.buf.start[ended] = t
+        self.seed_cur[ended] = -1
+        self.rec_cur[ended] = self.recording[ended]
+
+    def _stash(self, t: int, ended: np.ndarray) -> None:
+        rows = np.flatnonzero(ended & self.rec_cur)
+        m = rows.size
+        if self._n_pend + m > self._pend.shape[1]:
+            self.flush()
+        k = self._n_pend
+        p = self._pend[:, k : k + m]
+        p[E.EP_ENV] = rows
+        p[E.EP_START] = self.buf.start[rows]
+        p[E.EP_END] = t
+        p[E.EP_SEED] = self.seed_cur[rows]
+        p[E.EP_LABEL] = rows
+        p[E.EP_FINAL] = np.arange(k, k + m)
+        self._pend_final[k : k + m] = self.buf.final[rows]
+        self._n_pend = k + m
+
+    def flush(self) -> None:
+        """Write the episodes collected while :attr:`defer` (one commit for all of them)."""
+        k = self._n_pend
+        if k:
+            p = self._pend[:, :k]
+            self.writer.commit(
+                self.buf,
+                p[E.EP_ENV],
+                p[E.EP_START],
+                p[E.EP_END],
+                p[E.EP_SEED],
+                final=self._pend_final,
+                final_rows=p[E.EP_FINAL],
+            )
+            self._n_pend = 0
+
+
+#: ``capture=`` values of :class:`RecordVectorEpisodes`.
+CAPTURES = ("auto", "inline", "companion")
+
+
 class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
     """Record every episode of every row of a same-step auto-reset vector env.
 
@@ -288,7 +443,13 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
         mode: ``"create"``, ``"overwrite"`` or ``"append"``.
         tags: User tags stored in metadata.json.
         info_exclude: Info keys (or ``prefix/``) not to record.
-        progress: Called as ``progress(episodes, steps)`` after every commit.
+        progress: Called as ``progress(episodes, steps)`` when the committed count changes.
+        capture: ``"inline"``: encode and write in this process, in ``step()``.
+            ``"companion"``: hand each step to a companion process through shared memory and
+            let it encode and write on another core (see :mod:`twinloop.datasets.companion`;
+            a SIGKILL of this process loses nothing published). ``"auto"`` (default): the
+            companion for twinloop's kernel vector envs where it is supported (x86-64, no
+            ``fsync``), else inline.
         **writer_options: ``fsync``, ``compression_level``, ``compression_strategy``,
             ``metadata_interval_s``.
     """
@@ -303,9 +464,10 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
         tags: Mapping[str, Any] | None = None,
         info_exclude: tuple[str, ...] = (),
         progress: ProgressFn | None = None,
+        capture: str = "auto",
         **writer_options: Any,
     ) -> None:
-        """Check the auto-reset mode and open the dataset."""
+        """Check the auto-reset mode and the capture choice, and open the dataset."""
         gym.vector.VectorWrapper.__init__(self, env)
         mode_ = env.metadata.get("autoreset_mode")
         if mode_ != AutoresetMode.SAME_STEP:
@@ -314,8 +476,27 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
                 f"reports final observations), got {mode_!r}; build Gymnasium vector envs "
                 "with autoreset_mode=AutoresetMode.SAME_STEP"
             )
+        if capture not in CAPTURES:
+            raise ValueError(f"capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
+        fsync = bool(writer_options.get("fsync", False))
+        if capture == "companion" and fsync:
+            raise ValueError(
+                "capture='companion' cannot honour fsync=True (a step returns before its "
+                "episode reaches the disk); use capture='inline' for power-loss durability"
+            )
+        if capture == "companion" and not C.supported():
+            raise ValueError(
+                f"capture='companion' needs x86-64 POSIX (this is {C.platform.machine()} "
+                f"{os.name}); use capture='inline'"
+            )
+        if capture == "auto":
+            kernel = getattr(env, "step_record_layout", None) is not None
+            capture = "companion" if kernel and not fsync and C.supported() else "inline"
+        self.capture = capture
         self._scatter: np.ndarray | None = None
-        self._ended = np.zeros(env.num_envs, dtype=np.bool_)
+        self._link: C.CompanionLink | None = None
+        self._final_counts: tuple[int, int] | None = None
+        self._seen = (0, 0)
         self._setup(
             env,
             directory,
@@ -328,8 +509,22 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
             info_exclude,
             {**writer_options, "progress": progress},
         )
+        self._progress = progress
+        self._sink: RowCommitter | None = None
 
     # helpers -----------------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Return once every step taken so far is committed (at once, when inline)."""
+        if self._link is not None:
+            self._link.sync()
+
+    def _counts(self) -> tuple[int, int]:
+        if self._final_counts is not None:
+            return self._final_counts
+        if self._link is not None:
+            return self._link.counts
+        return self.writer.n_episodes, self.writer.n_steps
+
     def _seeds(self, seed: Any) -> np.ndarray:
         n = self.num_envs
         if seed is None:
@@ -340,15 +535,16 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
 
     def _write_rows(
         self,
-        buf: StepBuffer,
+        views: list[np.ndarray],
         t: int,
         obs: Any,
         info: Mapping[str, Any],
         rows: np.ndarray,
         now: float,
     ) -> None:
-        views = buf.views
-        fields = buf.fields
+        """The observation-aligned fields of ``rows`` into row ``t`` of ``views``."""
+        assert self._buf is not None
+        fields = self._buf.fields
         for j, key, text in self._obs_w:
             value = (
                 np.asarray(_get(obs, key)) if not text else _encode_text(_get(obs, key), fields[j])
@@ -367,6 +563,18 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
                     )
                 views[j][t, rows] = value[rows]
         views[self._j_wall][t, rows] = now
+
+    def _publish_reset(
+        self, obs: Any, info: Mapping[str, Any], mask: np.ndarray, now: float
+    ) -> None:
+        link = self._link
+        assert link is not None
+        slot = link.acquire()
+        self._write_rows(C.row_views(slot, self._buf)[0], 0, obs, info, np.flatnonzero(mask), now)
+        slot["mask"][:] = mask
+        slot["seeds"][:] = self._seed_cur
+        slot["recs"][:] = self._rec_cur
+        link.publish(slot, K_RESET, now)
 
     # gymnasium API -----------------------------------------------------------------------------
     def reset(
@@ -397,45 +605,141 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
                     now,
                 )
             return obs, info
-        self._write_rows(buf, buf.t, obs, info, rows, now)
+        if self._link is not None:
+            self._publish_reset(obs, info, mask, now)
+            return obs, info
+        self._write_rows(buf.views, buf.t, obs, info, rows, now)
         buf.start[rows] = buf.t
         return obs, info
 
+    def _start(self, info: Mapping[str, Any]) -> None:
+        """First step: fix the schema; start the companion or the in-process sink."""
+        if self._pending is None:
+            raise RuntimeError("call reset() before step()")
+        p_obs, p_info, _, p_now = self._pending
+        self._pending = None
+        n = self.num_envs
+        if self.capture == "companion":
+            infos = info_fields(info, n, exclude=self.info_exclude)
+            fields = episode_fields(self.writer.observation_space, self.writer.action_space, infos)
+            self._index_fields(StepBuffer(fields, n, capacity=2))
+            self._scatter = self._scatter_plan()
+            block_layout = None
+            if self._scatter is not None:
+                lay = self.env.step_record_layout()
+                block_layout = (
+                    int(self.env.last_step_block.size),
+                    (lay["terminated"][0], lay["terminated"][2]),
+                    (lay["truncated"][0], lay["truncated"][2]),
+                )
+            act = [j for j, _, _ in self._act_w]
+            self._link = C.CompanionLink(
+                self.writer.handoff(infos), self._buf, self._scatter, block_layout, act
+            )
+            slot = self._link.acquire()
+            slot["mask"][:] = self.recording
+            self._link.publish(slot, K_RECORDING, p_now)
+            self._publish_reset(p_obs, p_info, np.ones(n, np.bool_), p_now)
+            return
+        self._begin(info, n)
+        buf = self._buf
+        assert buf is not None
+        self._scatter = self._scatter_plan()
+        self._sink = RowCommitter(
+            self.writer, buf, self._scatter, self._seed_cur, self._rec_cur, self.recording
+        )
+        self._write_rows(buf.views, 0, p_obs, p_info, np.arange(n), p_now)
+
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """Step every row; commit the episodes that ended, all in one write."""
+        """Step every row; commit (or hand over) the episodes that ended."""
         obs, rewards, terminated, truncated, info = self.env.step(actions)
         now = time.time()
-        buf = self._buf
-        if buf is None:
-            if self._pending is None:
-                raise RuntimeError("call reset() before step()")
-            self._begin(info, self.num_envs)
-            buf = self._buf
-            assert buf is not None
-            self._scatter = self._scatter_plan()
-            p_obs, p_info, _, p_now = self._pending
-            self._pending = None
-            self._write_rows(buf, 0, p_obs, p_info, np.arange(self.num_envs), p_now)
-        t = buf.advance()
-        views = buf.views
-        fields = buf.fields
-        for j, key, text in self._act_w:
-            value = _get(actions, key)
-            views[j][t] = _encode_text(value, fields[j]) if text else value
-        if self._scatter is not None and obs is getattr(self.env, "last_step_observations", None):
-            # fast path: the step's outputs are one block of a kernel vector env
-            if E.scatter_step(
+        if self._buf is None:
+            self._start(info)
+        link = self._link
+        fast = self._scatter is not None and obs is getattr(
+            self.env, "last_step_observations", None
+        )
+        if link is not None:
+            slot = link.acquire()
+            if fast:
+                for (_, key, _), dst in zip(self._act_w, slot["act"], strict=True):
+                    dst[...] = _get(actions, key)
+                slot["block"][:] = self.env.last_step_block
+                link.publish(slot, K_BLOCK, now)
+            else:
+                views, final = C.row_views(slot, self._buf)
+                ended = self._write_step(
+                    views,
+                    0,
+                    final,
+                    actions,
+                    obs,
+                    rewards,
+                    terminated,
+                    truncated,
+                    info,
+                    now,
+                )
+                slot["mask"][:] = ended
+                link.publish(slot, K_ROW, now)
+            if self._progress is not None:
+                counts = link.counts
+                if counts != self._seen:
+                    self._seen = counts
+                    self._progress(*counts)
+            return obs, rewards, terminated, truncated, info
+        sink = self._sink
+        assert sink is not None
+        if fast:
+            sink.block_step(
+                [(j, _get(actions, key)) for j, key, _ in self._act_w],
                 self.env.last_step_block,
-                self._scatter,
-                buf.data[t],
-                buf.final,
                 terminated,
                 truncated,
                 now,
-                self._ended,
-            ):
-                self._commit_ended(buf, t, self._ended)
+            )
             return obs, rewards, terminated, truncated, info
+        buf = sink.buf
+        t = buf.advance()
+        ended = self._write_step(
+            buf.views,
+            t,
+            buf.final_views,
+            actions,
+            obs,
+            rewards,
+            terminated,
+            truncated,
+            info,
+            now,
+        )
+        if ended.any():
+            sink.commit(t, ended)
+        return obs, rewards, terminated, truncated, info
+
+    def _write_step(
+        self,
+        views: list[np.ndarray],
+        t: int,
+        final: list[np.ndarray],
+        actions: Any,
+        obs: Any,
+        rewards: Any,
+        terminated: Any,
+        truncated: Any,
+        info: Mapping[str, Any],
+        now: float,
+    ) -> np.ndarray:
+        """Every field of a step into row ``t`` of ``views``, final values into ``final``.
+
+        Returns which rows ended.
+        """
+        assert self._buf is not None
+        fields = self._buf.fields
+        for j, key, text in self._act_w:
+            value = _get(actions, key)
+            views[j][t] = _encode_text(value, fields[j]) if text else value
         views[self._j_rew][t] = rewards
         views[self._j_term][t] = terminated
         views[self._j_trunc][t] = truncated
@@ -449,16 +753,9 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
             views[j][t] = 0 if value is None else value
         views[self._j_wall][t] = now
         ended = np.logical_or(terminated, truncated)
-        if ended.any():
-            self._end(buf, t, ended, info, now)
-        return obs, rewards, terminated, truncated, info
-
-    def _end(
-        self, buf: StepBuffer, t: int, ended: np.ndarray, info: Mapping[str, Any], now: float
-    ) -> None:
+        if not ended.any():
+            return ended
         rows = np.flatnonzero(ended)
-        final = buf.final_views
-        fields = buf.fields
         final_obs = info["final_obs"]
         final_info = info.get("final_info", {})
         for j, key, text in self._obs_w:
@@ -471,13 +768,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
                 value = _lookup(final_info, key)
             final[j][:] = 0 if value is None else value
         final[self._j_wall][:] = now
-        self._commit_ended(buf, t, ended)
-
-    def _commit_ended(self, buf: StepBuffer, t: int, ended: np.ndarray) -> None:
-        self.writer.commit_ended(buf, t, ended, self._rec_cur, self._seed_cur)
-        buf.start[ended] = t
-        self._seed_cur[ended] = -1
-        self._rec_cur[ended] = self.recording[ended]
+        return ended
 
     def _scatter_plan(self) -> np.ndarray | None:
         """The fast path's copy plan, or None when the fast path does not apply.
@@ -521,9 +812,13 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
         return np.array(rows, dtype=np.int64).reshape(-1, E.N_SC)
 
     def close(self, **kwargs: Any) -> None:
-        """Finish the dataset, then close the env."""
+        """Finish the dataset (waiting for the companion to commit everything), close the env."""
         try:
-            self.writer.close()
+            if self._link is not None:
+                link, self._link = self._link, None
+                self._final_counts = link.close()
+            else:
+                self.writer.close()
         finally:
             self.env.close(**kwargs)
 

@@ -306,8 +306,12 @@ class DatasetWriter:
         compression_strategy: str = "auto",
         metadata_interval_s: float = 1.0,
         progress: ProgressFn | None = None,
+        lock_fd: int | None = None,
     ) -> None:
-        """Check the target, take the lock and, for ``append``, read what exists."""
+        """Check the target, take the lock and, for ``append``, read what exists.
+
+        ``lock_fd``: the dataset's lock, already held (inherited from :meth:`handoff`).
+        """
         if mode not in ("create", "overwrite", "append"):
             raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
         if not 0 <= compression_level <= 9:
@@ -348,6 +352,7 @@ class DatasetWriter:
         self._created = _now_utc()
         self._wall_span: list[float] = []
         self._out = np.zeros(1 << 16, dtype=np.uint8)
+        self._inherited_lock = lock_fd
         self._prepare()
 
     # setup -----------------------------------------------------------------------------------
@@ -410,6 +415,13 @@ class DatasetWriter:
             return ""
 
     def _lock(self) -> None:
+        if self._inherited_lock is not None:
+            fd, self._inherited_lock = self._inherited_lock, None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already: cannot block
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            self._lock_fd = fd
+            return
         lock_path = self.data_dir / LOCK_FILE
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -431,6 +443,61 @@ class DatasetWriter:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def handoff(self, info_fields: Sequence[FieldSpec]) -> tuple[dict[str, Any], int]:
+        """Give the dataset to another process, before :meth:`begin`.
+
+        Returns the JSON state that :meth:`adopt` continues from (the dataset, the schema's
+        info fields, the options) and the lock's file descriptor, still held: the receiving
+        process inherits it, so no other writer can slip in between. This writer is closed.
+        """
+        if self.started or self._closed:
+            raise RuntimeError(f"{self.path}: handoff() needs a writer that has not begun")
+        fd = self._lock_fd
+        if fd is None:
+            raise RuntimeError(f"{self.path}: the writer holds no lock")
+        state = {
+            "directory": str(self.directory),
+            "dataset_id": self.dataset_id,
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "env_info": _json_safe(self.env_info),
+            "tags": self.tags,
+            "fsync": self.fsync,
+            "compression_level": self.compression_level,
+            "compression_strategy": self.compression_strategy,
+            "metadata_interval_s": self.metadata_interval_s,
+            "info_fields": [f.to_json() for f in info_fields],
+        }
+        self._lock_fd = None
+        self._closed = True
+        return state, fd
+
+    @classmethod
+    def adopt(cls, state: Mapping[str, Any], lock_fd: int) -> DatasetWriter:
+        """Continue a :meth:`handoff` in this process: open the dataset and begin."""
+        from twinloop.datasets.schema import space_from_json
+
+        writer = cls(
+            state["directory"],
+            observation_space=space_from_json(state["observation_space"]),
+            action_space=space_from_json(state["action_space"]),
+            dataset_id=state["dataset_id"],
+            mode="append",
+            env_info=state["env_info"],
+            tags=state["tags"],
+            fsync=state["fsync"],
+            compression_level=state["compression_level"],
+            compression_strategy=state["compression_strategy"],
+            metadata_interval_s=state["metadata_interval_s"],
+            lock_fd=lock_fd,
+        )
+        try:
+            writer.begin([FieldSpec.from_json(f) for f in state["info_fields"]])
+        except BaseException:
+            writer.close()
+            raise
+        return writer
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -552,8 +619,13 @@ class DatasetWriter:
         ends: np.ndarray,
         seeds: np.ndarray,
         labels: np.ndarray | None = None,
+        final: np.ndarray | None = None,
+        final_rows: np.ndarray | None = None,
     ) -> None:
         """Durably append the episodes ``(envs[e], starts[e]..ends[e])`` of ``buf``.
+
+        Each episode's last observation-aligned values are ``final[final_rows[e]]``
+        (default: ``buf.final[envs[e]]``; other rows only for schemas without images).
 
         ``seeds[e]`` is the episode's reset seed (-1: it continued a random stream) and
         ``labels[e]`` the env index recorded for it (default ``envs[e]``). When this returns
@@ -586,6 +658,11 @@ class DatasetWriter:
         eps[E.EP_ID] = np.arange(self.n_episodes, self.n_episodes + n)
         eps[E.EP_SEED] = seeds
         eps[E.EP_LABEL] = envs if labels is None else labels
+        eps[E.EP_FINAL] = envs if final_rows is None else final_rows
+        if final is None:
+            final = buf.final
+        elif self._has_images:
+            raise ValueError(f"{self.path}: separate final rows need a schema without images")
         n_rows = int((ends - starts).sum())
         bound = (n_rows + n) * buf.row_bytes + n * (8 * nf + tpl.data.size + 40)
         regions: list[tuple[int, bytes]] = []
@@ -622,7 +699,7 @@ class DatasetWriter:
         result = np.zeros((4, max(n, 4)), dtype=np.int64)
         total = E.fill_episodes(
             buf.data,
-            buf.final,
+            final,
             eps,
             ext,
             self._static,
