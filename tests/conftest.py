@@ -70,10 +70,15 @@ def _compiled_kernels() -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        rec = RecordVectorEpisodes(twinloop.make_vec("twinloop/StemSteer-v0", 2), f"{tmp}/w/w-v0")
-        rec.reset(seed=0)
-        for _ in range(300):
-            _, _, term, trunc, _ = rec.step(rec.action_space.sample())
-            if (term | trunc).any():
-                break
-        rec.close()
+        for capture in ("inline", "companion"):  # the companion compiles in its own process
+            rec = RecordVectorEpisodes(
+                twinloop.make_vec("twinloop/StemSteer-v0", 2),
+                f"{tmp}/{capture}/w-v0",
+                capture=capture,
+            )
+            rec.reset(seed=0)
+            for _ in range(300):
+                _, _, term, trunc, _ = rec.step(rec.action_space.sample())
+                if (term | trunc).any():
+                    break
+            rec.close()

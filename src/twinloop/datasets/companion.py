@@ -121,8 +121,8 @@ class Journal:
         size = HEADER_BYTES + n_slots * slot_bytes
         if create:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.ftruncate(fd, size)
+            try:  # real pages now: a full /dev/shm fails here, not as SIGBUS mid-capture
+                os.posix_fallocate(fd, 0, size)
             except OSError:
                 os.close(fd)
                 with contextlib.suppress(OSError):
@@ -169,11 +169,20 @@ class Journal:
             self.map.close()
 
 
-def _shm_dir() -> str:
-    return (
-        "/dev/shm"
-        if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
-        else (tempfile.gettempdir())
+def _create_journal(n_slots: int, slot_bytes: int) -> Journal:
+    """A new journal in ``/dev/shm`` (memory), else in the temporary folder (disk)."""
+    dirs = [d for d in ("/dev/shm", tempfile.gettempdir()) if os.path.isdir(d)]
+    errors: list[str] = []
+    for d in dirs:
+        path = os.path.join(d, f"twinloop-capture-{os.getpid()}-{secrets.token_hex(6)}")
+        try:
+            return Journal(path, n_slots, slot_bytes, create=True)
+        except OSError as exc:
+            errors.append(f"{path}: {exc.strerror or exc}")
+    size_mb = (HEADER_BYTES + n_slots * slot_bytes) / 1e6
+    raise DatasetWriteError(
+        f"cannot create the capture journal ({size_mb:.0f} MB): {'; '.join(errors)}; "
+        "free shared memory or record with capture='inline'"
     )
 
 
@@ -259,8 +268,12 @@ class CompanionLink:
         )
         slot_bytes = self.layout["slot_bytes"]
         n_slots = int(np.clip(JOURNAL_BYTES // slot_bytes, MIN_SLOTS, MAX_SLOTS))
-        path = os.path.join(_shm_dir(), f"twinloop-capture-{os.getpid()}-{secrets.token_hex(6)}")
-        self.journal = Journal(path, n_slots, slot_bytes, create=True)
+        try:
+            self.journal = _create_journal(n_slots, slot_bytes)
+        except BaseException:
+            os.close(lock_fd)  # the dataset is free again
+            raise
+        path = self.journal.path
         self.header = self.journal.header
         self._w = 0
         self._seen = (0, 0)
@@ -277,20 +290,23 @@ class CompanionLink:
         }
         env = dict(os.environ, NUMBA_NUM_THREADS="1")
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _ENTRY, str(lock_fd)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                pass_fds=(lock_fd,),
-                env=env,
-            )
-        finally:
-            os.close(lock_fd)  # the companion's copy keeps the lock
-        try:
+            try:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-c", _ENTRY, str(lock_fd)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    pass_fds=(lock_fd,),
+                    env=env,
+                )
+            finally:
+                os.close(lock_fd)  # the companion's copy keeps the lock
             assert self.proc.stdin is not None and self.proc.stdout is not None
-            self.proc.stdin.write((json.dumps(init) + "\n").encode())
-            self.proc.stdin.flush()
-            reply = self.proc.stdout.readline()
+            try:
+                self.proc.stdin.write((json.dumps(init) + "\n").encode())
+                self.proc.stdin.flush()
+                reply = self.proc.stdout.readline()
+            except BrokenPipeError:
+                reply = b""
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)  # both ends have it mapped; nothing to clean up after a crash
@@ -451,6 +467,7 @@ def serve(lock_fd: int) -> int:
     r = 0
     idle = 0.0001
     parent_gone = False
+    parent = os.getppid()
     try:
         while True:
             w = min(int(header[H_WRITE]), r + BATCH)
@@ -473,7 +490,9 @@ def serve(lock_fd: int) -> int:
                 continue
             if parent_gone or _Stop.requested:
                 break  # everything published is committed
-            parent_gone = _parent_gone(stdin_fd, idle)
+            # EOF on stdin, or (if a forked child of the controller keeps the pipe open)
+            # adoption by another parent
+            parent_gone = _parent_gone(stdin_fd, idle) or os.getppid() != parent
             idle = min(2 * idle, 0.002)
         writer.close()
     except Exception as exc:
