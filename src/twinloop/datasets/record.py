@@ -11,6 +11,11 @@ Data flow of one vector step::
 In a same-step auto-reset vector env, row ``t`` of an ended env already holds the first
 observation of its next episode, so the recorder needs no per-row bookkeeping beyond each
 row's episode start. The single-env wrapper is the same machinery with one row.
+
+With ``capture="companion"`` (the default for twinloop's kernel vector envs) the vector
+recorder only copies each step into a shared-memory journal; the capture companion process
+(:mod:`twinloop.datasets.companion`) runs the buffer and the commits above, through the same
+:class:`RowCommitter`.
 """
 
 from __future__ import annotations
