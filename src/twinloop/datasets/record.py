@@ -657,7 +657,8 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step every row; commit (or hand over) the episodes that ended."""
-        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        out = self.env.step(actions)
+        obs, _, terminated, truncated, info = out
         now = time.time()
         if self._buf is None:
             self._start(info)
@@ -674,18 +675,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
                 link.publish(slot, K_BLOCK, now)
             else:
                 views, final = C.row_views(slot, self._buf)
-                ended = self._write_step(
-                    views,
-                    0,
-                    final,
-                    actions,
-                    obs,
-                    rewards,
-                    terminated,
-                    truncated,
-                    info,
-                    now,
-                )
+                ended = self._write_step(views, 0, final, actions, out, now)
                 slot["mask"][:] = ended
                 link.publish(slot, K_ROW, now)
             if self._progress is not None:
@@ -693,7 +683,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
                 if counts != self._seen:
                     self._seen = counts
                     self._progress(*counts)
-            return obs, rewards, terminated, truncated, info
+            return out
         sink = self._sink
         assert sink is not None
         if fast:
@@ -704,24 +694,13 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
                 truncated,
                 now,
             )
-            return obs, rewards, terminated, truncated, info
+            return out
         buf = sink.buf
         t = buf.advance()
-        ended = self._write_step(
-            buf.views,
-            t,
-            buf.final_views,
-            actions,
-            obs,
-            rewards,
-            terminated,
-            truncated,
-            info,
-            now,
-        )
+        ended = self._write_step(buf.views, t, buf.final_views, actions, out, now)
         if ended.any():
             sink.commit(t, ended)
-        return obs, rewards, terminated, truncated, info
+        return out
 
     def _write_step(
         self,
@@ -729,17 +708,14 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
         t: int,
         final: list[np.ndarray],
         actions: Any,
-        obs: Any,
-        rewards: Any,
-        terminated: Any,
-        truncated: Any,
-        info: Mapping[str, Any],
+        out: tuple[Any, Any, Any, Any, dict[str, Any]],
         now: float,
     ) -> np.ndarray:
         """Every field of a step into row ``t`` of ``views``, final values into ``final``.
 
-        Returns which rows ended.
+        ``out`` is what the env's ``step`` returned. Returns which rows ended.
         """
+        obs, rewards, terminated, truncated, info = out
         assert self._buf is not None
         fields = self._buf.fields
         for j, key, text in self._act_w:
