@@ -20,6 +20,7 @@ import pytest
 import twinloop
 from tests.datasets.conftest import STEM
 from twinloop.datasets import (
+    DatasetError,
     DatasetWriteError,
     RecordVectorEpisodes,
     SchemaMismatchError,
@@ -130,6 +131,9 @@ def test_a_schema_mismatch_found_by_the_companion_is_raised_at_the_first_step(tm
     again.reset(seed=1)
     with pytest.raises(SchemaMismatchError, match="fields differ"):
         again.step(again.action_space.sample())
+    with pytest.raises(DatasetError, match="could not start"):  # and it stays refused
+        again.step(again.action_space.sample())
+    again.close()
     # the dataset is untouched and free for the next writer
     assert not writer_alive(path / "data")
     assert len(open_dataset(path)) == rec.n_episodes

@@ -34,6 +34,7 @@ from twinloop.datasets import _episode as E
 from twinloop.datasets import companion as C
 from twinloop.datasets._episode import StepBuffer
 from twinloop.datasets.companion import K_BLOCK, K_RECORDING, K_RESET, K_ROW
+from twinloop.datasets.errors import DatasetError
 from twinloop.datasets.schema import (
     SOURCE_ACTION,
     SOURCE_INFO,
@@ -501,6 +502,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
         self._scatter: np.ndarray | None = None
         self._link: C.CompanionLink | None = None
         self._final_counts: tuple[int, int] | None = None
+        self._start_error: Exception | None = None
         self._seen = (0, 0)
         self._setup(
             env,
@@ -660,8 +662,16 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
         out = self.env.step(actions)
         obs, _, terminated, truncated, info = out
         now = time.time()
-        if self._buf is None:
-            self._start(info)
+        if self._buf is None or self._start_error is not None:
+            if self._start_error is not None:
+                raise DatasetError(
+                    f"this capture could not start ({self._start_error}); open a new recorder"
+                ) from self._start_error
+            try:
+                self._start(info)
+            except Exception as exc:
+                self._start_error = exc  # the dataset may be handed off: no second attempt
+                raise
         link = self._link
         fast = self._scatter is not None and obs is getattr(
             self.env, "last_step_observations", None
