@@ -3,7 +3,7 @@
 Encoding episodes costs about as much CPU as stepping a small vector env, so a vector capture
 can hand that work to a companion process on another core::
 
-    controller process                       companion process (python -m ...companion)
+    controller process                       companion process (a fresh interpreter)
     env.step -> copy the step's output  -->  journal slot  -->  StepBuffer -> DatasetWriter
     block and actions into a journal slot    (shared memory)    (the in-process machinery)
 
@@ -11,10 +11,12 @@ The journal is a ring of fixed-size slots in shared memory (``/dev/shm``). A slo
 whole step: the kernel vector env's output block as is (``BLOCK``; the companion scatters
 it) or rows already laid out (``ROW``, for other vector envs), or a reset or a change of
 the recording mask. ``step()`` returns once its slot is published, and the companion commits
-each ended episode exactly as the in-process recorder would (the files are identical).
+the ended episodes with the in-process recorder's machinery, several steps per commit (the
+files hold the same episodes and values as an inline capture).
 
 Durability: the journal is shared memory, so a controller killed with SIGKILL loses nothing
-it published. The companion notices that its parent is gone (its stdin reaches end of file),
+it published. The companion notices that its parent is gone (its stdin reaches end of file,
+or its parent pid changes),
 commits every published step, closes the dataset and exits; it holds the dataset's lock until
 then (:func:`~twinloop.datasets.writer.writer_alive`). Killing the companion itself loses the
 steps it had not yet committed (the journal's backlog, normally well under a millisecond);
@@ -212,12 +214,42 @@ def slot_views(
         "final": raw[layout["final"] : layout["final"] + n * rb].reshape(n, rb),
         "block": raw[layout["block"] : layout["slot_bytes"]],
     }
+    v["act_pairs"] = list(zip(act_fields, v["act"], strict=True))
     if block_layout is not None:
         size, (to, ts), (uo, us) = block_layout
         block = v["block"] = v["block"][:size]
         v["terminated"] = np.ndarray((n,), np.bool_, buffer=block, offset=to, strides=(ts,))
         v["truncated"] = np.ndarray((n,), np.bool_, buffer=block, offset=uo, strides=(us,))
     return v
+
+
+class SlotViews:
+    """Typed views of each slot of a journal, built on first use and kept."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        layout: Mapping[str, Any],
+        buf: Any,
+        act_fields: Sequence[int],
+        block_layout: Sequence[Any] | None,
+    ) -> None:
+        """Remember the slot layout and the schema (``buf``) the views are typed by."""
+        self.journal = journal
+        self.args = (layout, buf, list(act_fields), block_layout)
+        self._cache: dict[int, dict[str, Any]] = {}
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        """The views of slot ``k % n_slots`` (see :func:`slot_views`)."""
+        s = k % self.journal.n_slots
+        v = self._cache.get(s)
+        if v is None:
+            v = self._cache[s] = slot_views(self.journal.slot(s), *self.args)
+        return v
+
+    def clear(self) -> None:
+        """Drop every view (before the journal is unmapped)."""
+        self._cache.clear()
 
 
 def row_views(v: dict[str, Any], buf: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -258,16 +290,13 @@ class CompanionLink:
     ) -> None:
         """Create the journal, start the companion and wait until it holds the dataset."""
         state, lock_fd = handoff
-        self.n_envs = n = buf.n_envs
-        self.buf = buf
-        fields = buf.fields
-        self.act_fields = list(act_fields)
-        self.block_layout = block_layout
+        n = buf.n_envs
+        act_fields = list(act_fields)
         block_bytes = block_layout[0] if block_layout is not None else 0
-        self.layout = slot_layout(
-            n, buf.row_bytes, [fields[j].row_bytes for j in self.act_fields], block_bytes
+        layout = slot_layout(
+            n, buf.row_bytes, [buf.fields[j].row_bytes for j in act_fields], block_bytes
         )
-        slot_bytes = self.layout["slot_bytes"]
+        slot_bytes = layout["slot_bytes"]
         n_slots = int(np.clip(JOURNAL_BYTES // slot_bytes, MIN_SLOTS, MAX_SLOTS))
         try:
             self.journal = _create_journal(n_slots, slot_bytes)
@@ -277,17 +306,16 @@ class CompanionLink:
         path = self.journal.path
         self.header = self.journal.header
         self._w = 0
-        self._seen = (0, 0)
-        self._slots: dict[int, dict[str, Any]] = {}
+        self._slots = SlotViews(self.journal, layout, buf, act_fields, block_layout)
         init = {
             "journal": path,
             "n_slots": n_slots,
-            "layout": self.layout,
+            "layout": layout,
             "state": state,
             "n_envs": n,
             "plan": None if plan is None else plan.tolist(),
             "block_layout": block_layout,
-            "act_fields": self.act_fields,
+            "act_fields": act_fields,
         }
         env = dict(os.environ, NUMBA_NUM_THREADS="1")
         try:
@@ -324,34 +352,19 @@ class CompanionLink:
         self._next_poll = 1024
 
     # slots -------------------------------------------------------------------------------------
-    def _views(self, k: int) -> dict[str, Any]:
-        """Typed views of slot ``k % n_slots`` (built once per slot)."""
-        s = k % self.journal.n_slots
-        v = self._slots.get(s)
-        if v is None:
-            v = self._slots[s] = slot_views(
-                self.journal.slot(s), self.layout, self.buf, self.act_fields, self.block_layout
-            )
-        return v
-
     def acquire(self) -> dict[str, Any]:
         """The next free slot's views, waiting while the companion is a full ring behind."""
         header = self.header
         if header[H_STATUS] == S_FAILED:
-            self._raise_failed()
-        if self._w - header[H_READ] >= self.journal.n_slots:
-            while self._w - header[H_READ] >= self.journal.n_slots:
-                if header[H_STATUS] == S_FAILED:
-                    self._raise_failed()
-                if self.proc.poll() is not None:
-                    self._raise_dead()
-                time.sleep(0.0001)
+            raise self._stored_error()
+        while self._w - header[H_READ] >= self.journal.n_slots:
+            self._check_alive()
+            time.sleep(0.0001)
         self._next_poll -= 1
         if self._next_poll <= 0:
             self._next_poll = 1024
-            if self.proc.poll() is not None and header[H_STATUS] != S_FAILED:
-                self._raise_dead()
-        return self._views(self._w)
+            self._check_alive()
+        return self._slots[self._w]
 
     def publish(self, slot: dict[str, Any], kind: int, now: float) -> None:
         """Make the acquired slot visible to the companion."""
@@ -362,12 +375,8 @@ class CompanionLink:
 
     def sync(self) -> None:
         """Wait until the companion has committed every published slot."""
-        header = self.header
-        while header[H_READ] < self._w:
-            if header[H_STATUS] == S_FAILED:
-                self._raise_failed()
-            if self.proc.poll() is not None:
-                self._raise_dead()
+        while self.header[H_READ] < self._w:
+            self._check_alive()
             time.sleep(0.0002)
 
     @property
@@ -385,12 +394,12 @@ class CompanionLink:
         self.proc.wait(timeout_s)
         counts = self.counts
         status = int(self.header[H_STATUS])
-        message = self.journal.error() if status == S_FAILED else ""
+        error = self._stored_error() if status == S_FAILED else None
         self._slots.clear()
         self.header = None  # type: ignore[assignment]
         self.journal.close()
-        if status == S_FAILED:
-            raise _error_from(*message.split(": ", 1)) if ": " in message else DatasetError(message)
+        if error is not None:
+            raise error
         if status != S_CLOSED:
             raise DatasetWriteError(
                 f"the capture companion exited with status {self.proc.returncode} without "
@@ -399,15 +408,20 @@ class CompanionLink:
             )
         return counts
 
-    def _raise_failed(self) -> None:
+    def _stored_error(self) -> Exception:
+        """The companion's error (``"ClassName: message"`` in the journal) as an exception."""
         message = self.journal.error()
-        raise _error_from(*message.split(": ", 1)) if ": " in message else DatasetError(message)
+        return _error_from(*message.split(": ", 1)) if ": " in message else DatasetError(message)
 
-    def _raise_dead(self) -> None:
-        raise DatasetWriteError(
-            f"the capture companion (pid {self.proc.pid}) died with status "
-            f"{self.proc.returncode}; the {self.counts[0]} episodes it committed are intact"
-        )
+    def _check_alive(self) -> None:
+        """Raise the companion's error, or that it died, if either happened."""
+        if self.header[H_STATUS] == S_FAILED:
+            raise self._stored_error()
+        if self.proc.poll() is not None:
+            raise DatasetWriteError(
+                f"the capture companion (pid {self.proc.pid}) died with status "
+                f"{self.proc.returncode}; the {self.counts[0]} episodes it committed are intact"
+            )
 
 
 def _error_from(name: str, message: str) -> Exception:
@@ -510,28 +524,15 @@ class _SlotReader:
     """Companion-side views of the journal's slots, and how each kind of slot is applied."""
 
     def __init__(self, journal: Journal, init: Mapping[str, Any], buf: Any) -> None:
-        self.journal = journal
         self.buf = buf
-        self.layout = init["layout"]
-        self.act_fields = list(init["act_fields"])
-        self.block_layout = init["block_layout"]
         self.obs_fields = [j for j, f in enumerate(buf.fields) if f.obs_aligned]
-        self._cache: dict[int, dict[str, Any]] = {}
-        self.n_slots = journal.n_slots
-
-    def _views(self, k: int) -> dict[str, Any]:
-        s = k % self.n_slots
-        v = self._cache.get(s)
-        if v is None:
-            v = self._cache[s] = slot_views(
-                self.journal.slot(s), self.layout, self.buf, self.act_fields, self.block_layout
-            )
-            v["act_pairs"] = list(zip(self.act_fields, v["act"], strict=True))
-        return v
+        self.slots = SlotViews(
+            journal, init["layout"], buf, init["act_fields"], init["block_layout"]
+        )
 
     def apply(self, k: int, sink: Any) -> int:
         """Apply slot ``k`` to ``sink`` (a :class:`RowCommitter`); return its kind."""
-        v = self._views(k)
+        v = self.slots[k]
         kind = int(v["head"][0])
         now = float(v["headf"][1])
         if kind == K_BLOCK:
@@ -561,4 +562,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(int(args[0]))
 
 
-__all__ = ["CompanionLink", "Journal", "serve", "slot_views", "supported"]
+__all__ = ["CompanionLink", "Journal", "SlotViews", "serve", "slot_views", "supported"]

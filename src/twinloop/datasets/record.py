@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import time
 from collections.abc import Mapping
 from typing import Any, SupportsFloat
@@ -140,23 +141,19 @@ class _Recorder:
         mask = np.broadcast_to(np.asarray(mask, dtype=np.bool_), (self.n_rows,))
         self.recording[:] = mask
         self._rec_cur &= mask
-        link = getattr(self, "_link", None)
-        if link is not None:
-            slot = link.acquire()
-            slot["mask"][:] = mask
-            link.publish(slot, K_RECORDING, time.time())
+
+    def _counts(self) -> tuple[int, int]:
+        return self.writer.n_episodes, self.writer.n_steps
 
     @property
     def n_episodes(self) -> int:
         """Episodes committed so far."""
-        counts = getattr(self, "_counts", None)
-        return self.writer.n_episodes if counts is None else counts()[0]
+        return self._counts()[0]
 
     @property
     def n_steps(self) -> int:
         """Steps committed so far."""
-        counts = getattr(self, "_counts", None)
-        return self.writer.n_steps if counts is None else counts()[1]
+        return self._counts()[1]
 
 
 class RecordEpisodes(gym.Wrapper, _Recorder):
@@ -294,9 +291,9 @@ class RecordEpisodes(gym.Wrapper, _Recorder):
 class RowCommitter:
     """Per-row episode bookkeeping of a vector capture: one step buffer, one writer.
 
-    The vector recorder uses it in process; the capture companion
-    (:mod:`twinloop.datasets.companion`) applies journal slots to it. Either way, an episode
-    is committed by one :meth:`DatasetWriter.commit_ended` call in the step it ends.
+    The vector recorder uses it in process, where each step's ended episodes are committed
+    in that step; the capture companion (:mod:`twinloop.datasets.companion`) applies journal
+    slots to it with :attr:`defer` set and commits a batch of steps at a time.
 
     Args:
         writer: The open writer (its schema begun).
@@ -492,7 +489,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
             )
         if capture == "companion" and not C.supported():
             raise ValueError(
-                f"capture='companion' needs x86-64 POSIX (this is {C.platform.machine()} "
+                f"capture='companion' needs x86-64 POSIX (this is {platform.machine()} "
                 f"{os.name}); use capture='inline'"
             )
         if capture == "auto":
@@ -530,7 +527,15 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
             return self._final_counts
         if self._link is not None:
             return self._link.counts
-        return self.writer.n_episodes, self.writer.n_steps
+        return super()._counts()
+
+    def set_recording(self, mask: Any) -> None:
+        """As :meth:`_Recorder.set_recording`; a companion receives the new mask in order."""
+        super().set_recording(mask)
+        if self._link is not None:
+            slot = self._link.acquire()
+            slot["mask"][:] = self.recording
+            self._link.publish(slot, K_RECORDING, time.time())
 
     def _seeds(self, seed: Any) -> np.ndarray:
         n = self.num_envs

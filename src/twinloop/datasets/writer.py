@@ -418,10 +418,14 @@ class DatasetWriter:
         if self._inherited_lock is not None:
             fd, self._inherited_lock = self._inherited_lock, None
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already: cannot block
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-            self._lock_fd = fd
-            return
+        else:
+            fd = self._take_lock()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _take_lock(self) -> int:
+        """Open the lock file and lock it, or raise naming the process that holds it."""
         lock_path = self.data_dir / LOCK_FILE
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -440,9 +444,7 @@ class DatasetWriter:
                 f"dataset {self.directory} is being written by another process ({holder}); "
                 "wait for it to finish or write a separate shard and merge"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self._lock_fd = fd
+        return fd
 
     def handoff(self, info_fields: Sequence[FieldSpec]) -> tuple[dict[str, Any], int]:
         """Give the dataset to another process, before :meth:`begin`.
