@@ -155,27 +155,54 @@ def seal(buf: np.ndarray, start: int, length: int) -> None:
 
 
 # --- superblock -------------------------------------------------------------------------------
-def superblock(eof: int, root_address: int) -> bytes:
-    """A version 2 superblock (48 bytes) with 8-byte offsets and lengths."""
+@dataclasses.dataclass(frozen=True)
+class Superblock:
+    """The fields of a version 2/3 superblock that a writer must keep when rewriting it.
+
+    Attributes:
+        version: 2 or 3.
+        flags: File consistency flags (version 3: SWMR write access).
+        base: Base address (0 for files twinloop writes).
+        extension: Superblock extension's object header, or ``UNDEF``.
+        eoa: End-of-file address: every structure of the file lies before it.
+        root: The root group's object header.
+    """
+
+    version: int
+    flags: int
+    base: int
+    extension: int
+    eoa: int
+    root: int
+
+
+def superblock(eoa: int, root_address: int, extension: int = UNDEF, version: int = 2) -> bytes:
+    """A version 2 (or 3) superblock (48 bytes) with 8-byte offsets and lengths."""
     body = (
         SIGNATURE
-        + struct.pack("<BBBB", 2, 8, 8, 0)
-        + struct.pack("<QQQQ", 0, UNDEF, eof, root_address)
+        + struct.pack("<BBBB", version, 8, 8, 0)
+        + struct.pack("<QQQQ", 0, extension, eoa, root_address)
     )
     return body + struct.pack("<I", checksum(body))
 
 
-def parse_superblock(data: bytes) -> tuple[int, int]:
-    """``(eof, root_address)`` of a version 2/3 superblock; ``ValueError`` if it is not one."""
+def read_superblock(data: bytes) -> Superblock:
+    """Decode a version 2/3 superblock; ``ValueError`` if it is not one."""
     if len(data) < SUPERBLOCK_SIZE or data[:8] != SIGNATURE:
         raise ValueError("no HDF5 signature at offset 0")
-    version, size_off, size_len = data[8], data[9], data[10]
+    version, size_off, size_len, flags = data[8], data[9], data[10], data[11]
     if version not in (2, 3) or size_off != 8 or size_len != 8:
         raise ValueError(f"unsupported superblock (version {version}, offsets {size_off} bytes)")
     if struct.unpack_from("<I", data, 44)[0] != checksum(data[:44]):
         raise ValueError("superblock checksum mismatch")
-    _base, _ext, eof, root = struct.unpack_from("<QQQQ", data, 12)
-    return eof, root
+    base, ext, eof, root = struct.unpack_from("<QQQQ", data, 12)
+    return Superblock(version, flags, base, ext, eof, root)
+
+
+def parse_superblock(data: bytes) -> tuple[int, int]:
+    """``(eof, root_address)`` of a version 2/3 superblock; ``ValueError`` if it is not one."""
+    sb = read_superblock(data)
+    return sb.eoa, sb.root
 
 
 # --- datatypes --------------------------------------------------------------------------------
@@ -293,7 +320,15 @@ def filter_deflate(level: int) -> bytes:
 
 
 LINK_INFO = struct.pack("<BBQQ", 0, 0, UNDEF, UNDEF)
-GROUP_INFO = struct.pack("<BB", 0, 0)
+#: Most links (and attributes) an object may keep in its header before libhdf5 moves them all
+#: into dense storage. Without a stated value libhdf5 assumes 8 links (8 attributes), so the
+#: first link another writer added to a root of thousands of compact links converted it.
+MAX_COMPACT = 0xFFFF
+#: Group info message (version 0) stating the link phase change values: compact up to
+#: MAX_COMPACT links; libhdf5 never converts such a group back and forth for fewer.
+GROUP_INFO = struct.pack("<BBHH", 0, 0x01, MAX_COMPACT, MAX_COMPACT)
+#: Object header prefix field: the attribute phase change values (max compact, min dense).
+ATTR_PHASE = struct.pack("<HH", MAX_COMPACT, MAX_COMPACT)
 
 
 def link(name: str, address: int) -> bytes:
@@ -363,10 +398,23 @@ class HeaderBuilder:
         self._parts.append(msg)
         self._size += len(msg)
 
-    def build(self, reserve_tail: bool = True) -> tuple[bytes, list[Patch], int]:
-        """Return ``(bytes, patches relative to the header start, checksummed length)``."""
+    def build(
+        self, reserve_tail: bool = True, attr_phase: bool = False
+    ) -> tuple[bytes, list[Patch], int]:
+        """Return ``(bytes, patches relative to the header start, checksummed length)``.
+
+        ``attr_phase``: state the attribute phase change values (:data:`ATTR_PHASE`), so that
+        libhdf5 keeps attributes other tools add in the header instead of converting every
+        attribute to dense storage at the ninth.
+        """
         body = b"".join(self._parts) + (RESERVED_TAIL if reserve_tail else b"")
-        prefix = b"OHDR" + struct.pack("<BBI", 2, 0x02, len(body))  # 4-byte chunk 0 size
+        flags = 0x02 | (0x10 if attr_phase else 0)  # 4-byte chunk 0 size (+ phase values)
+        prefix = (
+            b"OHDR"
+            + struct.pack("<BB", 2, flags)
+            + (ATTR_PHASE if attr_phase else b"")
+            + struct.pack("<I", len(body))
+        )
         raw = prefix + body
         patches = [Patch(len(prefix) + off, kind, arg) for off, kind, arg in self._patches]
         return raw + b"\0\0\0\0", patches, len(raw)

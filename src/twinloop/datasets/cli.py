@@ -123,6 +123,12 @@ def add_data_parser(sub: Any) -> None:
     s.add_argument("path", metavar="DIR")
     s.set_defaults(func=cmd_recover)
 
+    from twinloop.datasets.export_cli import add_export_parser
+    from twinloop.datasets.show_cli import add_show_parser
+
+    add_show_parser(dsub)
+    add_export_parser(dsub)
+
 
 def _fail(exc: Exception) -> int:
     print(f"twinloop: error: {exc}", file=sys.stderr)

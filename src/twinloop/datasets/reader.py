@@ -13,9 +13,11 @@ appends, so a truncated or corrupted file yields every episode before the damage
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
-import json
 import logging
+import mmap
 import os
 import time
 import zlib
@@ -27,8 +29,18 @@ import gymnasium as gym
 import numpy as np
 
 from twinloop.core.jit import njit
-from twinloop.datasets import _episode as E
 from twinloop.datasets import _hdf5 as H
+from twinloop.datasets._scan import (
+    DATA_FILE,
+    METADATA_FILE,
+    DataFile,
+    EpisodeEntry,
+    RootChain,
+    episode_id,
+    find_data_dir,
+    load_metadata,
+    writer_alive,
+)
 from twinloop.datasets.errors import DatasetCorruptError, DatasetNotFoundError
 from twinloop.datasets.schema import (
     SOURCE_ACTION,
@@ -41,238 +53,8 @@ from twinloop.datasets.schema import (
     FieldSpec,
     space_from_json,
 )
-from twinloop.datasets.writer import DATA_FILE, METADATA_FILE, find_data_dir, writer_alive
 
 log = logging.getLogger(__name__)
-
-
-# --- scanning the file ---------------------------------------------------------------------------
-@dataclasses.dataclass
-class EpisodeEntry:
-    """What the index knows about one episode (from its group header)."""
-
-    name: str
-    header: int
-    attrs: dict[str, Any]
-    addresses: np.ndarray
-    sizes: np.ndarray
-
-
-@dataclasses.dataclass
-class FileScan:
-    """The committed state of a data file."""
-
-    path: Path
-    file_size: int
-    eoa: int
-    root_address: int
-    tail_address: int
-    tail_chunk: bytes
-    episodes: list[EpisodeEntry]
-    problems: list[str]
-    n_links: int
-
-    @property
-    def n_episodes(self) -> int:
-        """Episodes linked from the root group."""
-        return self.n_links
-
-    @property
-    def n_steps(self) -> int:
-        """Steps of the readable episodes."""
-        return int(sum(int(e.attrs.get("total_steps", 0)) for e in self.episodes))
-
-    @property
-    def wall_span(self) -> tuple[float, float] | None:
-        """Earliest start and latest end wall time (Unix s) of the readable episodes."""
-        if not self.episodes:
-            return None
-        lo = min(float(e.attrs.get("wall_time_start_s", np.nan)) for e in self.episodes)
-        hi = max(float(e.attrs.get("wall_time_end_s", np.nan)) for e in self.episodes)
-        return lo, hi
-
-
-class _File:
-    """Positional reads of a file, clipped to its size at open time (or after refresh)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
-        self.size = os.fstat(self.fd).st_size
-
-    def refresh(self) -> None:
-        self.size = os.fstat(self.fd).st_size
-
-    def read(self, address: int, n: int) -> bytes:
-        return os.pread(self.fd, n, address)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _parse_episode(f: _File, name: str, address: int, n_fields: int) -> EpisodeEntry:
-    messages = H.read_header(f.read, address, f.size)
-    attrs: dict[str, Any] = {}
-    index = None
-    for m in messages:
-        if m.kind == H.MSG_ATTRIBUTE:
-            key, value = H.parse_attribute(m.body)
-            if key == E.INDEX_ATTR:
-                index = np.array(value, dtype=np.int64)
-            else:
-                attrs[key] = value.item() if value.ndim == 0 else value.tolist()
-    if index is None or index.size != 1 + 2 * n_fields or index[0] != n_fields:
-        raise H.FormatError(f"{name} has no valid {E.INDEX_ATTR} attribute for {n_fields} fields")
-    pairs = index[1:].reshape(n_fields, 2)
-    return EpisodeEntry(name, address, attrs, pairs[:, 0].copy(), pairs[:, 1].copy())
-
-
-def _check_ranges(entry: EpisodeEntry, fields: Sequence[FieldSpec], size: int) -> None:
-    steps = int(entry.attrs.get("total_steps", -1))
-    if steps < 1:
-        raise H.FormatError(f"total_steps = {steps}")
-    for j, f in enumerate(fields):
-        addr, nbytes = int(entry.addresses[j]), int(entry.sizes[j])
-        rows = steps + int(f.obs_aligned)
-        if not f.image and nbytes != rows * f.row_bytes:
-            raise H.FormatError(f"{f.path} holds {nbytes} bytes, expected {rows * f.row_bytes}")
-        if addr < 0 or addr + (28 if f.image else nbytes) > size:
-            raise H.FormatError(
-                f"{f.path} (bytes {addr}-{addr + nbytes}) lies past the end of the file ({size} "
-                "bytes): the file is truncated"
-            )
-
-
-class _Chain:
-    """Walks the root group's link blocks, remembering where it stopped (for following)."""
-
-    def __init__(self, f: _File, fields: Sequence[FieldSpec] | None) -> None:
-        self.f = f
-        self.fields = fields
-        self.problems: list[str] = []
-        self.links: list[tuple[str, int]] = []
-        self.entries: list[EpisodeEntry] = []
-        self.broken = False
-        self.bad: list[str] = []
-        self.tail_address = -1
-        self.tail_chunk = b""
-        self.tail_length: int | None = None
-        try:
-            self.eoa, self.root = H.parse_superblock(f.read(0, H.SUPERBLOCK_SIZE))
-        except ValueError as exc:
-            self.eoa, self.root = 0, H.SUPERBLOCK_SIZE
-            self.problems.append(
-                f"{f.path}: superblock unreadable ({exc}); reading from the root group at offset "
-                f"{self.root} (other HDF5 tools will not open this file)"
-            )
-
-    def walk(self) -> int:
-        """Read new link blocks and their episodes; return how many episodes were added."""
-        if self.broken:
-            return 0
-        before = len(self.entries)
-        if self.tail_address < 0:
-            pending = [(self.root, None)]
-        else:
-            # re-read the last block: its reserved tail may have become a continuation
-            pending = [(self.tail_address, self.tail_length)]
-        first = True
-        while pending:
-            address, length = pending.pop(0)
-            try:
-                msgs, conts, raw = self._read_chunk(address, length)
-            except (H.FormatError, ValueError, IndexError) as exc:
-                nxt = f"episode_{len(self.links)}"
-                self.problems.append(
-                    f"{self.f.path}: root link block at offset {address} is unreadable ({exc}); "
-                    f"{nxt} and every later episode cannot be located"
-                )
-                self.broken = True
-                break
-            new_links = [H.parse_link(m.body) for m in msgs if m.kind == H.MSG_LINK]
-            if not (first and self.tail_address >= 0):
-                self.links.extend((n, a) for n, a in new_links if a is not None)
-            first = False
-            self.tail_address, self.tail_length, self.tail_chunk = address, length, raw
-            pending = [(int(a), int(n)) for a, n in conts] + pending
-        self._parse_new()
-        return len(self.entries) - before
-
-    def _read_chunk(self, address: int, length: int | None) -> tuple:
-        try:
-            return H.read_chunk(self.f.read, address, length, self.f.size)
-        except (H.FormatError, ValueError, IndexError):
-            # a live writer may have grown the file and linked new bytes since our last fstat:
-            # look at the size again before calling the block unreadable
-            self.f.refresh()
-            return H.read_chunk(self.f.read, address, length, self.f.size)
-
-    def _read_episode(self, name: str, address: int) -> EpisodeEntry:
-        for attempt in range(2):
-            try:
-                entry = _parse_episode(self.f, name, address, len(self.fields or ()))
-                _check_ranges(entry, self.fields or (), self.f.size)
-                return entry
-            except (H.FormatError, ValueError, IndexError, KeyError):
-                if attempt:
-                    raise
-                self.f.refresh()  # as in _read_chunk: the file may have grown meanwhile
-        raise AssertionError("unreachable")
-
-    def _parse_new(self) -> None:
-        if self.fields is None:
-            return
-        seen = len(self.entries) + len(self.bad)
-        for name, address in self.links[seen:]:
-            try:
-                entry = self._read_episode(name, address)
-            except (H.FormatError, ValueError, IndexError, KeyError) as exc:
-                self.bad.append(name)
-                self.problems.append(
-                    f"{self.f.path}: {name} (header at offset {address}) is unreadable: {exc}"
-                )
-                continue
-            self.entries.append(entry)
-
-
-def _load_fields(data_dir: Path) -> tuple[dict[str, Any], list[FieldSpec] | None]:
-    meta_path = data_dir / METADATA_FILE
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        return {}, None
-    except ValueError as exc:
-        raise DatasetCorruptError(f"{meta_path}: not valid JSON ({exc})") from exc
-    tl = meta.get("twinloop")
-    if not tl or "fields" not in tl:
-        return meta, None
-    return meta, [FieldSpec.from_json(f) for f in tl["fields"]]
-
-
-def scan_file(path: str | os.PathLike, fields: Sequence[FieldSpec] | None = None) -> FileScan:
-    """Walk a data file's committed episodes (used to append and to check files)."""
-    path = Path(path)
-    if fields is None:
-        _, fields = _load_fields(path.parent)
-    f = _File(path)
-    try:
-        chain = _Chain(f, fields)
-        chain.walk()
-        return FileScan(
-            path=path,
-            file_size=f.size,
-            eoa=chain.eoa,
-            root_address=chain.root,
-            tail_address=chain.tail_address,
-            tail_chunk=chain.tail_chunk,
-            episodes=chain.entries,
-            problems=chain.problems,
-            n_links=len(chain.links),
-        )
-    finally:
-        f.close()
 
 
 # --- the public reader ---------------------------------------------------------------------
@@ -352,63 +134,98 @@ def _nest(items: Sequence[tuple[tuple, Any]], space: gym.Space) -> Any:
 
 
 class _Store:
-    """The shared state of a dataset: file, fields and index (grows while following)."""
+    """The shared state of a twinloop dataset: file, fields and index (grows while following).
+
+    The store protocol that :class:`Dataset` reads through (also implemented by
+    :class:`twinloop.datasets.h5read.H5Store` for datasets other tools wrote): ``path``,
+    ``data_dir``, ``meta``, ``fields``, ``observation_space``, ``action_space``, ``ids``,
+    ``steps``, ``meta_rows``, ``generation``, ``problems``, ``rows()``, ``field()``,
+    ``refresh()``, ``close()``.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.path = data_dir / DATA_FILE
-        self.meta, fields = _load_fields(data_dir)
+        self.meta, fields = load_metadata(data_dir)
         if fields is None:
-            if not self.meta:
-                raise DatasetNotFoundError(
-                    f"{data_dir / METADATA_FILE} is missing: not a dataset (or a capture that "
-                    "has not committed its first episode yet)"
-                )
-            raise DatasetCorruptError(
-                f"{data_dir / METADATA_FILE} has no twinloop field list: this dataset was not "
-                "written by twinloop (open it with minari.MinariDataset instead)"
+            raise DatasetNotFoundError(
+                f"{data_dir / METADATA_FILE} is missing: not a dataset (or a capture that "
+                "has not committed its first episode yet)"
             )
         if not self.path.exists():
             raise DatasetNotFoundError(f"{self.path} is missing")
         self.fields = fields
         self.observation_space = space_from_json(self.meta["observation_space"])
         self.action_space = space_from_json(self.meta["action_space"])
-        self.file = _File(self.path)
+        self.file = DataFile(self.path)
         self.inode = os.fstat(self.file.fd).st_ino
-        self.chain = _Chain(self.file, fields)
+        self.chain = RootChain(self.file, fields)
         self.chain.walk()
         self._map: np.ndarray | None = None
+        self._mmap: mmap.mmap | None = None
         self._chunks: dict[tuple[int, int], np.ndarray] = {}
+        self._foreign: collections.OrderedDict[int, list[np.ndarray]] = collections.OrderedDict()
         self.generation = -1
         self._rebuild()
+
+    @property
+    def problems(self) -> list[str]:
+        """Damage found so far: each names the file and the first episode it affects."""
+        return self.chain.problems
 
     def _rebuild(self) -> None:
         self.generation += 1  # bumped on every re-index (sampling caches key on it)
         entries = self.chain.entries
         n_f = len(self.fields)
-        self.ids = np.array([int(e.attrs["id"]) for e in entries], dtype=np.int64)
-        self.steps = np.array([int(e.attrs["total_steps"]) for e in entries], dtype=np.int64)
-        self.addr = (
-            np.stack([e.addresses for e in entries]) if entries else np.zeros((0, n_f), np.int64)
+        self.entries = entries
+        self.ids = np.array(
+            [int(e.attrs.get("id", episode_id(e.name) or 0)) for e in entries], dtype=np.int64
         )
-        self.meta_rows = [self._episode_meta(e) for e in entries]
+        self.steps = np.array([int(e.attrs["total_steps"]) for e in entries], dtype=np.int64)
+        self.foreign = np.array([e.foreign for e in entries], dtype=np.bool_)
+        self.addr = np.full((len(entries), n_f), -1, dtype=np.int64)
+        for k, e in enumerate(entries):
+            if not e.foreign:
+                self.addr[k] = e.addresses
+        rows = []
+        for k, e in enumerate(entries):
+            try:
+                rows.append(self._episode_meta(k, e))
+            except DatasetCorruptError as exc:
+                rows.append({**e.attrs, "problem": str(exc)})
+                self.chain.problems.append(str(exc))
+        self.meta_rows = rows
 
-    def _episode_meta(self, e: EpisodeEntry) -> dict[str, Any]:
+    def _episode_meta(self, k: int, e: EpisodeEntry) -> dict[str, Any]:
         m = dict(e.attrs)
-        mm = self.map()
+        m.setdefault("id", int(self.ids[k]))
         steps = int(m["total_steps"])
         for j, f in enumerate(self.fields):
             if f.source in (SOURCE_TERMINATED, SOURCE_TRUNCATED):
-                m[f.source] = bool(mm[int(e.addresses[j]) + steps - 1])
+                if e.foreign:
+                    m[f.source] = bool(self._foreign_episode(k)[j][steps - 1])
+                else:
+                    m[f.source] = bool(self.map()[int(e.addresses[j]) + steps - 1])
+        if e.foreign:
+            m["written_by"] = "another tool (read through h5py)"
         return m
 
     def map(self) -> np.ndarray:
+        """The data file, memory-mapped up to its size at the last refresh."""
         if self._map is None or self._map.size < self.file.size:
-            self._map = (
-                np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.file.size,))
-                if self.file.size
-                else np.zeros(0, np.uint8)
-            )
+            # map what the descriptor holds now: a writer closing its capture trims the
+            # preallocated tail, so the file may be shorter than at our last fstat
+            size = min(self.file.size, os.fstat(self.file.fd).st_size)
+            self._map = None
+            if self._mmap is not None:
+                with contextlib.suppress(BufferError):
+                    self._mmap.close()
+                self._mmap = None
+            if size:
+                self._mmap = mmap.mmap(self.file.fd, size, prot=mmap.PROT_READ)
+                self._map = np.frombuffer(self._mmap, dtype=np.uint8)
+            else:
+                self._map = np.zeros(0, np.uint8)
         return self._map
 
     def refresh(self) -> int:
@@ -420,19 +237,53 @@ class _Store:
         except FileNotFoundError:
             raise DatasetNotFoundError(f"{self.path} was deleted while being read") from None
         self.file.refresh()
-        self._map = None
         n = self.chain.walk()
         if n:
             self._rebuild()
-        new_meta, _ = _load_fields(self.data_dir)
+        new_meta, _ = load_metadata(self.data_dir)
         if new_meta:
             self.meta = new_meta
         return n
 
     # reading ---------------------------------------------------------------------------------
+    def _foreign_episode(self, e: int) -> list[np.ndarray]:
+        """Every field of an episode another tool wrote into this file (LRU-cached)."""
+        cached = self._foreign.get(e)
+        if cached is not None:
+            self._foreign.move_to_end(e)
+            return cached
+        import h5py
+
+        from twinloop.datasets.h5read import read_episode
+
+        name = self.entries[e].name
+        try:
+            with h5py.File(self.path, "r") as h5:
+                arrays = read_episode(
+                    h5[name],
+                    self.fields,
+                    jpeg=bool(self.meta.get("jpeg_encoding", False)),
+                    file_label=str(self.path),
+                )
+        except (OSError, KeyError) as exc:
+            raise DatasetCorruptError(f"{self.path}: {name} cannot be read ({exc})") from exc
+        self._foreign[e] = arrays
+        while len(self._foreign) > 64:
+            self._foreign.popitem(last=False)
+        return arrays
+
     def rows(self, j: int, eps: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows[k]`` of field ``j`` in episodes ``eps[k]`` (indices into the index)."""
         f = self.fields[j]
+        foreign = self.foreign[eps]
+        if foreign.any():
+            out = np.empty((eps.size, *f.shape), dtype=f.np_dtype)
+            mine = ~foreign
+            if mine.any():
+                out[mine] = self.rows(j, eps[mine], rows[mine])
+            for k in np.flatnonzero(foreign).tolist():
+                out[k] = self._foreign_episode(int(eps[k]))[j][int(rows[k])]
+            return out
         if f.image:
             out = np.empty((eps.size, *f.shape), dtype=f.np_dtype)
             for k, (e, r) in enumerate(zip(eps.tolist(), rows.tolist(), strict=True)):
@@ -446,6 +297,8 @@ class _Store:
     def field(self, j: int, e: int) -> np.ndarray:
         """All rows of field ``j`` of episode ``e``."""
         f = self.fields[j]
+        if self.foreign[e]:
+            return self._foreign_episode(e)[j].copy()
         n = int(self.steps[e]) + int(f.obs_aligned)
         if f.image:
             return np.stack([self.frame(j, e, r) for r in range(n)])
@@ -462,11 +315,26 @@ class _Store:
             )
             self._chunks[(e, j)] = table
         addr, size = int(table[r, 0]), int(table[r, 1])
-        raw = zlib.decompress(self.file.read(addr, size))
+        try:
+            raw = zlib.decompress(self.file.read(addr, size))
+        except zlib.error as exc:
+            raise DatasetCorruptError(
+                f"{self.path}: {self.entries[e].name}, field {f.path}, frame {r} (chunk at "
+                f"offset {addr}) does not decompress: {exc}"
+            ) from exc
+        if len(raw) != f.row_bytes:
+            raise DatasetCorruptError(
+                f"{self.path}: {self.entries[e].name}, field {f.path}, frame {r} holds "
+                f"{len(raw)} bytes, expected {f.row_bytes}"
+            )
         return np.frombuffer(raw, dtype=f.np_dtype).reshape(f.shape)
 
     def close(self) -> None:
         self._map = None
+        if self._mmap is not None:
+            with contextlib.suppress(BufferError):  # views still alive: unmapped with them
+                self._mmap.close()
+            self._mmap = None
         self.file.close()
 
 
@@ -537,7 +405,7 @@ class Dataset:
 
     def __init__(self, path: str | os.PathLike, *, strict: bool = False) -> None:
         """Open the file and index its committed episodes."""
-        self._store = _Store(find_data_dir(path))
+        self._store = _open_store(find_data_dir(path))
         self._sel: np.ndarray | None = None
         self._step_index: _StepIndex | None = None
         self.strict = strict
@@ -592,7 +460,7 @@ class Dataset:
     @property
     def problems(self) -> list[str]:
         """Damage found so far: each names the file and the first episode it affects."""
-        return list(self._store.chain.problems)
+        return list(self._store.problems)
 
     @property
     def writer_state(self) -> str:
@@ -769,9 +637,9 @@ class Dataset:
 
         A filtered view keeps its selection; refresh the full dataset to see new episodes.
         """
-        before = len(self._store.chain.problems)
+        before = len(self._store.problems)
         n = self._store.refresh()
-        if len(self._store.chain.problems) > before:
+        if len(self._store.problems) > before:
             self._report()
         return n
 
@@ -804,6 +672,16 @@ class Dataset:
     def __exit__(self, *exc: object) -> None:
         """Close."""
         self.close()
+
+
+def _open_store(data_dir: Path) -> Any:
+    """The store of a dataset: twinloop's fast path, or h5py for datasets others wrote."""
+    meta, fields = load_metadata(data_dir)
+    if fields is None and meta:
+        from twinloop.datasets.h5read import H5Store
+
+        return H5Store(data_dir)
+    return _Store(data_dir)
 
 
 def open_dataset(path: str | os.PathLike, *, strict: bool = False) -> Dataset:

@@ -39,6 +39,16 @@ import numpy as np
 
 from twinloop.datasets import _episode as E
 from twinloop.datasets import _hdf5 as H
+from twinloop.datasets import _hdf5_read as R
+from twinloop.datasets._scan import (  # noqa: F401 (paths re-exported for older imports)
+    DATA_FILE,
+    LOCK_FILE,
+    METADATA_FILE,
+    RootChain,
+    find_data_dir,
+    scan_file,
+    writer_alive,
+)
 from twinloop.datasets.errors import (
     DatasetError,
     DatasetExistsError,
@@ -62,9 +72,6 @@ from twinloop.datasets.schema import (
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "metadata.json"
-DATA_FILE = "main_data.hdf5"
-LOCK_FILE = ".twinloop.lock"
 FORMAT_VERSION = 1
 #: The Minari dataset format this layout follows (read by minari 0.5.0 and later).
 MINARI_FORMAT = "0.5.0"
@@ -105,21 +112,6 @@ def default_dataset_id(directory: str | os.PathLike) -> str:
     return f"{name}-v0"
 
 
-def find_data_dir(path: str | os.PathLike) -> Path:
-    """The ``data`` folder of a dataset given it, its dataset folder or its data file."""
-    p = Path(path)
-    if p.is_file() and p.name in (DATA_FILE, METADATA_FILE):
-        p = p.parent
-    if (p / METADATA_FILE).exists() or (p / DATA_FILE).exists():
-        return p
-    if (p / "data" / METADATA_FILE).exists() or (p / "data" / DATA_FILE).exists():
-        return p / "data"
-    raise DatasetNotFoundError(
-        f"no dataset at {p}: expected {p / 'data' / METADATA_FILE} (a dataset folder) "
-        f"or {p / METADATA_FILE} (its data folder)"
-    )
-
-
 def find_datasets(root: str | os.PathLike) -> list[Path]:
     """Every dataset ``data`` folder under ``root`` (``root`` itself included), sorted."""
     try:
@@ -127,21 +119,6 @@ def find_datasets(root: str | os.PathLike) -> list[Path]:
     except DatasetNotFoundError:
         pass
     return sorted({m.parent for m in Path(root).rglob(f"data/{METADATA_FILE}")})
-
-
-def writer_alive(data_dir: str | os.PathLike) -> bool:
-    """Whether a live process holds the dataset's write lock."""
-    try:
-        fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def recover_dataset(path: str | os.PathLike) -> dict[str, int]:
@@ -343,6 +320,8 @@ class DatasetWriter:
         self.extra_metadata: dict[str, Any] = {}
         self.n_episodes = 0
         self.n_steps = 0
+        self._next_id = 0  # ids continue after the largest one linked (another tool's too)
+        self._superblock: H.Superblock | None = None
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._failed: DatasetWriteError | None = None
@@ -553,7 +532,7 @@ class DatasetWriter:
         root.add(H.MSG_GROUP_INFO, H.GROUP_INFO)
         body, _ = H.attribute("twinloop_format_version", np.array(FORMAT_VERSION, np.int64))
         root.add(H.MSG_ATTRIBUTE, body)
-        raw, _, n = root.build(reserve_tail=True)
+        raw, _, n = root.build(reserve_tail=True, attr_phase=True)
         chunk = bytearray(raw)
         struct.pack_into("<I", chunk, n, H.checksum(chunk[:n]))
         root_at = H.SUPERBLOCK_SIZE
@@ -570,6 +549,7 @@ class DatasetWriter:
                 tmp.unlink()
             raise _write_error(exc, self.path, "creating the file", 0) from exc
         self._fd = fd
+        self._superblock = None
         self._root_at = root_at
         self._eoa = eoa
         self._cursor = _align8(end)
@@ -577,33 +557,114 @@ class DatasetWriter:
         self._tail_at = root_at
 
     def _reopen(self) -> None:
-        from twinloop.datasets.reader import scan_file
-
         scan = scan_file(self.path)
         if scan.problems:
             raise DatasetError(
                 f"cannot append to {self.path}: it is damaged ({scan.problems[0]}); "
-                "read the good episodes with twinloop.datasets.open_dataset and merge them "
-                "into a new dataset"
+                "run `twinloop data recover` on it, or read the good episodes with "
+                "twinloop.datasets.open_dataset and merge them into a new dataset"
+            )
+        sb = scan.superblock
+        if sb is None or sb.base != 0 or sb.flags:
+            raise DatasetError(
+                f"cannot append to {self.path}: its superblock is unreadable or marks the file "
+                "as open by another HDF5 writer (SWMR); nothing was changed. Close that "
+                "writer, or run `twinloop data recover` on the dataset"
             )
         try:
             fd = os.open(self.path, os.O_RDWR)
         except OSError as exc:
             raise _write_error(exc, self.path, "opening for append", 0) from exc
         self._fd = fd
-        self._root_at = scan.root_address
-        self._tail_chunk = np.frombuffer(scan.tail_chunk, dtype=np.uint8).copy()
-        self._tail_at = scan.tail_address
-        self._cursor = _align8(scan.tail_address + len(scan.tail_chunk))
-        self._eoa = max(scan.eoa, self._cursor)
-        if os.fstat(fd).st_size < self._eoa:
-            os.ftruncate(fd, self._eoa)
-        self.n_episodes = scan.n_episodes
+        self._superblock = sb
+        self._root_at = sb.root
+        # new bytes go past everything any writer may have put in the file: past the end of
+        # file address libhdf5 keeps in the superblock and past the file's actual size
+        self._eoa = sb.eoa
+        self._cursor = _align8(max(sb.eoa, os.fstat(fd).st_size))
+        chain = scan.chain
+        if chain.appendable:
+            self._tail_chunk = np.frombuffer(chain.tail_chunk, dtype=np.uint8).copy()
+            self._tail_at = chain.tail_address
+        else:
+            self._relink(chain)
+        self.n_episodes = chain.n_linked
+        self._next_id = chain.next_id
         self.n_steps = int(scan.n_steps)
         if scan.wall_span:
             self._wall_span = list(scan.wall_span)
         created = (self._existing or {}).get("twinloop", {}).get("created_utc")
         self._created = created or self._created
+
+    def _relink(self, chain: RootChain) -> None:
+        """Give the root group a new header in twinloop's append form, then switch to it.
+
+        Another writer left the root in a form this writer cannot append to (links in dense
+        storage or a symbol table, or a last chunk without a reserved tail). The new header
+        holds every link (copied as stored) and every other root message (attributes ...)
+        unchanged; it is written past the end of the file, and one 48-byte superblock write
+        then makes it the root. Until that write the old root stays in force, so a crash
+        leaves the file as it was.
+        """
+        assert self._fd is not None
+        fd = self._fd
+
+        def read(address: int, n: int) -> bytes:
+            return os.pread(fd, n, address)
+
+        size = os.fstat(fd).st_size
+        header = R.read_object_header(read, self._root_at, size)
+        if header.tracks_order:
+            raise DatasetError(
+                f"cannot append to {self.path}: another writer made its root group track "
+                "creation order, which this writer does not keep; nothing was changed. "
+                "Merge it into a new dataset with `twinloop data merge`"
+            )
+        root = H.HeaderBuilder()
+        root.add(H.MSG_LINK_INFO, H.LINK_INFO)
+        root.add(H.MSG_GROUP_INFO, H.GROUP_INFO)
+        skip = {
+            H.MSG_LINK_INFO,
+            H.MSG_GROUP_INFO,
+            H.MSG_LINK,
+            R.MSG_SYMBOL_TABLE,
+        }
+        for m in header.messages():
+            if m.kind not in skip:
+                root.add(m.kind, m.body, flags=m.flags)
+        for link in R.group_links(read, header, size):
+            body = link.body if link.body is not None else H.link(link.name, link.address or 0)
+            root.add(H.MSG_LINK, body)
+        raw, _, n = root.build(reserve_tail=True, attr_phase=True)
+        chunk = bytearray(raw)
+        struct.pack_into("<I", chunk, n, H.checksum(chunk[:n]))
+        at = self._cursor
+        end = at + len(chunk)
+        try:
+            if end > self._eoa:
+                self._grow(end)
+            self._pwrite_all(self._fd, np.frombuffer(bytes(chunk), dtype=np.uint8), at)
+            os.fdatasync(self._fd)  # the new root is on disk before anything points at it
+            self._write_superblock(self._eoa, at)
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise _write_error(exc, self.path, "relinking the root group", 0) from exc
+        log.info(
+            "%s: root group rewritten in append form (%s links, %s storage before)",
+            self.path,
+            chain.n_linked + len(chain.other_links),
+            chain.storage,
+        )
+        self._root_at = at
+        self._tail_chunk = np.frombuffer(bytes(chunk), dtype=np.uint8).copy()
+        self._tail_at = at
+        self._cursor = _align8(end)
+
+    def _write_superblock(self, eoa: int, root: int) -> None:
+        sb = self._superblock
+        ext = sb.extension if sb is not None else H.UNDEF
+        if os.pwrite(self._fd, H.superblock(eoa, root, ext), 0) != H.SUPERBLOCK_SIZE:
+            raise OSError(errno.EIO, "short write of the superblock")
 
     # buffers -----------------------------------------------------------------------------------
     def buffer(self, n_envs: int, capacity: int = 256) -> E.StepBuffer:
@@ -657,7 +718,7 @@ class DatasetWriter:
         eps[E.EP_ENV] = envs
         eps[E.EP_START] = starts
         eps[E.EP_END] = ends
-        eps[E.EP_ID] = np.arange(self.n_episodes, self.n_episodes + n)
+        eps[E.EP_ID] = np.arange(self._next_id, self._next_id + n)
         eps[E.EP_SEED] = seeds
         eps[E.EP_LABEL] = envs if labels is None else labels
         eps[E.EP_FINAL] = envs if final_rows is None else final_rows
@@ -757,7 +818,7 @@ class DatasetWriter:
             buf.start,
             seeds,
             t,
-            self.n_episodes,
+            self._next_id,
             self._eps,
             self._no_ext,
             self._static,
@@ -795,6 +856,7 @@ class DatasetWriter:
         n = int(result[2, 2])
         self._write_commit(out[:total], self._cursor + block_rel, out[block_rel:total], n)
         self.n_episodes += n
+        self._next_id += n
         self.n_steps += int(result[2, 3])
         lo, hi = result[3, :2].view(np.float64)
         self._note_wall(float(lo), float(hi))
@@ -845,7 +907,8 @@ class DatasetWriter:
             done += n
 
     def _grow(self, end: int) -> None:
-        step = max(1 << 20, self._eoa // 8)
+        # bounded steps: after a crash the file keeps at most one step of unused space
+        step = min(max(1 << 20, self._eoa // 8), 16 << 20)
         eoa = (end + step + (1 << 20) - 1) // (1 << 20) * (1 << 20)
         assert self._fd is not None
         try:  # real blocks: writing into them later is cheaper than into sparse holes
@@ -854,8 +917,7 @@ class DatasetWriter:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
             os.ftruncate(self._fd, eoa)
-        if os.pwrite(self._fd, H.superblock(eoa, self._root_at), 0) != H.SUPERBLOCK_SIZE:
-            raise OSError(errno.EIO, "short write of the superblock")
+        self._write_superblock(eoa, self._root_at)
         self._eoa = eoa
 
     def write_episode(
@@ -925,7 +987,7 @@ class DatasetWriter:
             np.array([-1 if seed is None else int(seed)]),
             labels=np.array([env_index]),
         )
-        return self.n_episodes - 1
+        return self._next_id - 1
 
     # metadata --------------------------------------------------------------------------------
     def metadata(self, state: str) -> dict[str, Any]:
@@ -990,7 +1052,7 @@ class DatasetWriter:
                 if self._failed is None:
                     with contextlib.suppress(OSError):
                         end = self._cursor
-                        os.pwrite(self._fd, H.superblock(end, self._root_at), 0)
+                        self._write_superblock(end, self._root_at)
                         os.ftruncate(self._fd, end)
                         if self.fsync:
                             os.fsync(self._fd)
