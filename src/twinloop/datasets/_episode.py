@@ -158,7 +158,7 @@ def build_template(fields: Sequence[FieldSpec]) -> Template:
                 ps.append((off + 8 * (1 + 2 * j), P_ADDR, j))
                 ps.append((off + 8 * (2 + 2 * j), P_SIZE, j))
             hb.add(H.MSG_ATTRIBUTE, body, patches=ps)
-        raw, ps, n = hb.build(reserve_tail=False, attr_phase=True)
+        raw, ps, n = hb.build(reserve_tail=False)
         where[path] = place(raw, ps, n)
     return Template(
         data=np.frombuffer(bytes(region), dtype=np.uint8).copy(),

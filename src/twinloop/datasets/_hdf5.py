@@ -320,15 +320,15 @@ def filter_deflate(level: int) -> bytes:
 
 
 LINK_INFO = struct.pack("<BBQQ", 0, 0, UNDEF, UNDEF)
-#: Most links (and attributes) an object may keep in its header before libhdf5 moves them all
-#: into dense storage. Without a stated value libhdf5 assumes 8 links (8 attributes), so the
-#: first link another writer added to a root of thousands of compact links converted it.
+#: Most links a group may keep in its header before libhdf5 moves them all into dense
+#: storage. Without a stated value libhdf5 assumes 8, so the first link another writer added
+#: to a root of thousands of compact links converted it.
 MAX_COMPACT = 0xFFFF
 #: Group info message (version 0) stating the link phase change values: compact up to
-#: MAX_COMPACT links; libhdf5 never converts such a group back and forth for fewer.
+#: MAX_COMPACT links; libhdf5 never converts such a group back and forth for fewer. (The
+#: attribute phase change values are not stated: pure-Python readers such as pyfive refuse
+#: object headers that carry them; libhdf5's dense attributes are read in any case.)
 GROUP_INFO = struct.pack("<BBHH", 0, 0x01, MAX_COMPACT, MAX_COMPACT)
-#: Object header prefix field: the attribute phase change values (max compact, min dense).
-ATTR_PHASE = struct.pack("<HH", MAX_COMPACT, MAX_COMPACT)
 
 
 def link(name: str, address: int) -> bytes:
@@ -398,23 +398,10 @@ class HeaderBuilder:
         self._parts.append(msg)
         self._size += len(msg)
 
-    def build(
-        self, reserve_tail: bool = True, attr_phase: bool = False
-    ) -> tuple[bytes, list[Patch], int]:
-        """Return ``(bytes, patches relative to the header start, checksummed length)``.
-
-        ``attr_phase``: state the attribute phase change values (:data:`ATTR_PHASE`), so that
-        libhdf5 keeps attributes other tools add in the header instead of converting every
-        attribute to dense storage at the ninth.
-        """
+    def build(self, reserve_tail: bool = True) -> tuple[bytes, list[Patch], int]:
+        """Return ``(bytes, patches relative to the header start, checksummed length)``."""
         body = b"".join(self._parts) + (RESERVED_TAIL if reserve_tail else b"")
-        flags = 0x02 | (0x10 if attr_phase else 0)  # 4-byte chunk 0 size (+ phase values)
-        prefix = (
-            b"OHDR"
-            + struct.pack("<BB", 2, flags)
-            + (ATTR_PHASE if attr_phase else b"")
-            + struct.pack("<I", len(body))
-        )
+        prefix = b"OHDR" + struct.pack("<BBI", 2, 0x02, len(body))  # 4-byte chunk 0 size
         raw = prefix + body
         patches = [Patch(len(prefix) + off, kind, arg) for off, kind, arg in self._patches]
         return raw + b"\0\0\0\0", patches, len(raw)

@@ -532,7 +532,7 @@ class DatasetWriter:
         root.add(H.MSG_GROUP_INFO, H.GROUP_INFO)
         body, _ = H.attribute("twinloop_format_version", np.array(FORMAT_VERSION, np.int64))
         root.add(H.MSG_ATTRIBUTE, body)
-        raw, _, n = root.build(reserve_tail=True, attr_phase=True)
+        raw, _, n = root.build(reserve_tail=True)
         chunk = bytearray(raw)
         struct.pack_into("<I", chunk, n, H.checksum(chunk[:n]))
         root_at = H.SUPERBLOCK_SIZE
@@ -635,7 +635,7 @@ class DatasetWriter:
         for link in R.group_links(read, header, size):
             body = link.body if link.body is not None else H.link(link.name, link.address or 0)
             root.add(H.MSG_LINK, body)
-        raw, _, n = root.build(reserve_tail=True, attr_phase=True)
+        raw, _, n = root.build(reserve_tail=True)
         chunk = bytearray(raw)
         struct.pack_into("<I", chunk, n, H.checksum(chunk[:n]))
         at = self._cursor
