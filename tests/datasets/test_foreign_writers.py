@@ -206,6 +206,45 @@ def test_append_never_writes_over_data_another_writer_added(base, tmp_path):
     assert len(open_dataset(tmp_path / "ns" / "base-v0")) == 15
 
 
+def test_minari_update_dataset_from_buffer_then_append(base, tmp_path, monkeypatch):
+    src, produced = base
+    _copy(src, tmp_path / "ns" / "base-v0")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    ours = open_dataset(tmp_path / "ns" / "base-v0")
+    buffers = []
+    for k in range(2):
+        ep = ours[k]
+        buffers.append(
+            minari.data_collector.EpisodeBuffer(
+                seed=1000 + k,
+                observations=ep.observations,
+                actions=ep.actions,
+                rewards=list(ep.rewards),
+                terminations=list(ep.terminations),
+                truncations=list(ep.truncations),
+                infos={"applied_command": ep.infos["applied_command"]},
+            )
+        )
+    ours.close()
+    md = minari.load_dataset("ns/base-v0")
+    md.update_dataset_from_buffer(buffers)
+    ds = open_dataset(tmp_path / "ns" / "base-v0")
+    assert len(ds) == 14 and not ds.problems
+    assert [bool(m.get("written_by")) for m in ds.episode_metadata] == [False] * 12 + [True] * 2
+    np.testing.assert_array_equal(ds[12].observations, ds[0].observations)
+    np.testing.assert_array_equal(ds[13].rewards, ds[1].rewards)
+    np.testing.assert_array_equal(ds[12].infos["applied_command"], ds[0].infos["applied_command"])
+    batch = ds.sample(512, np.random.default_rng(0))
+    assert {12, 13} & set(batch.episode_ids.tolist())
+    ds.close()
+    more = _capture(tmp_path / "ns" / "base-v0", 2, seed=60, mode="append")
+    ds = open_dataset(tmp_path / "ns" / "base-v0")
+    assert len(ds) == 16
+    _assert_episodes_equal(ds, produced + more, ids=[*range(12), 14, 15])
+    md = minari.load_dataset("ns/base-v0")
+    assert md.total_episodes == 16
+
+
 def test_refused_append_changes_nothing(base, tmp_path):
     src, _ = base
     path = _copy(src, tmp_path / "ns" / "base-v0")

@@ -9,10 +9,12 @@ shards with :func:`merge_datasets`. The layout is Minari's
 
 from __future__ import annotations
 
+from twinloop.datasets._scan import writer_alive
 from twinloop.datasets.errors import (
     DatasetCorruptError,
     DatasetError,
     DatasetExistsError,
+    DatasetFormatError,
     DatasetLockedError,
     DatasetNotFoundError,
     DatasetWriteError,
@@ -32,7 +34,6 @@ from twinloop.datasets.writer import (
     dataset_dir,
     describe_env,
     recover_dataset,
-    writer_alive,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "DatasetCorruptError",
     "DatasetError",
     "DatasetExistsError",
+    "DatasetFormatError",
     "DatasetLockedError",
     "DatasetNotFoundError",
     "DatasetWriteError",

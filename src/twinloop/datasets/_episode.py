@@ -26,6 +26,7 @@ import numpy as np
 
 from twinloop.core.jit import njit
 from twinloop.datasets import _hdf5 as H
+from twinloop.datasets._hash import xxh64
 from twinloop.datasets.schema import (
     SOURCE_REWARD,
     SOURCE_WALL,
@@ -38,6 +39,7 @@ P_ADDR = 1  # data (or fixed array) address of dataset arg
 P_SIZE = 2  # data bytes of dataset arg
 P_HDR = 3  # absolute address of the header at template offset arg
 P_VALUE = 4  # per-episode value arg (int64, or float64 bits)
+P_HASH = 5  # XXH64 of dataset arg's stored bytes (arg = n_fields: the dataset headers)
 
 # per-episode values
 V_ID = 0
@@ -63,6 +65,10 @@ EPISODE_ATTRS = (
 #: Attribute listing every dataset's (address, bytes): lets a reader index an episode from
 #: one header instead of thirty.
 INDEX_ATTR = "twinloop_index"
+#: Attribute holding the XXH64 (:mod:`twinloop.datasets._hash`) of every dataset's stored bytes
+#: in field order, then of the episode's dataset and subgroup headers, then those headers'
+#: length in bytes (they end where the episode group's header starts). Format version 2.
+CHECKSUM_ATTR = "twinloop_checksums"
 
 #: Fixed-array page bits in every image dataset: 2**24 frames per episode before paging.
 IMAGE_PAGE_BITS = 24
@@ -157,6 +163,11 @@ def build_template(fields: Sequence[FieldSpec]) -> Template:
             for j in range(len(fields)):
                 ps.append((off + 8 * (1 + 2 * j), P_ADDR, j))
                 ps.append((off + 8 * (2 + 2 * j), P_SIZE, j))
+            hb.add(H.MSG_ATTRIBUTE, body, patches=ps)
+            sums = np.zeros(len(fields) + 2, dtype=np.int64)
+            sums[-1] = len(region)  # the headers before this one: where it will be placed
+            body, off = H.attribute(CHECKSUM_ATTR, sums)
+            ps = [(off + 8 * j, P_HASH, j) for j in range(len(fields) + 1)]
             hb.add(H.MSG_ATTRIBUTE, body, patches=ps)
         raw, ps, n = hb.build(reserve_tail=False)
         where[path] = place(raw, ps, n)
@@ -387,9 +398,11 @@ def fill_episodes(
     Episode ``e`` reads its steps from ``ring[:, eps[EP_ENV, e]]`` and its last
     observation-aligned values from ``final[eps[EP_FINAL, e]]``. Each episode is laid out
     as: plain datasets (8-aligned), ``ext[e, 2F]`` bytes reserved
-    for image regions the caller fills (their fixed-array address and size in
-    ``ext[e, j]`` / ``ext[e, F + j]``), then the patched header template. A root link block
-    for all of them follows. ``out[0]`` is file address ``base``.
+    for image regions the caller fills (their fixed-array address, size and XXH64 in
+    ``ext[e, j]`` / ``ext[e, F + j]`` / ``ext[e, 2F + 1 + j]``), then the patched header
+    template, whose checksum attribute receives the XXH64 of every dataset's bytes and of the
+    headers before the episode group's. A root link block for all of them follows.
+    ``out[0]`` is file address ``base``.
 
     Returns the total bytes used; ``result`` receives, per episode, the group header address
     and steps (rows 0, 1), then the block's offset and length (``result[2, 0:2]``) and the
@@ -416,6 +429,8 @@ def fill_episodes(
     addr = np.zeros(nf, dtype=np.int64)
     size = np.zeros(nf, dtype=np.int64)
     values = np.zeros(N_VALUES, dtype=np.int64)
+    hashes = np.zeros(nf + 1, dtype=np.uint64)
+    hash_bits = hashes.view(np.int64)
     fbits = np.zeros(1, dtype=np.float64)
     ibits = fbits.view(np.int64)
     wall_lo = np.inf
@@ -432,6 +447,7 @@ def fill_episodes(
             if f_ext[j]:
                 addr[j] = ext[e, j]
                 size[j] = ext[e, nf + j]
+                hash_bits[j] = ext[e, 2 * nf + 1 + j]
                 continue
             nb = f_nb[j]
             off = f_off[j]
@@ -460,6 +476,7 @@ def fill_episodes(
                         out[pos + k] = final[fe, off + k]
                     pos += nb
             size[j] = (n_steps + f_obs[j]) * nb
+            hashes[j] = xxh64(out, addr[j] - base, size[j])
             pos = (pos + 7) & ~7
         pos += ext[e, 2 * nf]
         ret = 0.0
@@ -492,11 +509,21 @@ def fill_episodes(
                 v = size[arg]
             elif kind == P_HDR:
                 v = base + hdr + arg
+            elif kind == P_HASH:
+                continue  # once the headers they cover are final, below
             else:
                 v = values[arg]
             _put_u64(out, hdr + p_pos[q], v)
         for q in range(n_cks):
-            H.seal(out, hdr + c_start[q], c_len[q])
+            if c_start[q] != group_rel:
+                H.seal(out, hdr + c_start[q], c_len[q])
+        hashes[nf] = xxh64(out, hdr, group_rel)
+        for q in range(n_patches):
+            if p_kind[q] == P_HASH:
+                _put_u64(out, hdr + p_pos[q], hash_bits[p_arg[q]])
+        for q in range(n_cks):
+            if c_start[q] == group_rel:
+                H.seal(out, hdr + c_start[q], c_len[q])
         result[0, e] = base + hdr + group_rel
         result[1, e] = n_steps
         pos = hdr + h

@@ -130,6 +130,34 @@ def _read_exact(read: ReadFn, address: int, n: int, limit: int, what: str) -> by
     return raw
 
 
+class BlockError(FormatError):
+    """A continuation block that does not parse; ``address`` and ``length`` say which."""
+
+    def __init__(self, message: str, address: int, length: int) -> None:
+        """Record where the block was expected."""
+        super().__init__(message)
+        self.address = address
+        self.length = length
+
+
+def lenient_messages(raw: bytes, start: int) -> list[tuple[int, int, bytes]]:
+    """``(kind, offset, body)`` of the version 2 messages in ``raw`` from ``start``, unchecked.
+
+    For salvaging a block whose checksum failed: messages are taken as long as their sizes
+    stay inside the block; nothing is trusted until the caller validates what they point to.
+    """
+    out = []
+    p = start
+    end = len(raw) - 4
+    while p + 4 <= end:
+        kind, size = raw[p], struct.unpack_from("<H", raw, p + 1)[0]
+        if p + 4 + size > end:
+            break
+        out.append((kind, p, raw[p + 4 : p + 4 + size]))
+        p += 4 + size
+    return out
+
+
 # --- object headers -------------------------------------------------------------------------
 def _parse_v2_messages(
     raw: bytes, start: int, end: int, base: int, order: bool
@@ -198,11 +226,12 @@ def _read_v2(
     order = bool(flags & 0x04)
     msgs, gap = _parse_v2_messages(raw, start, start + size, address, order)
     chunks = [Chunk(address, len(raw), raw, msgs, gap)]
-    _follow(chunks, lambda a, n: _read_ochk(read, a, n, limit, order), partial)
+    follow_chunks(chunks, lambda a, n: read_block(read, a, n, limit, order), partial)
     return ObjectHeader(address, 2, flags, bytes(raw[6:pre]), chunks)
 
 
-def _read_ochk(read: ReadFn, address: int, length: int, limit: int, order: bool) -> Chunk:
+def read_block(read: ReadFn, address: int, length: int, limit: int, order: bool) -> Chunk:
+    """Parse the version 2 continuation block (``OCHK``) at ``address``."""
     raw = _read_exact(read, address, length, limit, "header continuation block")
     if raw[:4] != b"OCHK":
         raise FormatError(f"no continuation block at offset {address}")
@@ -227,11 +256,11 @@ def _read_v1(
         seen += len(found)
         return Chunk(a, n, data, found)
 
-    _follow(chunks, block, partial)
+    follow_chunks(chunks, block, partial)
     return ObjectHeader(address, 1, 0, b"", chunks)
 
 
-def _follow(chunks: list[Chunk], load: Callable, partial: list | None) -> None:
+def follow_chunks(chunks: list[Chunk], load: Callable, partial: list | None) -> None:
     """Append the continuation blocks of ``chunks`` in the order libhdf5 reads them."""
     pending = [m for m in chunks[0].messages if m.kind == H.MSG_CONTINUATION]
     seen = {chunks[0].address}
@@ -248,7 +277,7 @@ def _follow(chunks: list[Chunk], load: Callable, partial: list | None) -> None:
         except (FormatError, struct.error, IndexError) as exc:
             if partial is None:
                 raise
-            partial.append(FormatError(f"block at offset {addr}: {exc}"))
+            partial.append(BlockError(f"block at offset {addr}: {exc}", addr, length))
             return
         chunks.append(chunk)
         pending = [c for c in chunk.messages if c.kind == H.MSG_CONTINUATION] + pending

@@ -14,11 +14,13 @@ Both the reader and the writer use this module; it imports neither.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,8 @@ class EpisodeEntry:
         addresses: Per field, its data (or chunk index) address; empty for foreign episodes.
         sizes: Per field, its stored bytes.
         foreign: Written by another tool (no twinloop index): read through h5py.
+        checksums: XXH64 per field, then of the dataset headers (format 2), else None.
+        header_bytes: Length of the dataset headers that end at ``header``.
     """
 
     name: str
@@ -129,6 +133,8 @@ class EpisodeEntry:
     addresses: np.ndarray
     sizes: np.ndarray
     foreign: bool = False
+    checksums: np.ndarray | None = None
+    header_bytes: int = 0
 
 
 def _plain(value: Any) -> Any:
@@ -148,6 +154,7 @@ def parse_episode(
     header = R.read_object_header(f.read, address, f.size)
     raw, _notes = R.object_attributes(f.read, header, f.size, gheap)
     index = raw.pop(E.INDEX_ATTR, None)
+    sums = raw.pop(E.CHECKSUM_ATTR, None)
     attrs = {k: _plain(v) for k, v in raw.items()}
     if index is None:
         empty = np.zeros(0, dtype=np.int64)
@@ -156,7 +163,14 @@ def parse_episode(
     if index.size != 1 + 2 * n_fields or index[0] != n_fields:
         raise H.FormatError(f"{name} has no valid {E.INDEX_ATTR} attribute for {n_fields} fields")
     pairs = index[1:].reshape(n_fields, 2)
-    return EpisodeEntry(name, address, attrs, pairs[:, 0].copy(), pairs[:, 1].copy())
+    entry = EpisodeEntry(name, address, attrs, pairs[:, 0].copy(), pairs[:, 1].copy())
+    if sums is not None:
+        sums = np.asarray(sums, dtype=np.int64).reshape(-1)
+        if sums.size != n_fields + 2 or not 0 < sums[-1] <= address:
+            raise H.FormatError(f"{name} has no valid {E.CHECKSUM_ATTR} attribute")
+        entry.checksums = sums[:-1].view(np.uint64).copy()
+        entry.header_bytes = int(sums[-1])
+    return entry
 
 
 def check_ranges(entry: EpisodeEntry, fields: list[FieldSpec], size: int) -> None:
@@ -199,10 +213,14 @@ class RootChain:
             that ends with a reserved 16-byte NIL message (``tail_*`` describe that chunk).
     """
 
-    def __init__(self, f: DataFile, fields: list[FieldSpec] | None) -> None:
-        """Read the superblock (nothing else until :meth:`walk`)."""
+    def __init__(self, f: DataFile, fields: list[FieldSpec] | None, expected: int = 0) -> None:
+        """Read the superblock (nothing else until :meth:`walk`).
+
+        ``expected``: episodes metadata.json counts (names losses after damage).
+        """
         self.f = f
         self.fields = fields
+        self.expected = int(expected or 0)
         self.problems: list[str] = []
         self.links: list[tuple[str, int]] = []
         self.other_links: list[str] = []
@@ -257,11 +275,9 @@ class RootChain:
             else:
                 self._full_walk()
         except _PARSE_ERRORS as exc:
-            self.problems.append(
-                f"{self.f.path}: the root group (header at offset {self.root}) is unreadable "
-                f"({exc}); episode_{self.next_id} and later episodes cannot be located"
-            )
             self.broken = True
+            self.appendable = False
+            self._salvage_root(exc)
         self._parse_new()
         return len(self.entries) - before
 
@@ -290,12 +306,10 @@ class RootChain:
             self.links.append((name, address))
             self._known.add(name)
         if errors:
-            self.problems.append(
-                f"{self.f.path}: root link {errors[0]}; episode_{self.next_id} and every later "
-                "episode cannot be located"
-            )
             self.broken = True
             self.appendable = False
+            last = header.chunks[-1]
+            self._salvage(errors[0], last.address + last.length)
             return
         last = header.chunks[-1]
         tail = last.messages[-1] if last.messages else None
@@ -310,6 +324,163 @@ class RootChain:
         self.tail_address = last.address
         self.tail_length = None if last is header.chunks[0] else last.length
         self.tail_chunk = last.raw
+
+    # --- salvage: episodes past a damaged root block -------------------------------------
+    def _salvage_root(self, exc: Exception) -> None:
+        """Chunk 0 of the root header is damaged: salvage it and the blocks after it."""
+        head = self.f.read(self.root, 10)
+        if head[:4] != b"OHDR" or len(head) < 10:
+            self._note_loss(f"the root group (header at offset {self.root}) is unreadable ({exc})")
+            return
+        flags = head[5]
+        pre = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+        width = 1 << (flags & 0x03)
+        lead = self.f.read(self.root, pre + width)
+        size = int.from_bytes(lead[pre : pre + width], "little")
+        length = min(pre + width + size + 4, max(0, self.f.size - self.root))
+        error = R.BlockError(f"root header at offset {self.root}: {exc}", self.root, length)
+        self._salvage(error, self.root, start=pre + width)
+
+    def _note_loss(self, what: str) -> None:
+        self.problems.append(
+            f"{self.f.path}: {what}; episode_{self.next_id} and every later episode cannot be "
+            "located"
+        )
+
+    def _salvage(self, error: R.BlockError, prev_end: int, start: int = 4) -> None:
+        """Read on past a damaged root block: what it links, and the blocks after it.
+
+        Each commit writes its episodes and then their link block, so the episodes a damaged
+        block linked lie between the previous block and it. Its link messages are read
+        without trusting them: a link counts when its target is an intact episode header
+        (named by that header's ``id``), or when an intact header with the link's id lies in
+        that commit's region. The chain goes on at the block's continuation if that target
+        is intact, else at the next intact link block found further on.
+        """
+        n0 = len(self.links)
+        damaged = []
+        while True:
+            damaged.append(error.address)
+            raw = self.f.read(error.address, error.length)
+            region = self._episode_headers(_align8(prev_end), error.address)
+            for kind, _, body in R.lenient_messages(raw, start):
+                if kind == H.MSG_LINK:
+                    with contextlib.suppress(*_PARSE_ERRORS, UnicodeDecodeError):
+                        self._salvage_link(*H.parse_link(body), region)
+            for ident, address in sorted(region.items()):  # links destroyed outright
+                self._add_link(f"episode_{ident}", address)
+            nxt = None
+            for kind, _, body in R.lenient_messages(raw, start):
+                if kind == H.MSG_CONTINUATION and len(body) == 16:
+                    a, n = struct.unpack("<QQ", body)
+                    if self._intact_block(a, n):
+                        nxt = (a, n)
+                        break
+            if nxt is None:
+                nxt = self._find_block(error.address + max(error.length, 4))
+            if nxt is None:
+                break
+            chunks = [self._block(*nxt)]
+            errors: list[H.FormatError] = []
+            R.follow_chunks(chunks, self._block, errors)
+            for chunk in chunks:
+                for m in chunk.messages:
+                    if m.kind == H.MSG_LINK:
+                        name, target = H.parse_link(m.body)
+                        if target is not None:
+                            self._add_link(name, target)
+            if not errors:
+                break
+            error = errors[0]
+            prev_end = chunks[-1].address + chunks[-1].length
+            start = 4
+        found = len(self.links) - n0
+        where = ", ".join(str(a) for a in damaged)
+        # ids are given in sequence, so the ids between those found are the episodes lost
+        ids = {episode_id(n) for n, _ in self.links}
+        # (metadata.json's count, when it says more, names episodes lost at the very end)
+        lost = sorted(set(range(max(self.next_id, self.expected))) - ids)
+        gone = (
+            f"; lost (headers damaged too): {', '.join(f'episode_{i}' for i in lost[:20])}"
+            + (f" and {len(lost) - 20} more" if len(lost) > 20 else "")
+            if lost
+            else ""
+        )
+        self.problems.append(
+            f"{self.f.path}: root link block(s) at offset {where} damaged ({error}); "
+            f"{found} episode(s) after the damage were found by their intact headers "
+            "(`twinloop data recover` rewrites the root so that every HDF5 reader sees them)"
+            f"{gone}"
+        )
+
+    def _add_link(self, name: str, address: int) -> None:
+        if name in self._known:
+            return
+        self._known.add(name)
+        if episode_id(name) is None:
+            self.other_links.append(name)
+        else:
+            self.links.append((name, address))
+
+    def _salvage_link(self, name: str, target: int | None, region: dict[int, int]) -> None:
+        if target is not None:
+            ident = self._episode_id_at(target)
+            if ident is not None:
+                self._add_link(f"episode_{ident}", target)
+                return
+        ident = episode_id(name)
+        if ident is not None and ident in region:
+            self._add_link(name, region[ident])
+
+    def _episode_id_at(self, address: int) -> int | None:
+        """The ``id`` of the intact twinloop episode header at ``address``, else None."""
+        try:
+            entry = parse_episode(self.f, "?", address, len(self.fields or ()))
+        except (*_PARSE_ERRORS, UnicodeDecodeError):
+            return None
+        if entry.foreign or "id" not in entry.attrs:
+            return None
+        return int(entry.attrs["id"])
+
+    def _episode_headers(self, lo: int, hi: int) -> dict[int, int]:
+        """``{id: address}`` of intact episode headers in ``[lo, hi)`` (the last of an id)."""
+        out: dict[int, int] = {}
+        if hi <= lo:
+            return out
+        data = self.f.read(lo, hi - lo)
+        at = data.find(b"OHDR")
+        while at >= 0:
+            ident = self._episode_id_at(lo + at)
+            if ident is not None:
+                out[ident] = lo + at
+            at = data.find(b"OHDR", at + 4)
+        return out
+
+    def _block(self, address: int, length: int) -> R.Chunk:
+        return R.read_block(self.f.read, address, length, self.f.size, False)
+
+    def _intact_block(self, address: int, length: int) -> bool:
+        try:
+            chunk = self._block(address, length)
+        except (*_PARSE_ERRORS, struct.error):
+            return False
+        kinds = {m.kind for m in chunk.messages}
+        return H.MSG_LINK in kinds and kinds <= {H.MSG_LINK, H.MSG_NIL, H.MSG_CONTINUATION}
+
+    def _find_block(self, start: int) -> tuple[int, int] | None:
+        """The first intact root link block at or after ``start`` (its address and length)."""
+        step = 1 << 24
+        pos = start
+        while pos < self.f.size:
+            data = self.f.read(pos, step + 4096)
+            at = data.find(b"OCHK")
+            while 0 <= at < step:
+                length = _block_length(data, at)
+                if length and self._intact_block(pos + at, length):
+                    return pos + at, length
+                at = data.find(b"OCHK", at + 4)
+            pos += step
+        return None
 
     def _chunk(self, address: int, length: int | None) -> tuple:
         try:
@@ -373,6 +544,27 @@ class RootChain:
                 )
                 continue
             self.entries.append(entry)
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _block_length(data: bytes, at: int) -> int:
+    """Length of the link block that would start at ``at`` (0 if its messages do not fit).
+
+    A link block holds link messages and ends with a 16-byte NIL or continuation message,
+    then its checksum; block length is not stored anywhere else but in the (lost) pointer.
+    """
+    p = at + 4
+    while p + 4 <= len(data):
+        kind, size = data[p], struct.unpack_from("<H", data, p + 1)[0]
+        if kind in (H.MSG_NIL, H.MSG_CONTINUATION):
+            return p + 4 + size + 4 - at if size == 16 else 0
+        if kind != H.MSG_LINK or size == 0:
+            return 0
+        p += 4 + size
+    return 0
 
 
 @dataclasses.dataclass

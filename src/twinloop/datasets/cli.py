@@ -1,8 +1,10 @@
 """``twinloop data ...`` and the ``--record`` option of ``twinloop run``.
 
 ``twinloop data info DIR [--follow]`` · ``twinloop data merge OUT SHARD...`` ·
-``twinloop data recover DIR``. There is no ``export-minari``: the native layout is Minari's
-(``MINARI_DATASETS_PATH=ROOT python -c "import minari; minari.load_dataset('ns/name-v0')"``).
+``twinloop data verify DIR`` · ``twinloop data recover DIR`` · ``twinloop data show DIR`` ·
+``twinloop data export DIR --format lerobot|robomimic OUT``. There is no ``export-minari``:
+the native layout is Minari's (``MINARI_DATASETS_PATH=ROOT python -c "import minari;
+minari.load_dataset('ns/name-v0')"``).
 """
 
 from __future__ import annotations
@@ -118,6 +120,19 @@ def add_data_parser(sub: Any) -> None:
     mode.add_argument("--append", action="store_true", help="add to OUT if it exists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_merge)
+
+    s = dsub.add_parser(
+        "verify",
+        help="check every episode's checksums and headers; name what is damaged",
+        description="Hash every dataset of every episode and compare with the checksums "
+        "recorded when it was written, parse every dataset header and compare it with the "
+        "episode index, and read every episode another tool added. Exit status 1 if "
+        "anything is damaged (each problem names the file, the episode and the field).",
+    )
+    s.add_argument("path", metavar="DIR", help="a dataset folder, its data folder, or a root")
+    s.add_argument("--json", action="store_true", help="print the results as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_verify)
 
     s = dsub.add_parser("recover", help="update metadata.json of a capture whose writer was killed")
     s.add_argument("path", metavar="DIR")
@@ -239,6 +254,51 @@ def cmd_merge(args: argparse.Namespace) -> int:
     for problem in result["skipped"]:
         print(f"skipped: {problem}")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every episode of every dataset under ``DIR``."""
+    from tqdm import tqdm
+
+    from twinloop.datasets import DatasetError, open_dataset
+    from twinloop.datasets.writer import find_datasets
+
+    found = find_datasets(args.path)
+    if not found:
+        return _fail(ValueError(f"no dataset under {args.path} (no */data/metadata.json)"))
+    results = []
+    for data_dir in found:
+        try:
+            ds = open_dataset(data_dir)
+        except DatasetError as exc:
+            results.append({"path": str(data_dir), "episodes": 0, "problems": [str(exc)]})
+            continue
+        with ds, tqdm(desc=ds.id, unit="ep", file=sys.stderr, disable=args.quiet) as bar:
+            total = len(ds)
+
+            def progress(done: int, n: int, bar: Any = bar) -> None:
+                bar.total = n
+                bar.update(done - bar.n)
+
+            problems = ds.verify(progress)
+            results.append(
+                {
+                    "path": str(data_dir.parent),
+                    "dataset_id": ds.id,
+                    "episodes": total,
+                    "intact": len(ds),
+                    "problems": problems,
+                }
+            )
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    else:
+        for r in results:
+            state = "intact" if not r["problems"] else f"{len(r['problems'])} problem(s)"
+            print(f"{r['path']}: {r.get('intact', 0)} of {r['episodes']} episodes intact; {state}")
+            for problem in r["problems"]:
+                print(f"  damaged: {problem}")
+    return 1 if any(r["problems"] for r in results) else 0
 
 
 def cmd_recover(args: argparse.Namespace) -> int:

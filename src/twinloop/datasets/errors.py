@@ -29,3 +29,7 @@ class SchemaMismatchError(DatasetError, ValueError):
 
 class DatasetCorruptError(DatasetError):
     """A dataset file is damaged; the message names the file and the first bad episode."""
+
+
+class DatasetFormatError(DatasetError, ValueError):
+    """A dataset stored in a format or layout twinloop does not read (Minari's arrow ...)."""

@@ -102,8 +102,14 @@ def merge_datasets(
             done = 0
             for ds in opened:
                 store = ds._store
+                # by path: a dataset another tool wrote may lack fields ours have (wall clock)
+                pos = {f.path: j for j, f in enumerate(store.fields)}
+                assert writer.fields is not None
                 for e in ds.indices.tolist():
-                    values = [store.field(j, e) for j in range(len(store.fields))]
+                    values = [
+                        store.field(pos[f.path], e) if f.path in pos else None
+                        for f in writer.fields
+                    ]
                     meta = store.meta_rows[e]
                     writer.write_fields(
                         values,

@@ -30,6 +30,8 @@ import numpy as np
 
 from twinloop.core.jit import njit
 from twinloop.datasets import _hdf5 as H
+from twinloop.datasets import _hdf5_read as R
+from twinloop.datasets._hash import xxh64, xxh64_ranges
 from twinloop.datasets._scan import (
     DATA_FILE,
     METADATA_FILE,
@@ -51,6 +53,7 @@ from twinloop.datasets.schema import (
     SOURCE_TRUNCATED,
     SOURCE_WALL,
     FieldSpec,
+    episode_fields,
     space_from_json,
 )
 
@@ -143,7 +146,7 @@ class _Store:
     ``refresh()``, ``close()``.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, verify: bool = True) -> None:
         self.data_dir = data_dir
         self.path = data_dir / DATA_FILE
         self.meta, fields = load_metadata(data_dir)
@@ -159,13 +162,17 @@ class _Store:
         self.action_space = space_from_json(self.meta["action_space"])
         self.file = DataFile(self.path)
         self.inode = os.fstat(self.file.fd).st_ino
-        self.chain = RootChain(self.file, fields)
+        self.chain = RootChain(self.file, fields, int(self.meta.get("total_episodes") or 0))
         self.chain.walk()
         self._map: np.ndarray | None = None
         self._mmap: mmap.mmap | None = None
         self._chunks: dict[tuple[int, int], np.ndarray] = {}
         self._foreign: collections.OrderedDict[int, list[np.ndarray]] = collections.OrderedDict()
         self.generation = -1
+        self.checked = np.zeros(0, dtype=np.bool_)  # integrity checked (see verify)
+        self.bad = np.zeros(0, dtype=np.bool_)  # found damaged: never returned
+        self.damage: dict[int, str] = {}
+        self.verify_reads = verify
         self._rebuild()
 
     @property
@@ -183,6 +190,9 @@ class _Store:
         )
         self.steps = np.array([int(e.attrs["total_steps"]) for e in entries], dtype=np.int64)
         self.foreign = np.array([e.foreign for e in entries], dtype=np.bool_)
+        n_old = self.checked.size if hasattr(self, "checked") else 0
+        self.checked = np.concatenate([self.checked, np.zeros(len(entries) - n_old, np.bool_)])
+        self.bad = np.concatenate([self.bad, np.zeros(len(entries) - n_old, np.bool_)])
         self.addr = np.full((len(entries), n_f), -1, dtype=np.int64)
         for k, e in enumerate(entries):
             if not e.foreign:
@@ -245,6 +255,119 @@ class _Store:
             self.meta = new_meta
         return n
 
+    # integrity -------------------------------------------------------------------------------
+    def ensure_intact(self, eps: np.ndarray) -> bool:
+        """Check the episodes ``eps`` not checked yet; return whether new damage was found.
+
+        A damaged episode is marked (:attr:`bad`), named in :attr:`problems` and never
+        returned again. Does nothing when the store was opened with ``verify=False``.
+        """
+        if not self.verify_reads:
+            return False
+        todo = eps[~self.checked[eps]]
+        if todo.size == 0:
+            return False
+        found = False
+        for e in np.unique(todo).tolist():
+            message = self.check_episode(e)
+            self.checked[e] = True
+            if message is not None:
+                self.mark_bad(e, message)
+                found = True
+        return found
+
+    def mark_bad(self, e: int, message: str) -> None:
+        """Record episode ``e`` as damaged (views drop it; its data are never returned)."""
+        if self.bad[e]:
+            return
+        self.bad[e] = True
+        self.damage[e] = message
+        self.chain.problems.append(message)
+        self.generation += 1
+        log.warning("%s", message)
+
+    def check_episode(self, e: int, deep: bool = False) -> str | None:
+        """What is wrong with episode ``e`` (None if nothing): checksums, then headers.
+
+        Every dataset's stored bytes are hashed and compared with the episode's checksum
+        attribute. The dataset headers are hashed too; if they differ (another writer may
+        have added an attribute to a dataset) or ``deep`` is set, each header is parsed and
+        compared with what the episode index says.
+        """
+        entry = self.entries[e]
+        if entry.foreign:  # no checksums: read it (its shapes are checked) when asked to
+            try:
+                if deep:
+                    self._foreign_episode(e)
+            except DatasetCorruptError as exc:
+                return str(exc)
+            return None
+        where = f"{self.path}: {entry.name}"
+        try:
+            if entry.checksums is not None:
+                message = self._check_sums(e, where)
+                if message is not None:
+                    return message
+                if not deep:
+                    got = int(
+                        xxh64(self.map(), entry.header - entry.header_bytes, entry.header_bytes)
+                    )
+                    if got == int(entry.checksums[-1]):
+                        return None
+            return self._check_headers(e, where)
+        except (H.FormatError, ValueError, IndexError, KeyError, zlib.error) as exc:
+            return f"{where} is damaged: {exc}"
+
+    def _check_sums(self, e: int, where: str) -> str | None:
+        entry = self.entries[e]
+        assert entry.checksums is not None
+        starts = entry.addresses.copy()
+        for j, f in enumerate(self.fields):
+            if f.image:  # the region starts at its first chunk and ends with its index
+                starts[j] = int(self._chunk_table(e, j)[0, 0])
+        mm = self.map()
+        if np.any(starts + entry.sizes > mm.size) or np.any(starts < 0):
+            return f"{where}: its data lie past the end of the file (truncated)"
+        got = xxh64_ranges(mm, starts, entry.sizes)
+        for j in np.flatnonzero(got != entry.checksums[:-1]).tolist():
+            f = self.fields[j]
+            return (
+                f"{where}, field {f.path}: checksum mismatch over bytes {starts[j]}-"
+                f"{starts[j] + entry.sizes[j]} (stored {int(entry.checksums[j]):#018x}, read "
+                f"{int(got[j]):#018x}): the data are damaged; the episode is not returned"
+            )
+        return None
+
+    def _check_headers(self, e: int, where: str) -> str | None:
+        entry = self.entries[e]
+        size = self.file.size
+        found = dict(R.walk(self.file.read, entry.header, size))
+        steps = int(self.steps[e])
+        for j, f in enumerate(self.fields):
+            header = found.get(f.path)
+            if header is None:
+                return f"{where}: field {f.path} has no dataset in the episode group"
+            info = H.parse_dataset(
+                [H.Message(m.kind, m.body, m.body_at) for m in header.messages()]
+            )
+            rows = steps + int(f.obs_aligned)
+            want_dtype = np.dtype(np.bool_) if f.np_dtype.kind == "b" else f.np_dtype
+            problems = []
+            if info.dtype != want_dtype:
+                problems.append(f"dtype {info.dtype} instead of {want_dtype}")
+            if info.shape != (rows, *f.shape):
+                problems.append(f"shape {info.shape} instead of {(rows, *f.shape)}")
+            if info.chunked != f.image or int(info.address) != int(entry.addresses[j]):
+                problems.append(f"data at offset {info.address} instead of {entry.addresses[j]}")
+            if not f.image and info.nbytes != int(entry.sizes[j]):
+                problems.append(f"{info.nbytes} bytes instead of {entry.sizes[j]}")
+            if problems:
+                return (
+                    f"{where}, field {f.path}: its dataset header disagrees with the episode "
+                    f"index ({'; '.join(problems)}): HDF5 readers would read other data"
+                )
+        return None
+
     # reading ---------------------------------------------------------------------------------
     def _foreign_episode(self, e: int) -> list[np.ndarray]:
         """Every field of an episode another tool wrote into this file (LRU-cached)."""
@@ -262,7 +385,9 @@ class _Store:
                 arrays = read_episode(
                     h5[name],
                     self.fields,
-                    jpeg=bool(self.meta.get("jpeg_encoding", False)),
+                    # Minari JPEG-encodes images it appends unless told otherwise; raw rows
+                    # are accepted either way
+                    jpeg=bool(self.meta.get("jpeg_encoding", True)),
                     file_label=str(self.path),
                 )
         except (OSError, KeyError) as exc:
@@ -306,14 +431,19 @@ class _Store:
         arr = np.frombuffer(self.map(), dtype=f.np_dtype, count=count, offset=int(self.addr[e, j]))
         return arr.reshape(n, *f.shape).copy()
 
-    def frame(self, j: int, e: int, r: int) -> np.ndarray:
-        f = self.fields[j]
+    def _chunk_table(self, e: int, j: int) -> np.ndarray:
         table = self._chunks.get((e, j))
         if table is None:
+            f = self.fields[j]
             table = H.read_fixed_array(
                 self.file.read, int(self.addr[e, j]), f.row_bytes, self.file.size
             )
             self._chunks[(e, j)] = table
+        return table
+
+    def frame(self, j: int, e: int, r: int) -> np.ndarray:
+        f = self.fields[j]
+        table = self._chunk_table(e, j)
         addr, size = int(table[r, 0]), int(table[r, 1])
         try:
             raw = zlib.decompress(self.file.read(addr, size))
@@ -401,12 +531,19 @@ class Dataset:
         path: The dataset folder, its ``data`` folder or its data file.
         strict: Raise :class:`DatasetCorruptError` on the first damaged episode instead of
             skipping it and listing it in :attr:`problems`.
+        verify: Check each episode's checksums (and, where they differ, its dataset headers)
+            the first time any of its data is read; a damaged episode is never returned. The
+            check hashes every byte once (several GB/s); ``False`` skips it.
     """
 
-    def __init__(self, path: str | os.PathLike, *, strict: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, strict: bool = False, verify: bool = True
+    ) -> None:
         """Open the file and index its committed episodes."""
-        self._store = _open_store(find_data_dir(path))
+        self._store = _open_store(find_data_dir(path), verify)
+        self._store_verify = verify
         self._sel: np.ndarray | None = None
+        self._idx: tuple[tuple[int, int], np.ndarray] | None = None
         self._step_index: _StepIndex | None = None
         self.strict = strict
         self._report()
@@ -416,8 +553,10 @@ class Dataset:
         obj = cls.__new__(cls)
         obj._store = store
         obj._sel = sel
+        obj._idx = None
         obj._step_index = None
         obj.strict = strict
+        obj._store_verify = True
         return obj
 
     def _report(self) -> None:
@@ -476,10 +615,17 @@ class Dataset:
 
     @property
     def indices(self) -> np.ndarray:
-        """Index positions of this view's episodes."""
-        if self._sel is None:
-            return np.arange(self._store.ids.size)
-        return self._sel
+        """Index positions of this view's episodes (damaged ones left out)."""
+        store = self._store
+        key = (store.generation, store.ids.size)
+        cached = self._idx
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        base = np.arange(store.ids.size) if self._sel is None else self._sel
+        if store.bad.any():
+            base = base[~store.bad[base]]
+        self._idx = (key, base)
+        return base
 
     def __len__(self) -> int:
         """Number of (readable) episodes in this view."""
@@ -498,6 +644,17 @@ class Dataset:
 
     # episodes --------------------------------------------------------------------------------
     def _episode(self, e: int) -> EpisodeData:
+        store = self._store
+        store.ensure_intact(np.array([e]))
+        if store.bad[e]:
+            raise DatasetCorruptError(store.damage[e])
+        try:
+            return self._read_episode(e)
+        except DatasetCorruptError as exc:
+            store.mark_bad(e, str(exc))
+            raise
+
+    def _read_episode(self, e: int) -> EpisodeData:
         store = self._store
         obs, act = [], []
         out: dict[str, Any] = {"infos": {}}
@@ -529,17 +686,31 @@ class Dataset:
         )
 
     def __getitem__(self, i: int) -> EpisodeData:
-        """The ``i``-th episode of this view."""
+        """The ``i``-th episode of this view.
+
+        Raises:
+            DatasetCorruptError: The episode is damaged (the message names the file, the
+                episode and the field); it then leaves the view.
+        """
         idx = self.indices
         if not -idx.size <= i < idx.size:
             raise IndexError(f"episode {i} out of range for a dataset of {idx.size} episodes")
         return self._episode(int(idx[i]))
 
     def iterate_episodes(self, indices: Sequence[int] | None = None) -> Iterator[EpisodeData]:
-        """Yield episodes of this view (all, or the view positions in ``indices``)."""
+        """Yield episodes of this view (all, or the view positions in ``indices``).
+
+        A damaged episode is skipped and named in :attr:`problems` (raised if ``strict``).
+        """
         idx = self.indices
         for i in range(idx.size) if indices is None else indices:
-            yield self._episode(int(idx[i]))
+            try:
+                episode = self._episode(int(idx[i]))
+            except DatasetCorruptError:
+                if self.strict:
+                    raise
+                continue
+            yield episode
 
     def __iter__(self) -> Iterator[EpisodeData]:
         """Iterate over episodes."""
@@ -548,9 +719,12 @@ class Dataset:
     def sample_episodes(self, n: int, rng: np.random.Generator | None = None) -> list[EpisodeData]:
         """``n`` distinct episodes chosen uniformly."""
         rng = rng or np.random.default_rng()
-        if n > len(self):
-            raise ValueError(f"cannot sample {n} episodes from a dataset of {len(self)}")
-        return [self[int(i)] for i in rng.choice(len(self), size=n, replace=False)]
+        while True:
+            if n > len(self):
+                raise ValueError(f"cannot sample {n} episodes from a dataset of {len(self)}")
+            pick = rng.choice(len(self), size=n, replace=False)
+            if not self._store.ensure_intact(self.indices[pick]):
+                return [self[int(i)] for i in pick]
 
     def filter(
         self, predicate: Callable[[dict[str, Any]], bool] | None = None, **equals: Any
@@ -590,18 +764,22 @@ class Dataset:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         store = self._store
-        idx = self.indices
-        # the index is rebuilt when the view or the store's episode list changes (refresh)
-        key = (store.generation, idx.size)
-        index = self._step_index
-        if index is None or index.key != key:
-            index = self._step_index = _StepIndex.build(key, store.steps[idx])
-        if index.total == 0:
-            raise ValueError("cannot sample transitions from an empty dataset")
         rng = rng or np.random.default_rng()
-        g = rng.integers(0, index.total, size=batch_size)
-        local, t = _locate(g, index.bounds, index.guide, index.shift)
-        eps = idx[local]
+        while True:
+            idx = self.indices
+            # the index is rebuilt when the view or the store's episode list changes (refresh,
+            # or damage found)
+            key = (store.generation, idx.size)
+            index = self._step_index
+            if index is None or index.key != key:
+                index = self._step_index = _StepIndex.build(key, store.steps[idx])
+            if index.total == 0:
+                raise ValueError("cannot sample transitions from an empty dataset")
+            g = rng.integers(0, index.total, size=batch_size)
+            local, t = _locate(g, index.bounds, index.guide, index.shift)
+            eps = idx[local]
+            if not store.ensure_intact(eps):
+                break  # (a damaged episode leaves the view: draw again without it)
         obs, nxt, act = [], [], []
         out: dict[str, Any] = {}
         infos: dict[str, np.ndarray] = {}
@@ -631,12 +809,39 @@ class Dataset:
             infos=infos if with_infos else None,
         )
 
+    # integrity ---------------------------------------------------------------------------------
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Check every episode of this view in full; return the problems found (none: intact).
+
+        Twinloop's episodes: every dataset's checksum, and every dataset header against the
+        episode index. Episodes another tool wrote: every field is read and its shape
+        checked. Damaged episodes leave the view. ``progress(done, total)`` after each.
+        """
+        store = self._store
+        idx = self.indices
+        for k, e in enumerate(idx.tolist()):
+            message = store.check_episode(e, deep=True)
+            if message is not None:
+                store.mark_bad(e, message)
+            if progress is not None:
+                progress(k + 1, idx.size)
+        return list(store.problems)
+
     # following ---------------------------------------------------------------------------------
     def refresh(self) -> int:
         """Index episodes committed since opening (or the last refresh); return how many.
 
         A filtered view keeps its selection; refresh the full dataset to see new episodes.
         """
+        if isinstance(self._store, _EmptyStore) and self._sel is None:
+            # the capture has committed its first episode since: read it as a dataset now
+            store = _open_store(self._store.data_dir, self._store_verify)
+            if not isinstance(store, _EmptyStore):
+                self._store.close()
+                self._store = store
+                self._idx = self._step_index = None
+                self._report()
+                return len(store.ids)
         before = len(self._store.problems)
         n = self._store.refresh()
         if len(self._store.problems) > before:
@@ -674,19 +879,51 @@ class Dataset:
         self.close()
 
 
-def _open_store(data_dir: Path) -> Any:
+class _EmptyStore:
+    """A twinloop capture that has not committed its first episode (or never will)."""
+
+    def __init__(self, data_dir: Path, meta: dict[str, Any]) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / DATA_FILE
+        self.meta = meta
+        self.observation_space = space_from_json(meta["observation_space"])
+        self.action_space = space_from_json(meta["action_space"])
+        self.fields = episode_fields(self.observation_space, self.action_space, [])
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.steps = np.zeros(0, dtype=np.int64)
+        self.bad = np.zeros(0, dtype=np.bool_)
+        self.meta_rows: list[dict[str, Any]] = []
+        self.damage: dict[int, str] = {}
+        self.problems: list[str] = []
+        self.generation = 0
+
+    def ensure_intact(self, eps: np.ndarray) -> bool:
+        return False
+
+    def refresh(self) -> int:
+        self.meta = load_metadata(self.data_dir)[0] or self.meta
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def _open_store(data_dir: Path, verify: bool = True) -> Any:
     """The store of a dataset: twinloop's fast path, or h5py for datasets others wrote."""
     meta, fields = load_metadata(data_dir)
-    if fields is None and meta:
-        from twinloop.datasets.h5read import H5Store
+    if fields is None:
+        if "twinloop" in meta and not (data_dir / DATA_FILE).exists():
+            return _EmptyStore(data_dir, meta)
+        from twinloop.datasets import h5read
 
-        return H5Store(data_dir)
-    return _Store(data_dir)
+        if meta or h5read.root_metadata(data_dir / DATA_FILE):
+            return h5read.H5Store(data_dir)
+    return _Store(data_dir, verify)
 
 
-def open_dataset(path: str | os.PathLike, *, strict: bool = False) -> Dataset:
+def open_dataset(path: str | os.PathLike, *, strict: bool = False, verify: bool = True) -> Dataset:
     """Open a dataset for reading (see :class:`Dataset`)."""
-    return Dataset(path, strict=strict)
+    return Dataset(path, strict=strict, verify=verify)
 
 
 def summarize(ds: Dataset) -> dict[str, Any]:

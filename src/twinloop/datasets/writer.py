@@ -40,6 +40,7 @@ import numpy as np
 from twinloop.datasets import _episode as E
 from twinloop.datasets import _hdf5 as H
 from twinloop.datasets import _hdf5_read as R
+from twinloop.datasets._hash import digest
 from twinloop.datasets._scan import (  # noqa: F401 (paths re-exported for older imports)
     DATA_FILE,
     LOCK_FILE,
@@ -72,7 +73,8 @@ from twinloop.datasets.schema import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: 1: twinloop 0.1 captures; 2: episodes carry XXH64 checksums of their datasets and headers.
+FORMAT_VERSION = 2
 #: The Minari dataset format this layout follows (read by minari 0.5.0 and later).
 MINARI_FORMAT = "0.5.0"
 _ID_RE = re.compile(r"^(?:(?P<ns>[-_\w][-_\w/]*[-_\w]+)/)?(?P<name>[-_\w]+?)-v(?P<version>\d+)$")
@@ -122,28 +124,49 @@ def find_datasets(root: str | os.PathLike) -> list[Path]:
 
 
 def recover_dataset(path: str | os.PathLike) -> dict[str, int]:
-    """Bring metadata.json of an interrupted capture up to date with its data file.
+    """Make an interrupted or damaged capture whole again; return what it now holds.
 
-    A writer killed mid-capture leaves every committed episode in the data file, but
-    metadata.json (which Minari reads for the episode count) may lag by up to
-    ``metadata_interval_s``. This reopens the dataset for appending and closes it.
+    * A writer killed mid-capture leaves every committed episode in the data file, but
+      metadata.json (which Minari reads for the episode count) may lag by up to
+      ``metadata_interval_s``: it is brought up to date.
+    * A capture killed before its first episode is marked closed with 0 episodes.
+    * A file whose root group or link blocks are damaged gets a new root that links every
+      episode whose header is intact (found past the damage), so that every HDF5 reader
+      sees them again; a damaged superblock is rewritten.
 
     Returns:
         ``{"episodes": n, "steps": n}`` now recorded in metadata.json.
+
+    Raises:
+        DatasetNotFoundError: No metadata.json (nothing says what the spaces are).
+        DatasetLockedError: A live writer holds the dataset.
     """
+    from twinloop.datasets._scan import load_metadata
     from twinloop.datasets.schema import space_from_json
 
     data_dir = find_data_dir(path)
-    meta = json.loads((data_dir / METADATA_FILE).read_text())
+    meta, fields = load_metadata(data_dir)
+    if not meta:
+        raise DatasetNotFoundError(
+            f"{data_dir / METADATA_FILE} is missing, so the dataset's spaces are unknown; "
+            "nothing was changed"
+        )
     writer = DatasetWriter(
         data_dir.parent,
         observation_space=space_from_json(meta["observation_space"]),
         action_space=space_from_json(meta["action_space"]),
         dataset_id=meta["dataset_id"],
         mode="append",
+        repair=True,
     )
     with writer:
-        fields = [FieldSpec.from_json(f) for f in meta["twinloop"]["fields"]]
+        if fields is None:
+            if (data_dir / DATA_FILE).exists():
+                raise DatasetError(
+                    f"{data_dir / METADATA_FILE} lists no fields but {DATA_FILE} exists: "
+                    "this is not a twinloop capture; nothing was changed"
+                )
+            return {"episodes": 0, "steps": 0}
         writer.begin([f for f in fields if f.source == SOURCE_INFO])
         return {"episodes": writer.n_episodes, "steps": writer.n_steps}
 
@@ -284,10 +307,13 @@ class DatasetWriter:
         metadata_interval_s: float = 1.0,
         progress: ProgressFn | None = None,
         lock_fd: int | None = None,
+        repair: bool = False,
     ) -> None:
         """Check the target, take the lock and, for ``append``, read what exists.
 
         ``lock_fd``: the dataset's lock, already held (inherited from :meth:`handoff`).
+        ``repair``: append to a file whose root is damaged, after rewriting the root with
+        every episode found (see :func:`recover_dataset`).
         """
         if mode not in ("create", "overwrite", "append"):
             raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
@@ -332,6 +358,7 @@ class DatasetWriter:
         self._wall_span: list[float] = []
         self._out = np.zeros(1 << 16, dtype=np.uint8)
         self._inherited_lock = lock_fd
+        self._repair = bool(repair)
         self._prepare()
 
     # setup -----------------------------------------------------------------------------------
@@ -346,6 +373,8 @@ class DatasetWriter:
             raise _write_error(exc, self.data_dir, "creating the dataset folder", 0) from exc
         self._lock()
         exists = self.metadata_path.exists() or self.path.exists()
+        if exists and self.mode == "create" and self._empty_capture():
+            exists = False  # a capture that died before its first episode: start afresh
         if exists and self.mode == "create":
             n = self._count_hint()
             self._unlock()
@@ -385,6 +414,24 @@ class DatasetWriter:
                     f"cannot append to {self.directory}: its action space differs from the "
                     f"env's ({self.action_space})"
                 )
+        if not (exists and self.mode == "append"):
+            # say at once that a capture is under way: one killed before its first episode
+            # then leaves a dataset of 0 episodes that `data info` and `recover` understand
+            try:
+                self._write_metadata(state="open")
+            except DatasetWriteError:
+                self._unlock()
+                raise
+
+    def _empty_capture(self) -> bool:
+        """Whether the folder holds only the metadata of a capture with no episode."""
+        if self.path.exists():
+            return False
+        try:
+            meta = json.loads(self.metadata_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return not (meta.get("twinloop") or {}).get("fields") and meta.get("total_episodes") == 0
 
     def _count_hint(self) -> str:
         try:
@@ -517,7 +564,7 @@ class DatasetWriter:
         self._static = E.pack_schema(probe, self._template, np.array([f.image for f in fields]))
         self._f_ext = np.array([f.image for f in fields], dtype=np.bool_)
         self._has_images = bool(self._f_ext.any())
-        self._no_ext = np.zeros((1, 2 * len(fields) + 1), dtype=np.int64)
+        self._no_ext = np.zeros((1, 3 * len(fields) + 1), dtype=np.int64)
         self._eps = np.zeros((E.N_EP, 1), dtype=np.int64)
         self._result = np.zeros((4, 4), dtype=np.int64)
         if self._existing is not None and self.path.exists():
@@ -558,13 +605,17 @@ class DatasetWriter:
 
     def _reopen(self) -> None:
         scan = scan_file(self.path)
-        if scan.problems:
+        repair = self._repair and bool(scan.problems)
+        if scan.problems and not self._repair:
             raise DatasetError(
                 f"cannot append to {self.path}: it is damaged ({scan.problems[0]}); "
                 "run `twinloop data recover` on it, or read the good episodes with "
                 "twinloop.datasets.open_dataset and merge them into a new dataset"
             )
         sb = scan.superblock
+        if sb is None and repair:  # twinloop's root starts right after the superblock
+            size = self.path.stat().st_size
+            sb = H.Superblock(2, 0, 0, H.UNDEF, size, H.SUPERBLOCK_SIZE)
         if sb is None or sb.base != 0 or sb.flags:
             raise DatasetError(
                 f"cannot append to {self.path}: its superblock is unreadable or marks the file "
@@ -583,11 +634,11 @@ class DatasetWriter:
         self._eoa = sb.eoa
         self._cursor = _align8(max(sb.eoa, os.fstat(fd).st_size))
         chain = scan.chain
-        if chain.appendable:
+        if chain.appendable and not repair:
             self._tail_chunk = np.frombuffer(chain.tail_chunk, dtype=np.uint8).copy()
             self._tail_at = chain.tail_address
         else:
-            self._relink(chain)
+            self._relink(chain, repair)
         self.n_episodes = chain.n_linked
         self._next_id = chain.next_id
         self.n_steps = int(scan.n_steps)
@@ -596,7 +647,7 @@ class DatasetWriter:
         created = (self._existing or {}).get("twinloop", {}).get("created_utc")
         self._created = created or self._created
 
-    def _relink(self, chain: RootChain) -> None:
+    def _relink(self, chain: RootChain, repair: bool = False) -> None:
         """Give the root group a new header in twinloop's append form, then switch to it.
 
         Another writer left the root in a form this writer cannot append to (links in dense
@@ -605,6 +656,9 @@ class DatasetWriter:
         unchanged; it is written past the end of the file, and one 48-byte superblock write
         then makes it the root. Until that write the old root stays in force, so a crash
         leaves the file as it was.
+
+        ``repair``: the root is damaged; links in its readable blocks are kept, and the
+        episodes the scan found past the damage are linked again.
         """
         assert self._fd is not None
         fd = self._fd
@@ -613,8 +667,23 @@ class DatasetWriter:
             return os.pread(fd, n, address)
 
         size = os.fstat(fd).st_size
-        header = R.read_object_header(read, self._root_at, size)
-        if header.tracks_order:
+        errors: list[H.FormatError] = []
+        try:
+            header = R.read_object_header(read, self._root_at, size, errors)
+            links = R.group_links(read, header, size)
+            messages = header.messages()
+        except (H.FormatError, ValueError, IndexError, struct.error):
+            if not repair:
+                raise
+            header, links = None, []
+            body, _ = H.attribute("twinloop_format_version", np.array(FORMAT_VERSION, np.int64))
+            messages = [R.Msg(H.MSG_ATTRIBUTE, 0, body, 0, 0)]
+        if errors and not repair:
+            raise errors[0]
+        have = {link.name for link in links}
+        # episodes found past damaged blocks (repair): linked again, in id order
+        links += [R.Link(n, a) for n, a in chain.links if n not in have]
+        if header is not None and header.tracks_order:
             raise DatasetError(
                 f"cannot append to {self.path}: another writer made its root group track "
                 "creation order, which this writer does not keep; nothing was changed. "
@@ -629,10 +698,10 @@ class DatasetWriter:
             H.MSG_LINK,
             R.MSG_SYMBOL_TABLE,
         }
-        for m in header.messages():
+        for m in messages:
             if m.kind not in skip:
                 root.add(m.kind, m.body, flags=m.flags)
-        for link in R.group_links(read, header, size):
+        for link in links:
             body = link.body if link.body is not None else H.link(link.name, link.address or 0)
             root.add(H.MSG_LINK, body)
         raw, _, n = root.build(reserve_tail=True)
@@ -730,7 +799,7 @@ class DatasetWriter:
         bound = (n_rows + n) * buf.row_bytes + n * (8 * nf + tpl.data.size + 40)
         regions: list[tuple[int, bytes]] = []
         if self._has_images:
-            ext = np.zeros((n, 2 * nf + 1), dtype=np.int64)
+            ext = np.zeros((n, 3 * nf + 1), dtype=np.int64)
             pos = self._cursor
             for e in range(n):
                 steps_e = int(ends[e] - starts[e])
@@ -747,13 +816,14 @@ class DatasetWriter:
                     regions.append((at, region))
                     ext[e, j] = fa_at
                     ext[e, nf + j] = len(region)
+                    ext[e, 2 * nf + 1 + j] = _signed(digest(region))
                     at += _align8(len(region))
                 ext[e, 2 * nf] = at - first
                 pos = at + tpl.data.size
             bound += int(ext[:, 2 * nf].sum())
         else:
             if self._no_ext.shape[0] < n:
-                self._no_ext = np.zeros((2 * n, 2 * nf + 1), dtype=np.int64)
+                self._no_ext = np.zeros((2 * n, 3 * nf + 1), dtype=np.int64)
             ext = self._no_ext
         bound += 4 * H.PAGE_BYTES
         if self._out.size < bound:
@@ -808,7 +878,7 @@ class DatasetWriter:
         if self._eps.shape[1] < buf.n_envs:
             self._eps = np.zeros((E.N_EP, buf.n_envs), dtype=np.int64)
             self._result = np.zeros((4, max(buf.n_envs, 4)), dtype=np.int64)
-            self._no_ext = np.zeros((buf.n_envs, 2 * len(buf.fields) + 1), dtype=np.int64)
+            self._no_ext = np.zeros((buf.n_envs, 3 * len(buf.fields) + 1), dtype=np.int64)
         tpl = self._template
         total = E.fill_ended(
             buf.data,
@@ -1063,6 +1133,8 @@ class DatasetWriter:
                 except DatasetWriteError:
                     if self._failed is None:
                         raise
+            elif not self.path.exists() and self.metadata_path.exists():
+                self._write_metadata(state="closed")  # closed before its first episode
         finally:
             self._unlock()
 
@@ -1082,6 +1154,11 @@ class DatasetWriter:
 
 def _align8(n: int) -> int:
     return (n + 7) & ~7
+
+
+def _signed(h: int) -> int:
+    """A 64-bit hash as the int64 with the same bits."""
+    return h - (1 << 64) if h >= 1 << 63 else h
 
 
 def _get_key(value: Any, key: tuple) -> Any:
