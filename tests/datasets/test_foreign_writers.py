@@ -279,3 +279,67 @@ def test_template_states_phase_change_values():
     assert not header.flags & 0x10  # pyfive refuses headers with attribute phase values
     (ginfo,) = header.messages(H.MSG_GROUP_INFO)
     assert struct.unpack("<BBHH", ginfo.body)[2] == H.MAX_COMPACT
+
+
+def _crash(writer: DatasetWriter) -> None:
+    """Leave the file as a SIGKILL would: no trim, no final metadata, the lock released."""
+    os.close(writer._fd)
+    os.close(writer._lock_fd)
+    writer._fd = writer._lock_fd = None
+    writer._closed = True
+
+
+def _toy_writer(path, mode: str = "create") -> DatasetWriter:
+    env = twinloop.make(STEM)
+    w = DatasetWriter(
+        path, observation_space=env.observation_space, action_space=env.action_space, mode=mode
+    )
+    w.begin([])
+    return w
+
+
+def _toy_episode(w: DatasetWriter, steps: int, k: int) -> None:
+    obs = np.full((steps + 1, 12), k, np.float32)
+    w.write_episode(
+        observations=obs,
+        actions=np.zeros((steps, 2), np.float32),
+        rewards=np.full(steps, float(k)),
+        terminations=np.eye(1, steps, steps - 1, dtype=bool)[0],
+        truncations=np.zeros(steps, bool),
+    )
+
+
+def test_after_a_crash_the_writer_reuses_its_own_preallocated_space(tmp_path):
+    path = tmp_path / "ns" / "pre-v0"
+    w = _toy_writer(path)
+    for k in range(5):
+        _toy_episode(w, 20, k)
+    committed_end = w._cursor
+    _crash(w)
+    data = path / "data" / "main_data.hdf5"
+    assert data.stat().st_size >= 1 << 20  # the preallocated space is there
+    w = _toy_writer(path, mode="append")
+    assert w._cursor == committed_end  # not past the preallocated megabyte
+    _toy_episode(w, 20, 5)
+    w.close()
+    assert data.stat().st_size < committed_end + 16_384
+    ds = open_dataset(path)
+    assert [int(e.rewards[0]) for e in ds] == list(range(6)) and not ds.problems
+
+
+def test_after_a_crash_and_another_writer_nothing_is_reused(tmp_path):
+    path = tmp_path / "ns" / "pre-v1"
+    w = _toy_writer(path)
+    for k in range(3):
+        _toy_episode(w, 20, k)
+    _crash(w)
+    data = path / "data" / "main_data.hdf5"
+    blob = np.arange(50_000, dtype=np.float64)
+    with h5py.File(data, "a") as f:  # allocates at the superblock's end of file
+        f["notes"] = blob
+    w = _toy_writer(path, mode="append")
+    _toy_episode(w, 20, 3)
+    w.close()
+    with h5py.File(data, "r") as f:
+        np.testing.assert_array_equal(f["notes"][()], blob)
+    assert [int(e.rewards[0]) for e in open_dataset(path)] == list(range(4))

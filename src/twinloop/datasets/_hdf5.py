@@ -205,6 +205,20 @@ def parse_superblock(data: bytes) -> tuple[int, int]:
     return sb.eoa, sb.root
 
 
+#: Bytes of the mark that ends a writer's preallocated space (see :func:`prealloc_mark`).
+PREALLOC_MARK_BYTES = 32
+
+
+def prealloc_mark(eoa: int) -> bytes:
+    """The 32 bytes twinloop's writer leaves at the end of space it preallocated up to ``eoa``.
+
+    Not an HDF5 structure: unreferenced bytes every HDF5 reader ignores. A signature, the end
+    address and a checksum, so that a stray match is practically impossible.
+    """
+    body = b"TWINLOOP-PREALLOC" + bytes(3) + struct.pack("<Q", eoa)
+    return body + struct.pack("<I", checksum(body))
+
+
 # --- datatypes --------------------------------------------------------------------------------
 def datatype(dtype: np.dtype) -> bytes:
     """The datatype message body for a little-endian numpy dtype (bool as h5py's enum)."""

@@ -151,8 +151,10 @@ def parse_episode(
     f: DataFile, name: str, address: int, n_fields: int, gheap: R.GlobalHeap | None = None
 ) -> EpisodeEntry:
     """Index the episode group at ``address`` (twinloop's, or one another tool wrote)."""
-    header = R.read_object_header(f.read, address, f.size)
-    raw, _notes = R.object_attributes(f.read, header, f.size, gheap)
+    raw = _own_attributes(f, address)
+    if raw is None:  # another writer changed it (or wrote it): read every form
+        header = R.read_object_header(f.read, address, f.size)
+        raw, _notes = R.object_attributes(f.read, header, f.size, gheap)
     index = raw.pop(E.INDEX_ATTR, None)
     sums = raw.pop(E.CHECKSUM_ATTR, None)
     attrs = {k: _plain(v) for k, v in raw.items()}
@@ -171,6 +173,28 @@ def parse_episode(
         entry.checksums = sums[:-1].view(np.uint64).copy()
         entry.header_bytes = int(sums[-1])
     return entry
+
+
+def _own_attributes(f: DataFile, address: int) -> dict[str, Any] | None:
+    """The attributes of an episode header exactly as twinloop writes it, else None.
+
+    The fast path of :func:`parse_episode` (one read, no continuation, numeric attributes
+    only), tens of microseconds cheaper per episode than the general reader.
+    """
+    msgs, conts, _ = H.read_chunk(f.read, address, None, f.size)
+    if conts:
+        return None
+    attrs = {}
+    for m in msgs:
+        if m.kind == H.MSG_ATTRIBUTE:
+            try:
+                name, value = H.parse_attribute(m.body)
+            except ValueError:  # e.g. a variable-length string another tool added
+                return None
+            attrs[name] = value
+        elif m.kind == R.MSG_ATTRIBUTE_INFO:
+            return None
+    return attrs
 
 
 def check_ranges(entry: EpisodeEntry, fields: list[FieldSpec], size: int) -> None:

@@ -99,7 +99,7 @@ class _Recorder:
             mode=mode,
             env_info=describe_env(env),
             tags=tags,
-            **writer_options,
+            **{"watch": True, **writer_options},
         )
         self.n_rows = n_envs
         self.info_exclude = tuple(info_exclude)
@@ -166,7 +166,8 @@ class RecordEpisodes(gym.Wrapper, _Recorder):
         mode: ``"create"``, ``"overwrite"`` or ``"append"``.
         tags: User tags stored in metadata.json.
         info_exclude: Info keys (or ``prefix/``) not to record.
-        **writer_options: ``fsync``, ``compression_level``, ``compression_strategy``,
+        **writer_options: ``fsync``, ``compression_level``, ``compression_strategy``, ``watch``
+            (default True: metadata.json is brought up to date if the process dies),
             ``metadata_interval_s``, ``progress`` (see :class:`DatasetWriter`).
 
     An episode reset before it ended is not recorded (its steps have no end flag).
@@ -453,7 +454,8 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recorder):
             a SIGKILL of this process loses nothing published). ``"auto"`` (default): the
             companion for twinloop's kernel vector envs where it is supported (x86-64, no
             ``fsync``), else inline.
-        **writer_options: ``fsync``, ``compression_level``, ``compression_strategy``,
+        **writer_options: ``fsync``, ``compression_level``, ``compression_strategy``, ``watch``
+            (default True: metadata.json is brought up to date if the process dies),
             ``metadata_interval_s``.
     """
 

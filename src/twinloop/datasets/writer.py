@@ -29,6 +29,7 @@ import re
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -308,12 +309,16 @@ class DatasetWriter:
         progress: ProgressFn | None = None,
         lock_fd: int | None = None,
         repair: bool = False,
+        watch: bool = False,
     ) -> None:
         """Check the target, take the lock and, for ``append``, read what exists.
 
         ``lock_fd``: the dataset's lock, already held (inherited from :meth:`handoff`).
         ``repair``: append to a file whose root is damaged, after rewriting the root with
         every episode found (see :func:`recover_dataset`).
+        ``watch``: from :meth:`begin` on, a watcher process (:mod:`~twinloop.datasets._watch`)
+        brings metadata.json up to date if this process dies without closing the writer, so
+        that Minari counts every committed episode without a manual ``recover``.
         """
         if mode not in ("create", "overwrite", "append"):
             raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
@@ -359,6 +364,8 @@ class DatasetWriter:
         self._out = np.zeros(1 << 16, dtype=np.uint8)
         self._inherited_lock = lock_fd
         self._repair = bool(repair)
+        self.watch = bool(watch)
+        self._watcher: subprocess.Popen | None = None
         self._prepare()
 
     # setup -----------------------------------------------------------------------------------
@@ -495,6 +502,7 @@ class DatasetWriter:
             "compression_level": self.compression_level,
             "compression_strategy": self.compression_strategy,
             "metadata_interval_s": self.metadata_interval_s,
+            "watch": self.watch,
             "info_fields": [f.to_json() for f in info_fields],
         }
         self._lock_fd = None
@@ -519,6 +527,7 @@ class DatasetWriter:
             compression_strategy=state["compression_strategy"],
             metadata_interval_s=state["metadata_interval_s"],
             lock_fd=lock_fd,
+            watch=bool(state.get("watch", False)),
         )
         try:
             writer.begin([FieldSpec.from_json(f) for f in state["info_fields"]])
@@ -572,6 +581,35 @@ class DatasetWriter:
         else:
             self._create()
         self._write_metadata(state="open")
+        if self.watch:
+            self._start_watcher()
+
+    def _start_watcher(self) -> None:
+        from twinloop.datasets import _watch
+
+        try:
+            self._watcher = subprocess.Popen(
+                [sys.executable, _watch.__file__, str(self.data_dir), LOCK_FILE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C to the capture must not stop its watcher
+            )
+        except OSError as exc:  # no process to spare: metadata.json may then lag after a crash
+            log.warning(
+                "%s: no crash watcher (%s); run `twinloop data recover` after a crash",
+                self.path,
+                exc,
+            )
+
+    def _stop_watcher(self) -> None:
+        proc, self._watcher = self._watcher, None
+        if proc is None or proc.stdin is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            proc.stdin.write(b"closed\n")
+            proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
 
     def _create(self) -> None:
         root = H.HeaderBuilder()
@@ -584,12 +622,14 @@ class DatasetWriter:
         struct.pack_into("<I", chunk, n, H.checksum(chunk[:n]))
         root_at = H.SUPERBLOCK_SIZE
         end = root_at + len(chunk)
-        eoa = max(1 << 20, end)
+        eoa = max(1 << 20, end + H.PREALLOC_MARK_BYTES)
         tmp = self.path.with_name(f".{DATA_FILE}.{os.getpid()}.tmp")
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             os.pwrite(fd, H.superblock(eoa, root_at) + bytes(chunk), 0)
             os.ftruncate(fd, eoa)
+            mark = H.prealloc_mark(eoa)
+            os.pwrite(fd, mark, eoa - len(mark))
             os.replace(tmp, self.path)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -629,11 +669,25 @@ class DatasetWriter:
         self._fd = fd
         self._superblock = sb
         self._root_at = sb.root
-        # new bytes go past everything any writer may have put in the file: past the end of
-        # file address libhdf5 keeps in the superblock and past the file's actual size
         self._eoa = sb.eoa
-        self._cursor = _align8(max(sb.eoa, os.fstat(fd).st_size))
         chain = scan.chain
+        size = os.fstat(fd).st_size
+        tail_end = chain.tail_address + len(chain.tail_chunk)
+        if (
+            chain.appendable
+            and not repair
+            and size == sb.eoa
+            and tail_end <= sb.eoa - H.PREALLOC_MARK_BYTES
+            and os.pread(fd, H.PREALLOC_MARK_BYTES, size - H.PREALLOC_MARK_BYTES)
+            == H.prealloc_mark(sb.eoa)
+        ):
+            # a twinloop writer died here and nobody has allocated since (its preallocation
+            # mark is still last): the space after its last commit is unreferenced: reuse it
+            self._cursor = _align8(tail_end)
+        else:
+            # new bytes go past everything any writer may have put in the file: past the end
+            # of file address libhdf5 keeps in the superblock and past the file's actual size
+            self._cursor = _align8(max(sb.eoa, size))
         if chain.appendable and not repair:
             self._tail_chunk = np.frombuffer(chain.tail_chunk, dtype=np.uint8).copy()
             self._tail_at = chain.tail_address
@@ -710,7 +764,7 @@ class DatasetWriter:
         at = self._cursor
         end = at + len(chunk)
         try:
-            if end > self._eoa:
+            if end > self._eoa - H.PREALLOC_MARK_BYTES:
                 self._grow(end)
             self._pwrite_all(self._fd, np.frombuffer(bytes(chunk), dtype=np.uint8), at)
             os.fdatasync(self._fd)  # the new root is on disk before anything points at it
@@ -947,7 +1001,7 @@ class DatasetWriter:
         try:
             self._pwrite_all(fd, data, self._cursor)
             end = self._cursor + data.size
-            if end > self._eoa:
+            if end > self._eoa - H.PREALLOC_MARK_BYTES:
                 self._grow(end)
             if self.fsync:
                 os.fdatasync(fd)
@@ -977,9 +1031,15 @@ class DatasetWriter:
             done += n
 
     def _grow(self, end: int) -> None:
-        # bounded steps: after a crash the file keeps at most one step of unused space
+        """Preallocate past ``end`` and move the superblock's end of file there.
+
+        The preallocated space ends with a marker naming its end (:func:`_hdf5.prealloc_mark`):
+        after a crash, a writer that finds it still last in the file, at the superblock's end
+        of file, knows nobody else has allocated since and reuses the space after the last
+        commit instead of skipping it.
+        """
         step = min(max(1 << 20, self._eoa // 8), 16 << 20)
-        eoa = (end + step + (1 << 20) - 1) // (1 << 20) * (1 << 20)
+        eoa = (end + H.PREALLOC_MARK_BYTES + step + (1 << 20) - 1) // (1 << 20) * (1 << 20)
         assert self._fd is not None
         try:  # real blocks: writing into them later is cheaper than into sparse holes
             os.posix_fallocate(self._fd, self._cursor, eoa - self._cursor)
@@ -987,6 +1047,9 @@ class DatasetWriter:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
             os.ftruncate(self._fd, eoa)
+        mark = H.prealloc_mark(eoa)
+        if os.pwrite(self._fd, mark, eoa - len(mark)) != len(mark):
+            raise OSError(errno.EIO, "short write of the preallocation mark")
         self._write_superblock(eoa, self._root_at)
         self._eoa = eoa
 
@@ -1137,6 +1200,7 @@ class DatasetWriter:
                 self._write_metadata(state="closed")  # closed before its first episode
         finally:
             self._unlock()
+            self._stop_watcher()
 
     def __enter__(self) -> DatasetWriter:
         """Return self."""
