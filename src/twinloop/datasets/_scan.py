@@ -181,6 +181,8 @@ def _own_attributes(f: DataFile, address: int) -> dict[str, Any] | None:
     The fast path of :func:`parse_episode` (one read, no continuation, numeric attributes
     only), tens of microseconds cheaper per episode than the general reader.
     """
+    if f.read(address, 4) != b"OHDR":
+        return None  # a version 1 header: another tool's
     msgs, conts, _ = H.read_chunk(f.read, address, None, f.size)
     if conts:
         return None
