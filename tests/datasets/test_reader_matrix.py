@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 
@@ -87,6 +88,8 @@ class Reader:
         python: ``"3.6"``: a venv on that Python; ``""``: on the Python running the tests.
         requirements: What pip installs into the venv (none: no venv, this interpreter).
         library: Prefix that the reported libhdf5 must have (the id names it).
+        limits: ``(object path pattern, error text)`` of failures that are the reader's own
+            documented limits, not the file's: reported as notes instead of failures.
     """
 
     id: str
@@ -94,6 +97,7 @@ class Reader:
     python: str = ""
     requirements: tuple[str, ...] = ()
     library: str = ""
+    limits: tuple[tuple[str, str], ...] = ()
 
     @property
     def here(self) -> bool:
@@ -108,13 +112,22 @@ READERS = [
     Reader("h5py-3.11-hdf5-1.14", "h5py", "3.11", ("h5py==3.11.0", "numpy<2"), "HDF5 1.14."),
     Reader("h5py-3.7-hdf5-1.12", "h5py", "3.10", ("h5py==3.7.0", "numpy<2"), "HDF5 1.12."),
     Reader("h5py-2.10-hdf5-1.10", "h5py", "3.8", ("h5py==2.10.0", "numpy<1.20"), "HDF5 1.10."),
-    Reader("h5py-2.7-hdf5-1.8", "h5py", "3.6", ("h5py==2.7.1", "numpy<1.20"), "HDF5 1.8."),
+    Reader(
+        "h5py-2.7-hdf5-1.8",
+        "h5py",
+        "3.6",
+        ("h5py==2.7.1", "numpy<1.20"),
+        "HDF5 1.8.",
+        # h5py < 2.10 has no conversion for fixed-length UTF-8 strings, also for those
+        # libhdf5 itself writes (checked by hand): Text fields need h5py >= 2.10 (README)
+        limits=((r"/observations/note$", "no appropriate function for conversion path"),),
+    ),
     Reader("tables", "tables", "", ("tables>=3.9",), "HDF5 "),
     Reader("pyfive", "pyfive", "", ("pyfive>=0.4",)),
     Reader("h5dump", "h5dump", library="HDF5 "),
 ]
 
-KINDS = ["stem", "stem-vector", "toy-image", "toy-appended"]
+KINDS = ["stem", "stem-vector", "toy-image", "toy-appended", "touched"]
 
 #: (reader id, kind) -> one line for the table; reader id -> versions.
 RESULTS: dict[tuple[str, str], str] = {}
@@ -150,6 +163,16 @@ def _write(kind: str, directory: Path) -> None:
             compression_strategy="huffman",
         )
         run_episodes(env, 2, seed=30)
+        env.close()
+    elif kind == "touched":  # another writer adds a group and attributes; twinloop appends
+        env = RecordEpisodes(twinloop.make(STEM), directory)
+        run_episodes(env, 3, seed=40)
+        env.close()
+        with h5py.File(_h5(directory), "a") as f:
+            f.create_group("notes").attrs["rating"] = 3
+            f["episode_0"].attrs["reviewed"] = 1
+        env = RecordEpisodes(twinloop.make(STEM), directory, mode="append")
+        run_episodes(env, 2, seed=50)
         env.close()
     else:
         raise ValueError(f"unknown dataset kind {kind!r}")
@@ -652,6 +675,11 @@ def test_reader_matrix(
             raise
         got = run_dump(python, reader.module, h5, tmp_path / "dump.json", reference_file)
         problems, notes = compare(reference, got)
+    for pattern, text in reader.limits:
+        known = [p for p in problems if re.search(pattern, p.split(": ")[0]) and text in p]
+        if known:
+            problems = [p for p in problems if p not in known]
+            notes.append(f"{len(known)} object(s) past the reader's known limit: {text}")
     _record(reader, kind, got, record_property)
     if reader.library and not str(got["library"]).startswith(reader.library):
         problems.insert(

@@ -70,9 +70,6 @@ INDEX_ATTR = "twinloop_index"
 #: length in bytes (they end where the episode group's header starts). Format version 2.
 CHECKSUM_ATTR = "twinloop_checksums"
 
-#: Fixed-array page bits in every image dataset: 2**24 frames per episode before paging.
-IMAGE_PAGE_BITS = 24
-
 
 def _align8(n: int) -> int:
     return (n + 7) & ~7
@@ -123,8 +120,8 @@ def build_template(fields: Sequence[FieldSpec]) -> Template:
         if f.image:
             hb.add(H.MSG_FILL, H.FILL_INCREMENTAL, flags=1)
             hb.add(H.MSG_FILTERS, H.filter_deflate(1), flags=1)
-            lay = H.layout_fixed_array((1, *f.shape), f.np_dtype.itemsize, IMAGE_PAGE_BITS, 0)
-            hb.add(H.MSG_LAYOUT, lay, patches=[(len(lay) - 8, P_ADDR, j)])
+            lay = H.layout_btree((1, *f.shape), f.np_dtype.itemsize, 0)
+            hb.add(H.MSG_LAYOUT, lay, patches=[(3, P_ADDR, j)])
         else:
             hb.add(H.MSG_FILL, H.FILL_LATE, flags=1)
             hb.add(
@@ -655,7 +652,7 @@ def deflate(data: Any, level: int, huffman: bool = False) -> bytes:
 def image_region(
     frames: np.ndarray, at: int, level: int, huffman: bool = False
 ) -> tuple[bytes, int]:
-    """Deflate each frame into its own chunk followed by a fixed array index.
+    """Deflate each frame into its own chunk, followed by the chunks' B-tree index.
 
     Args:
         frames: ``(rows, *frame_shape)`` uint8.
@@ -664,12 +661,11 @@ def image_region(
         huffman: Entropy coding only (see :func:`deflate`).
 
     Returns:
-        ``(region bytes, address of the fixed array header)``.
+        ``(region bytes, address of the B-tree's root node)``.
     """
     n = frames.shape[0]
-    chunk_bytes = int(frames[0].nbytes) if n else 1
     flat = np.ascontiguousarray(frames).reshape(n, -1)
-    if n * chunk_bytes >= 1 << 18 and _POOL_WORKERS > 1:
+    if flat.nbytes >= 1 << 18 and _POOL_WORKERS > 1:
         # zlib releases the GIL: compress frames on every core
         blobs = list(_pool().map(lambda row: deflate(row, level, huffman), flat))
     else:
@@ -677,9 +673,9 @@ def image_region(
     sizes = np.array([len(b) for b in blobs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     data = b"".join(blobs)
-    fa_at = at + _align8(len(data))
-    index = H.fixed_array(at + offsets, sizes, chunk_bytes, IMAGE_PAGE_BITS, fa_at)
-    return data + b"\0" * (_align8(len(data)) - len(data)) + index, fa_at
+    tree_at = at + _align8(len(data))
+    index, root = H.chunk_btree(at + offsets, sizes, frames.ndim, 1, tree_at)
+    return data + b"\0" * (_align8(len(data)) - len(data)) + index, root
 
 
 # --- the vector recorder's fast path: one step's output block into a ring row -----------------

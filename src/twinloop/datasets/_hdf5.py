@@ -1,9 +1,10 @@
 """The subset of the HDF5 file format that twinloop writes and reads, byte for byte.
 
 Source: the HDF5 File Format Specification, version 3.0 (The HDF Group), sections II.A
-(superblock version 2), IV.A.1.b (version 2 object headers and continuation blocks), IV.A.2
-(header messages: dataspace, link info, datatype, fill value, link, data layout, filter
-pipeline, attribute, object header continuation, group info) and VII.B (fixed array index).
+(superblock version 2), III.A.1 (version 1 B-trees), IV.A.1.b (version 2 object headers and
+continuation blocks), IV.A.2 (header messages: dataspace, link info, datatype, fill value,
+link, data layout, filter pipeline, attribute, object header continuation, group info) and
+VII.B (fixed array index, read in files of format 1).
 Checksums are Bob Jenkins' ``lookup3`` ``hashlittle`` with seed 0, as the spec requires.
 
 Why write bytes by hand instead of calling libhdf5 through h5py:
@@ -22,9 +23,12 @@ Why write bytes by hand instead of calling libhdf5 through h5py:
 
 What is written: superblock v2; version 2 object headers (``OHDR``) whose chunk 0 and every
 continuation block (``OCHK``) end in a reserved NIL message; groups in compact ("new style")
-link storage; contiguous datasets; chunked datasets with the deflate filter indexed by a fixed
-array (``FAHD``/``FADB``); scalar and 1-D numeric attributes. The reader below parses exactly
-this subset (and tolerates anything else by skipping messages it does not need).
+link storage; contiguous datasets; chunked datasets with the deflate filter in a version 3
+layout indexed by a version 1 B-tree (``TREE``), which HDF5 1.8 and pure-Python readers such as
+pyfive read (format 1 files used a version 4 layout with a fixed array, ``FAHD``/``FADB``, which
+needs HDF5 1.10); scalar and 1-D numeric attributes. Every structure is HDF5 1.8's. The reader
+below parses exactly this subset; :mod:`twinloop.datasets._hdf5_read` reads what other writers
+add.
 """
 
 from __future__ import annotations
@@ -314,20 +318,6 @@ def layout_contiguous(address: int, size: int) -> bytes:
     return struct.pack("<BBQQ", 3, 1, address, size)
 
 
-def layout_fixed_array(
-    chunk_dims: Sequence[int], itemsize: int, page_bits: int, index: int
-) -> bytes:
-    """Data layout message (version 4), chunked, indexed by a fixed array at ``index``."""
-    dims = [*chunk_dims, itemsize]
-    width = max(1, (max(dims).bit_length() + 7) // 8)
-    enc = b"".join(d.to_bytes(width, "little") for d in dims)
-    return (
-        struct.pack("<BBBBB", 4, 2, 0, len(dims), width)
-        + enc
-        + struct.pack("<BBQ", 3, page_bits, index)
-    )
-
-
 def filter_deflate(level: int) -> bytes:
     """Filter pipeline message (version 2): deflate at ``level``, marked optional."""
     return struct.pack("<BBHHHI", 2, 1, 1, 1, 1, level)
@@ -434,31 +424,120 @@ def continued_tail(chunk: bytes | bytearray, address: int, length: int) -> bytes
     return bytes(body[-20:]) + struct.pack("<I", checksum(body))
 
 
-# --- fixed array index (chunked, filtered) ----------------------------------------------------
-def chunk_size_width(chunk_bytes: int) -> int:
-    """Bytes used to store a filtered chunk's size (libhdf5's H5D_FARRAY_FILT rule)."""
-    return min(8, 1 + ((int(chunk_bytes).bit_length() - 1) + 8) // 8)
+# --- version 1 B-tree chunk index (chunked, filtered; readable by HDF5 1.8 and pyfive) ---------
+#: Entries per node of a chunk B-tree: 2K with K = 32, libhdf5's "indexed storage internal
+#: node K" for files whose superblock (version 2) does not store it (spec II.A, III.A.1).
+BTREE_TWO_K = 64
 
 
-def page_bits_for(n_chunks: int) -> int:
-    """Page bits large enough that the fixed array never pages (default 10)."""
-    return max(10, (max(n_chunks, 1) - 1).bit_length())
+def layout_btree(chunk_dims: Sequence[int], itemsize: int, address: int) -> bytes:
+    """Data layout message (version 3), chunked, indexed by a version 1 B-tree at ``address``.
+
+    Version 3 layouts are what HDF5 1.8 writes and what every reader reads (the version 4
+    layout with a fixed array index needs HDF5 1.10; pyfive reads no version 4 layout).
+    """
+    dims = [*chunk_dims, itemsize]
+    return struct.pack("<BBBQ", 3, 2, len(dims), address) + struct.pack(f"<{len(dims)}I", *dims)
 
 
-def fixed_array(
-    chunk_addresses: np.ndarray, chunk_sizes: np.ndarray, chunk_bytes: int, page_bits: int, at: int
-) -> bytes:
-    """``FAHD`` + ``FADB`` at address ``at`` for filtered chunks; both checksummed."""
-    n = int(chunk_addresses.size)
-    width = chunk_size_width(chunk_bytes)
-    entry = 8 + width + 4
-    header = b"FAHD" + struct.pack("<BBBBQQ", 0, 1, entry, page_bits, n, at + 28)
-    header += struct.pack("<I", checksum(header))
-    rows = np.zeros((n, entry), dtype=np.uint8)
-    rows[:, :8] = chunk_addresses.astype("<u8").view(np.uint8).reshape(n, 8)
-    rows[:, 8 : 8 + width] = chunk_sizes.astype("<u8").view(np.uint8).reshape(n, 8)[:, :width]
-    block = b"FADB" + struct.pack("<BBQ", 0, 1, at) + rows.tobytes()
-    return header + block + struct.pack("<I", checksum(block))
+def btree_node_bytes(rank: int) -> int:
+    """Size of one chunk B-tree node of a dataset of ``rank`` dimensions (allocated in full)."""
+    key = 8 + 8 * (rank + 1)
+    return 24 + (BTREE_TWO_K + 1) * key + BTREE_TWO_K * 8
+
+
+def chunk_btree(
+    addresses: np.ndarray, sizes: np.ndarray, rank: int, chunk_rows: int, at: int
+) -> tuple[bytes, int]:
+    """Version 1 B-tree (node type 1) over chunks ``k`` at row ``k * chunk_rows``; at ``at``.
+
+    Each key holds the chunk's stored size, its filter mask (0) and its offset (row, then 0
+    for the other dimensions and for the element "dimension"); the last key of a node is the
+    first offset past its chunks. Leaves come first, each level after the one below, the root
+    last; nodes are padded to the full node size libhdf5 reads.
+
+    Returns:
+        ``(bytes of every node, address of the root)``.
+    """
+    node_bytes = btree_node_bytes(rank)
+    n_off = rank + 1
+
+    def key(nbytes: int, row: int) -> bytes:
+        return struct.pack("<II", nbytes, 0) + struct.pack(f"<{n_off}Q", row, *([0] * rank))
+
+    # (left key, child address, first row, end row) per entry of the level being built
+    level_entries = [
+        (
+            key(int(sizes[k]), k * chunk_rows),
+            int(addresses[k]),
+            k * chunk_rows,
+            (k + 1) * chunk_rows,
+        )
+        for k in range(addresses.size)
+    ]
+    out = bytearray()
+    level = 0
+    while True:
+        groups = [
+            level_entries[i : i + BTREE_TWO_K] for i in range(0, len(level_entries), BTREE_TWO_K)
+        ]
+        first_at = at + len(out)
+        parents = []
+        for g, entries in enumerate(groups):
+            node_at = first_at + g * node_bytes
+            left = first_at + (g - 1) * node_bytes if g > 0 else UNDEF
+            right = first_at + (g + 1) * node_bytes if g + 1 < len(groups) else UNDEF
+            raw = b"TREE" + struct.pack("<BBHQQ", 1, level, len(entries), left, right)
+            for k_bytes, child, _, _ in entries:
+                raw += k_bytes + struct.pack("<Q", child)
+            end_row = entries[-1][3]
+            raw += key(0, end_row)
+            out += raw + bytes(node_bytes - len(raw))
+            parents.append((entries[0][0], node_at, entries[0][2], end_row))
+        if len(parents) == 1:
+            return bytes(out), parents[0][1]
+        level_entries = parents
+        level += 1
+
+
+def read_chunk_btree(read: Any, address: int, rank: int, limit: int) -> np.ndarray:
+    """``(n_chunks, 2)`` array of (address, stored size) of a chunk B-tree, by chunk offset."""
+    key_bytes = 8 + 8 * (rank + 1)
+    rows: list[tuple[int, int, int]] = []
+    stack = [address]
+    seen = 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > 1_000_000 or not 0 <= node < limit:
+            raise FormatError(f"chunk B-tree node at offset {node} is out of range")
+        head = read(node, 24)
+        if len(head) < 24 or head[:4] != b"TREE" or head[4] != 1:
+            raise FormatError(f"no chunk B-tree node at offset {node}")
+        level, used = head[5], struct.unpack_from("<H", head, 6)[0]
+        if used > BTREE_TWO_K:
+            raise FormatError(f"chunk B-tree node at offset {node} holds {used} entries")
+        body = read(node + 24, used * (key_bytes + 8) + key_bytes)
+        if len(body) < used * (key_bytes + 8) + key_bytes:
+            raise FormatError(f"chunk B-tree node at offset {node} is truncated")
+        children = []
+        for k in range(used):
+            p = k * (key_bytes + 8)
+            nbytes = struct.unpack_from("<I", body, p)[0]
+            row = struct.unpack_from("<Q", body, p + 8)[0]
+            child = struct.unpack_from("<Q", body, p + key_bytes)[0]
+            if child >= limit or (level == 0 and child + nbytes > limit):
+                raise FormatError(f"chunk B-tree node at offset {node} points past the file")
+            children.append((row, child, nbytes))
+        if level == 0:
+            rows.extend((row, child, nbytes) for row, child, nbytes in children)
+        else:
+            stack.extend(child for _, child, _ in reversed(children))
+    rows.sort()
+    out = np.zeros((len(rows), 2), dtype=np.int64)
+    for k, (_, child, nbytes) in enumerate(rows):
+        out[k] = child, nbytes
+    return out
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -604,9 +683,9 @@ class DatasetInfo:
     Attributes:
         dtype: Element type.
         shape: Dataset shape.
-        address: Contiguous data address, or the fixed array header address if chunked.
+        address: Contiguous data address, or the chunk index's address if chunked.
         nbytes: Contiguous data size (0 for chunked).
-        chunked: Chunked + deflate with a fixed array index.
+        chunked: Chunked + deflate (a B-tree or, in format 1 files, a fixed array index).
         chunk_dims: Chunk shape (chunked only).
     """
 
@@ -631,6 +710,11 @@ def parse_dataset(messages: Sequence[Message]) -> DatasetInfo:
             version, cls = m.body[0], m.body[1]
             if cls == 1 and version == 3:
                 address, nbytes = struct.unpack_from("<QQ", m.body, 2)
+            elif cls == 2 and version == 3:
+                ndims = m.body[2]
+                address = struct.unpack_from("<Q", m.body, 3)[0]
+                dims = struct.unpack_from(f"<{ndims}I", m.body, 11)
+                chunked, chunk_dims = True, tuple(int(d) for d in dims[:-1])
             elif cls == 2 and version >= 4:
                 ndims, width = m.body[3], m.body[4]
                 dims = [

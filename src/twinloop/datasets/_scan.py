@@ -37,7 +37,7 @@ DATA_FILE = "main_data.hdf5"
 LOCK_FILE = ".twinloop.lock"
 EPISODE_RE = re.compile(r"episode_(\d+)")
 
-_PARSE_ERRORS = (H.FormatError, ValueError, IndexError, KeyError, OverflowError)
+_PARSE_ERRORS = (H.FormatError, ValueError, IndexError, KeyError, OverflowError, struct.error)
 
 
 # --- paths ------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def check_ranges(entry: EpisodeEntry, fields: list[FieldSpec], size: int) -> Non
         rows = steps + int(fs.obs_aligned)
         if not fs.image and nbytes != rows * fs.row_bytes:
             raise H.FormatError(f"{fs.path} holds {nbytes} bytes, expected {rows * fs.row_bytes}")
-        if addr < 0 or addr + (28 if fs.image else nbytes) > size:
+        if addr < 0 or addr + (24 if fs.image else nbytes) > size:
             raise H.FormatError(
                 f"{fs.path} (bytes {addr}-{addr + nbytes}) lies past the end of the file ({size} "
                 "bytes): the file is truncated"

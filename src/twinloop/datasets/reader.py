@@ -315,7 +315,7 @@ class _Store:
                     if got == int(entry.checksums[-1]):
                         return None
             return self._check_headers(e, where)
-        except (H.FormatError, ValueError, IndexError, KeyError, zlib.error) as exc:
+        except (H.FormatError, ValueError, IndexError, KeyError, OverflowError, zlib.error) as exc:
             return f"{where} is damaged: {exc}"
 
     def _check_sums(self, e: int, where: str) -> str | None:
@@ -435,9 +435,16 @@ class _Store:
         table = self._chunks.get((e, j))
         if table is None:
             f = self.fields[j]
-            table = H.read_fixed_array(
-                self.file.read, int(self.addr[e, j]), f.row_bytes, self.file.size
-            )
+            at = int(self.addr[e, j])
+            if self.file.read(at, 4) == b"FAHD":  # format 1 files: a fixed array index
+                table = H.read_fixed_array(self.file.read, at, f.row_bytes, self.file.size)
+            else:
+                table = H.read_chunk_btree(self.file.read, at, 1 + len(f.shape), self.file.size)
+            if table.shape[0] != int(self.steps[e]) + int(f.obs_aligned):
+                raise H.FormatError(
+                    f"{self.entries[e].name}, field {f.path}: its chunk index lists "
+                    f"{table.shape[0]} frames, expected {int(self.steps[e]) + int(f.obs_aligned)}"
+                )
             self._chunks[(e, j)] = table
         return table
 
