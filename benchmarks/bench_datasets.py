@@ -9,7 +9,8 @@ Measures, on the STEM env (random actions, pre-drawn so sampling costs nothing):
    ``minari.DataCollector`` (same env, actions and steps, written to disk), and their ratio;
 3. write throughput of image observations (MB/s of raw pixels before compression);
 4. transition sampling (``Dataset.sample``) from datasets of growing episode counts: the
-   time per sampled transition should not grow with the number of episodes.
+   time per sampled transition should not grow with the number of episodes; and the time to
+   check every episode's checksums (what the first read of each episode costs, all at once).
 
 Runs alternate (plain, recorded, plain, ...) and each figure is the best of ``--repeats``, so a
 burst of load from another process does not bias one side. Prints a table and writes JSON to
@@ -246,6 +247,10 @@ def bench_sampling(
             env.step(env.action_space.sample())
         env.close()
         ds = open_dataset(path)
+        # the checksums a first read checks (every dataset's bytes and headers), all at once
+        t0 = time.perf_counter()
+        ds._store.ensure_intact(ds.indices)
+        verify_s = time.perf_counter() - t0
         rng = np.random.default_rng(0)
         ds.sample(batch, rng)  # builds the step index
         best = float("inf")
@@ -271,6 +276,8 @@ def bench_sampling(
                 "batch": batch,
                 "us_per_transition": 1e6 * best,
                 "locate_ns_per_sample": locate_ns,
+                "verify_ms": 1e3 * verify_s,
+                "verify_mb_per_s": ds.path.stat().st_size / 1e6 / verify_s,
             }
         )
     return rows
@@ -325,11 +332,13 @@ def main() -> None:
     print(f"\ntransition sampling, batches of {sampling[0]['batch']}")
     print(
         f"{'episodes':>9}  {'steps':>10}  {'file MB':>8}  {'us/transition':>13}  {'locate ns':>9}"
+        f"  {'checksums: ms':>13}  {'MB/s':>6}"
     )
     for r in sampling:
         print(
             f"{r['episodes']:>9,}  {r['steps']:>10,}  {r['file_mb']:>8.0f}  "
             f"{r['us_per_transition']:>13.2f}  {r['locate_ns_per_sample']:>9.1f}"
+            f"  {r['verify_ms']:>13.1f}  {r['verify_mb_per_s']:>6.0f}"
         )
     result = {
         "machine": {

@@ -148,5 +148,5 @@ def test_a_clean_close_leaves_the_watcher_nothing_to_do(tmp_path):
     watcher = rec.writer._watcher
     assert watcher is not None and watcher.poll() is None
     rec.close()
-    assert watcher.returncode == 0
+    assert watcher.wait(timeout=30) == 0
     assert _metadata(tmp_path / "ns" / "clean-v0")["total_episodes"] == 2

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
 
 C = TypeVar("C")
 
@@ -185,6 +188,21 @@ def to_json(cfg: object) -> str:
     """Serialise a config tree to a JSON string with a ``__class__`` tag at the top."""
     payload = {"__class__": f"{type(cfg).__module__}:{type(cfg).__qualname__}", **to_dict(cfg)}
     return json.dumps(payload, sort_keys=True)
+
+
+def recorded_config(cls: type[C], metadata: Mapping[str, Any], where: str = "") -> C:
+    """The config a dataset was recorded with (``twinloop.env_config`` in its metadata).
+
+    Falls back to the defaults, with a logged warning naming ``where``, when the dataset
+    holds none or one this version cannot read.
+    """
+    raw = (metadata.get("twinloop") or {}).get("env_config")
+    if isinstance(raw, Mapping):
+        try:
+            return from_dict(cls, raw)
+        except (TypeError, ValueError, KeyError) as exc:
+            log.warning("%s: recorded config unreadable (%s); using the defaults", where, exc)
+    return cls()
 
 
 def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:

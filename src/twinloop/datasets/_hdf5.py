@@ -651,26 +651,27 @@ def parse_link(body: bytes) -> tuple[str, int | None]:
     return name, struct.unpack_from("<Q", body, p)[0]
 
 
-def parse_attribute(body: bytes) -> tuple[str, np.ndarray]:
-    """``(name, value)`` of an attribute message (versions 1-3, numeric or string)."""
+def attribute_parts(body: bytes) -> tuple[str, int, tuple[int, ...], int]:
+    """``(name, datatype offset, dims, data offset)`` of an attribute message (versions 1-3).
+
+    Version 1 pads the name, datatype and dataspace to 8 bytes; versions 2 and 3 do not
+    (version 3 adds a name character set byte).
+    """
     version = body[0]
     name_size, dt_size, ds_size = struct.unpack_from("<HHH", body, 2)
-    if version == 1:
-        p = 8
-        name = body[p : p + name_size - 1].decode("utf-8")
-        p += (name_size + 7) // 8 * 8
-        dtype, _ = parse_datatype(body, p)
-        p += (dt_size + 7) // 8 * 8
-        dims, _ = parse_dataspace(body, p)
-        p += (ds_size + 7) // 8 * 8
-    else:
-        p = 8 if version == 2 else 9
-        name = body[p : p + name_size - 1].decode("utf-8")
-        p += name_size
-        dtype, _ = parse_datatype(body, p)
-        p += dt_size
-        dims, _ = parse_dataspace(body, p)
-        p += ds_size
+    pad = (lambda n: (n + 7) // 8 * 8) if version == 1 else (lambda n: n)
+    p = 8 if version in (1, 2) else 9
+    name = body[p : p + name_size - 1].decode("utf-8")
+    dt_at = p + pad(name_size)
+    ds_at = dt_at + pad(dt_size)
+    dims, _ = parse_dataspace(body, ds_at)
+    return name, dt_at, dims, ds_at + pad(ds_size)
+
+
+def parse_attribute(body: bytes) -> tuple[str, np.ndarray]:
+    """``(name, value)`` of an attribute message (versions 1-3, numeric or string)."""
+    name, dt_at, dims, p = attribute_parts(body)
+    dtype, _ = parse_datatype(body, dt_at)
     count = int(np.prod(dims, dtype=np.int64)) if dims else 1
     value = np.frombuffer(body, dtype=dtype, count=count, offset=p).reshape(dims)
     return name, value

@@ -641,24 +641,7 @@ def decode_attribute(body: bytes, gheap: GlobalHeap) -> tuple[str, Any]:
     Raises:
         ValueError: A datatype this reader does not decode (the caller keeps the episode).
     """
-    version = body[0]
-    name_size, dt_size, ds_size = struct.unpack_from("<HHH", body, 2)
-    if version == 1:
-        p = 8
-        name = body[p : p + name_size - 1].decode("utf-8")
-        p += (name_size + 7) // 8 * 8
-        dt_at = p
-        p += (dt_size + 7) // 8 * 8
-        dims, _ = H.parse_dataspace(body, p)
-        p += (ds_size + 7) // 8 * 8
-    else:
-        p = 8 if version == 2 else 9
-        name = body[p : p + name_size - 1].decode("utf-8")
-        p += name_size
-        dt_at = p
-        p += dt_size
-        dims, _ = H.parse_dataspace(body, p)
-        p += ds_size
+    name, dt_at, dims, p = H.attribute_parts(body)
     if _vlen_string_type(body, dt_at):
         count = int(np.prod(dims, dtype=np.int64)) if dims else 1
         values = []

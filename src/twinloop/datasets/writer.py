@@ -74,8 +74,15 @@ from twinloop.datasets.schema import (
 
 log = logging.getLogger(__name__)
 
-#: 1: twinloop 0.1 captures; 2: episodes carry XXH64 checksums of their datasets and headers.
+#: 1: twinloop 0.1 captures; 2: episodes carry XXH64 checksums of their datasets and headers,
+#: image chunks are indexed by a version 1 B-tree (every structure is HDF5 1.8's).
 FORMAT_VERSION = 2
+#: What readers the files are tested with (tests/datasets/test_reader_matrix.py), in metadata.
+READERS = {
+    "hdf5": ">=1.8 (h5py 2.7-3.16, PyTables 3.11, h5dump 1.10)",
+    "pyfive": ">=1.3",
+    "text_fields": "h5py>=2.10 (older h5py cannot convert fixed-length UTF-8 strings)",
+}
 #: The Minari dataset format this layout follows (read by minari 0.5.0 and later).
 MINARI_FORMAT = "0.5.0"
 _ID_RE = re.compile(r"^(?:(?P<ns>[-_\w][-_\w/]*[-_\w]+)/)?(?P<name>[-_\w]+?)-v(?P<version>\d+)$")
@@ -608,8 +615,7 @@ class DatasetWriter:
         with contextlib.suppress(OSError, ValueError):
             proc.stdin.write(b"closed\n")
             proc.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+        # not waited for (a close stays cheap): it exits at once; subprocess reaps it later
 
     def _create(self) -> None:
         root = H.HeaderBuilder()
@@ -1149,6 +1155,7 @@ class DatasetWriter:
             "twinloop": {
                 **tl_prev,
                 "format_version": FORMAT_VERSION,
+                "readers": READERS,
                 "twinloop_version": __version__,
                 "git_revision": tl_prev.get("git_revision") or git_revision(),
                 "created_utc": self._created,

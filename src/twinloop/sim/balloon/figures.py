@@ -36,17 +36,9 @@ _COMMANDS = ("down", "stay", "up")
 
 def config_of(dataset: Any) -> BalloonConfig:
     """The recorded config (``twinloop.env_config``), or the defaults if it cannot be read."""
-    from twinloop.core.config import from_dict
+    from twinloop.core.config import recorded_config
 
-    raw = dataset.metadata.get("twinloop", {}).get("env_config")
-    if isinstance(raw, dict):
-        try:
-            return from_dict(BalloonConfig, raw)
-        except (TypeError, ValueError, KeyError) as exc:
-            log.warning(
-                "%s: recorded config unreadable (%s); using the defaults", dataset.path, exc
-            )
-    return BalloonConfig()
+    return recorded_config(BalloonConfig, dataset.metadata, str(dataset.path))
 
 
 def _layout(cfg: BalloonConfig, size: int) -> Layout:

@@ -41,17 +41,9 @@ HOLE_REACH_ANGSTROM = 4.0
 
 def config_of(dataset: Any) -> StemConfig:
     """The recorded config (``twinloop.env_config``), or the defaults if it cannot be read."""
-    from twinloop.core.config import from_dict
+    from twinloop.core.config import recorded_config
 
-    raw = dataset.metadata.get("twinloop", {}).get("env_config")
-    if isinstance(raw, dict):
-        try:
-            return from_dict(StemConfig, raw)
-        except (TypeError, ValueError, KeyError) as exc:
-            log.warning(
-                "%s: recorded config unreadable (%s); using the defaults", dataset.path, exc
-            )
-    return StemConfig()
+    return recorded_config(StemConfig, dataset.metadata, str(dataset.path))
 
 
 def _layout(cfg: StemConfig, size: int) -> Layout:
