@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 import twinloop
+from twinloop.core.vector import Actions
 
 ID = "twinloop/StemSteer-v0"
 
@@ -68,14 +69,14 @@ def bench_vector(n_envs: int, seconds: float) -> dict:
         rounds.append(n_calls * n_envs / dt)
         steps += n_calls * n_envs
     # the fused kernel alone (validated actions, reused output buffers): the physics' share
-    acts, clipped = vec._validate(actions[0])
-    obs, fo, rew, term, trunc, tf, ti, tb, ff, fi, fb = vec._alloc_step()
+    acts = Actions(*vec._validate(actions[0]))
+    out = vec._alloc_step()
     kernel_rounds = []
     for _ in range(max(3, len(rounds))):
         n_calls = max(1, 200_000 // n_envs)
         t0 = time.perf_counter()
         for _ in range(n_calls):
-            vec._kernel_step(acts, clipped, obs, rew, term, trunc, fo, (tf, ti, tb), (ff, fi, fb))
+            vec._step_kernel(vec.state, vec.params, acts, out)
         kernel_rounds.append(n_calls * n_envs / (time.perf_counter() - t0))
     return {
         "env_steps_per_s": statistics.median(rounds),

@@ -27,34 +27,41 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from twinloop.core.config import ConfigError, check_range
+from twinloop.core.config import ConfigError, ConfigSection, cross_check, param
 from twinloop.core.jit import njit
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SafetyConfig:
-    """What the safety layer does at the action and command boundaries.
+class SafetyConfig(ConfigSection):
+    """What the safety layer does at the action and command boundaries."""
 
-    Attributes:
-        clip_actions: Clip finite actions that lie outside the action space (and report the
-            applied action in ``info["applied_action"]``) instead of raising ``ValueError``.
-        max_command_step: Largest change of each command element between two steps, in the
-            command's units; ``()`` for no rate limit.
-        watchdog_s: Put the backend into its safe state when no command arrives within this
-            many wall-clock seconds; ``0`` disables the watchdog (the simulator default).
-    """
+    clip_actions: bool = param(
+        False,
+        doc="clip finite actions outside the action space (reporting the applied action in "
+        "info['applied_action']) instead of raising ValueError",
+    )
+    max_command_step: tuple[float, ...] = param(
+        (),
+        units="command units",
+        doc="largest change of each command element between two steps; () for no rate limit",
+    )
+    watchdog_s: float = param(
+        0.0,
+        units="s",
+        ge=0.0,
+        le=86400.0,
+        doc="safe state when no command arrives within this many wall-clock seconds; "
+        "0 disables the watchdog (the simulator default)",
+    )
 
-    clip_actions: bool = False
-    max_command_step: tuple[float, ...] = ()
-    watchdog_s: float = 0.0
-
-    def __post_init__(self) -> None:  # noqa: D105
-        check_range(self, "watchdog_s", 0.0, 86400.0)
+    @cross_check
+    def _positive_steps(self) -> str | None:
         for k, v in enumerate(self.max_command_step):
             if not (isinstance(v, int | float) and v > 0 and math.isfinite(v)):
-                raise ConfigError(f"SafetyConfig.max_command_step[{k}] = {v!r} must be > 0")
+                return f"SafetyConfig.max_command_step[{k}] = {v!r} must be > 0"
+        return None
 
 
 def rate_limits(config: SafetyConfig, n_elements: int) -> np.ndarray:

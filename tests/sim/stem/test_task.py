@@ -30,7 +30,10 @@ def test_goals_are_lattice_sites_within_the_configured_annulus() -> None:
         # the goal is a lattice site: the true goal position is one of the lattice sites
         task = env.unwrapped.task
         gx, gy = task.goal_angstrom
-        c, s = env.unwrapped.backend._f[0, K.F_COS], env.unwrapped.backend._f[0, K.F_SIN]
+        c, s = (
+            env.unwrapped.backend.state.f[0, K.F_COS],
+            env.unwrapped.backend.state.f[0, K.F_SIN],
+        )
         best = min(
             math.hypot(*(np.array(K.site_xy(i, j, sub, c, s)) - (gx, gy)))
             for i in range(-5, 6)
@@ -174,7 +177,7 @@ def test_goals_exactly_n_hops_away() -> None:
     for seed in range(15):
         env.reset(seed=seed)
         b = env.unwrapped.backend
-        c, s = b._f[0, K.F_COS], b._f[0, K.F_SIN]
+        c, s = b.state.f[0, K.F_COS], b.state.f[0, K.F_SIN]
         goal = env.unwrapped.task.goal_angstrom
         start = (0, 0, 0)
         seen, queue = {start: 0}, deque([start])

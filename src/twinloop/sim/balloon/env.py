@@ -9,19 +9,28 @@ loop, auto-resetting ended episodes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 from numba import prange
 
 from twinloop.core.backend import BaseBackend
+from twinloop.core.bundle import Rows, allocate, bundle
 from twinloop.core.env import TwinEnv
 from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
-from twinloop.core.rng import new_streams, seed_streams
+from twinloop.core.rng import seed_streams
 from twinloop.core.safety import clip_command_row
-from twinloop.core.vector import KernelVectorEnv, zero_row
+from twinloop.core.vector import (
+    Actions,
+    KernelVectorEnv,
+    ResetOut,
+    StepOut,
+    command_limits,
+    core_rows,
+    zero_row,
+)
 from twinloop.sim.balloon import kernel as K
 from twinloop.sim.balloon import task as T
 from twinloop.sim.balloon.config import BalloonConfig
@@ -43,6 +52,45 @@ def wind_inputs(cfg: BalloonConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return K.wind_params(cfg), grid, levels
 
 
+# --- the state and parameters, declared once ----------------------------------------------------
+#: Every balloon's state, one row each, allocated by core (shapes follow the config).
+BalloonState = bundle(
+    "BalloonState",
+    __name__,
+    K.PhysicsState,  # f, i, wind, work, meas: the kernel's physics state
+    task=Rows(lambda cfg: (T.state_size(cfg),)),  # the task's columns (T.T_*)
+    cmd=Rows((2,)),  # scratch: the command, then the safe command
+    **core_rows(1),  # rng, prev_cmd, has_prev
+    doc="Every balloon's state: physics (kernel.PhysicsState), task, command scratch, core rows.",
+)
+
+
+class BalloonParams(NamedTuple):
+    """Parameters shared by every balloon: physics, winds, task and the command limits."""
+
+    physics: np.ndarray
+    wind: np.ndarray
+    grid: np.ndarray
+    levels: np.ndarray
+    task: np.ndarray
+    cmd_low: np.ndarray
+    cmd_high: np.ndarray
+    max_step: np.ndarray
+
+
+def params_of(cfg: BalloonConfig) -> BalloonParams:
+    """The parameters bundle of a config (loads gridded winds if configured)."""
+    wp, grid, levels = wind_inputs(cfg)
+    return BalloonParams(
+        K.physics_params(cfg),
+        wp,
+        grid,
+        levels,
+        T.task_params(cfg),
+        *command_limits(COMMAND_SPACE, cfg.safety),
+    )
+
+
 class BalloonSimBackend(BaseBackend):
     """The simulated balloon and its forecast service: the kernel on a batch of one.
 
@@ -60,50 +108,40 @@ class BalloonSimBackend(BaseBackend):
         self.command_space = COMMAND_SPACE
         self.measurement_layout = K.measurement_layout(cfg)
         self.measurement_space = self.measurement_layout.space(np.float64)
-        self._params = K.physics_params(cfg)
-        self._wp, self._grid, self._levels = wind_inputs(cfg)
-        self._f, self._i, self._wind, self._work, self._meas = K.new_state(cfg, 1)
-        self._rng = new_streams(1)
+        self.params = params_of(cfg)
+        self._state = allocate(BalloonState, 1, cfg)
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
         """New episode; ``seed`` re-seeds the physics stream, ``None`` continues it."""
         if seed is not None:
-            seed_streams(self._rng, 0, int(seed))
+            seed_streams(self._state.rng, 0, int(seed))
+        st, p = self._state, self.params
         K.reset(
-            0,
-            self._f,
-            self._i,
-            self._wind,
-            self._work,
-            self._params,
-            self._wp,
-            self._grid,
-            self._levels,
-            self._rng,
-            self._meas,
+            0, st.f, st.i, st.wind, st.work, p.physics, p.wind, p.grid, p.levels, st.rng, st.meas
         )
-        return self._meas[0].copy()
+        return st.meas[0].copy()
 
     def apply(self, command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fly one control step; return ``(measurement, applied_command)``."""
+        st, p = self._state, self.params
         applied = K.apply(
             0,
             float(command[0]),
-            self._f,
-            self._i,
-            self._wind,
-            self._work,
-            self._params,
-            self._wp,
-            self._grid,
-            self._levels,
-            self._meas,
+            st.f,
+            st.i,
+            st.wind,
+            st.work,
+            p.physics,
+            p.wind,
+            p.grid,
+            p.levels,
+            st.meas,
         )
-        return self._meas[0].copy(), np.array([float(applied)])
+        return st.meas[0].copy(), np.array([float(applied)])
 
     def privileged(self) -> dict[str, Any]:
         """Superpressure, gas temperature, ballonet air and the true wind at the balloon."""
-        f = self._f[0]
+        f = self._state.f[0]
         return {
             "superpressure_pa": float(f[K.F_SP]),
             "gas_temperature_k": float(f[K.F_T_GAS]),
@@ -118,20 +156,13 @@ class BalloonSimBackend(BaseBackend):
     @property
     def state(self) -> dict[str, np.ndarray]:
         """Views of the raw kernel state (for tests and the vehicle twin)."""
-        return {"f": self._f, "i": self._i, "wind": self._wind, "meas": self._meas}
+        st = self._state
+        return {"f": st.f, "i": st.i, "wind": st.wind, "meas": st.meas}
 
     def kernel_args(self) -> tuple[np.ndarray, ...]:
         """``(fstate, istate, wind, work, params, wind params, grid, levels)`` of row 0."""
-        return (
-            self._f,
-            self._i,
-            self._wind,
-            self._work,
-            self._params,
-            self._wp,
-            self._grid,
-            self._levels,
-        )
+        st, p = self._state, self.params
+        return (st.f, st.i, st.wind, st.work, p.physics, p.wind, p.grid, p.levels)
 
 
 def make_sim_backend(cfg: BalloonConfig) -> BalloonSimBackend:
@@ -228,120 +259,63 @@ def _write_true(i: int, fstate: np.ndarray, inf: np.ndarray) -> None:
 
 @njit
 def _reset_row(
-    i: int,
-    fstate: np.ndarray,
-    istate: np.ndarray,
-    wind: np.ndarray,
-    work: np.ndarray,
-    meas: np.ndarray,
-    tstate: np.ndarray,
-    rng: np.ndarray,
-    params: np.ndarray,
-    wp: np.ndarray,
-    grid: np.ndarray,
-    levels: np.ndarray,
-    tparams: np.ndarray,
-    obs: np.ndarray,
-    inf: np.ndarray,
+    i: int, state: BalloonState, params: BalloonParams, obs: np.ndarray, inf: np.ndarray
 ) -> None:
-    K.reset(i, fstate, istate, wind, work, params, wp, grid, levels, rng, meas)
-    dist = T.task_reset(meas[i], tstate[i], tparams, obs[i])
+    """New episode in row ``i``: physics, task, reset infos; the safety layer forgets."""
+    f, istate, wind, work, meas = state.f, state.i, state.wind, state.work, state.meas
+    p = params
+    K.reset(i, f, istate, wind, work, p.physics, p.wind, p.grid, p.levels, state.rng, meas)
+    dist = T.task_reset(meas[i], state.task[i], p.task, obs[i])
     inf[i, IF_TIME] = meas[i, K.M_ELAPSED]
     inf[i, IF_DIST] = dist
-    _write_true(i, fstate, inf)
+    _write_true(i, f, inf)
+    state.has_prev[i] = False
 
 
 @njit(parallel=True)
-def _reset_batch(
-    mask: np.ndarray,
-    fstate: np.ndarray,
-    istate: np.ndarray,
-    wind: np.ndarray,
-    work: np.ndarray,
-    meas: np.ndarray,
-    tstate: np.ndarray,
-    rng: np.ndarray,
-    params: np.ndarray,
-    wp: np.ndarray,
-    grid: np.ndarray,
-    levels: np.ndarray,
-    tparams: np.ndarray,
-    obs: np.ndarray,
-    inf: np.ndarray,
-    has_prev: np.ndarray,
+def reset_batch(
+    state: BalloonState, params: BalloonParams, mask: np.ndarray, options: tuple, out: ResetOut
 ) -> None:
+    """Reset the rows where ``mask`` (the others only write their observation)."""
+    meas, tstate, tparams = state.meas, state.task, params.task
+    obs, inf = out.obs, out.info_f
     for i in prange(mask.shape[0]):
         if mask[i]:
-            _reset_row(
-                i,
-                fstate,
-                istate,
-                wind,
-                work,
-                meas,
-                tstate,
-                rng,
-                params,
-                wp,
-                grid,
-                levels,
-                tparams,
-                obs,
-                inf,
-            )
-            has_prev[i] = False
+            _reset_row(i, state, params, obs, inf)
         else:
             T.write_observation(meas[i], tstate[i], tparams, obs[i])
 
 
 @njit(parallel=True)
-def _step_batch(
-    actions: np.ndarray,
-    action_clipped: np.ndarray,
-    fstate: np.ndarray,
-    istate: np.ndarray,
-    wind: np.ndarray,
-    work: np.ndarray,
-    meas: np.ndarray,
-    tstate: np.ndarray,
-    rng: np.ndarray,
-    params: np.ndarray,
-    wp: np.ndarray,
-    grid: np.ndarray,
-    levels: np.ndarray,
-    tparams: np.ndarray,
-    cmd_low: np.ndarray,
-    cmd_high: np.ndarray,
-    max_step: np.ndarray,
-    prev_cmd: np.ndarray,
-    has_prev: np.ndarray,
-    scratch: np.ndarray,
-    obs: np.ndarray,
-    reward: np.ndarray,
-    terminated: np.ndarray,
-    truncated: np.ndarray,
-    final_obs: np.ndarray,
-    top_f: np.ndarray,
-    top_i: np.ndarray,
-    top_b: np.ndarray,
-    fin_f: np.ndarray,
-    fin_i: np.ndarray,
-    fin_b: np.ndarray,
-) -> None:
-    for i in prange(actions.shape[0]):
+def step_batch(state: BalloonState, params: BalloonParams, actions: Actions, out: StepOut) -> None:
+    """Step every row (action, safety, physics, task) and auto-reset the ended ones."""
+    fstate, istate, wind, work, meas = state.f, state.i, state.wind, state.work, state.meas
+    tstate, scratch = state.task, state.cmd
+    prev_cmd, has_prev = state.prev_cmd, state.has_prev
+    physics, wp, grid, levels, tparams = (
+        params.physics,
+        params.wind,
+        params.grid,
+        params.levels,
+        params.task,
+    )
+    cmd_low, cmd_high, max_step = params.cmd_low, params.cmd_high, params.max_step
+    acts, action_clipped = actions.values, actions.clipped
+    obs, reward, terminated, truncated, final_obs, top_f, top_i, top_b, fin_f, fin_i, fin_b = out
+    for i in prange(acts.shape[0]):
         # action -> command -> safety -> physics -> task: the same row functions as TwinEnv
         cmd = scratch[i, 0:1]
         safe = scratch[i, 1:2]
-        cmd[0] = T.task_command(actions[i], tstate[i])
+        cmd[0] = T.task_command(acts[i], tstate[i])
         cmd_clipped = clip_command_row(
             cmd, cmd_low, cmd_high, prev_cmd[i], max_step, has_prev[i], safe
         )
         prev_cmd[i, 0] = safe[0]
         has_prev[i] = True
-        applied = K.apply(i, safe[0], fstate, istate, wind, work, params, wp, grid, levels, meas)
-        out = obs[i]
+        applied = K.apply(i, safe[0], fstate, istate, wind, work, physics, wp, grid, levels, meas)
+        row_obs = obs[i]
         (term, trunc, within, failure, dist, twr, time_s, r_s, r_p) = T.task_step(
-            meas[i], tstate[i], tparams, out
+            meas[i], tstate[i], tparams, row_obs
         )
         c_s = tparams[T.TP_R_STATION] * r_s
         c_p = tparams[T.TP_R_POWER] * r_p
@@ -367,31 +341,14 @@ def _step_batch(
         inf[i, IF_CMD] = float(applied)
         _write_true(i, fstate, inf)
         ini[i, II_FAILURE] = failure
-        ini[i, II_ACTION] = actions[i]
+        ini[i, II_ACTION] = acts[i]
         inb[i, IB_WITHIN] = within
         inb[i, IB_ACT_CLIP] = action_clipped[i]
         inb[i, IB_CMD_CLIP] = cmd_clipped or float(applied) != safe[0]
         if ended:
-            for q in range(out.shape[0]):
-                final_obs[i, q] = out[q]
-            _reset_row(
-                i,
-                fstate,
-                istate,
-                wind,
-                work,
-                meas,
-                tstate,
-                rng,
-                params,
-                wp,
-                grid,
-                levels,
-                tparams,
-                obs,
-                top_f,
-            )
-            has_prev[i] = False
+            for q in range(row_obs.shape[0]):
+                final_obs[i, q] = row_obs[q]
+            _reset_row(i, state, params, obs, top_f)
 
 
 class BalloonVectorEnv(KernelVectorEnv):
@@ -402,6 +359,10 @@ class BalloonVectorEnv(KernelVectorEnv):
         n_envs: Batch size.
         env_id: Registered id.
     """
+
+    State = BalloonState
+    reset_kernel = reset_batch
+    step_kernel = step_batch
 
     def __init__(self, cfg: BalloonConfig, n_envs: int, env_id: str = ENV_ID) -> None:
         """Allocate the batched state."""
@@ -415,91 +376,14 @@ class BalloonVectorEnv(KernelVectorEnv):
             il,
             bl,
             RESET_INFO,
+            params=params_of(cfg),
+            config=cfg,
             env_id=env_id,
             clip_actions=cfg.safety.clip_actions,
             action_labels=T.BalloonTask.action_labels,
         )
         self.cfg = cfg
         self.metadata = {**self.metadata, **metadata(cfg, layout)}
-        n = self.num_envs
-        self._params = K.physics_params(cfg)
-        self._wp, self._grid, self._levels = wind_inputs(cfg)
-        self._tparams = T.task_params(cfg)
-        self._f, self._i, self._wind, self._work, self._meas = K.new_state(cfg, n)
-        self._t = np.zeros((n, T.state_size(cfg)), dtype=np.float64)
-        self._init_rows(COMMAND_SPACE, cfg.safety)
-        self._scratch = np.zeros((n, 2), dtype=np.float64)
-
-    def _kernel_reset(
-        self,
-        mask: np.ndarray,
-        seeds: np.ndarray,
-        options: dict[str, Any],
-        obs: np.ndarray,
-        info_f: np.ndarray,
-        info_i: np.ndarray,
-        info_b: np.ndarray,
-    ) -> None:
-        _reset_batch(
-            mask,
-            self._f,
-            self._i,
-            self._wind,
-            self._work,
-            self._meas,
-            self._t,
-            self._rng,
-            self._params,
-            self._wp,
-            self._grid,
-            self._levels,
-            self._tparams,
-            obs,
-            info_f,
-            self._has_prev,
-        )
-
-    def _kernel_step(
-        self,
-        actions: np.ndarray,
-        action_clipped: np.ndarray,
-        obs: np.ndarray,
-        reward: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-        final_obs: np.ndarray,
-        top: tuple[np.ndarray, np.ndarray, np.ndarray],
-        final: tuple[np.ndarray, np.ndarray, np.ndarray],
-    ) -> None:
-        _step_batch(
-            actions,
-            action_clipped,
-            self._f,
-            self._i,
-            self._wind,
-            self._work,
-            self._meas,
-            self._t,
-            self._rng,
-            self._params,
-            self._wp,
-            self._grid,
-            self._levels,
-            self._tparams,
-            self._cmd_low,
-            self._cmd_high,
-            self._max_step,
-            self._prev_cmd,
-            self._has_prev,
-            self._scratch,
-            obs,
-            reward,
-            terminated,
-            truncated,
-            final_obs,
-            *top,
-            *final,
-        )
 
 
 def make_vec_env(cfg: BalloonConfig, *, n_envs: int, env_id: str = ENV_ID) -> BalloonVectorEnv:

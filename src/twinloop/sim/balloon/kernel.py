@@ -31,9 +31,11 @@ Atmospheric refraction is left out (at 50-140 hPa it is under 0.06 degrees).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
+from twinloop.core.bundle import Rows, allocate
 from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
 from twinloop.core.rng import STREAM_BACKEND, normal, uniform, uniform_range
@@ -397,17 +399,24 @@ def measurement_size(cfg: BalloonConfig) -> int:
     return M_COLUMN + 2 * cfg.task.n_column_levels
 
 
-def new_state(cfg: BalloonConfig, n_envs: int) -> tuple[np.ndarray, ...]:
-    """Allocate ``(fstate, istate, wind, work, measurement)`` for ``n_envs`` environments."""
+def _work_size(cfg: BalloonConfig) -> tuple[int]:
     w = cfg.wind
-    work_len = 4 * max(w.n_wind_levels, 64) + 2 * max(w.n_wind_modes, 1)
-    return (
-        np.zeros((n_envs, N_F), dtype=np.float64),
-        np.zeros((n_envs, N_I), dtype=np.int64),
-        np.zeros((n_envs, max(wind_size(cfg), 1)), dtype=np.float64),
-        np.zeros((n_envs, work_len), dtype=np.float64),
-        np.zeros((n_envs, measurement_size(cfg)), dtype=np.float64),
-    )
+    return (4 * max(w.n_wind_levels, 64) + 2 * max(w.n_wind_modes, 1),)
+
+
+class PhysicsState(NamedTuple):
+    """The physics state of ``n`` balloons, one row each (shapes depend on the config)."""
+
+    f: np.ndarray = Rows((N_F,))  # gas, envelope, battery, position, time (F_* columns)
+    i: np.ndarray = Rows((N_I,), np.int64)  # integer state (I_* columns)
+    wind: np.ndarray = Rows(lambda cfg: (max(wind_size(cfg), 1),))  # the episode's wind draw
+    work: np.ndarray = Rows(_work_size)  # scratch of the wind evaluation
+    meas: np.ndarray = Rows(lambda cfg: (measurement_size(cfg),))  # the last measurement
+
+
+def new_state(cfg: BalloonConfig, n_envs: int) -> PhysicsState:
+    """Allocate ``(fstate, istate, wind, work, measurement)`` for ``n_envs`` environments."""
+    return allocate(PhysicsState, n_envs, cfg)
 
 
 # --- atmosphere --------------------------------------------------------------------------------

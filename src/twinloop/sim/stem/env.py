@@ -8,19 +8,28 @@ env runs the same row functions of :mod:`~twinloop.sim.stem.kernel` and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 from numba import prange
 
 from twinloop.core.backend import BaseBackend
+from twinloop.core.bundle import Rows, allocate, bundle
 from twinloop.core.env import TwinEnv
 from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
-from twinloop.core.rng import new_streams, seed_streams
+from twinloop.core.rng import seed_streams
 from twinloop.core.safety import clip_command_row
-from twinloop.core.vector import KernelVectorEnv, zero_row
+from twinloop.core.vector import (
+    Actions,
+    KernelVectorEnv,
+    ResetOut,
+    StepOut,
+    command_limits,
+    core_rows,
+    zero_row,
+)
 from twinloop.sim.stem import kernel as K
 from twinloop.sim.stem import task as T
 from twinloop.sim.stem.config import StemConfig
@@ -42,6 +51,42 @@ def command_space(cfg: StemConfig) -> gym.spaces.Box:
 COMMAND_LABELS = ("probe x in view (A)", "probe y in view (A)", "dwell (s)")
 
 
+# --- the state, parameters and reset options, declared once -----------------------------------
+#: Every env's state, one row each, allocated by core for the vector env and the backend.
+StemState = bundle(
+    "StemState",
+    __name__,
+    K.PhysicsState,  # f, i, holes, meas: the kernel's physics state
+    task=Rows((T.N_T,)),  # goal, step count, previous distance (T.T_* columns)
+    cmd=Rows((6,)),  # scratch: the command, then the safe command
+    **core_rows(3),  # rng, prev_cmd, has_prev
+    doc="Every STEM env's state: physics (kernel.PhysicsState), task, command scratch, core rows.",
+)
+
+
+class StemParams(NamedTuple):
+    """Parameters shared by every row: physics, task and the command limits."""
+
+    physics: np.ndarray
+    task: np.ndarray
+    cmd_low: np.ndarray
+    cmd_high: np.ndarray
+    max_step: np.ndarray
+
+
+def params_of(cfg: StemConfig) -> StemParams:
+    """The parameters bundle of a config."""
+    limits = command_limits(command_space(cfg), cfg.safety)
+    return StemParams(K.physics_params(cfg), T.task_params(cfg), *limits)
+
+
+class GoalOptions(NamedTuple):
+    """A reset's goal per row: ``mode`` (``T.GOAL_MODE_*``) and the offset from the Si (A)."""
+
+    mode: np.ndarray
+    goal: np.ndarray
+
+
 class StemSimBackend(BaseBackend):
     """The simulated microscope: the STEM kernel on a batch of one.
 
@@ -59,29 +104,31 @@ class StemSimBackend(BaseBackend):
         self.command_space = command_space(cfg)
         self.measurement_space = K.MEASUREMENT.space(np.float64)
         self._params = K.physics_params(cfg)
-        self._f, self._i, self._holes, self._meas = K.new_state(1)
-        self._rng = new_streams(1)
+        self.state = allocate(StemState, 1)
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
         """New episode; ``seed`` re-seeds the physics stream, ``None`` continues it."""
         if seed is not None:
-            seed_streams(self._rng, 0, int(seed))
-        K.reset(0, self._f, self._i, self._holes, self._params, self._rng, self._meas)
-        return self._meas[0].copy()
+            seed_streams(self.state.rng, 0, int(seed))
+        st = self.state
+        K.reset(0, st.f, st.i, st.holes, self._params, st.rng, st.meas)
+        return st.meas[0].copy()
 
     def apply(self, command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Park the beam, dwell, image; return ``(measurement, applied_command)``."""
         x, y, dwell = float(command[0]), float(command[1]), float(command[2])
-        K.apply(0, x, y, dwell, self._f, self._i, self._holes, self._params, self._rng, self._meas)
-        return self._meas[0].copy(), np.asarray(command, dtype=np.float64)
+        st = self.state
+        K.apply(0, x, y, dwell, st.f, st.i, st.holes, self._params, st.rng, st.meas)
+        return st.meas[0].copy(), np.asarray(command, dtype=np.float64)
 
     def privileged(self) -> dict[str, Any]:
         """True Si position and site, hops and rates of the last command."""
+        f, i = self.state.f, self.state.i
         return {
-            "si_position_angstrom": K.true_position(self._f, self._i, 0),
-            "rates_per_s": self._f[0, K.F_RATE0 : K.F_RATE0 + 3].copy(),
-            "n_hops": int(self._i[0, K.I_HOPS]),
-            "si_site": self._i[0, K.I_SI_I : K.I_SI_S + 1].copy(),
+            "si_position_angstrom": K.true_position(f, i, 0),
+            "rates_per_s": f[0, K.F_RATE0 : K.F_RATE0 + 3].copy(),
+            "n_hops": int(i[0, K.I_HOPS]),
+            "si_site": i[0, K.I_SI_I : K.I_SI_S + 1].copy(),
         }
 
     def identity(self) -> dict[str, Any]:
@@ -200,99 +247,51 @@ def _reset_row(
     goal_mode: int,
     goal_dx: float,
     goal_dy: float,
-    fstate: np.ndarray,
-    istate: np.ndarray,
-    holes: np.ndarray,
-    meas: np.ndarray,
-    tstate: np.ndarray,
-    rng: np.ndarray,
-    params: np.ndarray,
-    tparams: np.ndarray,
+    state: StemState,
+    params: StemParams,
     obs: np.ndarray,
     inf: np.ndarray,
     ini: np.ndarray,
 ) -> None:
-    K.reset(i, fstate, istate, holes, params, rng, meas)
-    dist = T.task_reset(i, meas[i], tstate[i], tparams, rng, goal_mode, goal_dx, goal_dy, obs[i])
-    _write_reset_info(i, dist, fstate, istate, inf, ini)
+    """New episode in row ``i``: physics, task, reset infos; the safety layer forgets."""
+    f, istate, holes, meas = state.f, state.i, state.holes, state.meas
+    K.reset(i, f, istate, holes, params.physics, state.rng, meas)
+    dist = T.task_reset(
+        i, meas[i], state.task[i], params.task, state.rng, goal_mode, goal_dx, goal_dy, obs[i]
+    )
+    _write_reset_info(i, dist, f, istate, inf, ini)
+    state.has_prev[i] = False
 
 
 @njit(parallel=True)
-def _reset_batch(
-    mask: np.ndarray,
-    goal_mode: np.ndarray,
-    goal: np.ndarray,
-    fstate: np.ndarray,
-    istate: np.ndarray,
-    holes: np.ndarray,
-    meas: np.ndarray,
-    tstate: np.ndarray,
-    rng: np.ndarray,
-    params: np.ndarray,
-    tparams: np.ndarray,
-    obs: np.ndarray,
-    inf: np.ndarray,
-    ini: np.ndarray,
-    has_prev: np.ndarray,
+def reset_batch(
+    state: StemState, params: StemParams, mask: np.ndarray, options: GoalOptions, out: ResetOut
 ) -> None:
+    """Reset the rows where ``mask`` (the others only write their observation)."""
+    meas, tstate, tparams = state.meas, state.task, params.task
+    goal_mode, goal = options.mode, options.goal
+    obs, inf, ini = out.obs, out.info_f, out.info_i
     for i in prange(mask.shape[0]):
         if mask[i]:
-            _reset_row(
-                i,
-                goal_mode[i],
-                goal[i, 0],
-                goal[i, 1],
-                fstate,
-                istate,
-                holes,
-                meas,
-                tstate,
-                rng,
-                params,
-                tparams,
-                obs,
-                inf,
-                ini,
-            )
-            has_prev[i] = False
+            _reset_row(i, goal_mode[i], goal[i, 0], goal[i, 1], state, params, obs, inf, ini)
         else:
             T.write_observation(meas[i], tstate[i], tparams, obs[i])
 
 
 @njit(parallel=True)
-def _step_batch(
-    actions: np.ndarray,
-    action_clipped: np.ndarray,
-    fstate: np.ndarray,
-    istate: np.ndarray,
-    holes: np.ndarray,
-    meas: np.ndarray,
-    tstate: np.ndarray,
-    rng: np.ndarray,
-    params: np.ndarray,
-    tparams: np.ndarray,
-    cmd_low: np.ndarray,
-    cmd_high: np.ndarray,
-    max_step: np.ndarray,
-    prev_cmd: np.ndarray,
-    has_prev: np.ndarray,
-    scratch: np.ndarray,
-    obs: np.ndarray,
-    reward: np.ndarray,
-    terminated: np.ndarray,
-    truncated: np.ndarray,
-    final_obs: np.ndarray,
-    top_f: np.ndarray,
-    top_i: np.ndarray,
-    top_b: np.ndarray,
-    fin_f: np.ndarray,
-    fin_i: np.ndarray,
-    fin_b: np.ndarray,
-) -> None:
-    n_act = actions.shape[1]
-    for i in prange(actions.shape[0]):
+def step_batch(state: StemState, params: StemParams, actions: Actions, out: StepOut) -> None:
+    """Step every row (action, safety, physics, task) and auto-reset the ended ones."""
+    fstate, istate, holes, meas = state.f, state.i, state.holes, state.meas
+    tstate, rng, scratch = state.task, state.rng, state.cmd
+    prev_cmd, has_prev = state.prev_cmd, state.has_prev
+    physics, tparams = params.physics, params.task
+    cmd_low, cmd_high, max_step = params.cmd_low, params.cmd_high, params.max_step
+    acts, action_clipped = actions.values, actions.clipped
+    obs, reward, terminated, truncated, final_obs, top_f, top_i, top_b, fin_f, fin_i, fin_b = out
+    n_act = acts.shape[1]
+    for i in prange(acts.shape[0]):
         # action -> command -> safety -> physics -> task: the same row functions as TwinEnv
-        px, py, dwell = T.task_command(actions[i], meas[i], tparams)
+        px, py, dwell = T.task_command(acts[i], meas[i], tparams)
         cmd = scratch[i, 0:3]
         safe = scratch[i, 3:6]
         cmd[0], cmd[1], cmd[2] = px, py, dwell
@@ -302,10 +301,10 @@ def _step_batch(
         for q in range(3):
             prev_cmd[i, q] = safe[q]
         has_prev[i] = True
-        K.apply(i, safe[0], safe[1], safe[2], fstate, istate, holes, params, rng, meas)
-        out = obs[i]
+        K.apply(i, safe[0], safe[1], safe[2], fstate, istate, holes, physics, rng, meas)
+        row_obs = obs[i]
         (term, trunc, success, failure, dist, elapsed, time_s, r_s, r_f, r_t, r_p) = T.task_step(
-            meas[i], tstate[i], tparams, out
+            meas[i], tstate[i], tparams, row_obs
         )
         c_s = tparams[T.TP_R_SUCCESS] * r_s
         c_f = tparams[T.TP_R_FAILURE] * r_f
@@ -337,7 +336,7 @@ def _step_batch(
         for q in range(3):
             inf[i, IF_CMD + q] = safe[q]
         for q in range(n_act):
-            inf[i, IF_ACTION + q] = actions[i, q]
+            inf[i, IF_ACTION + q] = acts[i, q]
         f = fstate[i]
         x, y = K.site_xy(
             istate[i, K.I_SI_I], istate[i, K.I_SI_J], istate[i, K.I_SI_S], f[K.F_COS], f[K.F_SIN]
@@ -353,26 +352,9 @@ def _step_batch(
         inb[i, IB_ACT_CLIP] = action_clipped[i]
         inb[i, IB_CMD_CLIP] = cmd_clipped
         if ended:
-            for q in range(out.shape[0]):
-                final_obs[i, q] = out[q]
-            _reset_row(
-                i,
-                T.GOAL_MODE_RANDOM,
-                0.0,
-                0.0,
-                fstate,
-                istate,
-                holes,
-                meas,
-                tstate,
-                rng,
-                params,
-                tparams,
-                obs,
-                top_f,
-                top_i,
-            )
-            has_prev[i] = False
+            for q in range(row_obs.shape[0]):
+                final_obs[i, q] = row_obs[q]
+            _reset_row(i, T.GOAL_MODE_RANDOM, 0.0, 0.0, state, params, obs, top_f, top_i)
 
 
 class StemVectorEnv(KernelVectorEnv):
@@ -383,6 +365,10 @@ class StemVectorEnv(KernelVectorEnv):
         n_envs: Batch size.
         env_id: Registered id.
     """
+
+    State = StemState
+    reset_kernel = reset_batch
+    step_kernel = step_batch
 
     def __init__(self, cfg: StemConfig, n_envs: int, env_id: str = ENV_ID) -> None:
         """Allocate the batched state."""
@@ -397,32 +383,19 @@ class StemVectorEnv(KernelVectorEnv):
             il,
             bl,
             RESET_INFO,
+            params=params_of(cfg),
+            config=cfg,
             env_id=env_id,
             clip_actions=cfg.safety.clip_actions,
             action_labels=labels,
         )
         self.cfg = cfg
         self.metadata = {**self.metadata, **_metadata(cfg, layout)}
-        n = self.num_envs
-        self._params = K.physics_params(cfg)
-        self._tparams = T.task_params(cfg)
-        self._f, self._i, self._holes, self._meas = K.new_state(n)
-        self._t = np.zeros((n, T.N_T), dtype=np.float64)
-        self._init_rows(command_space(cfg), cfg.safety)
-        self._scratch = np.zeros((n, 6), dtype=np.float64)
 
-    def _kernel_reset(
-        self,
-        mask: np.ndarray,
-        seeds: np.ndarray,
-        options: dict[str, Any],
-        obs: np.ndarray,
-        info_f: np.ndarray,
-        info_i: np.ndarray,
-        info_b: np.ndarray,
-    ) -> None:
+    def reset_options(self, options: dict[str, Any]) -> GoalOptions:
+        """``options["goal_offset_angstrom"]``: (2,) or (n_envs, 2) goal offsets from the Si."""
         n = self.num_envs
-        goal_mode = np.zeros(n, dtype=np.int64)
+        mode = np.zeros(n, dtype=np.int64)
         goal = np.zeros((n, 2), dtype=np.float64)
         if options.get("goal_offset_angstrom") is not None:
             g = np.asarray(options["goal_offset_angstrom"], dtype=np.float64)
@@ -433,62 +406,8 @@ class StemVectorEnv(KernelVectorEnv):
                     f"(2,) or ({n}, 2), got {g.shape}"
                 )
             goal[:] = g
-            goal_mode[:] = T.GOAL_MODE_OFFSET
-        _reset_batch(
-            mask,
-            goal_mode,
-            goal,
-            self._f,
-            self._i,
-            self._holes,
-            self._meas,
-            self._t,
-            self._rng,
-            self._params,
-            self._tparams,
-            obs,
-            info_f,
-            info_i,
-            self._has_prev,
-        )
-
-    def _kernel_step(
-        self,
-        actions: np.ndarray,
-        action_clipped: np.ndarray,
-        obs: np.ndarray,
-        reward: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-        final_obs: np.ndarray,
-        top: tuple[np.ndarray, np.ndarray, np.ndarray],
-        final: tuple[np.ndarray, np.ndarray, np.ndarray],
-    ) -> None:
-        _step_batch(
-            actions,
-            action_clipped,
-            self._f,
-            self._i,
-            self._holes,
-            self._meas,
-            self._t,
-            self._rng,
-            self._params,
-            self._tparams,
-            self._cmd_low,
-            self._cmd_high,
-            self._max_step,
-            self._prev_cmd,
-            self._has_prev,
-            self._scratch,
-            obs,
-            reward,
-            terminated,
-            truncated,
-            final_obs,
-            *top,
-            *final,
-        )
+            mode[:] = T.GOAL_MODE_OFFSET
+        return GoalOptions(mode, goal)
 
 
 def make_vec_env(cfg: StemConfig, *, n_envs: int, env_id: str = ENV_ID) -> StemVectorEnv:

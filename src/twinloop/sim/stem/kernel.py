@@ -26,9 +26,11 @@ Model (``shared/reference/stem.md``; Schwarzer et al., arXiv:2311.17894):
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
+from twinloop.core.bundle import Rows, allocate
 from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
 from twinloop.core.rng import (
@@ -198,14 +200,18 @@ def physics_params(cfg: StemConfig) -> np.ndarray:
     return p
 
 
-def new_state(n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+class PhysicsState(NamedTuple):
+    """The physics state of ``n`` environments, one row each (the ``F_*``/``I_*`` columns)."""
+
+    f: np.ndarray = Rows((N_F,))  # lattice angle, view, drift, rates, microscope time
+    i: np.ndarray = Rows((N_I,), np.int64)  # Si site, status, hops, holes, first hop
+    holes: np.ndarray = Rows((MAX_HOLES, 3))  # x, y (sample frame, A), radius (A)
+    meas: np.ndarray = Rows((N_MEAS,))  # the last measurement (MEASUREMENT)
+
+
+def new_state(n_envs: int) -> PhysicsState:
     """Allocate ``(fstate, istate, holes, measurement)`` for ``n_envs`` environments."""
-    return (
-        np.zeros((n_envs, N_F), dtype=np.float64),
-        np.zeros((n_envs, N_I), dtype=np.int64),
-        np.zeros((n_envs, MAX_HOLES, 3), dtype=np.float64),
-        np.zeros((n_envs, N_MEAS), dtype=np.float64),
-    )
+    return allocate(PhysicsState, n_envs)
 
 
 # --- lattice geometry --------------------------------------------------------------------------
