@@ -52,3 +52,18 @@ def test_python_quickstart_runs() -> None:
         compile(code[0].replace("n_envs=1024", "n_envs=8"), "README quickstart", "exec"), namespace
     )
     assert "reward" in namespace and "vec" in namespace
+
+
+def test_command_table_is_generated_from_the_parser() -> None:
+    from twinloop.cli import TABLE_BEGIN, TABLE_END, render_command_table
+
+    text = (ROOT / "README.md").read_text()
+    assert text.count(TABLE_BEGIN) == 1 and text.count(TABLE_END) == 1, (
+        "README.md lost the marker lines around its command table"
+    )
+    table = text.split(TABLE_BEGIN + "\n", 1)[1].split("\n" + TABLE_END, 1)[0]
+    assert table == render_command_table(), (
+        "README.md's command table differs from the parser's help texts; regenerate it with "
+        "`.venv/bin/twinloop --readme-table README.md` (or `python -m twinloop.cli "
+        "--readme-table README.md`) and commit the result"
+    )

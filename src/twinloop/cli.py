@@ -1,7 +1,16 @@
-"""The ``twinloop`` command line: list envs, describe one, run a controller on it.
+"""The ``twinloop`` command line.
 
-``twinloop list`` · ``twinloop info ID`` ·
-``twinloop run ID --controller NAME --episodes N --seed S [--n-envs N] [--backend B]``
+Verbs that mean the same for every env id: ``list``, ``info``, ``run``, ``serve``, ``data``
+(and, as they arrive, ``agent``, ``sysid`` and ``transfer``). Stages particular to one system
+live under a name that says what they do (``twinloop stem-rates capture | train | eval``, the
+STEM demo's stages: learn the Si transition rates and evaluate steering with them), so a new
+system adds one group instead of claiming top-level verbs. ``twinloop demo`` is the main job.
+The CLI parses, renders progress and prints; the work is in the library.
+
+The command table of README.md is rendered from this parser (:func:`render_command_table`):
+``twinloop --readme-table README.md`` rewrites it. Spellings of the previous release
+(``twinloop capture``, ``train``, ``eval``) still work, with a notice on stderr
+(:data:`DEPRECATED_COMMANDS`).
 """
 
 from __future__ import annotations
@@ -9,19 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[k]) for r in cells) for k in range(len(header))]
-    line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(c.ljust(w) for c, w in zip(cells[0], widths, strict=True)), line]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells[1:]]
-    return "\n".join(out)
+from twinloop.core.text import table
 
 
 def _space_text(space: Any) -> str:
@@ -54,14 +57,14 @@ def cmd_list(args: argparse.Namespace) -> int:
             spaces = f"{_space_text(env.observation_space)} -> {_space_text(env.action_space)}"
             env.close()
         rows.append((env_id, ", ".join(s.backend_names), spaces, s.description))
-    print(_table(rows, ("id", "backends", "observation -> action", "description")))
+    print(table(rows, ("id", "backends", "observation -> action", "description")))
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe one env: backends, spaces, observation fields and the default config."""
     import twinloop
-    from twinloop.core.config import to_dict
+    from twinloop.core.config import describe
 
     s = twinloop.spec(args.env_id)
     overrides = _parse_overrides(args.env_id, args.set)
@@ -71,7 +74,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         (b.name, "yes" if b.deterministic else "no", b.extra or "-", b.description)
         for b in s.backends
     ]
-    print(_table(rows, ("backend", "deterministic", "extra", "description")))
+    print(table(rows, ("backend", "deterministic", "extra", "description")))
     print(f"\naction space: {env.action_space}")
     labels = getattr(getattr(env.unwrapped, "task", None), "action_labels", ())
     for k, label in enumerate(labels):
@@ -83,9 +86,21 @@ def cmd_info(args: argparse.Namespace) -> int:
             (f"{v['start']}-{v['stop'] - 1}", k, tuple(v["shape"]), v["doc"])
             for k, v in layout.items()
         ]
-        print(_table(rows, ("index", "field", "shape", "meaning")))
+        print(table(rows, ("index", "field", "shape", "meaning")))
     print("\nconfig (override with --set name=value or twinloop.make(id, name=value)):")
-    print(json.dumps(to_dict(env.unwrapped.config), indent=2))
+    rows = [
+        (
+            r.path,
+            f"({len(r.value)} values)"
+            if isinstance(r.value, tuple) and len(r.value) > 5
+            else r.value,
+            r.units or "-",
+            r.limits or "-",
+            r.doc,
+        )
+        for r in describe(env.unwrapped.config)
+    ]
+    print(table(rows, ("field", "value", "units", "limits", "meaning / source")))
     env.close()
     return 0
 
@@ -104,6 +119,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend_opts["address"] = args.address or f"tcp://{args.host or '127.0.0.1'}:{args.port}"
     if args.token:
         backend_opts["token"] = args.token
+    if args.timeout is not None:  # a network backend's wait for an answer, by its own name
+        names = twinloop.spec(args.env_id).backend(args.backend or "sim").options
+        timeouts = [n for n in ("timeout_s", "connect_timeout_s", "ack_timeout_s") if n in names]
+        if not timeouts:
+            raise ValueError(f"--timeout: backend {args.backend or 'sim'!r} takes no timeout")
+        backend_opts.update(dict.fromkeys(timeouts, float(args.timeout)))
     if args.n_envs > 1:
         if args.backend not in (None, twinloop.spec(args.env_id).backend_names[0]):
             raise SystemExit("--n-envs > 1 runs on the simulator kernel only; drop --backend")
@@ -159,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{args.env_id}  controller={args.controller}  backend={args.backend or 'sim'}  "
         f"seed={args.seed}  n_envs={args.n_envs}"
     )
-    print(_table(rows, ("metric", "value")))
+    print(table(rows, ("metric", "value")))
     if args.json:
         payload = {
             "env_id": args.env_id,
@@ -189,42 +210,150 @@ SERVE_DEVICES: dict[str, str] = {
 }
 
 
+def _first_line(doc: str | None) -> str:
+    """The first line of a module docstring, less a leading title such as ``twinloop serve x``."""
+    lines = (doc or "").strip().splitlines()
+    line = lines[0] if lines else ""
+    if line.startswith("``") and "``: " in line:
+        line = line.split("``: ", 1)[1]
+    return line.rstrip(".")
+
+
 def _add_serve(sub: Any) -> None:
     import importlib
 
-    s = sub.add_parser("serve", help="run a device's network twin (simulator behind its protocol)")
+    s = sub.add_parser(
+        "serve",
+        help="run a device's network twin (the simulator behind the device's protocol)",
+        description="Run a device's network twin in this process until interrupted: the "
+        "simulator behind the device's own protocol, on loopback unless told otherwise.",
+    )
     devices = s.add_subparsers(dest="device", required=True)
     for name, module_name in SERVE_DEVICES.items():
         module = importlib.import_module(module_name)
-        d = devices.add_parser(name, help=(module.__doc__ or "").splitlines()[0])
+        help_text = _first_line(module.__doc__) or f"the {name} twin"
+        d = devices.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(d)
         d.set_defaults(func=module.main)
 
 
+class _ReadmeTableAction(argparse.Action):
+    """``--readme-table [README]``: print the command table, or rewrite it in README, and exit."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings, dest, nargs="?", default=argparse.SUPPRESS, metavar="README", **kwargs
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if values is None:
+            print(render_command_table(parser))
+        else:
+            try:
+                changed = write_command_table(values, parser)
+            except (OSError, ValueError) as exc:
+                parser.exit(2, f"twinloop: error: {exc}\n")
+            print(f"{values}: command table {'rewritten' if changed else 'already up to date'}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``twinloop``."""
-    p = argparse.ArgumentParser(prog="twinloop", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="twinloop",
+        description="twinloop: simulators and real devices behind one Gymnasium API. "
+        "Run 'twinloop COMMAND -h' for a command's options.",
+    )
+    p.add_argument(
+        "--readme-table",
+        action=_ReadmeTableAction,
+        help="print README.md's command table (markdown, rendered from this parser) and exit; "
+        "given a file, rewrite the table between its markers in that file instead",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("list", help="list registered env ids")
-    s.add_argument("--spaces", action="store_true", help="also build each env to show spaces")
+    s = sub.add_parser(
+        "list",
+        help="list the registered env ids, their backends and (--spaces) their spaces",
+        description="List every registered env id with its backends and description.",
+    )
+    s.add_argument(
+        "--spaces", action="store_true", help="also build each env to show its spaces (slower)"
+    )
     s.set_defaults(func=cmd_list)
 
-    s = sub.add_parser("info", help="describe one env")
-    s.add_argument("env_id")
-    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    s = sub.add_parser(
+        "info",
+        help="describe one env: backends, spaces, observation fields and the default config",
+        description="Describe one env: its backends, action and observation spaces, the named "
+        "fields of its observation, and its default config.",
+    )
+    s.add_argument("env_id", metavar="ID", help="registered env id, e.g. twinloop/StemSteer-v0")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="config override to show, e.g. --set beam_current_na=0.2 (repeatable)",
+    )
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("run", help="run a controller for N episodes and summarise")
-    s.add_argument("env_id")
-    s.add_argument("--controller", required=True)
-    s.add_argument("--episodes", type=_positive_int, default=20)
-    s.add_argument("--seed", type=_non_negative_int, default=0)
+    _add_run(sub)
+    _add_serve(sub)
+    from twinloop.datasets.cli import add_data_parser
+    from twinloop.demo_cli import add_parsers
+
+    add_data_parser(sub)
+    add_parsers(sub)
+    return p
+
+
+def _add_run(sub: Any) -> None:
+    from twinloop.controllers import CONTROLLERS
+    from twinloop.datasets.cli import add_record_arguments
+
+    s = sub.add_parser(
+        "run",
+        help="run a controller for N episodes; print success, return and failures with "
+        "intervals (episode e uses seed S+e, so results do not depend on --n-envs); --record "
+        "captures every episode",
+        description="Run a controller on an env for N episodes and print success, return and "
+        "failures with 95% intervals. Episode e always uses seed S+e, so the results do not "
+        "depend on --n-envs.",
+    )
+    s.add_argument("env_id", metavar="ID", help="registered env id, e.g. twinloop/StemSteer-v0")
+    s.add_argument(
+        "--controller",
+        required=True,
+        metavar="NAME",
+        help=f"controller name: {', '.join(CONTROLLERS)}",
+    )
+    s.add_argument(
+        "--episodes",
+        type=_positive_int,
+        default=20,
+        metavar="N",
+        help="number of episodes (default: %(default)s)",
+    )
+    s.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        metavar="S",
+        help="seed of the first episode; episode e uses S+e (default: %(default)s)",
+    )
     s.add_argument(
         "--n-envs",
         type=_positive_int,
         default=1,
-        help="run episodes in a kernel-batched vector env of this size",
+        metavar="N",
+        help="run episodes in a kernel-batched vector env of this size (default: %(default)s)",
     )
     s.add_argument("--backend", default=None, help="backend name (default: the simulator)")
     s.add_argument(
@@ -236,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None, help="device port (network backends)")
     s.add_argument("--token", default=None, help="shared secret of the device's twin")
     s.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a network backend waits for the device's answer (its timeout_s, or "
+        "connect_timeout_s and ack_timeout_s); raise it for a twin that is still starting",
+    )
+    s.add_argument(
         "--set",
         action="append",
         default=[],
@@ -245,21 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--model",
         default=None,
-        help="trained model for learned controllers (greedy-learned, planner)",
+        help="trained model for learned controllers (greedy-learned, planner), from "
+        "'twinloop stem-rates train'",
     )
     s.add_argument("--json", default=None, help="also write the results to this JSON file")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    from twinloop.datasets.cli import add_data_parser, add_record_arguments
-
     add_record_arguments(s)
     s.set_defaults(func=cmd_run)
-
-    _add_serve(sub)
-    from twinloop.demo_cli import add_parsers
-
-    add_parsers(sub)
-    add_data_parser(sub)
-    return p
 
 
 def _positive_int(text: str) -> int:
@@ -276,12 +405,154 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+# --- the README's command table ---------------------------------------------------------------
+#: The generated table sits between these two lines of README.md.
+TABLE_BEGIN = (
+    "<!-- command table: generated from the parser by `twinloop --readme-table README.md`; "
+    "edit the help texts in src/twinloop, not this table -->"
+)
+TABLE_END = "<!-- end of the generated command table -->"
+
+
+def iter_commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, str]]:
+    """Every command of ``parser``, depth first in the order they were added.
+
+    Yields:
+        ``(path, parser, help)`` of each subcommand at any depth, e.g.
+        ``(("data", "info"), <parser>, "summarise ...")``; groups come before their members.
+    """
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {a.dest: a.help or "" for a in action._choices_actions}
+        for name, child in action.choices.items():
+            yield (*path, name), child, helps.get(name, "")
+            yield from iter_commands(child, (*path, name))
+
+
+def _is_group(parser: argparse.ArgumentParser) -> bool:
+    return any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+
+
+def _argument_text(action: argparse.Action) -> str:
+    if action.metavar is not None:
+        name = str(action.metavar)
+    elif action.choices is not None:
+        name = "|".join(str(c) for c in action.choices)
+    else:
+        name = action.dest.upper()
+    if action.nargs == "?":
+        return f"[{name}]"
+    if action.nargs == "*":
+        return f"[{name}...]"
+    if action.nargs == "+":
+        return f"{name}..."
+    return name
+
+
+def _synopsis(path: tuple[str, ...], parser: argparse.ArgumentParser) -> str:
+    """``twinloop PATH POSITIONALS REQUIRED-OPTIONS [options]``."""
+    words = ["twinloop", *path]
+    optional = False
+    for a in parser._actions:
+        if isinstance(a, argparse._HelpAction):
+            continue
+        if not a.option_strings:
+            words.append(_argument_text(a))
+    for a in parser._actions:
+        if isinstance(a, argparse._HelpAction) or not a.option_strings:
+            continue
+        if a.required:
+            flag = a.option_strings[-1]
+            words.append(flag if a.nargs == 0 else f"{flag} {_argument_text(a)}")
+        else:
+            optional = True
+    if optional:
+        words.append("[options]")
+    return " ".join(words)
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.replace("%%", "%").split()).replace("|", "\\|")
+
+
+def render_command_table(parser: argparse.ArgumentParser | None = None) -> str:
+    """README.md's command table (markdown): one row per command that runs, with its help.
+
+    Args:
+        parser: The ``twinloop`` parser (default: :func:`build_parser`).
+
+    Returns:
+        The table, without the marker lines and without a trailing newline.
+    """
+    parser = parser or build_parser()
+    lines = ["| command | what |", "|---|---|"]
+    for path, child, help_text in iter_commands(parser):
+        if not _is_group(child):
+            lines.append(f"| `{_cell(_synopsis(path, child))}` | {_cell(help_text)} |")
+    return "\n".join(lines)
+
+
+def write_command_table(path: str | Path, parser: argparse.ArgumentParser | None = None) -> bool:
+    """Rewrite the command table between :data:`TABLE_BEGIN` and :data:`TABLE_END` in ``path``.
+
+    Returns:
+        True when the file changed, False when its table was already up to date.
+
+    Raises:
+        ValueError: The file lacks one of the marker lines (the message names them).
+    """
+    path = Path(path)
+    text = path.read_text()
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        raise ValueError(
+            f"{path} has no generated command table; put the lines\n{TABLE_BEGIN}\n"
+            f"{TABLE_END}\nwhere it belongs and run again"
+        )
+    head, rest = text.split(TABLE_BEGIN, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    new = f"{head}{TABLE_BEGIN}\n{render_command_table(parser)}\n{TABLE_END}{tail}"
+    if new == text:
+        return False
+    path.write_text(new)
+    return True
+
+
+# --- entry point -------------------------------------------------------------------------------
+#: Spellings of the previous release -> today's. They work for one more release, with a
+#: notice on stderr; then they go.
+DEPRECATED_COMMANDS: dict[str, tuple[str, ...]] = {
+    "capture": ("stem-rates", "capture"),
+    "train": ("stem-rates", "train"),
+    "eval": ("stem-rates", "eval"),
+}
+
+
+def modernize(argv: Sequence[str]) -> list[str]:
+    """``argv`` with a deprecated command spelled today's way (a notice goes to stderr)."""
+    argv = list(argv)
+    if argv and argv[0] in DEPRECATED_COMMANDS:
+        new = DEPRECATED_COMMANDS[argv[0]]
+        print(
+            f"twinloop: 'twinloop {argv[0]}' is deprecated and goes in the next release; "
+            f"use 'twinloop {' '.join(new)}' (same arguments)",
+            file=sys.stderr,
+        )
+        argv[:1] = new
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``twinloop`` command."""
-    args = build_parser().parse_args(argv)
+    from twinloop.core.backend import BackendFault
+    from twinloop.datasets.errors import DatasetError
+
+    args = build_parser().parse_args(modernize(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args))
-    except (ValueError, KeyError, ImportError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, KeyError, ImportError, OSError, DatasetError, BackendFault) as exc:
         print(f"twinloop: error: {exc}", file=sys.stderr)
         return 2
 

@@ -55,6 +55,9 @@ class DemoConfig:
     ensemble: int = 5
     compare_sim: bool = True  # also run every controller on the simulator with the same seeds
     overwrite: bool = False
+    #: A running microscope twin for ``backend="remote"`` (e.g. ``tcp://127.0.0.1:5555``);
+    #: None starts one on a free loopback port for the length of the demo.
+    address: str | None = None
 
 
 @contextlib.contextmanager
@@ -342,7 +345,8 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
     capture_dir = out / "dataset"
     model_path = out / "model.npz"
     eval_root = out / "eval"
-    with microscope_twin() if cfg.backend == "remote" else contextlib.nullcontext(None) as address:
+    start_twin = cfg.backend == "remote" and cfg.address is None
+    with microscope_twin() if start_twin else contextlib.nullcontext(cfg.address) as address:
         capture(
             cfg.backend,
             cfg.transitions,

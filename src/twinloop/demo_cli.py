@@ -1,4 +1,10 @@
-"""``twinloop demo | capture | train | eval``: the sim-to-real loop from the command line."""
+"""``twinloop demo`` and ``twinloop stem-rates capture | train | eval``: the STEM demo's CLI.
+
+``twinloop demo`` runs the whole sim-to-real loop (:func:`twinloop.demo.run_demo`);
+``twinloop stem-rates`` runs its stages alone. The group is named for what its stages do,
+learn the Si transition rates of the STEM system and evaluate steering with them, so the
+generic verbs (``run``, ``data``, later ``sysid`` …) stay free for every system.
+"""
 
 from __future__ import annotations
 
@@ -32,51 +38,146 @@ class _Bars:
             bar.close()
 
 
-def _backend_args(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument(
-        "--backend", default=default, help=f"sim | sim-image | remote | nion (default: {default})"
+def _backend_args(p: argparse.ArgumentParser, default: str, starts_twin: bool) -> None:
+    remote = (
+        "remote: the twin at --address, else one started on loopback for the run"
+        if starts_twin
+        else "remote: the twin at --address (default tcp://127.0.0.1:5555), e.g. one started "
+        "by 'twinloop serve microscope'"
     )
-    p.add_argument("--address", default=None, help="twin address for --backend remote")
+    p.add_argument(
+        "--backend",
+        default=default,
+        help=f"STEM backend: sim | sim-image | remote | nion (default: %(default)s; {remote})",
+    )
+    p.add_argument(
+        "--address", default=None, help="address of a running microscope twin, for --backend remote"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def add_parsers(sub: Any) -> None:
-    """Register demo, capture, train and eval."""
-    d = sub.add_parser("demo", help="the main job: capture, learn rates, steer, evaluate")
+    """Register ``twinloop demo`` and ``twinloop stem-rates capture | train | eval``."""
+    d = sub.add_parser(
+        "demo",
+        help="the main job: capture through a microscope twin, learn the Si rates, steer with "
+        "three controllers, evaluate, write a report",
+        description="The main job, the STEM paper's sim-to-real loop: capture random-beam "
+        "dwells (through a microscope twin by default), learn the Si transition rates, steer "
+        "the Si to goals with three controllers, evaluate with intervals and write a report.",
+    )
     d.add_argument("--out", default="twinloop-demo", help="report folder (default: %(default)s)")
-    _backend_args(d, "remote")
-    d.add_argument("--transitions", type=int, default=2000)
-    d.add_argument("--episodes", type=int, default=100, help="per controller and backend")
-    d.add_argument("--goal-hops", type=int, default=5)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--train-steps", type=int, default=2000)
-    d.add_argument("--ensemble", type=int, default=5)
+    _backend_args(d, "remote", starts_twin=True)
+    d.add_argument(
+        "--transitions",
+        type=int,
+        default=2000,
+        help="random-beam dwells to capture for learning (default: %(default)s)",
+    )
+    d.add_argument(
+        "--episodes",
+        type=int,
+        default=100,
+        help="episodes per controller and backend (default: %(default)s)",
+    )
+    d.add_argument(
+        "--goal-hops",
+        type=int,
+        default=5,
+        help="lattice hops from the Si's start to its goal (default: %(default)s)",
+    )
+    d.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the capture and of training; evaluation episode e uses seed+100000+e "
+        "(default: %(default)s)",
+    )
+    d.add_argument(
+        "--train-steps",
+        type=int,
+        default=2000,
+        help="optimiser steps of the rate model (default: %(default)s)",
+    )
+    d.add_argument(
+        "--ensemble",
+        type=int,
+        default=5,
+        help="rate models in the ensemble (default: %(default)s)",
+    )
     d.add_argument(
         "--no-sim-comparison",
         action="store_true",
         help="skip re-running the controllers on the simulator",
     )
-    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     d.set_defaults(func=cmd_demo)
 
-    c = sub.add_parser("capture", help="record random-beam dwells into an HDF5 dataset")
-    c.add_argument("out", help="dataset folder")
-    _backend_args(c, "sim")
-    c.add_argument("--transitions", type=int, default=2000)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--overwrite", action="store_true")
+    g = sub.add_parser(
+        "stem-rates",
+        help="the demo's stages one at a time: capture, train, eval",
+        description="The stages of 'twinloop demo', one at a time: capture random-beam dwells, "
+        "train the Si transition-rate model on them, evaluate runs recorded with "
+        "'twinloop run --record'.",
+    )
+    stages = g.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    c = stages.add_parser(
+        "capture",
+        help="record random-beam dwells (STEM) into an HDF5 dataset to learn the rates from",
+        description="Record random-beam dwells on the STEM env into an HDF5 dataset, the data "
+        "that 'twinloop stem-rates train' learns the Si transition rates from.",
+    )
+    c.add_argument("out", help="dataset folder to write")
+    _backend_args(c, "sim", starts_twin=False)
+    c.add_argument(
+        "--transitions",
+        type=int,
+        default=2000,
+        help="dwells to record (default: %(default)s)",
+    )
+    c.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the first episode; episode e uses seed+e (default: %(default)s)",
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     c.set_defaults(func=cmd_capture)
 
-    t = sub.add_parser("train", help="fit the Si rate model on a captured dataset")
-    t.add_argument("dataset")
-    t.add_argument("--out", default="model.npz")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--ensemble", type=int, default=5)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--quiet", action="store_true")
+    t = stages.add_parser(
+        "train",
+        help="fit the Si transition-rate model on a capture; print its error against the "
+        "simulator's true rates",
+        description="Fit the ensemble rate model on a capture, save it, and compare it with "
+        "the simulator's true rates.",
+    )
+    t.add_argument("dataset", help="dataset folder written by 'twinloop stem-rates capture'")
+    t.add_argument(
+        "--out",
+        default="model.npz",
+        help="model file to write, for --model of the learned controllers (default: %(default)s)",
+    )
+    t.add_argument("--steps", type=int, default=2000, help="optimiser steps (default: %(default)s)")
+    t.add_argument(
+        "--ensemble", type=int, default=5, help="models in the ensemble (default: %(default)s)"
+    )
+    t.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of initialisation and batches (default: %(default)s)",
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="compare recorded runs with 95%% intervals, write plots")
+    e = stages.add_parser(
+        "eval",
+        help="compare recorded runs: success and time to goal with 95%% intervals; write plots",
+        description="Compare runs recorded with 'twinloop run --record' (one per controller "
+        "and backend): success rate and time to goal with 95% intervals, differences between "
+        "controllers and gaps between backends.",
+    )
     e.add_argument(
         "datasets", nargs="+", help="dataset folders (one run each), or roots to search for them"
     )
@@ -100,6 +201,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         compare_sim=not args.no_sim_comparison,
         overwrite=args.overwrite,
+        address=args.address,
     )
     bars = _Bars(args.quiet)
     try:

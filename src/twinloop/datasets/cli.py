@@ -100,10 +100,18 @@ def report_recording(env: Any) -> None:
 # --- twinloop data ----------------------------------------------------------------------------
 def add_data_parser(sub: Any) -> None:
     """Register ``twinloop data`` and its subcommands on the top-level subparsers."""
-    p = sub.add_parser("data", help="inspect, follow, merge and recover recorded datasets")
+    p = sub.add_parser(
+        "data",
+        help="recorded datasets: summarise, follow, verify, recover, show, export, merge",
+        description="Work with datasets recorded by 'twinloop run --record' or "
+        "twinloop.datasets (Minari's layout; other tools' Minari datasets read too).",
+    )
     dsub = p.add_subparsers(dest="data_command", required=True)
 
-    s = dsub.add_parser("info", help="summarise the dataset(s) in DIR")
+    s = dsub.add_parser(
+        "info",
+        help="summarise the dataset(s) in DIR; --follow reports a capture while it is written",
+    )
     s.add_argument("path", metavar="DIR", help="a dataset folder, its data folder, or a root")
     s.add_argument("--follow", action="store_true", help="keep reporting while it is written")
     s.add_argument("--interval", type=float, default=1.0, help="follow poll interval (s)")
@@ -134,8 +142,12 @@ def add_data_parser(sub: Any) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_verify)
 
-    s = dsub.add_parser("recover", help="update metadata.json of a capture whose writer was killed")
-    s.add_argument("path", metavar="DIR")
+    s = dsub.add_parser(
+        "recover",
+        help="make an interrupted or damaged capture whole: relink its intact episodes, "
+        "bring metadata.json up to date",
+    )
+    s.add_argument("path", metavar="DIR", help="a dataset folder (or its data folder)")
     s.set_defaults(func=cmd_recover)
 
     from twinloop.datasets.export_cli import add_export_parser
@@ -191,7 +203,7 @@ def _describe(summary: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Summarise every dataset under ``DIR`` (or follow one while it is written)."""
-    from twinloop.cli import _table
+    from twinloop.core.text import table
     from twinloop.datasets import DatasetError, open_dataset, summarize
     from twinloop.datasets.writer import find_datasets
 
@@ -216,7 +228,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for k, summary in enumerate(summaries):
         if k:
             print()
-        print(_table(_describe(summary), ("dataset", "value")))
+        print(table(_describe(summary), ("dataset", "value")))
         for problem in summary["problems"]:
             print(f"problem: {problem}")
     return 1 if any(s["problems"] for s in summaries) else 0

@@ -11,8 +11,10 @@ The journal is a ring of fixed-size slots in shared memory (``/dev/shm``). A slo
 whole step: the kernel vector env's output block as is (``BLOCK``; the companion scatters
 it) or rows already laid out (``ROW``, for other vector envs), or a reset or a change of
 the recording mask. ``step()`` returns once its slot is published, and the companion commits
-the ended episodes with the in-process recorder's machinery, several steps per commit (the
-files hold the same episodes and values as an inline capture).
+the ended episodes with the in-process recorder's machinery
+(:class:`~twinloop.datasets._commit.RowCommitter`), several steps per commit (the files hold
+the same episodes and values as an inline capture). The recorder
+(:mod:`twinloop.datasets.record`) uses this module; this module never imports the recorder.
 
 Durability: the journal is shared memory, so a controller killed with SIGKILL loses nothing
 it published. The companion notices that its parent is gone (its stdin reaches end of file,
@@ -445,8 +447,8 @@ def _parent_gone(stdin_fd: int, timeout_s: float) -> bool:
 
 def serve(lock_fd: int) -> int:
     """Run the companion: read the init line, then commit journal slots until the end."""
+    from twinloop.datasets._commit import RowCommitter
     from twinloop.datasets._episode import StepBuffer
-    from twinloop.datasets.record import RowCommitter
     from twinloop.datasets.writer import DatasetWriter
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the controller; we finish

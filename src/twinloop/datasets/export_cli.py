@@ -17,7 +17,8 @@ def add_export_parser(sub: Any) -> None:
     """Register ``twinloop data export`` on the ``twinloop data`` subparsers."""
     s = sub.add_parser(
         "export",
-        help="export a dataset for LeRobot (folder) or robomimic (HDF5 file)",
+        help="export a dataset, requested and applied actions, for LeRobot (a v3.0 folder; the "
+        "lerobot extra) or robomimic (an HDF5 file)",
         description="Export the readable episodes of DIR. Both formats hold the controller's "
         "requested action ('action' / 'actions') and, when recorded, what the device applied "
         "('applied_command' / 'applied_commands').",
@@ -96,46 +97,48 @@ def _check_options(args: argparse.Namespace) -> str | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export the dataset at ``DIR`` to ``OUT`` in the requested format."""
+    """Export the dataset at ``DIR`` to ``OUT`` in the requested format.
+
+    Raises:
+        ValueError: An option of the other format, or what the exporter refuses
+            (``twinloop``'s entry point prints it and exits with status 2).
+        DatasetError: The dataset cannot be read, or ``OUT`` exists without ``--overwrite``.
+        ImportError: ``--format lerobot`` without the ``lerobot`` extra.
+    """
     from tqdm import tqdm
 
-    from twinloop.datasets import DatasetError
-    from twinloop.datasets.cli import _fail
     from twinloop.datasets.export import export_lerobot, export_robomimic
 
     problem = _check_options(args)
     if problem:
-        return _fail(ValueError(problem))
+        raise ValueError(problem)
     with tqdm(desc=f"export {args.format}", unit="ep", file=sys.stderr, disable=args.quiet) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        try:
-            if args.format == "lerobot":
-                result = export_lerobot(
-                    args.path,
-                    args.out,
-                    fps=args.fps,
-                    task=args.task,
-                    task_field=args.task_field,
-                    robot_type=args.robot_type,
-                    overwrite=args.overwrite,
-                    progress=progress,
-                )
-            else:
-                result = export_robomimic(
-                    args.path,
-                    args.out,
-                    valid_fraction=0.1 if args.valid_fraction is None else args.valid_fraction,
-                    split_seed=args.split_seed or 0,
-                    compress_images=not args.no_image_compression,
-                    overwrite=args.overwrite,
-                    progress=progress,
-                )
-        except (DatasetError, ValueError, ImportError, OSError) as exc:
-            return _fail(exc)
+        if args.format == "lerobot":
+            result = export_lerobot(
+                args.path,
+                args.out,
+                fps=args.fps,
+                task=args.task,
+                task_field=args.task_field,
+                robot_type=args.robot_type,
+                overwrite=args.overwrite,
+                progress=progress,
+            )
+        else:
+            result = export_robomimic(
+                args.path,
+                args.out,
+                valid_fraction=0.1 if args.valid_fraction is None else args.valid_fraction,
+                split_seed=args.split_seed or 0,
+                compress_images=not args.no_image_compression,
+                overwrite=args.overwrite,
+                progress=progress,
+            )
     if args.format == "lerobot":
         print(
             f"exported {result['episodes']} episodes ({result['frames']} frames, "

@@ -24,7 +24,9 @@ def add_show_parser(sub: Any) -> None:
     """Register ``twinloop data show`` on the ``twinloop data`` subparsers."""
     s = sub.add_parser(
         "show",
-        help="write figures of a dataset (returns, endings, traces, frames, system views)",
+        help="write figures of a dataset: returns and lengths, endings and failure causes, "
+        "observation and action traces, image fields (contact sheet, GIF), the system's own "
+        "views (the Si path, the flight track)",
         description="Write PNG figures (and GIF animations of image observations) of a "
         "recorded dataset, then list the files written.",
     )
@@ -151,9 +153,14 @@ def system_figures(ds: Any, out_dir: Path, episode: int) -> list[Path]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """Write the figures of one dataset and print their paths."""
-    from twinloop.datasets import DatasetError, open_dataset
-    from twinloop.datasets.cli import _fail
+    """Write the figures of one dataset and print their paths.
+
+    Raises:
+        ValueError: No dataset, several datasets or no episodes under ``DIR``, or a bad
+            ``--episode`` (``twinloop``'s entry point prints it and exits with status 2).
+        DatasetError: The dataset cannot be read.
+    """
+    from twinloop.datasets import open_dataset
     from twinloop.datasets.show import show_dataset
     from twinloop.datasets.writer import find_datasets
     from twinloop.eval.bootstrap import bootstrap_ci
@@ -161,14 +168,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     found = find_datasets(args.path)
     if not found:
-        return _fail(ValueError(f"no dataset under {args.path} (no */data/metadata.json)"))
+        raise ValueError(f"no dataset under {args.path} (no */data/metadata.json)")
     if len(found) > 1:
         names = ", ".join(str(p.parent) for p in found[:5]) + (", ..." if len(found) > 5 else "")
-        return _fail(ValueError(f"{args.path} holds {len(found)} datasets; name one: {names}"))
-    try:
-        ds = open_dataset(found[0])
-    except DatasetError as exc:
-        return _fail(exc)
+        raise ValueError(f"{args.path} holds {len(found)} datasets; name one: {names}")
+    ds = open_dataset(found[0])
     out = Path(args.out) if args.out else found[0].parent / "figures"
     bars = _Bars(disable=args.quiet)
     with ds:
@@ -189,8 +193,6 @@ def cmd_show(args: argparse.Namespace) -> int:
                 progress=bars,
             )
             paths = result.paths + system_figures(ds, out, result.episode)
-        except (ValueError, OSError, DatasetError) as exc:
-            return _fail(exc)
         finally:
             bars.close()
     print(f"episode {result.episode} (id {result.episode_id}): {result.reason}")

@@ -592,11 +592,12 @@ class DatasetWriter:
             self._start_watcher()
 
     def _start_watcher(self) -> None:
-        from twinloop.datasets import _watch
-
+        # a script beside this module, run by path: the writer never imports it (the watcher
+        # imports this package once its writer has died)
+        watch_script = Path(__file__).with_name("_watch.py")
         try:
             self._watcher = subprocess.Popen(
-                [sys.executable, _watch.__file__, str(self.data_dir), LOCK_FILE],
+                [sys.executable, str(watch_script), str(self.data_dir), LOCK_FILE],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C to the capture must not stop its watcher

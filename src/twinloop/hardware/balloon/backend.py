@@ -11,7 +11,9 @@ Data flow::
 A reader thread drains the socket continuously (a burst of telemetry never overflows an unread
 socket). A command unacknowledged after ``retries`` tries raises
 :class:`~twinloop.core.backend.BackendFault` (link lost; the vehicle's failsafe holds STAY and
-the env reports the fault). A DENIED command is reported as STAY in ``applied_command``.
+the env reports the fault). A twin heartbeats only once it is ready (its kernels compiled), so
+the error for a silent vehicle says to wait for the twin's "listening on" line. A DENIED
+command is reported as STAY in ``applied_command``.
 Out-of-range telemetry rejects its frame (counted in :attr:`stats`); garbage is dropped.
 
 The forecast column comes from a forecast service: the generative forecast of the episode's
@@ -33,6 +35,7 @@ import numpy as np
 from twinloop.core.backend import BackendFault, BaseBackend
 from twinloop.core.rng import new_entropy
 from twinloop.hardware.balloon import protocol as P
+from twinloop.hardware.ready import slow_answer_hint
 from twinloop.sim.balloon import kernel as K
 from twinloop.sim.balloon.config import BalloonConfig
 from twinloop.sim.balloon.env import COMMAND_SPACE, BalloonSimBackend
@@ -130,6 +133,7 @@ class MavlinkBalloonBackend(BaseBackend):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._seq = 0
+        self._acked = False  # whether any command was acknowledged since connect()
         self._last_error = ""
 
     # connection ------------------------------------------------------------------------------
@@ -138,6 +142,7 @@ class MavlinkBalloonBackend(BaseBackend):
         if self.connected:
             return
         self._mav = P.new_link(P.GCS_SYSID, P.GCS_COMPID)
+        self._acked = False
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind(("127.0.0.1" if self.address[0] in ("127.0.0.1", "localhost") else "", 0))
         self._sock.settimeout(0.1)
@@ -157,7 +162,10 @@ class MavlinkBalloonBackend(BaseBackend):
             self._shutdown()
             raise BackendFault(
                 f"no heartbeat from a balloon at udp:{self.address[0]}:{self.address[1]} "
-                f"within {self.connect_timeout_s} s (is `twinloop serve balloon` running?)"
+                f"within {self.connect_timeout_s:g} s. "
+                + slow_answer_hint(
+                    "twinloop serve balloon", "connect_timeout_s", self.connect_timeout_s
+                )
             )
         super().connect()
 
@@ -277,12 +285,20 @@ class MavlinkBalloonBackend(BaseBackend):
                     _, result, executed = self._acks.pop(key)
                     break
         else:
+            hint = (
+                ""
+                if self._acked
+                else " The vehicle has not acknowledged any command on this link yet: on a "
+                f"slow or busy machine raise the backend option ack_timeout_s (now "
+                f"{self.ack_timeout_s:g} s) or retries (now {self.retries})."
+            )
             raise BackendFault(
                 f"link lost: no COMMAND_ACK for command {command} (sequence {seq}) from "
                 f"udp:{self.address[0]}:{self.address[1]} after {self.retries} tries of "
                 f"{self.ack_timeout_s} s; the vehicle's failsafe holds STAY. Reset the env "
-                "once the link is back."
+                "once the link is back." + hint
             )
+        self._acked = True
         if result not in (P.RESULT_ACCEPTED, P.RESULT_DENIED):
             return result, executed, None
         deadline = time.monotonic() + self.frame_timeout_s

@@ -10,14 +10,21 @@ puts the twin in failsafe (it holds STAY and reports it); a repeated sequence nu
 same acknowledgement and frame again without stepping; commands outside {0, 1, 2} and
 commands in ``refuse`` are DENIED (a refused command flies STAY for that step). Malformed
 datagrams are counted and dropped.
+
+Before it serves (and before ``twinloop serve balloon`` prints its "listening on" line),
+:meth:`VehicleTwin.warm_up` flies one step of a throwaway simulator and encodes its telemetry
+frame, so the kernels are compiled (or loaded from the numba cache) before the first command
+arrives (see :mod:`twinloop.hardware.ready`).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twinloop.hardware.balloon import protocol as P
@@ -54,7 +61,7 @@ class VehicleTwin:
         link_timeout_s: float = 5.0,
         heartbeat_s: float = 1.0,
     ) -> None:
-        """Bind the socket and start an episode; call :meth:`start` to serve."""
+        """Bind the socket; :meth:`start` warms up, starts the first episode and serves."""
         self.cfg = cfg or BalloonConfig()
         self.sim = BalloonSimBackend(self.cfg)
         self.sim.connect()
@@ -78,13 +85,33 @@ class VehicleTwin:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._frame_seq = 0
-        self.sim.reset(seed=int(seed))
-        self.sim.apply([float(K.STAY)])  # compile (or load) the kernel before serving
-        self._meas = self.sim.reset(seed=int(seed))
+        self._seed = int(seed)
+        self._meas: Any = None  # the first episode starts in start(), after the warm-up
+        self.warmed_up = False
 
     # lifecycle -----------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Compile (or load) every kernel a command runs; the served vehicle is untouched.
+
+        Starts an episode on a throwaway simulator with the same config, flies one STAY step
+        and encodes its telemetry frame on a throwaway link (so the served link's MAVLink
+        sequence numbers are not advanced). Runs once; :meth:`start` calls it if nobody did.
+        """
+        if self.warmed_up:
+            return
+        shadow = BalloonSimBackend(self.cfg)
+        shadow.connect()
+        shadow.reset(seed=self._seed)
+        meas, _ = shadow.apply([float(K.STAY)])
+        P.encode_frame(P.new_link(P.VEHICLE_SYSID, P.VEHICLE_COMPID), meas, 0)
+        self.warmed_up = True
+
     def start(self) -> VehicleTwin:
-        """Serve in background threads (receive and heartbeat); return self."""
+        """Warm up, start the first episode, serve in background threads; return self."""
+        self.warm_up()
+        with self._lock:
+            if self._meas is None:
+                self._meas = self.sim.reset(seed=self._seed)
         for target in (self._rx_loop, self._heartbeat_loop):
             t = threading.Thread(target=target, daemon=True, name=f"twin-{target.__name__}")
             t.start()
@@ -250,18 +277,33 @@ def main(args: Any) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     seed: int = 0,
     refuse: tuple[int, ...] = (),
     overrides: dict[str, Any] | None = None,
+    report: Callable[[str], None] = _say,
 ) -> None:
-    """Run a vehicle twin until interrupted (the ``twinloop serve balloon`` command)."""
+    """Run a vehicle twin until interrupted (the ``twinloop serve balloon`` command).
+
+    ``report`` receives the warm-up's lines (default: stderr); the "listening on" line goes to
+    stdout once the twin is ready.
+    """
     import twinloop
+    from twinloop.hardware.ready import compiling
 
     cfg = twinloop.make_config("twinloop/BalloonStationKeeping-v0", **(overrides or {}))
-    twin = VehicleTwin(cfg, host=host, port=port, seed=seed, refuse=refuse)
+    try:
+        with compiling("balloon vehicle twin", report=report):
+            twin = VehicleTwin(cfg, host=host, port=port, seed=seed, refuse=refuse)
+            twin.warm_up()
+    except KeyboardInterrupt:  # Ctrl-C while compiling: nothing was served
+        return
     log.info("balloon vehicle twin on udp:%s:%d", *twin.address)
     print(f"balloon vehicle twin listening on udp:{twin.address[0]}:{twin.address[1]}", flush=True)
     twin.serve_forever()

@@ -1,4 +1,9 @@
-"""``twinloop serve microscope``: run the microscope twin in this process until interrupted."""
+"""``twinloop serve microscope``: run the microscope twin in this process until interrupted.
+
+The twin compiles or loads its kernels while it makes its simulated instrument, binds its port
+and warms up (saying so on stderr), and only then prints ``microscope twin listening on
+tcp://HOST:PORT`` on stdout: a client started after that line gets its first answer at once.
+"""
 
 from __future__ import annotations
 
@@ -34,37 +39,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM; prints the bound address on stdout first."""
+    """Bind, warm up, print the bound address on stdout, then serve until SIGINT/SIGTERM."""
     import twinloop
     from twinloop.core.config import parse_assignment
     from twinloop.hardware.microscope.fake import SimMicroscope
     from twinloop.hardware.microscope.server import MicroscopeServer
+    from twinloop.hardware.ready import compiling
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = twinloop.make_config(ENV_ID)
     overrides: dict[str, Any] = dict(parse_assignment(cfg, a) for a in args.set)
     cfg = twinloop.make_config(ENV_ID, **overrides)
-    server = MicroscopeServer(
-        SimMicroscope(cfg),
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        watchdog_s=args.watchdog_s,
-    )
+    try:
+        with compiling("microscope twin", report=_say):
+            server = MicroscopeServer(
+                SimMicroscope(cfg),
+                host=args.host,
+                port=args.port,
+                token=args.token,
+                watchdog_s=args.watchdog_s,
+            )
+            server.warm_up()
+    except KeyboardInterrupt:  # Ctrl-C while compiling: nothing was served
+        return 130
 
     def stop(*_: Any) -> None:
         server.stop(timeout_s=0)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print(f"microscope twin listening on {server.address}", flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(
-            f"warning: bound to {args.host}, reachable from other machines"
-            + ("" if args.token else " without a token"),
-            file=sys.stderr,
-            flush=True,
-        )
-    server.serve_forever()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        print(f"microscope twin listening on {server.address}", flush=True)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            _say(
+                f"warning: bound to {args.host}, reachable from other machines"
+                + ("" if args.token else " without a token")
+            )
+        server.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

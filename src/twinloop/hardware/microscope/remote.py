@@ -3,7 +3,9 @@
 ZeroMQ REQ with a timeout on every request. A request that times out leaves a REQ socket
 unusable, so the client closes it and opens a fresh one for the next request ("lazy pirate"):
 after a twin restarts, the next call simply reconnects. Every response is validated (version,
-id, types, frame size) before it is used. See :mod:`.protocol` for the wire format.
+id, types, frame size) before it is used. A timeout's error says what to do: a twin answers
+only once it has printed its "listening on" line (:mod:`twinloop.hardware.ready`). See
+:mod:`.protocol` for the wire format.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from twinloop.hardware.microscope.protocol import (
     MicroscopeLimitError,
     MicroscopeLimits,
 )
+from twinloop.hardware.ready import slow_answer_hint
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,8 @@ class RemoteMicroscope:
             self._link_down = True
             raise MicroscopeFault(
                 f"microscope at {self.address} did not answer {op!r} within "
-                f"{timeout_s or self.timeout_s:g} s (is `twinloop serve microscope` running?)"
+                f"{timeout_s or self.timeout_s:g} s. "
+                + slow_answer_hint("twinloop serve microscope", "timeout_s", self.timeout_s)
             ) from None
         except zmq.ZMQError as exc:
             self._drop_socket()

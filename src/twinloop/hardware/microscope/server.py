@@ -6,6 +6,12 @@ in its own process. It binds to 127.0.0.1 unless told otherwise, validates every
 commands outside the instrument's limits without executing them, and never stops serving on a
 bad message. A watchdog blanks the beam when no request arrives for ``watchdog_s`` seconds
 while the beam is unblanked.
+
+Before it serves, :meth:`MicroscopeServer.warm_up` replays :func:`warm_up_requests` (every
+operation, and both branches of ``acquire``: the Si in view and out of it) through the same
+decode-execute-encode path on a throwaway copy of the instrument, so the STEM kernels are
+compiled (or loaded from the numba cache) before the twin announces its address instead of
+inside its first request (see :mod:`twinloop.hardware.ready`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from twinloop.hardware.microscope.protocol import (
     OPERATIONS,
     PROTOCOL_VERSION,
     MicroscopeLimitError,
+    MicroscopeLimits,
 )
 
 log = logging.getLogger(__name__)
@@ -32,6 +39,30 @@ class _BadRequest(Exception):
         super().__init__(message)
         self.kind = kind
         self.rid = rid
+
+
+def warm_up_requests(limits: MicroscopeLimits) -> list[tuple[str, dict[str, Any]]]:
+    """The requests a warm-up replays: every operation, with the smallest valid arguments.
+
+    The second ``acquire`` follows a shift of one field of view, which leaves the Si outside the
+    scanned field, so that the frame takes the no-dose branch (drift only) as well.
+    """
+    pixels, pixel_time_s = int(limits.frame_pixels[0]), float(limits.pixel_time_s[0])
+    acquire = {"pixels": pixels, "pixel_time_s": pixel_time_s}
+    return [
+        ("hello", {}),
+        ("ping", {}),
+        ("reset", {"seed": 0}),
+        ("park", {"x_angstrom": 0.0, "y_angstrom": 0.0}),
+        ("unblank", {}),
+        ("blank", {}),
+        ("dwell", {"seconds": float(limits.dwell_s[0])}),
+        ("acquire", dict(acquire)),
+        ("shift_view", {"dx_angstrom": float(limits.shift_angstrom), "dy_angstrom": 0.0}),
+        ("acquire", dict(acquire)),
+        ("state", {}),
+        ("truth", {}),
+    ]
 
 
 class MicroscopeServer:
@@ -81,13 +112,49 @@ class MicroscopeServer:
         self.requests = 0
         self.rejected = 0
         self.watchdog_trips = 0
+        self.warmed_up = False
         self.microscope.connect()
+
+    def warm_up(self) -> None:
+        """Compile (or load) every kernel a request runs; the served instrument is untouched.
+
+        Replays :func:`warm_up_requests` through the request path (decode, execute, encode) on a
+        throwaway :class:`~.fake.SimMicroscope` with the same config. Runs once; :meth:`start`
+        and :meth:`serve_forever` call it if nobody did.
+
+        Raises:
+            RuntimeError: A warm-up request failed (the error a first client would have met).
+        """
+        import msgpack
+
+        if self.warmed_up:
+            return
+        shadow = SimMicroscope(self.microscope.cfg)
+        shadow.connect()
+        for rid, (op, args) in enumerate(warm_up_requests(shadow.limits), start=1):
+            if op == "truth" and not self.share_truth:
+                continue
+            msg = {"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args, "token": self.token}
+            raw = msgpack.packb(msg, use_bin_type=True)
+            reply = self._reply(raw, shadow)
+            msgpack.packb(reply, use_bin_type=True)
+            if not reply["ok"]:
+                error = reply["error"]
+                raise RuntimeError(
+                    f"the twin's warm-up request {op} {args} failed ({error['type']}): "
+                    f"{error['message']}"
+                )
+        self.warmed_up = True
 
     # serving -------------------------------------------------------------------------------------
     def serve_forever(self) -> None:
-        """Answer requests until :meth:`stop`; the beam is blanked on the way out."""
+        """Warm up if not done yet, then answer requests until :meth:`stop`.
+
+        The beam is blanked on the way out.
+        """
         import zmq
 
+        self.warm_up()
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         last = time.monotonic()
@@ -111,7 +178,8 @@ class MicroscopeServer:
             self._ctx.term()
 
     def start(self) -> MicroscopeServer:
-        """Serve in a background thread (tests and in-process twins)."""
+        """Warm up (in this thread), then serve in a background thread (tests, in-process twins)."""
+        self.warm_up()
         self._thread = threading.Thread(
             target=self.serve_forever, name="microscope-twin", daemon=True
         )
@@ -129,24 +197,28 @@ class MicroscopeServer:
         import msgpack
 
         self.requests += 1
+        reply = self._reply(raw, self.microscope)
+        if not reply["ok"] and reply["error"]["type"] != "internal":
+            self.rejected += 1
+        return msgpack.packb(reply, use_bin_type=True)
+
+    def _reply(self, raw: bytes, mic: SimMicroscope) -> dict[str, Any]:
+        """The reply to one request, executed on ``mic`` (the served one, or the warm-up's)."""
         rid: Any = None
         try:
             msg = self._decode(raw)
             rid = msg["id"]
-            result = self._execute(msg["op"], msg["args"])
-            reply = {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": result}
+            result = self._execute(msg["op"], msg["args"], mic)
+            return {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": result}
         except _BadRequest as exc:
-            self.rejected += 1
-            reply = _error(exc.rid if rid is None else rid, exc.kind, str(exc))
+            return _error(exc.rid if rid is None else rid, exc.kind, str(exc))
         except MicroscopeLimitError as exc:
-            self.rejected += 1
-            self.microscope.blank()
-            reply = _error(rid, "limit", str(exc))
+            mic.blank()
+            return _error(rid, "limit", str(exc))
         except Exception as exc:  # the twin must keep serving whatever went wrong
             log.exception("internal error while serving a request")
-            self.microscope.blank()
-            reply = _error(rid, "internal", f"{type(exc).__name__}: {exc}")
-        return msgpack.packb(reply, use_bin_type=True)
+            mic.blank()
+            return _error(rid, "internal", f"{type(exc).__name__}: {exc}")
 
     def _decode(self, raw: bytes) -> dict[str, Any]:
         import msgpack
@@ -209,8 +281,7 @@ class MicroscopeServer:
         msg["args"] = args
         return msg
 
-    def _execute(self, op: str, args: dict[str, Any]) -> Any:
-        mic = self.microscope
+    def _execute(self, op: str, args: dict[str, Any], mic: SimMicroscope) -> Any:
         if op == "hello":
             return {
                 "protocol": PROTOCOL_VERSION,
