@@ -294,3 +294,52 @@ def test_run_timeout_reaches_the_network_backend_by_its_own_names(monkeypatch, c
     seen.clear()
     assert main([*base[:1], "twinloop/StemSteer-v0", *base[1:]]) == 2
     assert not seen and "takes no timeout" in capsys.readouterr().err
+
+
+def test_port_builds_each_backends_own_address(monkeypatch, capsys) -> None:
+    """``--port`` with MAVLink is ``udp:HOST:PORT``, with the microscope twin ``tcp://...``."""
+    import twinloop
+
+    seen: list[dict] = []
+
+    def fake_make(env_id, **kwargs):
+        seen.append(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(twinloop, "make", fake_make)
+    args = ["--controller", "random", "--episodes", "1", "--port", "14560"]
+    balloon = "twinloop/BalloonStationKeeping-v0"
+    assert main(["run", balloon, *args, "--backend", "mavlink"]) == 2
+    assert seen[-1]["address"] == "udp:127.0.0.1:14560"
+    assert main(["run", ID, *args, "--backend", "remote", "--host", "10.0.0.2"]) == 2
+    assert seen[-1]["address"] == "tcp://10.0.0.2:14560"
+    seen.clear()
+    assert main(["run", ID, *args]) == 2  # the simulator has no address
+    assert not seen and "takes no address" in capsys.readouterr().err
+
+
+def test_token_from_a_file_or_the_environment(monkeypatch, tmp_path, capsys) -> None:
+    """A secret given on the command line shows in ps; a file or $TWINLOOP_TOKEN does not."""
+    import twinloop
+
+    seen: list[dict] = []
+
+    def fake_make(env_id, **kwargs):
+        seen.append(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(twinloop, "make", fake_make)
+    base = ["run", ID, "--controller", "random", "--episodes", "1", "--backend", "remote"]
+    secret = tmp_path / "token"
+    secret.write_text("s3cr\u00e9t\nignored\n", encoding="utf-8")
+    assert main([*base, "--token-file", str(secret)]) == 2
+    assert seen[-1]["token"] == "s3cr\u00e9t"
+    monkeypatch.setenv("TWINLOOP_TOKEN", "from-env")
+    assert main(base) == 2
+    assert seen[-1]["token"] == "from-env"
+    seen.clear()
+    assert main([*base, "--token", "a", "--token-file", str(secret)]) == 2
+    assert not seen and "not both" in capsys.readouterr().err
+    (tmp_path / "empty").write_text("\n")
+    assert main([*base, "--token-file", str(tmp_path / "empty")]) == 2
+    assert "is empty" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -59,6 +60,32 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append((env_id, ", ".join(s.backend_names), spaces, s.description))
     print(table(rows, ("id", "backends", "observation -> action", "description")))
     return 0
+
+
+#: The environment variable a shared secret may come from (not the process list).
+TOKEN_ENV = "TWINLOOP_TOKEN"
+
+
+def read_token(token: str | None, token_file: str | None) -> str | None:
+    """The secret: ``--token``, else ``--token-file``'s first line, else ``$TWINLOOP_TOKEN``.
+
+    Raises:
+        ValueError: Both ``--token`` and ``--token-file`` are given, or the file is unreadable
+            or empty.
+    """
+    if token and token_file:
+        raise ValueError("give --token or --token-file, not both")
+    if token_file:
+        try:
+            lines = Path(token_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--token-file {token_file}: cannot read it ({exc})") from exc
+        if not lines or not lines[0].strip():
+            raise ValueError(
+                f"--token-file {token_file} is empty: put the secret on its first line"
+            )
+        return lines[0].strip()
+    return token or os.environ.get(TOKEN_ENV) or None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -114,13 +141,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from twinloop.eval.rollout import run_single, run_vector, summarize
 
     overrides = _parse_overrides(args.env_id, args.set)
+    backend_spec = twinloop.spec(args.env_id).backend(
+        args.backend or twinloop.spec(args.env_id).backend_names[0]
+    )
     backend_opts: dict[str, Any] = {}
-    if args.address or args.port is not None:
-        backend_opts["address"] = args.address or f"tcp://{args.host or '127.0.0.1'}:{args.port}"
-    if args.token:
-        backend_opts["token"] = args.token
+    if args.address:
+        backend_opts["address"] = args.address
+    elif args.port is not None or args.host:
+        if args.port is None:
+            raise ValueError("--host needs --port (or give the whole --address)")
+        backend_opts["address"] = backend_spec.address(args.host or "127.0.0.1", args.port)
+    token = read_token(args.token, args.token_file)
+    if token:
+        backend_opts["token"] = token
     if args.timeout is not None:  # a network backend's wait for an answer, by its own name
-        names = twinloop.spec(args.env_id).backend(args.backend or "sim").options
+        names = backend_spec.options
         timeouts = [n for n in ("timeout_s", "connect_timeout_s", "ack_timeout_s") if n in names]
         if not timeouts:
             raise ValueError(f"--timeout: backend {args.backend or 'sim'!r} takes no timeout")
@@ -363,7 +398,18 @@ def _add_run(sub: Any) -> None:
     )
     s.add_argument("--host", default=None, help="device host (with --port; default 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="device port (network backends)")
-    s.add_argument("--token", default=None, help="shared secret of the device's twin")
+    s.add_argument(
+        "--token",
+        default=None,
+        help="shared secret of the device's twin (visible to other local users in the process "
+        f"list: prefer --token-file or the {TOKEN_ENV} environment variable)",
+    )
+    s.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help=f"read the shared secret from this file (its first line); default: ${TOKEN_ENV}",
+    )
     s.add_argument(
         "--timeout",
         type=float,

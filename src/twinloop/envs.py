@@ -37,6 +37,7 @@ registry.register(
                 deterministic=False,
                 options=("address", "token", "timeout_s"),
                 extra="microscope",
+                address_format="tcp://{host}:{port}",
                 description="a microscope twin (`twinloop serve microscope`) over ZeroMQ",
             ),
             BackendSpec(
@@ -80,6 +81,7 @@ registry.register(
                     "frame_timeout_s",
                     "heartbeat_s",
                 ),
+                address_format="udp:{host}:{port}",
                 extra="balloon",
                 description="a flight controller (or `twinloop serve balloon`) over MAVLink/UDP",
             ),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,25 @@ def source_stamp() -> str:
     return digest.hexdigest()[:16]
 
 
+def _private_fallback() -> Path:
+    """A cache folder under the temp dir that only this user can have written.
+
+    numba unpickles what it finds in its cache, so a folder another local user could have
+    created or written (the temp dir is shared) must never be used. The per-user folder is
+    created 0700; if it exists but belongs to someone else or is writable by others, a fresh
+    private folder (random name) serves this process only.
+    """
+    folder = Path(tempfile.gettempdir()) / f"twinloop-numba-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022:
+            return folder
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="twinloop-numba-"))
+
+
 def _configure_cache() -> None:
     if os.environ.get("NUMBA_CACHE_DIR"):
         return  # the user chose a cache folder
@@ -46,8 +66,8 @@ def _configure_cache() -> None:
         probe = target / ".writable"
         probe.touch()
     except OSError:
-        target = Path(tempfile.gettempdir()) / f"twinloop-numba-{os.getuid()}" / target.name
-        target.mkdir(parents=True, exist_ok=True)
+        target = _private_fallback() / target.name
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
     numba.config.CACHE_DIR = str(target)
     try:  # keep the cache folder from growing with every edit
         old = sorted(

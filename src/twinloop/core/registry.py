@@ -29,6 +29,8 @@ class BackendSpec:
         options: Keyword arguments ``make`` routes to the backend (e.g. ``address``).
         extra: The pip extra that provides its dependencies, if any.
         description: One line for ``twinloop list``.
+        address_format: How a network backend's ``address`` is written from a host and a
+            port (``"tcp://{host}:{port}"``, ``"udp:{host}:{port}"``); empty: no address.
     """
 
     name: str
@@ -37,6 +39,17 @@ class BackendSpec:
     options: tuple[str, ...] = ()
     extra: str = ""
     description: str = ""
+    address_format: str = ""
+
+    def address(self, host: str, port: int) -> str:
+        """The address of the device at ``host:port`` in this backend's form.
+
+        Raises:
+            ValueError: The backend is not reached over a network.
+        """
+        if not self.address_format:
+            raise ValueError(f"backend {self.name!r} takes no address (it is not a network one)")
+        return self.address_format.format(host=host, port=int(port))
 
 
 @dataclasses.dataclass(frozen=True)
