@@ -89,3 +89,36 @@ registry.register(
         description="Keep a superpressure balloon within 50 km of a station for 48 h (BLE task)",
     )
 )
+
+_DMC = "twinloop.sim.locomotion.env"
+
+# The DeepMind Control Suite tasks on the MJCF models shipped inside dm_control (issue 15).
+for _domain, _task, _what in (
+    ("cheetah", "run", "Planar cheetah: run forward (reward saturates at 10 m/s)"),
+    ("walker", "stand", "Planar walker: stand up and stay upright"),
+    ("walker", "walk", "Planar walker: walk forward at 1 m/s"),
+    ("walker", "run", "Planar walker: run forward at 8 m/s"),
+    ("hopper", "stand", "Planar hopper: stand upright with small controls"),
+    ("hopper", "hop", "Planar hopper: hop forward at 2 m/s"),
+):
+    registry.register(
+        EnvSpec(
+            id=f"twinloop/dmc-{_domain}-{_task}-v0",
+            system="locomotion",
+            entry_point=f"{_DMC}:make_env",
+            vector_entry_point=f"{_DMC}:make_vec_env",
+            config_entry_point=(
+                f"twinloop.sim.locomotion.config:{_domain.capitalize()}{_task.capitalize()}Config"
+            ),
+            backends=(
+                BackendSpec(
+                    name="sim",
+                    entry_point=f"{_DMC}:make_sim_backend",
+                    deterministic=True,
+                    extra="locomotion",
+                    description="C MuJoCo on dm_control's model, stepped as dm_control does",
+                ),
+            ),
+            description=f"DeepMind Control Suite {_domain}-{_task}: {_what}",
+        )
+    )

@@ -9,6 +9,7 @@ written below so that the test needs no astropy.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -89,9 +90,11 @@ def test_neutral_initialisation_floats_without_drift_at_night() -> None:
     """Neutral buoyancy + thermal equilibrium: 5 h of STAY at night move the balloon < 0.5 Pa.
 
     Quasi-static flight (reference sheet, step 2): with rho V = m the ascent rate is zero; with
-    unchanging heating (night) the gas temperature stays at its equilibrium.
+    unchanging heating (night) the gas temperature stays at its equilibrium. This is the
+    ``physics_variant="corrected"`` start-up solve (air, temperature and volume to a fixed
+    point); BLE's is tested below.
     """
-    row = Row(p0=7500.0)
+    row = Row(config(physics_variant="corrected"), p0=7500.0)
     p0 = row[K.F_P]
     assert abs(row.lift_kg()) < 1e-6
     night = BalloonConfig().physics.night_elevation_deg
@@ -100,6 +103,35 @@ def test_neutral_initialisation_floats_without_drift_at_night() -> None:
         assert row.meas[0, K.M_EL] < night
         assert abs(row[K.F_P] - p0) < 0.5
     assert row.i[0, K.I_STATUS] == K.OK
+
+
+def test_ble_initialisation_uses_the_base_volume_and_starts_light() -> None:
+    """BLE's start-up solve: rho V0 = m with the base envelope volume V0 [B20, issue 14].
+
+    The air is solved with V0, so n_air = (rho V0 - m_fixed) / M_air exactly; the real volume
+    is V0 + dV/dP x superpressure, so the balloon starts lighter than neutral by rho (V - V0)
+    and rises at night, then floats where the envelope's extra volume is offset (above p0).
+    The gas is still in thermal equilibrium (dT/dt < 1e-5 K/s, BLE's tolerance).
+    """
+    row = Row(p0=7500.0)
+    f, par = row.f[0], row.params
+    rho = f[K.F_P] / (K.R_AIR * f[K.F_T_AMB])
+    fixed = K.M_HE * par[K.P_N_HE] + par[K.P_M_ENV] + par[K.P_M_PAY]
+    assert f[K.F_N_AIR] == pytest.approx((rho * par[K.P_V0] - fixed) / K.M_AIR, rel=1e-12)
+    assert f[K.F_SP] > 0.0
+    assert row.lift_kg() == pytest.approx(rho * (f[K.F_VOL] - par[K.P_V0]), rel=1e-9)
+    assert row.lift_kg() > 0.5
+    rate = K.gas_temperature_rate(
+        f[K.F_VOL], f[K.F_T_GAS], f[K.F_T_AMB], f[K.F_P], f[K.F_SIN_EL], f[K.F_FLUX],
+        f[K.F_IR], f[K.F_EARTH_ABS], par,
+    )  # fmt: skip
+    assert abs(rate) < 1e-4  # at V, not V0: within the solve's tolerance of equilibrium
+    p0 = row[K.F_P]
+    for _ in range(20):  # one hour of night on STAY: the light balloon rises (p falls)
+        row.apply(K.STAY)
+    assert row[K.F_P] < p0 - 20.0
+    corrected = Row(config(physics_variant="corrected"), p0=7500.0)
+    assert corrected[K.F_N_AIR] > f[K.F_N_AIR]  # the fixed point holds more ballonet air
 
 
 def test_neutral_initialisation_holds_by_day_within_the_heating_swing() -> None:
@@ -111,23 +143,58 @@ def test_neutral_initialisation_holds_by_day_within_the_heating_swing() -> None:
     assert abs(row[K.F_P] - p0) / p0 < 0.02
 
 
-def _efficiency_reference(cfg: BalloonConfig) -> RegularGridInterpolator:
+def _efficiency_reference(cfg: BalloonConfig) -> Callable[[float, float], float]:
+    """eff(power, ratio) from the 52 numbers as each variant reads them [B20, issue 14].
+
+    "ble": ratio-major (13 ratios x 4 powers, ``interp2d``'s reading), clamped at the edges;
+    "corrected": power-major (4 powers x 13 ratios), linear beyond the edges, >= 0.
+    """
     ve = cfg.vehicle
-    table = np.array(ve.acs_efficiency_kg_per_wh).reshape(4, 13)  # power-major
+    flat = np.array(ve.acs_efficiency_kg_per_wh)
     ratios = np.linspace(ve.acs_efficiency_ratio_min, ve.acs_efficiency_ratio_max, 13)
     powers = np.linspace(ve.acs_efficiency_power_min_w, ve.acs_efficiency_power_max_w, 4)
-    return RegularGridInterpolator(
+    ble = cfg.physics.physics_variant == "ble"
+    table = flat.reshape(13, 4).T if ble else flat.reshape(4, 13)
+    interp = RegularGridInterpolator(
         (powers, ratios), table, bounds_error=False, fill_value=None, method="linear"
     )
 
+    def eff(power: float, ratio: float) -> float:
+        if ble:
+            power = float(np.clip(power, powers[0], powers[-1]))
+            ratio = float(np.clip(ratio, ratios[0], ratios[-1]))
+        return max(float(interp([[power, ratio]])[0]), 0.0)
 
-def test_down_flow_matches_the_compressor_tables_and_sinks_accordingly() -> None:
+    return eff
+
+
+def test_ble_efficiency_table_reading_matches_the_issue_figures() -> None:
+    """BLE reads the ACS table ratio-major and clamps it [issue 14, B20].
+
+    At 200 W its efficiency is 0 at ratios 1.10 and 1.20; at 1.175 (266.7 W) it is 0.107
+    kg/Wh where the power-major reading gives 0.21; above ratio 1.35 it holds the edge.
+    """
+    ble = K.physics_params(BalloonConfig())
+    cor = K.physics_params(config(physics_variant="corrected"))
+    assert K.acs_efficiency(1.10, 200.0, ble) == pytest.approx(0.0, abs=1e-12)
+    assert K.acs_efficiency(1.20, 200.0, ble) == pytest.approx(0.0, abs=1e-12)
+    assert K.acs_efficiency(1.10, 200.0, cor) > 0.2
+    power = K.acs_power_w(1.175, ble)  # 266.7 W from the power table
+    assert K.acs_efficiency(1.175, power, ble) == pytest.approx(0.107, abs=0.001)
+    assert K.acs_efficiency(1.175, power, cor) == pytest.approx(0.21, abs=0.01)
+    assert K.acs_efficiency(1.45, 400.0, ble) == K.acs_efficiency(1.35, 400.0, ble)
+    assert K.acs_efficiency(1.45, 400.0, cor) < K.acs_efficiency(1.35, 400.0, cor)
+
+
+@pytest.mark.parametrize("variant", ["ble", "corrected"])
+def test_down_flow_matches_the_compressor_tables_and_sinks_accordingly(variant: str) -> None:
     """DOWN pumps eff(ratio, P) * P / 3600 kg/s [B20]; the balloon sinks to where rho V = m.
 
+    The efficiency is read as each variant reads the table (see ``_efficiency_reference``).
     The expected pressure rise is the added air mass over d(rho V)/dp, evaluated with the
     atmosphere and envelope equations at the final state (a finite difference).
     """
-    cfg = BalloonConfig()
+    cfg = config(physics_variant=variant)
     row = Row(cfg, p0=7000.0)
     eff = _efficiency_reference(cfg)
     ve = cfg.vehicle
@@ -138,7 +205,7 @@ def test_down_flow_matches_the_compressor_tables_and_sinks_accordingly() -> None
         p, sp = row[K.F_P], row[K.F_SP]
         ratio = (p + sp) / p
         power = np.interp(ratio, ve.acs_power_ratio_knots, ve.acs_power_knots_w)
-        expected = max(float(eff([[power, ratio]])[0]), 0.0) * power / 3600.0
+        expected = eff(power, ratio) * power / 3600.0
         row.sub_step(K.DOWN)
         assert row[K.F_ACS_W] == pytest.approx(power, rel=1e-12)
         assert row[K.F_MDOT] == pytest.approx(expected, rel=1e-9)
@@ -159,16 +226,24 @@ def test_down_flow_matches_the_compressor_tables_and_sinks_accordingly() -> None
         lo, hi = (mid, hi) if lift(mid) < 0 else (lo, mid)
     p_float = 0.5 * (lo + hi)
     rise = row[K.F_P] - p_start
-    assert rise > 500.0
+    # BLE's balloon starts light (base-volume start-up solve) and its compressor stalls where
+    # its table reads 0, so it sinks less in the hour; its explicit step chatters by ~10 Pa
+    # around the float level (no limit at the floor) [issue 14]
+    ble = variant == "ble"
+    assert rise > (50.0 if ble else 500.0)
     # quasi-static flight tracks the float level the pumped air implies (within 2 % of the rise)
-    assert abs(row[K.F_P] - p_float) < 0.02 * rise
-    # and the rate: dp/dt = mdot / (d(rho V)/dp) over the last sub-steps
+    assert abs(row[K.F_P] - p_float) < max(0.02 * rise, 10.0 if ble else 0.0)
+    # and the rate: dp/dt = mdot / (d(rho V)/dp) over the next sub-steps (BLE's chatter
+    # needs a longer window to average out)
     d_lift_dp = (lift(row[K.F_P] + 1.0) - lift(row[K.F_P] - 1.0)) / 2.0
     p_before = row[K.F_P]
-    for _ in range(18):
+    n_sub = 90 if ble else 18
+    pumped = 0.0
+    for _ in range(n_sub):
         row.sub_step(K.DOWN)
-    rate = (row[K.F_P] - p_before) / (18 * dt)
-    assert rate == pytest.approx(row[K.F_MDOT] / d_lift_dp, rel=0.1)
+        pumped += row[K.F_MDOT]
+    rate = (row[K.F_P] - p_before) / (n_sub * dt)
+    assert rate == pytest.approx(pumped / n_sub / d_lift_dp, rel=0.1)
 
 
 def test_up_vents_through_the_orifice() -> None:

@@ -16,6 +16,7 @@ Sources (see ``shared/reference/balloon.md``):
 from __future__ import annotations
 
 import dataclasses
+import datetime
 
 from twinloop.core.config import ConfigSection, cross_check, param
 from twinloop.core.safety import SafetyConfig
@@ -38,6 +39,10 @@ FOOT_M = 0.3048
 JD_J2000 = 2451545.0
 #: Julian date of 1970-01-01 00:00 UTC.
 JD_UNIX_EPOCH = 2440587.5
+#: Years where the solar series is used: [NOAA] gives it for 1901-2099; we accept 1800-2200.
+YEARS_SUPPORTED = "1800-2200"
+JD_MIN_SUPPORTED = 2378496.5  # 1800-01-01
+JD_MAX_SUPPORTED = 2524958.5  # 2201-01-01
 
 
 def julian_date_of_year(year: float) -> float:
@@ -45,6 +50,29 @@ def julian_date_of_year(year: float) -> float:
     y = int(year) - 1
     days = 365 * y + y // 4 - y // 100 + y // 400  # days from 0001-01-01 to year-01-01
     return 1721425.5 + days
+
+
+def julian_date_utc(when: str | datetime.datetime) -> float:
+    """Julian date (UTC) of an ISO 8601 date or date-time, or of a ``datetime``.
+
+    A naive value is read as UTC; an aware one is converted to UTC.
+
+    Raises:
+        ValueError: ``when`` is not a date or date-time.
+    """
+    if isinstance(when, str):
+        try:
+            when = datetime.datetime.fromisoformat(when)
+        except ValueError as exc:
+            raise ValueError(
+                f"{when!r} is not an ISO 8601 date or date-time (e.g. '2013-06-01T12:00:00')"
+            ) from exc
+    if not isinstance(when, datetime.datetime):
+        raise ValueError(f"expected an ISO 8601 string or a datetime, got {when!r}")
+    if when.tzinfo is not None:
+        when = when.astimezone(datetime.UTC).replace(tzinfo=None)
+    epoch = datetime.datetime(1970, 1, 1)
+    return JD_UNIX_EPOCH + (when - epoch).total_seconds() / 86400.0
 
 
 #: Knots of the pressure-ratio -> ACS power table [B20].
@@ -62,11 +90,15 @@ MAX_COLUMN_LEVELS = 1024
 class BalloonVehicleConfig(ConfigSection):
     """The flight system: envelope, ballonet, altitude-control system (ACS), power [B20].
 
-    The ACS efficiency table is ``efficiency[power][pressure_ratio]``: one row of 13 values
-    (pressure ratio 1.05, 1.075, ..., 1.35) for each power level 100, 200, 300, 400 W. [B20]
-    lists the same 52 numbers and reshapes them pressure-ratio-major; read that way the 200 W
-    efficiency would jump 0.4, 0, 0, 0.4 over four neighbouring ratios, which no compressor
-    does, so we read them power-major (efficiency then falls with back-pressure at each power).
+    The ACS efficiency table holds [B20]'s 52 numbers in [B20]'s order. [B20] hands them to
+    ``scipy.interpolate.interp2d`` with 13 pressure ratios (1.05, 1.075, ..., 1.35) on x and
+    4 powers (100, 200, 300, 400 W) on y, which reads a flat list ratio-major:
+    ``efficiency(ratio k, power j) = table[4 k + j]``, bilinear, clamped at the table's edges.
+    That is what ``physics_variant="ble"`` (the default) flies. Read that way the efficiency
+    at 200 W jumps 0.4, 0, 0, 0.4 over neighbouring ratios and is 0 at ratios 1.10 and 1.20,
+    which no compressor does; the numbers make sense power-major
+    (``table[13 j + k]``: efficiency falls with back-pressure at every power), which is what
+    ``physics_variant="corrected"`` reads (linear beyond the last ratio, clipped at 0).
     """
 
     envelope_volume_base_m3: float = param(1804.0, units="m^3", gt=0.0, le=1e7, doc="[B20]")
@@ -106,14 +138,15 @@ class BalloonVehicleConfig(ConfigSection):
     )
     acs_efficiency_kg_per_wh: tuple[float, ...] = param(
         (
-            *(0.4, 0.4, 0.3, 0.2, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),  # 100 W
-            *(0.4, 0.3, 0.3, 0.3, 0.25, 0.23, 0.2, 0.15, 0.12, 0.1, 0.0, 0.0, 0.0),  # 200 W
-            *(0.0, 0.3, 0.25, 0.25, 0.25, 0.2, 0.2, 0.2, 0.2, 0.15, 0.13, 0.12, 0.11),  # 300 W
-            *(0.0, 0.23, 0.23, 0.23, 0.23, 0.23, 0.2, 0.2, 0.2, 0.18, 0.16, 0.15, 0.13),  # 400 W
+            # rows of 13: the 100, 200, 300, 400 W rows when read power-major ("corrected")
+            *(0.4, 0.4, 0.3, 0.2, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+            *(0.4, 0.3, 0.3, 0.3, 0.25, 0.23, 0.2, 0.15, 0.12, 0.1, 0.0, 0.0, 0.0),
+            *(0.0, 0.3, 0.25, 0.25, 0.25, 0.2, 0.2, 0.2, 0.2, 0.15, 0.13, 0.12, 0.11),
+            *(0.0, 0.23, 0.23, 0.23, 0.23, 0.23, 0.2, 0.2, 0.2, 0.18, 0.16, 0.15, 0.13),
         ),
         units="kg/Wh",
         length=N_ACS_EFF_POWERS * N_ACS_EFF_RATIOS,
-        doc="kg of air per Wh at (power, pressure ratio); 4 powers x 13 ratios, power-major [B20]",
+        doc="kg of air per Wh at (pressure ratio, power), [B20]'s order (see the class doc)",
     )
     # Solar panels: 4 at 35 deg tilt hanging 3.3 m below, 2 at 65 deg hanging 2.7 m [B20]
     panel_peak_w: float = param(210.0, units="W", ge=0.0, le=1e4, doc="per panel [B20]")
@@ -139,8 +172,23 @@ class BalloonPhysicsConfig(ConfigSection):
     The atmosphere has the [US76] layer structure with BLE's tropical lower layers: transition
     heights ``atmosphere_heights_m``; the lapse rate of each layer (K/m) is
     ``(1 - alpha) * low + alpha * high`` with alpha ~ U(0, 1) re-drawn at every reset [B20].
+
+    ``physics_variant="ble"`` (the default) flies BLE 1.0.1's simulator step for step: the
+    ACS table read ratio-major, the power-safety layer resuming at sunrise + 30 min with
+    sunrise found once at the episode's start position, the sun's elevation with NOAA's
+    atmospheric refraction, each sub-step's volume and superpressure from the state before it
+    and the ambient temperature one sub-step behind, no limit on the vertical step (BLE's
+    +-9.5 Pa chatter around the float level), the start-up solve with the base envelope
+    volume, and BLE's VAE winds looked up with x on the decoder's first axis.
+    ``"corrected"`` keeps our better model of each; the system README says what each changes
+    and by how much.
     """
 
+    physics_variant: str = param(
+        "ble",
+        choices=("ble", "corrected"),
+        doc='"ble": BLE 1.0.1 step for step; "corrected": our better model (see the doc)',
+    )
     control_step_s: float = param(
         180.0, units="s", ge="sub_step_s", le=86400.0, doc="agent step 3 min [B20]"
     )
@@ -171,7 +219,11 @@ class BalloonPhysicsConfig(ConfigSection):
         108870.8213, units="Pa", ge=1e4, le=2e5, doc="at the lowest transition [B20]"
     )
     night_elevation_deg: float = param(
-        -4.242, units="deg", ge=-20.0, le=10.0, doc="sun below the horizon seen from ~17.5 km [B20]"
+        -4.242,
+        units="deg",
+        ge=-20.0,
+        le=10.0,
+        doc="sun (refracted, as [B20] computes it) below the horizon seen from ~17.5 km [B20]",
     )
     solar_constant_w_per_m2: float = param(
         1366.0, units="W/m^2", ge=0.0, le=5000.0, doc="[NOAA], [B20]"
@@ -235,9 +287,17 @@ class BalloonWindConfig(ConfigSection):
     Gridded winds (``source="grid"``) read u, v on pressure levels from ``forecast_path``
     (NetCDF or Zarr, ERA5 names, see :mod:`twinloop.sim.balloon.era5`); the truth comes from
     ``truth_path`` if given, else forecast + the generative error field.
+
+    BLE's winds (``source="ble-vae"``, :mod:`twinloop.sim.balloon.blevae`): the forecast is
+    BLE's ERA5-trained VAE decoder (weights read from the installed
+    ``balloon-learning-environment`` 1.0.1 wheel) at latents z ~ N(0, I_64) drawn at every
+    reset, on its fixed grid (+-500 km at 50 km, 10 levels 5000-14000 Pa, 9 times over 48 h,
+    clamped in space, reflected in time past 48 h); the truth adds BLE's noise: per component
+    5 harmonics of 4-D simplex noise with BLE's weights and spacings, variance
+    ``ble_noise_variance_m2_per_s2`` [B20]. The geometry fields above do not apply to it.
     """
 
-    source: str = param("generative", choices=("generative", "grid"))
+    source: str = param("generative", choices=("generative", "grid", "ble-vae"))
     box_half_width_km: float = param(
         500.0,
         units="km",
@@ -272,6 +332,13 @@ class BalloonWindConfig(ConfigSection):
     )
     error_level_correlation: float = param(0.5, ge=0.0, lt=1.0)
     error_time_correlation: float = param(0.6, ge=0.0, lt=1.0)
+    ble_noise_variance_m2_per_s2: float = param(
+        1.02,
+        units="m^2/s^2",
+        ge=0.0,
+        le=1e4,
+        doc='truth - forecast variance per component of source="ble-vae" [B20]',
+    )
     forecast_path: str = param("")
     truth_path: str = param("")
 
@@ -287,9 +354,11 @@ class BalloonEpisodeConfig(ConfigSection):
     """How an episode starts; every value below is re-drawn at every reset [B20].
 
     Station latitude ~ U(lat_min, lat_max) deg, longitude ~ U(lon_min, lon_max) deg; start time
-    ~ U(year_min, year_max) (UTC, uniform in seconds); start offset from the station: radius
-    ``start_radius_km * Beta(a, b)`` km, angle ~ U(0, 2 pi); start pressure ~ U(min, p(50 000 ft))
-    Pa; ballonet air and gas temperature then give neutral buoyancy in thermal equilibrium.
+    ~ U(start_date_min, start_date_max) (UTC, uniform in seconds; [B20] draws from 2011-01-01
+    to 2014-12-31); start offset from the station: radius ``start_radius_km * Beta(a, b)`` km,
+    angle ~ U(0, 2 pi); start pressure ~ U(min, p(50 000 ft)) Pa; ballonet air and gas
+    temperature then give neutral buoyancy in thermal equilibrium. ``reset(options=...)`` can
+    set any of these for one episode (see :mod:`twinloop.sim.balloon.start`).
     """
 
     station_latitude_min_deg: float = param(-10.0, units="deg", ge=-60.0, le=60.0)
@@ -300,8 +369,8 @@ class BalloonEpisodeConfig(ConfigSection):
     station_longitude_max_deg: float = param(
         175.0, units="deg", ge="station_longitude_min_deg", le=180.0
     )
-    start_year_min: float = param(2011.0, units="year", ge=1900.0, le=2200.0)
-    start_year_max: float = param(2014.0, units="year", ge="start_year_min", le=2200.0)
+    start_date_min: str = param("2011-01-01", doc="earliest start, ISO 8601 UTC [B20]")
+    start_date_max: str = param("2014-12-31", doc="latest start, ISO 8601 UTC [B20]")
     start_radius_km: float = param(200.0, units="km", ge=0.0, le=1000.0)
     start_radius_beta_a: float = param(1.2, ge=0.05, le=100.0)
     start_radius_beta_b: float = param(2.0, ge=0.05, le=100.0)
@@ -312,6 +381,20 @@ class BalloonEpisodeConfig(ConfigSection):
         le=50000.0,
         doc="just above the empty-ballonet float level [B20]",
     )
+
+    @cross_check
+    def _start_dates(self) -> str | None:
+        try:
+            lo = julian_date_utc(self.start_date_min)
+            hi = julian_date_utc(self.start_date_max)
+        except ValueError as exc:
+            return f"BalloonEpisodeConfig: {exc}"
+        if not JD_MIN_SUPPORTED <= lo <= hi <= JD_MAX_SUPPORTED:
+            return (
+                f"BalloonEpisodeConfig: start_date_min = {self.start_date_min!r} must not be "
+                f"after start_date_max = {self.start_date_max!r}, both within {YEARS_SUPPORTED}"
+            )
+        return None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -31,8 +31,11 @@ from twinloop.core.vector import (
     core_rows,
     zero_row,
 )
+from twinloop.sim.balloon import blevae
 from twinloop.sim.balloon import kernel as K
+from twinloop.sim.balloon import start as S
 from twinloop.sim.balloon import task as T
+from twinloop.sim.balloon import wind as W
 from twinloop.sim.balloon.config import BalloonConfig
 
 ENV_ID = "twinloop/BalloonStationKeeping-v0"
@@ -50,6 +53,17 @@ def wind_inputs(cfg: BalloonConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         return K.wind_params(cfg, meta), grid, levels
     grid, levels = K.empty_grid()
     return K.wind_params(cfg), grid, levels
+
+
+def vae_weights(cfg: BalloonConfig) -> np.ndarray:
+    """BLE's decoder weights for ``source="ble-vae"`` (from the installed wheel), else a stub.
+
+    Raises:
+        blevae.BleWheelNotFound: ``source="ble-vae"`` without the BLE wheel installed.
+    """
+    if cfg.wind.source == "ble-vae":
+        return blevae.load_weights()
+    return blevae.no_weights()
 
 
 # --- the state and parameters, declared once ----------------------------------------------------
@@ -72,6 +86,8 @@ class BalloonParams(NamedTuple):
     wind: np.ndarray
     grid: np.ndarray
     levels: np.ndarray
+    vae: np.ndarray  # BLE's decoder weights (float32) for source="ble-vae", else a stub
+    no_start: np.ndarray  # the start row of automatic resets (everything drawn)
     task: np.ndarray
     cmd_low: np.ndarray
     cmd_high: np.ndarray
@@ -79,16 +95,40 @@ class BalloonParams(NamedTuple):
 
 
 def params_of(cfg: BalloonConfig) -> BalloonParams:
-    """The parameters bundle of a config (loads gridded winds if configured)."""
+    """The parameters bundle of a config (loads gridded winds or BLE's decoder if configured)."""
     wp, grid, levels = wind_inputs(cfg)
     return BalloonParams(
         K.physics_params(cfg),
         wp,
         grid,
         levels,
+        vae_weights(cfg),
+        K.no_start(),
         T.task_params(cfg),
         *command_limits(COMMAND_SPACE, cfg.safety),
     )
+
+
+class StartOptions(NamedTuple):
+    """The vector env's reset options: one start row per env (:mod:`~.start`)."""
+
+    start: np.ndarray
+
+
+def start_of(
+    options: dict[str, Any] | None, cfg: BalloonConfig, params: BalloonParams, n: int, where: str
+) -> np.ndarray:
+    """Checked start rows of ``options["backend"]`` for ``n`` envs (see :mod:`~.start`)."""
+    rows = S.start_rows(options, cfg, n, where)
+    wp = params.wind
+    if wp[W.W_SOURCE] == W.SOURCE_GRID and not np.isnan(rows[:, K.S_JD]).all():
+        offset_s = (rows[:, K.S_JD] - wp[W.W_GRID_JD0]) * 86400.0
+        if (offset_s < 0.0).any() or (offset_s > wp[W.W_GRID_SPAN]).any():
+            raise ValueError(
+                f"{where}: reset option 'time_utc' lies outside the gridded wind's "
+                f"{wp[W.W_GRID_SPAN] / 3600.0:g} h from Julian date {wp[W.W_GRID_JD0]:.4f}"
+            )
+    return rows
 
 
 class BalloonSimBackend(BaseBackend):
@@ -112,13 +152,23 @@ class BalloonSimBackend(BaseBackend):
         self._state = allocate(BalloonState, 1, cfg)
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
-        """New episode; ``seed`` re-seeds the physics stream, ``None`` continues it."""
-        if seed is not None:
-            seed_streams(self._state.rng, 0, int(seed))
+        """New episode; ``seed`` re-seeds the physics stream, ``None`` continues it.
+
+        ``options`` may set the start (time, place, pressure, envelope, charge, atmosphere,
+        wind; see :mod:`twinloop.sim.balloon.start`); what it does not set is drawn.
+
+        Raises:
+            ValueError: ``options`` is not a valid start.
+        """
         st, p = self._state, self.params
-        K.reset(
-            0, st.f, st.i, st.wind, st.work, p.physics, p.wind, p.grid, p.levels, st.rng, st.meas
-        )
+        rows = start_of(options, self.cfg, p, 1, ENV_ID)
+        if seed is not None:
+            seed_streams(st.rng, 0, int(seed))
+        K.reset_episode(
+            0, st.f, st.i, st.wind, st.work, p.physics, p.wind, p.grid, p.levels, st.rng,
+            st.meas, rows[0], p.vae,
+        )  # fmt: skip
+        S.check_started(st.i[:, K.I_STATUS], rows, st.f, ENV_ID)
         return st.meas[0].copy()
 
     def apply(self, command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,12 +309,20 @@ def _write_true(i: int, fstate: np.ndarray, inf: np.ndarray) -> None:
 
 @njit
 def _reset_row(
-    i: int, state: BalloonState, params: BalloonParams, obs: np.ndarray, inf: np.ndarray
+    i: int,
+    state: BalloonState,
+    params: BalloonParams,
+    obs: np.ndarray,
+    inf: np.ndarray,
+    start: np.ndarray,
 ) -> None:
-    """New episode in row ``i``: physics, task, reset infos; the safety layer forgets."""
+    """New episode in row ``i`` from ``start``: physics, task, reset infos; safety forgets."""
     f, istate, wind, work, meas = state.f, state.i, state.wind, state.work, state.meas
     p = params
-    K.reset(i, f, istate, wind, work, p.physics, p.wind, p.grid, p.levels, state.rng, meas)
+    K.reset_episode(
+        i, f, istate, wind, work, p.physics, p.wind, p.grid, p.levels, state.rng, meas, start,
+        p.vae,
+    )  # fmt: skip
     dist = T.task_reset(meas[i], state.task[i], p.task, obs[i])
     inf[i, IF_TIME] = meas[i, K.M_ELAPSED]
     inf[i, IF_DIST] = dist
@@ -274,14 +332,19 @@ def _reset_row(
 
 @njit(parallel=True)
 def reset_batch(
-    state: BalloonState, params: BalloonParams, mask: np.ndarray, options: tuple, out: ResetOut
+    state: BalloonState,
+    params: BalloonParams,
+    mask: np.ndarray,
+    options: StartOptions,
+    out: ResetOut,
 ) -> None:
-    """Reset the rows where ``mask`` (the others only write their observation)."""
+    """Reset the rows where ``mask`` from their start rows (the others write their obs)."""
     meas, tstate, tparams = state.meas, state.task, params.task
     obs, inf = out.obs, out.info_f
+    start = options.start
     for i in prange(mask.shape[0]):
         if mask[i]:
-            _reset_row(i, state, params, obs, inf)
+            _reset_row(i, state, params, obs, inf, start[i])
         else:
             T.write_observation(meas[i], tstate[i], tparams, obs[i])
 
@@ -348,7 +411,7 @@ def step_batch(state: BalloonState, params: BalloonParams, actions: Actions, out
         if ended:
             for q in range(row_obs.shape[0]):
                 final_obs[i, q] = row_obs[q]
-            _reset_row(i, state, params, obs, top_f)
+            _reset_row(i, state, params, obs, top_f, params.no_start)
 
 
 class BalloonVectorEnv(KernelVectorEnv):
@@ -384,6 +447,42 @@ class BalloonVectorEnv(KernelVectorEnv):
         )
         self.cfg = cfg
         self.metadata = {**self.metadata, **metadata(cfg, layout)}
+        self._start_rows = K.no_start()[None, :]
+
+    def reset_options(self, options: dict[str, Any]) -> StartOptions:
+        """``options["backend"]``: the start of every reset env (see :mod:`~.start`).
+
+        Raises:
+            ValueError: An unknown option, or ``options["backend"]`` is not a valid start.
+        """
+        unknown = sorted(set(options) - {"backend"})
+        if unknown:
+            raise ValueError(
+                f"{self.env_id}: unknown reset option(s) {unknown}; the balloon takes "
+                "'reset_mask' and 'backend' (the start, see twinloop.sim.balloon.start)"
+            )
+        rows = start_of(options.get("backend"), self.cfg, self.params, self.num_envs, self.env_id)
+        self._start_rows = rows
+        return StartOptions(rows)
+
+    def reset(
+        self,
+        *,
+        seed: int | list[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset all envs, or those in ``options["reset_mask"]``, from a start if given.
+
+        Raises:
+            ValueError: The options are not a valid start, or a start set by hand is
+                already a failure (slack or burst).
+        """
+        obs, infos = super().reset(seed=seed, options=options)
+        mask = (options or {}).get("reset_mask")
+        rows = np.flatnonzero(np.ones(self.num_envs, bool) if mask is None else np.asarray(mask))
+        st = self.state
+        S.check_started(st.i[rows, K.I_STATUS], self._start_rows[rows], st.f[rows], self.env_id)
+        return obs, infos
 
 
 def make_vec_env(cfg: BalloonConfig, *, n_envs: int, env_id: str = ENV_ID) -> BalloonVectorEnv:

@@ -38,7 +38,8 @@ import numpy as np
 from twinloop.core.bundle import Rows, allocate
 from twinloop.core.jit import njit
 from twinloop.core.layout import Field, Layout
-from twinloop.core.rng import STREAM_BACKEND, normal, uniform, uniform_range
+from twinloop.core.rng import STREAM_BACKEND, next_u64, normal, uniform, uniform_range
+from twinloop.sim.balloon import blevae as B
 from twinloop.sim.balloon import wind as W
 from twinloop.sim.balloon.config import (
     AIR_MOLAR_MASS_KG_PER_MOL,
@@ -55,7 +56,7 @@ from twinloop.sim.balloon.config import (
     N_ATMOSPHERE_LAYERS,
     STEFAN_BOLTZMANN_W_PER_M2_K4,
     BalloonConfig,
-    julian_date_of_year,
+    julian_date_utc,
 )
 
 G = GRAVITY_M_PER_S2
@@ -119,7 +120,9 @@ F_E_ACS = 33
 F_E_SPILL = 34  # solar energy lost to a full battery
 F_E_UNMET = 35  # demand not met by an empty battery
 F_T_OFFSET = 36  # episode start within a gridded wind (s)
-F_LAPSE = 37  # 7 lapse rates (K/m)
+F_SUNRISE_H = 37  # power safety: next sunrise + margin (s since the episode start)
+F_SUNSET = 38  # power safety: next sunset (s since the episode start)
+F_LAPSE = 39  # 7 lapse rates (K/m)
 F_TB = F_LAPSE + NL  # 8 transition temperatures (K)
 F_PB = F_TB + NL + 1  # 8 transition pressures (Pa)
 N_F = F_PB + NL + 1
@@ -204,9 +207,18 @@ P_ALT_HYST_M = 63
 P_NCOL = 64  # levels of the forecast column in the measurement
 P_COL_PMIN = 65
 P_COL_PMAX = 66
-P_ACS_R = 67  # 5 pressure-ratio knots
+# physics_variant: 1.0 where the variant does it ("ble" or "corrected"; see BalloonPhysicsConfig)
+P_EFF_POWER_MAJOR = 67  # corrected: ACS efficiency table read power-major, extrapolated in ratio
+P_REFRACTION = 68  # ble: NOAA's atmospheric refraction in the sun's elevation
+P_ENV_BEFORE = 69  # ble: volume, superpressure and ambient T from the state before the sub-step
+P_FLOAT_LIMIT = 70  # corrected: the vertical step stops at the linearised float level
+P_INIT_BASE_VOLUME = 71  # ble: the start-up solve with the base envelope volume
+P_SUN_LOCAL = 72  # corrected: power safety's sunrise/sunset at the current position every step
+P_SIN_NIGHT_GEO = 73  # sine of the geometric elevation whose apparent one is the night threshold
+P_SUN_GRID_S = 74  # ble: sunrise/sunset searched on this grid from the start time (s)
+P_ACS_R = 75  # 5 pressure-ratio knots
 P_ACS_W = P_ACS_R + N_ACS_POWER_KNOTS  # 5 power knots (W)
-P_EFF = P_ACS_W + N_ACS_POWER_KNOTS  # 4 x 13 efficiency table (kg/Wh), power-major
+P_EFF = P_ACS_W + N_ACS_POWER_KNOTS  # the 52 efficiencies (kg/Wh) in [B20]'s order
 P_H = P_EFF + N_ACS_EFF_POWERS * N_ACS_EFF_RATIOS  # 8 transition heights (m)
 P_LOW = P_H + NL + 1  # 7 lapse rates of the "low" set (K/m)
 P_HIGH = P_LOW + NL  # 7 of the "high" set
@@ -276,8 +288,8 @@ def physics_params(cfg: BalloonConfig) -> np.ndarray:
     p[P_LAT_MAX] = ep.station_latitude_max_deg
     p[P_LON_MIN] = ep.station_longitude_min_deg
     p[P_LON_MAX] = ep.station_longitude_max_deg
-    p[P_JD_MIN] = julian_date_of_year(ep.start_year_min)
-    p[P_JD_MAX] = julian_date_of_year(ep.start_year_max)
+    p[P_JD_MIN] = julian_date_utc(ep.start_date_min)
+    p[P_JD_MAX] = julian_date_utc(ep.start_date_max)
     p[P_R0_M] = ep.start_radius_km * 1000.0
     p[P_BETA_A] = ep.start_radius_beta_a
     p[P_BETA_B] = ep.start_radius_beta_b
@@ -295,6 +307,22 @@ def physics_params(cfg: BalloonConfig) -> np.ndarray:
     p[P_NCOL] = cfg.task.n_column_levels
     p[P_COL_PMIN] = cfg.wind.min_pressure_pa
     p[P_COL_PMAX] = cfg.wind.max_pressure_pa
+    ble = ph.physics_variant == "ble"
+    p[P_EFF_POWER_MAJOR] = 0.0 if ble else 1.0
+    p[P_REFRACTION] = 1.0 if ble else 0.0
+    p[P_ENV_BEFORE] = 1.0 if ble else 0.0
+    p[P_FLOAT_LIMIT] = 0.0 if ble else 1.0
+    p[P_INIT_BASE_VOLUME] = 1.0 if ble else 0.0
+    p[P_SUN_LOCAL] = 0.0 if ble else 1.0
+    threshold = ph.night_elevation_deg
+    if ble:  # the geometric elevation whose refracted one is the threshold (bisection)
+        lo, hi = threshold - 2.0, threshold
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if apparent_elevation_deg(mid) < threshold else (lo, mid)
+        threshold = 0.5 * (lo + hi)
+    p[P_SIN_NIGHT_GEO] = math.sin(math.radians(threshold))
+    p[P_SUN_GRID_S] = 180.0  # [B20] searches sunrise and sunset on a 3-min grid
     return p
 
 
@@ -318,7 +346,13 @@ def wind_params(cfg: BalloonConfig, grid_meta: dict | None = None) -> np.ndarray
     p[W.W_ERR_SD] = w.forecast_error_rms_m_per_s / math.sqrt(2.0)
     p[W.W_ERR_RHO_L] = w.error_level_correlation
     p[W.W_ERR_RHO_T] = w.error_time_correlation
-    p[W.W_SOURCE] = W.SOURCE_GRID if w.source == "grid" else W.SOURCE_GENERATIVE
+    p[W.W_SOURCE] = {
+        "generative": W.SOURCE_GENERATIVE,
+        "grid": W.SOURCE_GRID,
+        "ble-vae": W.SOURCE_BLE_VAE,
+    }[w.source]
+    p[W.W_VAE_SWAP] = 1.0 if cfg.physics.physics_variant == "corrected" else 0.0
+    p[W.W_BLE_NOISE_SD] = math.sqrt(w.ble_noise_variance_m2_per_s2)
     if grid_meta is not None:
         p[W.W_GRID_TRUTH] = 1.0 if grid_meta["has_truth"] else 0.0
         p[W.W_GRID_X0] = grid_meta["x0_m"]
@@ -334,9 +368,15 @@ def wind_params(cfg: BalloonConfig, grid_meta: dict | None = None) -> np.ndarray
 
 
 def wind_size(cfg: BalloonConfig) -> int:
-    """Floats per env of the generative wind (forecast field, then error field)."""
+    """Floats per env of the wind row: the start table, then the source's own draws.
+
+    Generative and gridded sources: the generative forecast field, then the error field.
+    BLE's VAE: the decoder's stream function, then the noise draws.
+    """
     w = cfg.wind
-    return 2 * W.field_size(w.n_wind_levels, w.n_wind_times, w.n_wind_modes)
+    if w.source == "ble-vae":
+        return W.TABLE_SIZE + W.VAE_ROW_SIZE
+    return W.TABLE_SIZE + 2 * W.field_size(w.n_wind_levels, w.n_wind_times, w.n_wind_modes)
 
 
 def empty_grid() -> tuple[np.ndarray, np.ndarray]:
@@ -409,7 +449,7 @@ class PhysicsState(NamedTuple):
 
     f: np.ndarray = Rows((N_F,))  # gas, envelope, battery, position, time (F_* columns)
     i: np.ndarray = Rows((N_I,), np.int64)  # integer state (I_* columns)
-    wind: np.ndarray = Rows(lambda cfg: (max(wind_size(cfg), 1),))  # the episode's wind draw
+    wind: np.ndarray = Rows(lambda cfg: (wind_size(cfg),))  # start table + the wind draws
     work: np.ndarray = Rows(_work_size)  # scratch of the wind evaluation
     meas: np.ndarray = Rows(lambda cfg: (measurement_size(cfg),))  # the last measurement
 
@@ -539,6 +579,27 @@ def solar_elevation_deg(jd: float, lat_deg: float, lon_deg: float) -> float:
     return math.asin(min(max(s, -1.0), 1.0)) / DEG
 
 
+@njit
+def apparent_elevation_deg(el_deg: float) -> float:
+    """Solar elevation (deg) seen through the atmosphere: geometric + refraction [NOAA].
+
+    NOAA's piecewise refraction (arcseconds), as [B20] applies it at the balloon: 0 above
+    85 deg; ``58.1/t - 0.07/t^3 + 0.000086/t^5`` (t = tan el) above 5 deg; a quartic in el
+    above -0.575 deg; ``-20.772 / t`` below ([B20]'s constant; NOAA's is 20.774). It is the
+    sea-level refraction: 0.48 deg at the horizon, 0.077 deg at the night threshold.
+    """
+    if el_deg > 85.0:
+        r = 0.0
+    elif el_deg > 5.0:
+        t = math.tan(el_deg * DEG)
+        r = 58.1 / t - 0.07 / (t * t * t) + 0.000086 / (t * t * t * t * t)
+    elif el_deg > -0.575:
+        r = 1735.0 + el_deg * (-518.2 + el_deg * (103.4 + el_deg * (-12.79 + el_deg * 0.711)))
+    else:
+        r = -20.772 / math.tan(el_deg * DEG)
+    return el_deg + r / 3600.0
+
+
 @njit(inline="always")
 def balloon_lat_lon(f: np.ndarray) -> tuple[float, float]:
     """Latitude and longitude (deg) of the balloon (small offsets from the station)."""
@@ -562,23 +623,162 @@ def update_sun(f: np.ndarray, params: np.ndarray, slow: bool) -> None:
     f[F_HOUR_DEG] = h
     la = lat * DEG
     s = math.sin(la) * f[F_SIN_DECL] + math.cos(la) * f[F_COS_DECL] * math.cos(h * DEG)
-    f[F_SIN_EL] = min(max(s, -1.0), 1.0)
+    s = min(max(s, -1.0), 1.0)
+    if params[P_REFRACTION] > 0.0:
+        s = math.sin(apparent_elevation_deg(math.asin(s) / DEG) * DEG)
+    f[F_SIN_EL] = s
+
+
+@njit
+def sun_crossing_s(
+    jd0: float, t_s: float, lat: float, lon: float, sin_el: float, rising: bool
+) -> float:
+    """Seconds after ``jd0`` when the sun next rises (or sets) through ``sin_el``, from ``t_s``.
+
+    The geometric elevation crosses ``asin(sin_el)`` where the hour angle is -h0 (rising) or
+    +h0 (setting), ``cos h0 = (sin_el - sin(lat) sin(decl)) / (cos(lat) cos(decl))``; the
+    declination and equation of time are refined at the estimate twice. NaN when the sun
+    never crosses that elevation that day (polar day or night).
+    """
+    la = lat * DEG
+    t = t_s
+    ahead = -1.0
+    for _ in range(3):
+        sd, cd, eot, _flux = solar_slow_terms(jd0 + t / 86400.0)
+        cos_h0 = (sin_el - math.sin(la) * sd) / (math.cos(la) * cd)
+        if cos_h0 >= 1.0 or cos_h0 <= -1.0:
+            return math.nan
+        h0 = math.acos(cos_h0) / DEG
+        target = -h0 if rising else h0
+        d = (target - hour_angle_deg(jd0 + t_s / 86400.0, lon, eot)) % 360.0
+        if ahead < 0.0:
+            ahead = d
+        else:  # keep the first estimate's day: follow the refinement, never jump a day
+            ahead += (d - ahead + 180.0) % 360.0 - 180.0
+        t = t_s + ahead / 360.0 * 86400.0
+    return t
 
 
 @njit
 def seconds_to_sunrise(f: np.ndarray, params: np.ndarray) -> float:
-    """Time (s) until the sun next rises above the night threshold (0 by day)."""
+    """Time (s) until the sun next rises above the night threshold at the balloon (0 by day)."""
     if f[F_SIN_EL] > params[P_SIN_NIGHT]:
         return 0.0
-    lat, _ = balloon_lat_lon(f)
-    la = lat * DEG
-    den = math.cos(la) * f[F_COS_DECL]
-    cos_h0 = (params[P_SIN_NIGHT] - math.sin(la) * f[F_SIN_DECL]) / max(den, 1e-12)
-    if cos_h0 >= 1.0:
+    lat, lon = balloon_lat_lon(f)
+    t = sun_crossing_s(f[F_JD0], f[F_ELAPSED], lat, lon, params[P_SIN_NIGHT_GEO], True)
+    if math.isnan(t):
         return 86400.0  # polar night: no sunrise within a day
-    h0 = math.acos(max(cos_h0, -1.0)) / DEG
-    dh = (-h0 - f[F_HOUR_DEG]) % 360.0
-    return dh / 360.0 * 86400.0
+    return t - f[F_ELAPSED]
+
+
+@njit
+def _apparent_elevation_at(jd0: float, t_s: float, lat: float, lon: float) -> float:
+    """The refracted solar elevation (deg) ``t_s`` seconds after ``jd0`` [NOAA, B20]."""
+    return apparent_elevation_deg(solar_elevation_deg(jd0 + t_s / 86400.0, lat, lon))
+
+
+@njit
+def _ble_search(
+    jd0: float, t0: float, t1: float, lat: float, lon: float, mode: int, target: float, grid: float
+) -> float:
+    """[B20]'s search for an extreme or a crossing of the elevation on a grid from ``t0``.
+
+    BLE bisects the index range of the grid ``t0 + k grid`` (k up to ``(t1 - t0) // grid``)
+    by comparing the objective at the two ends and keeping the half on the lower end's side
+    (exact when the objective is symmetric about its minimum); the objective is the
+    elevation (mode 0, a minimum), minus it (1, a maximum) or ``|el - target|`` (2). An
+    asymmetric objective puts its crossings up to ~15 min from the true ones; we reproduce
+    the search, not the true crossing, so that the power safety layer acts when BLE's does.
+    """
+    n = int((t1 - t0) // grid)
+    low, high = 0, n
+    o_low = _ble_objective(jd0, t0, lat, lon, mode, target)
+    o_high = _ble_objective(jd0, t0 + n * grid, lat, lon, mode, target)
+    while high > low + 1:
+        mid = low + (high - low) / 2.0
+        if o_low < o_high:
+            high = math.ceil(mid)
+            o_high = _ble_objective(jd0, t0 + high * grid, lat, lon, mode, target)
+        else:
+            low = math.floor(mid)
+            o_low = _ble_objective(jd0, t0 + low * grid, lat, lon, mode, target)
+    return t0 + (low if o_low < o_high else high) * grid
+
+
+@njit(inline="always")
+def _ble_objective(jd0: float, t: float, lat: float, lon: float, mode: int, target: float) -> float:
+    el = _apparent_elevation_at(jd0, t, lat, lon)
+    if mode == 0:
+        return el
+    if mode == 1:
+        return -el
+    return abs(el - target)
+
+
+@njit
+def ble_sunrise_sunset(
+    jd0: float, t_s: float, lat: float, lon: float, threshold_deg: float, grid: float
+) -> tuple[float, float]:
+    """Next sunrise and sunset (s after ``jd0``) as [B20]'s power safety layer finds them.
+
+    In the solar afternoon (elevation falling) the next midnight is the elevation's minimum
+    within 12 h and the next noon its maximum 12-24 h ahead, otherwise the other way round;
+    sunrise is the threshold crossing between a midnight and the following noon, sunset
+    between a noon and the following midnight, each found by :func:`_ble_search` on a
+    ``grid``-second grid, and a crossing already past moves on by a day.
+    """
+    day = 86400.0
+    half = 0.5 * day
+    afternoon = _apparent_elevation_at(jd0, t_s + 1.0, lat, lon) < _apparent_elevation_at(
+        jd0, t_s, lat, lon
+    )
+    if afternoon:
+        noon = _ble_search(jd0, t_s + half, t_s + day, lat, lon, 1, 0.0, grid)
+        midnight = _ble_search(jd0, t_s, t_s + half, lat, lon, 0, 0.0, grid)
+        rise = _ble_search(jd0, midnight, noon, lat, lon, 2, threshold_deg, grid)
+        sset = _ble_search(jd0, noon - day, midnight, lat, lon, 2, threshold_deg, grid)
+    else:
+        noon = _ble_search(jd0, t_s, t_s + half, lat, lon, 1, 0.0, grid)
+        midnight = _ble_search(jd0, t_s + half, t_s + day, lat, lon, 0, 0.0, grid)
+        rise = _ble_search(jd0, midnight - day, noon, lat, lon, 2, threshold_deg, grid)
+        sset = _ble_search(jd0, noon, midnight, lat, lon, 2, threshold_deg, grid)
+    if rise < t_s:
+        rise += day
+    if sset < t_s:
+        sset += day
+    return rise, sset
+
+
+@njit
+def update_sun_events(f: np.ndarray, params: np.ndarray, start: bool) -> None:
+    """Power safety's next sunrise + margin and next sunset (s since the episode start).
+
+    ``physics_variant="ble"`` ([B20]'s power safety layer): found once, at the start, at the
+    balloon's start position, by BLE's grid search (:func:`ble_sunrise_sunset`), then
+    advanced by whole days as time passes. ``"corrected"``: the true threshold crossings,
+    found at every control step at the balloon's current position.
+    """
+    e = f[F_ELAPSED]
+    margin = params[P_SUNRISE_MARGIN]
+    if start or params[P_SUN_LOCAL] > 0.0:
+        lat, lon = balloon_lat_lon(f)
+        if params[P_SUN_LOCAL] > 0.0:  # the sunrise whose margin has not yet passed
+            sin_el = params[P_SIN_NIGHT_GEO]
+            rise = sun_crossing_s(f[F_JD0], e - margin, lat, lon, sin_el, True)
+            sset = sun_crossing_s(f[F_JD0], e, lat, lon, sin_el, False)
+            if math.isnan(rise) or math.isnan(sset):  # polar night or day
+                night = f[F_SIN_EL] <= params[P_SIN_NIGHT]
+                rise = e + (2.0 * 86400.0 if night else 0.5 * 86400.0)
+                sset = e + (0.5 * 86400.0 if night else 2.0 * 86400.0)
+        else:
+            threshold = math.asin(params[P_SIN_NIGHT]) / DEG
+            rise, sset = ble_sunrise_sunset(f[F_JD0], e, lat, lon, threshold, params[P_SUN_GRID_S])
+        f[F_SUNRISE_H] = rise + margin
+        f[F_SUNSET] = sset
+    while e > f[F_SUNRISE_H]:
+        f[F_SUNRISE_H] += 86400.0
+    while e > f[F_SUNSET]:
+        f[F_SUNSET] += 86400.0
 
 
 @njit(inline="always")
@@ -690,18 +890,29 @@ def acs_power_w(ratio: float, params: np.ndarray) -> float:
 
 @njit
 def acs_efficiency(ratio: float, power: float, params: np.ndarray) -> float:
-    """Compressor efficiency (kg/Wh): bilinear in (ratio, power), linear beyond, clipped >= 0."""
+    """Compressor efficiency (kg/Wh), bilinear in (pressure ratio, power) [B20].
+
+    ``physics_variant="ble"``: the table read ratio-major (``table[4 k + j]`` at ratio k,
+    power j, as BLE's ``interp2d`` reads it), clamped at the table's edges.
+    ``"corrected"``: read power-major (``table[13 j + k]``), linear beyond the edges, >= 0.
+    """
     nr, npow = N_ACS_EFF_RATIOS, N_ACS_EFF_POWERS
     fr = (ratio - params[P_EFF_RMIN]) / (params[P_EFF_RMAX] - params[P_EFF_RMIN]) * (nr - 1)
     fp = (power - params[P_EFF_WMIN]) / (params[P_EFF_WMAX] - params[P_EFF_WMIN]) * (npow - 1)
+    if params[P_EFF_POWER_MAJOR] > 0.0:
+        stride_r, stride_p = 1, nr
+    else:
+        stride_r, stride_p = npow, 1
+        fr = min(max(fr, 0.0), nr - 1.0)
+        fp = min(max(fp, 0.0), npow - 1.0)
     jr = min(max(int(fr), 0), nr - 2)
     jp = min(max(int(fp), 0), npow - 2)
     wr = fr - jr
     wp = fp - jp
-    e00 = params[P_EFF + jp * nr + jr]
-    e01 = params[P_EFF + jp * nr + jr + 1]
-    e10 = params[P_EFF + (jp + 1) * nr + jr]
-    e11 = params[P_EFF + (jp + 1) * nr + jr + 1]
+    e00 = params[P_EFF + jp * stride_p + jr * stride_r]
+    e01 = params[P_EFF + jp * stride_p + (jr + 1) * stride_r]
+    e10 = params[P_EFF + (jp + 1) * stride_p + jr * stride_r]
+    e11 = params[P_EFF + (jp + 1) * stride_p + (jr + 1) * stride_r]
     eff = (1.0 - wp) * ((1.0 - wr) * e00 + wr * e01) + wp * ((1.0 - wr) * e10 + wr * e11)
     return max(eff, 0.0)
 
@@ -730,15 +941,16 @@ def safety_filter(
     """The flight controller's safety layers (power, envelope, altitude); return the command."""
     f = fstate[i]
     out = cmd
-    # power: keep enough charge for the night at the hotel load
+    # power: keep enough charge for the night at the hotel load. "Day" runs from sunrise +
+    # margin to sunset (the next sunset comes before the next sunrise + margin) [B20].
     if params[P_POWER_SAFETY] > 0.0:
+        update_sun_events(f, params, False)
         soc = f[F_BATT] / params[P_CAP_WH]
-        if f[F_SIN_EL] > params[P_SIN_NIGHT]:
+        if f[F_SUNSET] < f[F_SUNRISE_H]:
             if istate[i, I_POWER_PAUSED] == 1 and soc >= params[P_RESUME]:
                 istate[i, I_POWER_PAUSED] = 0
         elif istate[i, I_POWER_PAUSED] == 0:
-            need_s = seconds_to_sunrise(f, params) + params[P_SUNRISE_MARGIN]
-            need_wh = params[P_NIGHT_W] * need_s / 3600.0
+            need_wh = params[P_NIGHT_W] * (f[F_SUNRISE_H] - f[F_ELAPSED]) / 3600.0
             if (f[F_BATT] - need_wh) / params[P_CAP_WH] < params[P_RESERVE]:
                 istate[i, I_POWER_PAUSED] = 1
         if istate[i, I_POWER_PAUSED] == 1 and out == DOWN:
@@ -788,6 +1000,64 @@ def safety_filter(
 
 # --- wind at the balloon -----------------------------------------------------------------------
 @njit
+def winds_at(
+    i: int,
+    x: float,
+    y: float,
+    p: float,
+    t: float,
+    t_local: float,
+    wind: np.ndarray,
+    work: np.ndarray,
+    wp: np.ndarray,
+    grid: np.ndarray,
+    grid_levels: np.ndarray,
+) -> tuple[float, float, float, float]:
+    """True and forecast wind ``(u, v, u_fc, v_fc)`` (m/s) of env ``i`` at ``(x, y, p, t)``.
+
+    ``t`` is the time on the wind's own axis (a gridded wind's start is offset into the file);
+    ``t_local`` the time since the episode started (the generative and VAE fields' axis). A
+    start wind table (``reset(options=...)``) is both truth and forecast.
+    """
+    row = wind[i]
+    if W.table_levels(row) > 0:
+        u, v = W.table_wind(row, p)
+        return u, v, u, v
+    nl, nk = int(wp[W.W_L]), int(wp[W.W_K])
+    wk = work[i]
+    pu = wk[0:64]
+    pv = wk[64:128]
+    sc = wk[256 : 256 + 2 * max(nk, 1)]
+    base = W.TABLE_SIZE
+    source = wp[W.W_SOURCE]
+    if source == W.SOURCE_BLE_VAE:
+        W.vae_profile(row, base, x, y, t_local, wp[W.W_VAE_SWAP] > 0.0, pu, pv)
+        j, w = W.uniform_level(p, W.VAE_PMIN_PA, W.VAE_PMAX_PA, W.VAE_LEVELS)
+        fu = (1.0 - w) * pu[j] + w * pu[j + 1]
+        fv = (1.0 - w) * pv[j] + w * pv[j + 1]
+        nu, nv = W.ble_noise(row, base + W.VAE_PSI_SIZE, x, y, p, t_local, wp[W.W_BLE_NOISE_SD])
+        return fu + nu, fv + nv, fu, fv
+    if source == W.SOURCE_GRID:
+        W.grid_profile(grid, 0, wp, x, y, t, pu, pv)
+        j, w = W.table_level(p, grid_levels)
+        j1 = min(j + 1, grid_levels.shape[0] - 1)
+        fu = (1.0 - w) * pu[j] + w * pu[j1]
+        fv = (1.0 - w) * pv[j] + w * pv[j1]
+        if wp[W.W_GRID_TRUTH] > 0.0:
+            W.grid_profile(grid, 1, wp, x, y, t, pu, pv)
+            return (1.0 - w) * pu[j] + w * pu[j1], (1.0 - w) * pv[j] + w * pv[j1], fu, fv
+    else:
+        W.generative_profile(row, base, wp, x, y, t_local, sc, pu, pv)
+        j, w = W.uniform_level(p, wp[W.W_PMIN], wp[W.W_PMAX], nl)
+        fu = (1.0 - w) * pu[j] + w * pu[j + 1]
+        fv = (1.0 - w) * pv[j] + w * pv[j + 1]
+    size = W.field_size(nl, int(wp[W.W_T]), nk)
+    W.generative_profile(row, base + size, wp, x, y, t_local, sc, pu, pv)
+    j, w = W.uniform_level(p, wp[W.W_PMIN], wp[W.W_PMAX], nl)
+    return fu + (1.0 - w) * pu[j] + w * pu[j + 1], fv + (1.0 - w) * pv[j] + w * pv[j + 1], fu, fv
+
+
+@njit
 def wind_at(
     i: int,
     x: float,
@@ -802,40 +1072,9 @@ def wind_at(
     grid: np.ndarray,
     grid_levels: np.ndarray,
 ) -> tuple[float, float]:
-    """Forecast (``truth=False``) or true wind (m/s) of env ``i`` at ``(x, y, p, t)``.
-
-    ``t`` is the time on the wind's own axis (a gridded wind's start is offset into the file);
-    ``t_local`` the time since the episode started (the generative fields' axis).
-    """
-    nl, nk = int(wp[W.W_L]), int(wp[W.W_K])
-    row = wind[i]
-    wk = work[i]
-    pu = wk[0:64]
-    pv = wk[64:128]
-    sc = wk[256 : 256 + 2 * max(nk, 1)]
-    u = 0.0
-    v = 0.0
-    grid_src = wp[W.W_SOURCE] == W.SOURCE_GRID
-    if grid_src:
-        role = 1 if (truth and wp[W.W_GRID_TRUTH] > 0.0) else 0
-        W.grid_profile(grid, role, wp, x, y, t, pu, pv)
-        j, w = W.table_level(p, grid_levels)
-        j1 = min(j + 1, grid_levels.shape[0] - 1)
-        u = (1.0 - w) * pu[j] + w * pu[j1]
-        v = (1.0 - w) * pv[j] + w * pv[j1]
-        if not truth or wp[W.W_GRID_TRUTH] > 0.0:
-            return u, v
-    else:
-        W.generative_profile(row, 0, wp, x, y, t_local, sc, pu, pv)
-        j, w = W.uniform_level(p, wp[W.W_PMIN], wp[W.W_PMAX], nl)
-        u = (1.0 - w) * pu[j] + w * pu[j + 1]
-        v = (1.0 - w) * pv[j] + w * pv[j + 1]
-        if not truth:
-            return u, v
-    size = W.field_size(nl, int(wp[W.W_T]), nk)
-    W.generative_profile(row, size, wp, x, y, t_local, sc, pu, pv)
-    j, w = W.uniform_level(p, wp[W.W_PMIN], wp[W.W_PMAX], nl)
-    return u + (1.0 - w) * pu[j] + w * pu[j + 1], v + (1.0 - w) * pv[j] + w * pv[j + 1]
+    """Forecast (``truth=False``) or true wind (m/s) of env ``i`` at ``(x, y, p, t)``."""
+    u, v, fu, fv = winds_at(i, x, y, p, t, t_local, wind, work, wp, grid, grid_levels)
+    return (u, v) if truth else (fu, fv)
 
 
 @njit
@@ -852,24 +1091,40 @@ def forecast_column(
     params: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """Write the forecast u then v on the column levels at ``(x, y, t)`` into ``out``."""
+    """Write the forecast u then v on the column levels at ``(x, y, t)`` into ``out``.
+
+    ``t`` is the time on the wind's own axis; the generative and VAE fields read it from the
+    episode start (their ``t_local``), which is ``t`` less the row's gridded-wind offset (0).
+    """
     nl, nk = int(wp[W.W_L]), int(wp[W.W_K])
     ncol = int(params[P_NCOL])
+    row = wind[i]
     wk = work[i]
     pu = wk[0:64]
     pv = wk[64:128]
     sc = wk[256 : 256 + 2 * max(nk, 1)]
     pmin, pmax = params[P_COL_PMIN], params[P_COL_PMAX]
-    grid_src = wp[W.W_SOURCE] == W.SOURCE_GRID
-    if grid_src:
+    table = W.table_levels(row) > 0
+    source = wp[W.W_SOURCE]
+    if table:
+        pass
+    elif source == W.SOURCE_GRID:
         W.grid_profile(grid, 0, wp, x, y, t, pu, pv)
+    elif source == W.SOURCE_BLE_VAE:
+        W.vae_profile(row, W.TABLE_SIZE, x, y, t, wp[W.W_VAE_SWAP] > 0.0, pu, pv)
     else:
-        W.generative_profile(wind[i], 0, wp, x, y, t, sc, pu, pv)
+        W.generative_profile(row, W.TABLE_SIZE, wp, x, y, t, sc, pu, pv)
     for c in range(ncol):
         p = pmin + (pmax - pmin) * c / (ncol - 1)
-        if grid_src:
+        if table:
+            out[c], out[ncol + c] = W.table_wind(row, p)
+            continue
+        if source == W.SOURCE_GRID:
             j, w = W.table_level(p, grid_levels)
             j1 = min(j + 1, grid_levels.shape[0] - 1)
+        elif source == W.SOURCE_BLE_VAE:
+            j, w = W.uniform_level(p, W.VAE_PMIN_PA, W.VAE_PMAX_PA, W.VAE_LEVELS)
+            j1 = j + 1
         else:
             j, w = W.uniform_level(p, wp[W.W_PMIN], wp[W.W_PMAX], nl)
             j1 = j + 1
@@ -888,34 +1143,47 @@ def sub_step(
     istate: np.ndarray,
     params: np.ndarray,
 ) -> None:
-    """Advance env ``i`` by one explicit-Euler sub-step under command ``cmd`` and wind (wu, wv)."""
+    """Advance env ``i`` by one explicit-Euler sub-step under command ``cmd`` and wind (wu, wv).
+
+    Every rate comes from the state at the start of the sub-step (position and time of the
+    sun included). ``physics_variant="ble"`` then also takes the new volume and superpressure
+    from the state before the step (ballonet air, gas temperature, pressure) and the ambient
+    temperature at the old pressure, as [B20] does, and does not limit the vertical step;
+    ``"corrected"`` evaluates them at the new state and stops the step at the float level.
+    """
     f = fstate[i]
     dt = params[P_DT]
-    p, t_amb, t_gas, vol = f[F_P], f[F_T_AMB], f[F_T_GAS], f[F_VOL]
+    p, t_amb, t_gas, vol, n_air = f[F_P], f[F_T_AMB], f[F_T_GAS], f[F_VOL], f[F_N_AIR]
+    before = params[P_ENV_BEFORE] > 0.0
+    vol_new, sp_new = vol, f[F_SP]
     update_sun(f, params, False)
     # 1. horizontal drift
     f[F_X] += wu * dt
     f[F_Y] += wv * dt
     # 2. quasi-static vertical motion (terminal velocity of buoyancy against drag)
     rho = p / (R_AIR * t_amb)
-    mass = M_HE * params[P_N_HE] + M_AIR * f[F_N_AIR] + params[P_M_ENV] + params[P_M_PAY]
+    mass = M_HE * params[P_N_HE] + M_AIR * n_air + params[P_M_ENV] + params[P_M_PAY]
     lift = rho * vol - mass
     drag_area = params[P_CD] * vol ** (2.0 / 3.0)
     dh_dt = math.sqrt(2.0 * abs(lift) * G / (rho * drag_area))
     if lift < 0.0:
         dh_dt = -dh_dt
-    dp = -rho * G * dh_dt * dt
-    # Without inertia the balloon cannot overshoot its float level: limit the explicit step to
-    # the linearised distance to neutral buoyancy, lift + d(rho V)/dp * dp = 0 (explicit Euler
-    # on the square-root law otherwise chatters around the float level by a few Pa).
-    k_lapse = f[F_LAPSE + _layer_of_pressure(f, p)] * R_AIR / G  # d ln T / d ln p
-    p_gas = p + f[F_SP]
-    dv_dp = -params[P_DVDP] / (1.0 + params[P_DVDP] * p_gas / vol) if f[F_SP] > 0.0 else 0.0
-    d_lift_dp = rho * vol / p * (1.0 + k_lapse) + rho * dv_dp
-    if d_lift_dp > 0.0:
-        to_float = -lift / d_lift_dp
-        if abs(dp) > abs(to_float):
-            dp = to_float
+    # dp/dh: BLE's from the atmosphere's T at p (it differences its height map over 1 Pa),
+    # ours hydrostatic with the ambient density (the same but for the lagged ambient T)
+    t_dp = temperature_at(f, p) if before else t_amb
+    dp = -p * G / (R_AIR * t_dp) * dh_dt * dt
+    if params[P_FLOAT_LIMIT] > 0.0:
+        # Without inertia the balloon cannot overshoot its float level: limit the explicit
+        # step to the linearised distance to neutral buoyancy, lift + d(rho V)/dp dp = 0
+        # (explicit Euler on the square-root law otherwise chatters around it by ~10 Pa).
+        k_lapse = f[F_LAPSE + _layer_of_pressure(f, p)] * R_AIR / G  # d ln T / d ln p
+        p_gas = p + f[F_SP]
+        dv_dp = -params[P_DVDP] / (1.0 + params[P_DVDP] * p_gas / vol) if f[F_SP] > 0.0 else 0.0
+        d_lift_dp = rho * vol / p * (1.0 + k_lapse) + rho * dv_dp
+        if d_lift_dp > 0.0:
+            to_float = -lift / d_lift_dp
+            if abs(dp) > abs(to_float):
+                dp = to_float
     # 3. gas temperature
     dtg = gas_temperature_rate(
         vol, t_gas, t_amb, p, f[F_SIN_EL], f[F_FLUX], f[F_IR], f[F_EARTH_ABS], params
@@ -925,10 +1193,14 @@ def sub_step(
     # 5. power
     solar = solar_power_w(f[F_SIN_EL], p, params)
     load = params[P_DAY_W] if f[F_SIN_EL] > params[P_SIN_NIGHT] else params[P_NIGHT_W]
+    # algebraic variables from the state before the step ([B20])
+    if before:
+        vol_new, sp_new = envelope(params[P_N_HE] + n_air, t_gas, p, params)
+        f[F_T_AMB] = t_dp  # the ambient T at the old pressure
     # Euler updates
     f[F_P] = p + dp
     f[F_T_GAS] = t_gas + dtg * dt
-    f[F_N_AIR] = max(f[F_N_AIR] + mdot / M_AIR * dt, 0.0)
+    f[F_N_AIR] = max(n_air + mdot / M_AIR * dt, 0.0)
     f[F_ACS_W] = acs_w
     f[F_MDOT] = mdot
     f[F_SOLAR_W] = solar
@@ -947,17 +1219,19 @@ def sub_step(
         batt = 0.0
     f[F_BATT] = batt
     f[F_ELAPSED] += dt
-    # algebraic variables and terminal states
-    f[F_T_AMB] = temperature_at(f, f[F_P])
-    vol, sp = envelope(params[P_N_HE] + f[F_N_AIR], f[F_T_GAS], f[F_P], params)
-    f[F_VOL] = vol
-    f[F_SP] = sp
-    if sp > params[P_SP_MAX]:
-        istate[i, I_STATUS] = BURST
-    elif sp <= 0.0:
-        istate[i, I_STATUS] = ZEROPRESSURE
-    elif batt <= 0.0:
+    # algebraic variables at the new state
+    if not before:
+        f[F_T_AMB] = temperature_at(f, f[F_P])
+        vol_new, sp_new = envelope(params[P_N_HE] + f[F_N_AIR], f[F_T_GAS], f[F_P], params)
+    f[F_VOL] = vol_new
+    f[F_SP] = sp_new
+    # terminal states; an empty battery takes precedence, as in [B20]
+    if batt <= 0.0:
         istate[i, I_STATUS] = OUT_OF_POWER
+    elif sp_new <= 0.0:
+        istate[i, I_STATUS] = ZEROPRESSURE
+    elif sp_new > params[P_SP_MAX]:
+        istate[i, I_STATUS] = BURST
 
 
 # --- initialisation ----------------------------------------------------------------------------
@@ -1006,11 +1280,63 @@ def initialize(
     istate: np.ndarray,
     params: np.ndarray,
 ) -> None:
-    """Set env ``i`` floating in neutral buoyancy and thermal equilibrium at pressure ``p0``.
+    """Set env ``i`` floating at ``p0`` in thermal equilibrium (the neutral-buoyancy start)."""
+    start_state(
+        i, lat0, lon0, jd0, x, y, p0, ir, alpha, params[P_SOC0], math.nan, math.nan,
+        fstate, istate, params,
+    )  # fmt: skip
 
-    The ballonet air makes ``rho(p0) V = m`` with V the envelope volume it produces (a fixed
-    point, a few iterations), and the gas temperature zeroes ``dT/dt`` (Newton), so a balloon
-    left on STAY with unchanging heating does not move vertically.
+
+@njit
+def _equilibrium_gas_temperature(
+    f: np.ndarray, vol: float, t_gas: float, p0: float, params: np.ndarray
+) -> float:
+    """Newton on dT/dt = 0 with a central-difference slope (0.01 K), from ``t_gas``."""
+    ble = params[P_INIT_BASE_VOLUME] > 0.0
+    for _ in range(10 if ble else 12):
+        r1 = gas_temperature_rate(
+            vol, t_gas - 0.005, f[F_T_AMB], p0, f[F_SIN_EL], f[F_FLUX], f[F_IR],
+            f[F_EARTH_ABS], params,
+        )  # fmt: skip
+        r2 = gas_temperature_rate(
+            vol, t_gas + 0.005, f[F_T_AMB], p0, f[F_SIN_EL], f[F_FLUX], f[F_IR],
+            f[F_EARTH_ABS], params,
+        )  # fmt: skip
+        slope = (r2 - r1) / 0.01
+        mean = 0.5 * (r1 + r2)
+        if slope != 0.0:
+            t_gas -= mean / slope
+        if abs(mean) < (1e-5 if ble else 1e-9):  # [B20] stops at 1e-5 K/s
+            break
+    return t_gas
+
+
+@njit
+def start_state(
+    i: int,
+    lat0: float,
+    lon0: float,
+    jd0: float,
+    x: float,
+    y: float,
+    p0: float,
+    ir: float,
+    alpha: float,
+    soc: float,
+    n_air: float,
+    t_gas: float,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    params: np.ndarray,
+) -> None:
+    """Set env ``i`` at ``p0`` with charge ``soc``; NaN ``n_air``/``t_gas``: solve for them.
+
+    The solve puts the balloon in neutral buoyancy, ``rho(p0) V = m``, with the gas in
+    thermal equilibrium (dT/dt = 0). ``physics_variant="ble"`` solves as [B20] does: the air
+    with the base envelope volume V0 (the real volume is larger by dV/dP x superpressure, so
+    the balloon starts a little light), then the temperature with V0, from 206 K.
+    ``"corrected"`` iterates air, temperature and the volume they give to a fixed point, so
+    a balloon left on STAY with unchanging heating does not move.
     """
     f = fstate[i]
     for q in range(N_F):
@@ -1029,47 +1355,24 @@ def initialize(
     f[F_EARTH_ABS] = total_absorptivity(ir_absorptivity(t_earth, params), params[P_REFL])
     init_atmosphere(f, alpha, params)
     f[F_T_AMB] = temperature_at(f, p0)
-    f[F_BATT] = params[P_SOC0] * params[P_CAP_WH]
+    f[F_BATT] = soc * params[P_CAP_WH]
     update_sun(f, params, True)
+    update_sun_events(f, params, True)
     rho = p0 / (R_AIR * f[F_T_AMB])
     fixed_mass = M_HE * params[P_N_HE] + params[P_M_ENV] + params[P_M_PAY]
-    vol = params[P_V0]
-    t_gas = f[F_T_AMB]
-    n_air = 0.0
-    for _ in range(4):
-        # gas temperature: Newton on dT/dt = 0 with a central-difference slope
-        for _ in range(12):
-            r1 = gas_temperature_rate(
-                vol,
-                t_gas - 0.005,
-                f[F_T_AMB],
-                p0,
-                f[F_SIN_EL],
-                f[F_FLUX],
-                ir,
-                f[F_EARTH_ABS],
-                params,
-            )
-            r2 = gas_temperature_rate(
-                vol,
-                t_gas + 0.005,
-                f[F_T_AMB],
-                p0,
-                f[F_SIN_EL],
-                f[F_FLUX],
-                ir,
-                f[F_EARTH_ABS],
-                params,
-            )
-            slope = (r2 - r1) / 0.01
-            if slope != 0.0:
-                t_gas -= 0.5 * (r1 + r2) / slope
-            if abs(0.5 * (r1 + r2)) < 1e-9:
-                break
-        # ballonet air: rho V(n) = m(n)
-        for _ in range(8):
-            n_air = max((rho * vol - fixed_mass) / M_AIR, 0.0)
-            vol = envelope(params[P_N_HE] + n_air, t_gas, p0, params)[0]
+    v0 = params[P_V0]
+    if math.isnan(n_air) or math.isnan(t_gas):
+        if params[P_INIT_BASE_VOLUME] > 0.0:
+            n_air = max((rho * v0 - fixed_mass) / M_AIR, 0.0)
+            t_gas = _equilibrium_gas_temperature(f, v0, 206.0, p0, params)
+        else:
+            vol = v0
+            t_gas = f[F_T_AMB]
+            for _ in range(4):
+                t_gas = _equilibrium_gas_temperature(f, vol, t_gas, p0, params)
+                for _ in range(8):  # ballonet air: rho V(n) = m(n)
+                    n_air = max((rho * vol - fixed_mass) / M_AIR, 0.0)
+                    vol = envelope(params[P_N_HE] + n_air, t_gas, p0, params)[0]
     f[F_T_GAS] = t_gas
     f[F_N_AIR] = n_air
     vol, sp = envelope(params[P_N_HE] + n_air, t_gas, p0, params)
@@ -1079,6 +1382,36 @@ def initialize(
         istate[i, I_STATUS] = ZEROPRESSURE
     elif sp > params[P_SP_MAX]:
         istate[i, I_STATUS] = BURST
+
+
+# --- a start set through reset(options=...) ----------------------------------------------------
+# One float row per env (see :mod:`~.start`); NaN: draw the value as usual. The wind table
+# has the layout of the start of a wind row (:data:`~.wind.TABLE_SIZE`); 0 levels: no table.
+S_JD = 0  # Julian date (UTC) of the start
+S_LAT = 1  # station latitude, longitude (deg)
+S_LON = 2
+S_X = 3  # balloon east, north of the station (m)
+S_Y = 4
+S_P = 5  # pressure (Pa)
+S_N_AIR = 6  # ballonet air (mol); NaN with S_T_GAS: solve neutral buoyancy
+S_T_GAS = 7  # gas temperature (K)
+S_SOC = 8  # battery state of charge
+S_ALPHA = 9  # lapse-rate mix
+S_IR = 10  # upwelling infrared (W/m^2)
+S_TABLE = 11  # wind table: levels, then p, u, v
+N_S = S_TABLE + W.TABLE_SIZE
+
+
+def no_start() -> np.ndarray:
+    """A start row that sets nothing (every value drawn)."""
+    row = np.full(N_S, np.nan)
+    row[S_TABLE] = 0.0
+    return row
+
+
+@njit(inline="always")
+def _or(value: float, default: float) -> float:
+    return default if math.isnan(value) else value
 
 
 @njit
@@ -1095,11 +1428,41 @@ def reset(
     rng: np.ndarray,
     meas: np.ndarray,
 ) -> None:
-    """Start a new episode in env ``i``; every random value is re-drawn from its stream."""
+    """Start a new episode in env ``i`` with every value drawn (generative or gridded winds)."""
+    start = np.full(N_S, np.nan)
+    start[S_TABLE] = 0.0
+    reset_episode(
+        i, fstate, istate, wind, work, params, wp, grid, grid_levels, rng, meas, start,
+        np.zeros(1, dtype=np.float32),
+    )  # fmt: skip
+
+
+@njit
+def reset_episode(
+    i: int,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    wind: np.ndarray,
+    work: np.ndarray,
+    params: np.ndarray,
+    wp: np.ndarray,
+    grid: np.ndarray,
+    grid_levels: np.ndarray,
+    rng: np.ndarray,
+    meas: np.ndarray,
+    start: np.ndarray,
+    vae: np.ndarray,
+) -> None:
+    """Start a new episode in env ``i``: draw every random value, then apply ``start``.
+
+    Every value is drawn from the row's stream in the same order whatever ``start`` sets, so
+    setting one value leaves the others as the seed gives them. ``vae`` holds BLE's decoder
+    weights (:mod:`~.blevae`) for ``source="ble-vae"``.
+    """
     k = STREAM_BACKEND
     lat0 = uniform_range(rng, i, k, params[P_LAT_MIN], params[P_LAT_MAX])  # U(-10, 10) deg
     lon0 = uniform_range(rng, i, k, params[P_LON_MIN], params[P_LON_MAX])  # U(-175, 175) deg
-    jd0 = uniform_range(rng, i, k, params[P_JD_MIN], params[P_JD_MAX])  # U(2011, 2014) UTC
+    jd0 = uniform_range(rng, i, k, params[P_JD_MIN], params[P_JD_MAX])  # U(2011, 2015) UTC
     radius = params[P_R0_M] * beta_draw(rng, i, k, params[P_BETA_A], params[P_BETA_B])  # m
     angle = uniform_range(rng, i, k, 0.0, TWO_PI)  # U(0, 2 pi)
     alpha = uniform(rng, i, k)  # lapse-rate mixing ~ U(0, 1)
@@ -1113,41 +1476,62 @@ def reset(
             break
     u_p = uniform(rng, i, k)  # start pressure ~ U(min, p(50 000 ft)) Pa, drawn below
     t_offset = uniform(rng, i, k)  # start within a gridded wind ~ U(0, span - horizon) s
+    row = wind[i]
+    base = W.TABLE_SIZE
+    if wp[W.W_SOURCE] == W.SOURCE_BLE_VAE:
+        # BLE's forecast: the decoder at z ~ N(0, I_64); the truth noise: per component and
+        # harmonic a seed and an offset ~ U(-1, 1)^4 [B20]
+        latent = np.empty(B.N_LATENT)
+        for q in range(B.N_LATENT):
+            latent[q] = normal(rng, i, k)
+        B.decode(latent, vae, row[base : base + W.VAE_PSI_SIZE])
+        nb = base + W.VAE_PSI_SIZE
+        for h in range(W.NOISE_SIZE // 5):
+            row[nb + 5 * h] = float(next_u64(rng, i, k) >> np.uint64(11))  # 53-bit seed
+            for c in range(4):
+                row[nb + 5 * h + 1 + c] = uniform_range(rng, i, k, -1.0, 1.0)
+    else:
+        # winds: the forecast field, then the error field (normals, see wind.draw_field)
+        nl, nt, nk = int(wp[W.W_L]), int(wp[W.W_T]), int(wp[W.W_K])
+        size = W.field_size(nl, nt, nk)
+        W.draw_field(
+            rng, i, k, row, base, wp, wp[W.W_MEAN_SD], wp[W.W_WAVE_SD], wp[W.W_RHO_L],
+            wp[W.W_RHO_T],
+        )  # fmt: skip
+        err_sd = wp[W.W_ERR_SD] / math.sqrt(2.0)  # half the error variance in each part
+        W.draw_field(
+            rng, i, k, row, base + size, wp, err_sd, err_sd, wp[W.W_ERR_RHO_L],
+            wp[W.W_ERR_RHO_T],
+        )  # fmt: skip
+    # the start: what reset(options=...) set, else the draws
+    x = _or(start[S_X], radius * math.cos(angle))
+    y = _or(start[S_Y], radius * math.sin(angle))
+    alpha = _or(start[S_ALPHA], alpha)
+    ir = _or(start[S_IR], ir)
     if wp[W.W_SOURCE] == W.SOURCE_GRID:
         lat0 = wp[W.W_GRID_LAT]
         lon0 = wp[W.W_GRID_LON]
-        span = max(wp[W.W_GRID_SPAN] - wp[W.W_HORIZON], 0.0)
-        t_offset *= span
+        if math.isnan(start[S_JD]):
+            t_offset *= max(wp[W.W_GRID_SPAN] - wp[W.W_HORIZON], 0.0)
+        else:
+            t_offset = (start[S_JD] - wp[W.W_GRID_JD0]) * 86400.0
         jd0 = wp[W.W_GRID_JD0] + t_offset / 86400.0
     else:
         t_offset = 0.0
-    # winds: the forecast field, then the error field (normals, see wind.draw_field)
-    nl, nt, nk = int(wp[W.W_L]), int(wp[W.W_T]), int(wp[W.W_K])
-    size = W.field_size(nl, nt, nk)
-    row = wind[i]
-    W.draw_field(
-        rng, i, k, row, 0, wp, wp[W.W_MEAN_SD], wp[W.W_WAVE_SD], wp[W.W_RHO_L], wp[W.W_RHO_T]
-    )
-    err_sd = wp[W.W_ERR_SD] / math.sqrt(2.0)  # half the error variance in each part
-    W.draw_field(rng, i, k, row, size, wp, err_sd, err_sd, wp[W.W_ERR_RHO_L], wp[W.W_ERR_RHO_T])
+        lat0 = _or(start[S_LAT], lat0)
+        lon0 = _or(start[S_LON], lon0)
+        jd0 = _or(start[S_JD], jd0)
+    for q in range(W.TABLE_SIZE):
+        row[q] = start[S_TABLE + q]
     f = fstate[i]
     init_atmosphere(f, alpha, params)
     p_floor = pressure_at_height(f, params[P_ALT_MIN_M], params)
     p0 = params[P_P0_MIN] + (max(p_floor, params[P_P0_MIN]) - params[P_P0_MIN]) * u_p
-    initialize(
-        i,
-        lat0,
-        lon0,
-        jd0,
-        radius * math.cos(angle),
-        radius * math.sin(angle),
-        p0,
-        ir,
-        alpha,
-        fstate,
-        istate,
-        params,
-    )
+    p0 = _or(start[S_P], p0)
+    start_state(
+        i, lat0, lon0, jd0, x, y, p0, ir, alpha, _or(start[S_SOC], params[P_SOC0]),
+        start[S_N_AIR], start[S_T_GAS], fstate, istate, params,
+    )  # fmt: skip
     f[F_T_OFFSET] = t_offset
     f[F_WP] = p0
     measure(i, fstate, istate, wind, work, params, wp, grid, grid_levels, meas)
@@ -1184,8 +1568,7 @@ def apply(
     tl = f[F_ELAPSED]
     t = tl + f[F_T_OFFSET]
     x, y, p = f[F_X], f[F_Y], f[F_P]
-    wu, wv = wind_at(i, x, y, p, t, tl, True, wind, work, wp, grid, grid_levels)
-    fu, fv = wind_at(i, x, y, p, t, tl, False, wind, work, wp, grid, grid_levels)
+    wu, wv, fu, fv = winds_at(i, x, y, p, t, tl, wind, work, wp, grid, grid_levels)
     f[F_WU], f[F_WV], f[F_WFU], f[F_WFV], f[F_WP] = wu, wv, fu, fv, p
     for _ in range(int(params[P_NSUB])):
         sub_step(i, cmd, wu, wv, fstate, istate, params)

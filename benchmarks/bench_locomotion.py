@@ -1,0 +1,171 @@
+"""Control-suite throughput: our envs against a bare MuJoCo loop, dm_control and mujoco.rollout.
+
+Usage::
+
+    python benchmarks/bench_locomotion.py [--tasks walker-walk cheetah-run] [--seconds 2]
+        [--n-envs 64] [--threads 2]
+
+For each task, in one run and on one machine:
+
+* ``raw``: a bare Python loop of what one control step costs MuJoCo (set ``ctrl``,
+  ``mj_step2``, ``mj_step`` x (n_sub_steps - 1), ``mj_step1``), no task, no validation;
+* ``single``: ``twinloop.make(id).step`` (validation, safety, physics, measurement, task);
+  the overhead is ``raw / single - 1`` in time per step (target <= 10 %);
+* ``dm_control``: ``dm_control.suite.load(domain, task).step`` on the same model;
+* ``vector``: ``twinloop.make_vec(id, n_envs, threads=...)`` physics steps/s, against
+  ``mujoco.rollout.rollout`` over the same number of MjData (one per thread), same model,
+  same number of physics steps, zero controls.
+
+Random actions (fixed seed) everywhere. Prints a table and writes
+``benchmarks/results/locomotion.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import mujoco
+import numpy as np
+from mujoco import rollout
+
+import twinloop
+from twinloop.sim.locomotion.kernel import load_model, model_facts
+
+HERE = Path(__file__).parent
+
+
+def _rate(step: Callable[[], object], seconds: float) -> float:
+    """Calls per second of ``step()`` over about ``seconds``."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for _ in range(50):
+            step()
+        n += 50
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return n / dt
+
+
+def bench_task(domain: str, task: str, seconds: float, n_envs: int, threads: int) -> dict:
+    env_id = f"twinloop/dmc-{domain}-{task}-v0"
+    facts = model_facts(domain)
+    rng = np.random.default_rng(0)
+    acts = rng.uniform(-1, 1, (4096, facts.nu)).astype(np.float32)
+
+    m = load_model(domain)
+    d = mujoco.MjData(m)
+    mujoco.mj_forward(m, d)
+    n_sub, k = facts.n_sub_steps, [0]
+
+    def raw() -> None:
+        d.ctrl[:] = acts[k[0] % 4096]
+        k[0] += 1
+        mujoco.mj_step2(m, d)
+        if n_sub > 1:
+            mujoco.mj_step(m, d, n_sub - 1)
+        mujoco.mj_step1(m, d)
+
+    env = twinloop.make(env_id)
+    env.reset(seed=0)
+
+    def single() -> None:
+        k[0] += 1
+        _, _, term, trunc, _ = env.step(acts[k[0] % 4096])
+        if term or trunc:
+            env.reset()
+
+    from dm_control import suite
+
+    dm = suite.load(domain, task, task_kwargs={"random": 0})
+    dm.reset()
+
+    def dm_step() -> None:
+        k[0] += 1
+        if dm.step(acts[k[0] % 4096]).last():
+            dm.reset()
+
+    raw_rate = _rate(raw, seconds)
+    single_rate = _rate(single, seconds)
+    dm_rate = _rate(dm_step, seconds)
+
+    vec = twinloop.make_vec(env_id, n_envs, threads=threads)
+    vec.reset(seed=0)
+    vacts = rng.uniform(-1, 1, (8, n_envs, facts.nu))
+
+    def vstep() -> None:
+        k[0] += 1
+        vec.step(vacts[k[0] % 8])
+
+    vec_rate = _rate(vstep, seconds) * n_envs * n_sub
+    vec.close()
+
+    datas = [mujoco.MjData(m) for _ in range(threads)]
+    sig = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    state0 = np.empty(mujoco.mj_stateSize(m, sig))
+    mujoco.mj_getState(m, d, state0, sig)
+    n_roll = 100  # control steps per rollout call
+    init = np.tile(state0, (n_envs, 1))
+    with rollout.Rollout(nthread=threads) as r:
+        r.rollout([m] * n_envs, datas, init, nstep=n_roll * n_sub)  # warm up
+        t0, calls = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            r.rollout([m] * n_envs, datas, init, nstep=n_roll * n_sub)
+            calls += 1
+        roll_rate = calls * n_envs * n_roll * n_sub / (time.perf_counter() - t0)
+    return {
+        "id": env_id,
+        "n_sub_steps": n_sub,
+        "raw_steps_per_s": raw_rate,
+        "single_steps_per_s": single_rate,
+        "single_overhead": raw_rate / single_rate - 1.0,
+        "dm_control_steps_per_s": dm_rate,
+        "single_vs_dm_control": single_rate / dm_rate,
+        "vector_physics_steps_per_s": vec_rate,
+        "rollout_physics_steps_per_s": roll_rate,
+        "vector_vs_rollout": vec_rate / roll_rate,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["walker-walk", "cheetah-run"])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--n-envs", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    rows = [
+        bench_task(*t.split("-", 1), args.seconds, args.n_envs, args.threads) for t in args.tasks
+    ]
+    head = (
+        f"{'task':<28}{'raw/s':>9}{'single/s':>10}{'overhead':>9}{'dm_ctrl/s':>10}"
+        f"{'x dm':>6}{'vec phys/s':>12}{'rollout/s':>11}{'x roll':>7}"
+    )
+    print(head)
+    for r in rows:
+        print(
+            f"{r['id'].split('/')[1]:<28}{r['raw_steps_per_s']:>9.0f}"
+            f"{r['single_steps_per_s']:>10.0f}{r['single_overhead']:>9.1%}"
+            f"{r['dm_control_steps_per_s']:>10.0f}{r['single_vs_dm_control']:>6.2f}"
+            f"{r['vector_physics_steps_per_s']:>12.0f}{r['rollout_physics_steps_per_s']:>11.0f}"
+            f"{r['vector_vs_rollout']:>7.2f}"
+        )
+    out = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "mujoco": mujoco.__version__,
+        "n_envs": args.n_envs,
+        "threads": args.threads,
+        "results": rows,
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "locomotion.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Legged and planar locomotion on MuJoCo: the DeepMind Control Suite tasks (see README.md)."""

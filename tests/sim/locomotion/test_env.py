@@ -1,0 +1,92 @@
+"""The control-suite envs: episode ends, action bounds, seeding, threads, lazy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import twinloop
+from tests.conftest import assert_same
+
+pytest.importorskip("mujoco")
+
+CHEETAH = "twinloop/dmc-cheetah-run-v0"
+WALKER = "twinloop/dmc-walker-walk-v0"
+
+
+def test_truncated_after_dm_controls_1000_steps_never_terminated() -> None:
+    env = twinloop.make(CHEETAH)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    for t in range(1, 1001):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        assert not terminated
+        assert truncated == (t == 1000), f"step {t}"
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(env.action_space.sample())
+
+
+def test_vector_env_truncates_every_env_at_the_limit_and_resets_it() -> None:
+    vec = twinloop.make_vec(WALKER, 3, max_steps=7)
+    obs, _ = vec.reset(seed=4)
+    first = obs.copy()
+    for t in range(1, 8):
+        obs, _, terminated, truncated, info = vec.step(np.zeros((3, 6)))
+        assert not terminated.any()
+        assert truncated.all() == (t == 7)
+    assert (info["final_obs"][0] != obs[0]).any()  # the returned obs is a new episode's
+    assert (obs != first).any()  # drawn from the continuing stream, not the first state
+
+
+def test_action_outside_the_control_range_names_env_element_value_and_bound() -> None:
+    env = twinloop.make(WALKER)
+    env.reset(seed=0)
+    action = np.zeros(6, dtype=np.float32)
+    action[4] = 1.5
+    with pytest.raises(ValueError, match=r"dmc-walker-walk-v0.*action\[4\].*left_knee.*1\.5.*1"):
+        env.step(action)
+    clipped = twinloop.make(WALKER, clip_actions=True)
+    clipped.reset(seed=0)
+    _, _, _, _, info = clipped.step(action)
+    assert info["action_clipped"]
+    assert info["applied_command"][4] == 1.0
+
+
+def test_same_seed_same_episode_other_seed_other_start() -> None:
+    def run(seed: int) -> list:
+        env = twinloop.make(WALKER)
+        out = [env.reset(seed=seed)]
+        rng = np.random.default_rng(1)
+        for _ in range(20):
+            out.append(env.step(rng.uniform(-1, 1, 6).astype(np.float32))[:2])
+        return out
+
+    assert_same(run(5), run(5))
+    assert not np.array_equal(run(5)[0][0], run(6)[0][0])
+
+
+def test_vector_env_results_do_not_depend_on_its_thread_count() -> None:
+    def run(threads: int) -> list:
+        vec = twinloop.make_vec(WALKER, 6, threads=threads, max_steps=15)
+        out = [vec.reset(seed=3)[0]]
+        rng = np.random.default_rng(2)
+        for _ in range(20):
+            out.append(vec.step(rng.uniform(-1, 1, (6, 6)))[:4])
+        vec.close()
+        return out
+
+    assert_same(run(1), run(3))
+
+
+def test_importing_twinloop_loads_neither_mujoco_nor_dm_control() -> None:
+    code = (
+        "import sys, twinloop, twinloop.envs; "
+        "print(sorted(m for m in ('mujoco', 'dm_control') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
