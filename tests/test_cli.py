@@ -343,3 +343,33 @@ def test_token_from_a_file_or_the_environment(monkeypatch, tmp_path, capsys) -> 
     (tmp_path / "empty").write_text("\n")
     assert main([*base, "--token-file", str(tmp_path / "empty")]) == 2
     assert "is empty" in capsys.readouterr().err
+
+
+def test_a_device_fault_mid_run_is_one_line_and_the_env_is_closed(monkeypatch, capsys) -> None:
+    """A backend fault during ``run`` is reported in one line and the env is still closed.
+
+    Closing is what releases the device: a MAVLink station releases command and stops its
+    threads, a capture is finalised.
+    """
+    import gymnasium as gym
+
+    import twinloop
+    from twinloop.core.backend import BackendFault
+
+    real_make = twinloop.make
+    closed: list[bool] = []
+
+    class Faulty(gym.Wrapper):
+        def step(self, action):
+            raise BackendFault("link lost: no heartbeat for 3 s")
+
+        def close(self) -> None:
+            closed.append(True)
+            super().close()
+
+    monkeypatch.setattr(twinloop, "make", lambda env_id, **kw: Faulty(real_make(env_id, **kw)))
+    assert main(["run", ID, "--controller", "random", "--episodes", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "twinloop: error: link lost: no heartbeat for 3 s" in err
+    assert "Traceback" not in err
+    assert closed == [True]

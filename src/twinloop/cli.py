@@ -166,30 +166,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         env = twinloop.make_vec(args.env_id, args.n_envs, **overrides)
     else:
         env = twinloop.make(args.env_id, backend=args.backend, **backend_opts, **overrides)
-    if args.record:
-        from twinloop.datasets.cli import wrap_for_recording
+    # closed whatever happens: a device backend releases the device (a MAVLink station
+    # releases command) and stops its threads, and a capture is finalised
+    try:
+        if args.record:
+            from twinloop.datasets.cli import wrap_for_recording
 
-        env = wrap_for_recording(env, args)
-    controller = make_controller(
-        args.controller, env, **({"model": args.model} if args.model else {})
-    )
-    with tqdm(
-        total=args.episodes,
-        desc=f"{args.controller} on {args.env_id}",
-        unit="ep",
-        file=sys.stderr,
-        disable=args.quiet,
-    ) as bar:
+            env = wrap_for_recording(env, args)
+        controller = make_controller(
+            args.controller, env, **({"model": args.model} if args.model else {})
+        )
+        with tqdm(
+            total=args.episodes,
+            desc=f"{args.controller} on {args.env_id}",
+            unit="ep",
+            file=sys.stderr,
+            disable=args.quiet,
+        ) as bar:
 
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.n)
+            def progress(done: int, total: int) -> None:
+                bar.update(done - bar.n)
 
-        if args.n_envs > 1:
-            on_idle = (lambda idle: env.set_recording(~idle)) if args.record else None
-            results = run_vector(env, controller, args.episodes, args.seed, progress, on_idle)
-        else:
-            results = run_single(env, controller, args.episodes, args.seed, progress)
-    env.close()
+            if args.n_envs > 1:
+                on_idle = (lambda idle: env.set_recording(~idle)) if args.record else None
+                results = run_vector(env, controller, args.episodes, args.seed, progress, on_idle)
+            else:
+                results = run_single(env, controller, args.episodes, args.seed, progress)
+    finally:
+        env.close()
     if args.record:
         from twinloop.datasets.cli import report_recording
 
