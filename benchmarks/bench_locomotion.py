@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_locomotion.py [--tasks walker-walk cheetah-run] [--seconds 2]
-        [--n-envs 64] [--threads 2]
+    python benchmarks/bench_locomotion.py [--tasks walker-walk cheetah-run humanoid-run]
+        [--seconds 2] [--n-envs 64] [--threads 2] [--no-ant]
 
 For each task, in one run and on one machine:
 
@@ -14,7 +14,10 @@ For each task, in one run and on one machine:
 * ``dm_control``: ``dm_control.suite.load(domain, task).step`` on the same model;
 * ``vector``: ``twinloop.make_vec(id, n_envs, threads=...)`` physics steps/s, against
   ``mujoco.rollout.rollout`` over the same number of MjData (one per thread), same model,
-  same number of physics steps, zero controls.
+  same number of physics steps, zero controls;
+* ``Ant-v5``: Gymnasium's MuJoCo Ant (``gymnasium[mujoco]``) against a bare loop of
+  ``mj_step(model, data, frame_skip)`` on its own model, the same overhead measure (the row
+  says why when the import fails).
 
 Random actions (fixed seed) everywhere. Prints a table and writes
 ``benchmarks/results/locomotion.json``.
@@ -132,9 +135,52 @@ def bench_task(domain: str, task: str, seconds: float, n_envs: int, threads: int
     }
 
 
+def bench_gym_ant(seconds: float) -> dict:
+    """Gymnasium's Ant-v5 ``env.step`` against ``mj_step(model, data, frame_skip)``."""
+    try:
+        import gymnasium as gym
+
+        env = gym.make("Ant-v5")
+    except Exception as exc:  # gymnasium[mujoco] missing or broken: say so in the table
+        return {"id": "gymnasium/Ant-v5", "skipped": f"{type(exc).__name__}: {exc}"}
+    env.reset(seed=0)
+    base = env.unwrapped
+    m, skip = base.model, base.frame_skip
+    d = mujoco.MjData(m)
+    mujoco.mj_forward(m, d)
+    rng = np.random.default_rng(0)
+    acts = rng.uniform(-1, 1, (4096, m.nu)).astype(np.float32)
+    k = [0]
+
+    def raw() -> None:
+        d.ctrl[:] = acts[k[0] % 4096]
+        k[0] += 1
+        mujoco.mj_step(m, d, skip)
+
+    def step() -> None:
+        k[0] += 1
+        _, _, term, trunc, _ = env.step(acts[k[0] % 4096])
+        if term or trunc:
+            env.reset()
+
+    raw_rate = _rate(raw, seconds)
+    gym_rate = _rate(step, seconds)
+    env.close()
+    return {
+        "id": "gymnasium/Ant-v5",
+        "n_sub_steps": skip,
+        "raw_steps_per_s": raw_rate,
+        "single_steps_per_s": gym_rate,
+        "single_overhead": raw_rate / gym_rate - 1.0,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["walker-walk", "cheetah-run"])
+    parser.add_argument(
+        "--tasks", nargs="+", default=["walker-walk", "cheetah-run", "humanoid-run"]
+    )
+    parser.add_argument("--no-ant", action="store_true", help="skip Gymnasium's Ant-v5 row")
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--n-envs", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -155,6 +201,17 @@ def main() -> None:
             f"{r['vector_physics_steps_per_s']:>12.0f}{r['rollout_physics_steps_per_s']:>11.0f}"
             f"{r['vector_vs_rollout']:>7.2f}"
         )
+    if not args.no_ant:
+        ant = bench_gym_ant(args.seconds)
+        rows.append(ant)
+        if "skipped" in ant:
+            print(f"{ant['id']:<28}skipped: {ant['skipped']}")
+        else:
+            print(
+                f"{ant['id']:<28}{ant['raw_steps_per_s']:>9.0f}"
+                f"{ant['single_steps_per_s']:>10.0f}{ant['single_overhead']:>9.1%}"
+                "   (Gymnasium's own env.step in the single column)"
+            )
     out = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "mujoco": mujoco.__version__,

@@ -100,6 +100,11 @@ for _domain, _task, _what in (
     ("walker", "run", "Planar walker: run forward at 8 m/s"),
     ("hopper", "stand", "Planar hopper: stand upright with small controls"),
     ("hopper", "hop", "Planar hopper: hop forward at 2 m/s"),
+    ("humanoid", "stand", "3D humanoid (21 actuators): stand up and stay still"),
+    ("humanoid", "walk", "3D humanoid (21 actuators): walk at 1 m/s"),
+    ("humanoid", "run", "3D humanoid (21 actuators): run at 10 m/s"),
+    ("quadruped", "walk", "3D quadruped (12 actuators): walk forward at 0.5 m/s"),
+    ("quadruped", "run", "3D quadruped (12 actuators): run forward at 5 m/s"),
 ):
     registry.register(
         EnvSpec(
@@ -122,3 +127,26 @@ for _domain, _task, _what in (
             description=f"DeepMind Control Suite {_domain}-{_task}: {_what}",
         )
     )
+
+_QUAD = "twinloop.sim.locomotion.velocity"
+
+# Velocity tracking on our own Go1-sized MJCF with the sim-to-real effects (issue 15).
+registry.register(
+    EnvSpec(
+        id="twinloop/QuadrupedVelocity-v0",
+        system="locomotion",
+        entry_point=f"{_QUAD}:make_env",
+        vector_entry_point=f"{_QUAD}:make_vec_env",
+        config_entry_point="twinloop.sim.locomotion.velocity_config:QuadrupedVelocityConfig",
+        backends=(
+            BackendSpec(
+                name="sim",
+                entry_point=f"{_QUAD}:make_sim_backend",
+                deterministic=True,
+                extra="locomotion",
+                description="C MuJoCo on a Go1-sized quadruped, PD at 200 Hz, randomised per reset",
+            ),
+        ),
+        description="Go1-sized quadruped: track a commanded forward/lateral/yaw velocity",
+    )
+)

@@ -20,7 +20,7 @@ from twinloop.sim.locomotion.kernel import Physics
 suite = pytest.importorskip("dm_control.suite")
 
 TASKS = list(TASK_CONFIGS)
-#: States per task drawn by stepping dm_control with random actions (6 tasks: 3000 states).
+#: States per task drawn by stepping dm_control with random actions (11 tasks: 5500 states).
 N_STATES = 500
 RTOL = 1e-6
 #: Observations are float32: values below float32's normal range may round to zero.
@@ -52,7 +52,7 @@ def _flat(observation: dict) -> np.ndarray:
 
 def _ours(cfg_cls: type) -> tuple[Physics, np.ndarray, np.ndarray, np.ndarray, int]:
     cfg = cfg_cls()
-    physics = Physics(cfg.DOMAIN)
+    physics = Physics(cfg.DOMAIN, cfg.TASK)
     return (
         physics,
         T.task_params(cfg),
@@ -137,7 +137,7 @@ def test_control_steps_equal_dm_control_from_the_same_state(domain: str, task: s
 def test_episode_length_and_control_timestep_equal_dm_control(domain: str, task: str) -> None:
     env = _dm_env(domain, task, seed=0)
     cfg = TASK_CONFIGS[(domain, task)]()
-    physics = Physics(domain)
+    physics = Physics(domain, task)
     assert physics.facts.n_sub_steps == env._n_sub_steps
     assert cfg.max_steps == env._step_limit
     assert T.observation_layout(cfg).size == _flat(env.reset().observation).size

@@ -6,9 +6,9 @@ are what a user may change. Episode length, control timestep and physics substep
 dm_control's own values [DMC]:
 
 * [DMC] Tassa et al., "DeepMind Control Suite", arXiv:1801.00690 (2018), and the task
-  definitions of ``dm_control.suite`` 1.0.50 (``cheetah.py``, ``walker.py``, ``hopper.py``):
-  every task here runs 1000 control steps (cheetah 10 s at 0.01 s, walker 25 s at 0.025 s,
-  hopper 20 s at 0.02 s).
+  definitions of ``dm_control.suite`` 1.0.50 (``cheetah.py``, ``walker.py``, ``hopper.py``,
+  ``humanoid.py``, ``quadruped.py``): every task here runs 1000 control steps (cheetah 10 s at
+  0.01 s, walker and humanoid 25 s at 0.025 s, hopper and quadruped 20 s at 0.02 s).
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ WalkerWalkConfig = _task_config("walker", "walk", "dmc walker-walk: walk forward
 WalkerRunConfig = _task_config("walker", "run", "dmc walker-run: run forward at 8 m/s.")
 HopperStandConfig = _task_config("hopper", "stand", "dmc hopper-stand: stand, small controls.")
 HopperHopConfig = _task_config("hopper", "hop", "dmc hopper-hop: hop forward at 2 m/s.")
+HumanoidStandConfig = _task_config("humanoid", "stand", "dmc humanoid-stand: stand still.")
+HumanoidWalkConfig = _task_config("humanoid", "walk", "dmc humanoid-walk: walk at 1 m/s.")
+HumanoidRunConfig = _task_config("humanoid", "run", "dmc humanoid-run: run at 10 m/s.")
+QuadrupedWalkConfig = _task_config("quadruped", "walk", "dmc quadruped-walk: walk at 0.5 m/s.")
+QuadrupedRunConfig = _task_config("quadruped", "run", "dmc quadruped-run: run at 5 m/s.")
 
 #: ``(domain, task) -> config class``, in the order the ids are registered.
 TASK_CONFIGS: dict[tuple[str, str], type[DmcConfig]] = {
@@ -77,5 +82,10 @@ TASK_CONFIGS: dict[tuple[str, str], type[DmcConfig]] = {
         WalkerRunConfig,
         HopperStandConfig,
         HopperHopConfig,
+        HumanoidStandConfig,
+        HumanoidWalkConfig,
+        HumanoidRunConfig,
+        QuadrupedWalkConfig,
+        QuadrupedRunConfig,
     )
 }

@@ -72,12 +72,11 @@ class DmcSimBackend(BaseBackend):
         """Load the model; nothing is drawn until :meth:`reset`."""
         super().__init__()
         self.cfg = cfg
-        self.physics = Physics(cfg.DOMAIN)
+        self.physics = Physics(cfg.DOMAIN, cfg.TASK)
         self.command_space = command_space(cfg)
         self.measurement_layout = self.physics.facts.layout
         self.measurement_space = self.measurement_layout.space(np.float64)
         self._rng = new_streams(1)
-        self._meas = np.zeros(self.measurement_layout.size)
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
         """New episode; ``seed`` re-seeds the physics stream, ``None`` continues it.
@@ -90,14 +89,18 @@ class DmcSimBackend(BaseBackend):
         if seed is not None:
             seed_streams(self._rng, 0, int(seed))
         self.physics.reset(self._rng, 0)
-        self.physics.measure(self._meas)
-        return self._meas.copy()
+        return self.physics.measurement()
 
     def apply(self, command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One control step; return ``(measurement, applied controls)``."""
-        self.physics.step(command)
-        self.physics.measure(self._meas)
-        return self._meas.copy(), self.physics.data.ctrl.copy()
+        """One control step; return ``(measurement, applied controls)``.
+
+        The controls applied are the command itself (the safety layer has clipped it to the
+        actuators' ranges, so MuJoCo uses it unchanged); the measurement's last entry flags
+        unstable physics (:attr:`~.kernel.Physics.unstable`).
+        """
+        physics = self.physics
+        physics.step(command)
+        return physics.measurement(), command
 
     def identity(self) -> dict[str, Any]:
         """Kind, domain and the MuJoCo version."""
@@ -178,7 +181,7 @@ def info_layouts(cfg: DmcConfig) -> tuple[Layout, Layout, Layout]:
     floats = Layout(
         [Field("reward/dmc"), Field("applied_action", (nu,)), Field("applied_command", (nu,))]
     )
-    bools = Layout([Field("action_clipped"), Field("command_clipped")])
+    bools = Layout([Field("physics_unstable"), Field("action_clipped"), Field("command_clipped")])
     return floats, Layout([]), bools
 
 
@@ -251,7 +254,7 @@ class DmcVectorEnv(KernelVectorEnv):
         )
         self.cfg = cfg
         self.metadata = {**self.metadata, **metadata(cfg, layout)}
-        self.physics = [Physics(cfg.DOMAIN) for _ in range(self.num_envs)]
+        self.physics = [Physics(cfg.DOMAIN, cfg.TASK) for _ in range(self.num_envs)]
         threads = cfg.threads or os.cpu_count() or 1
         self.threads = max(1, min(threads, self.num_envs))
         bounds = np.linspace(0, self.num_envs, self.threads + 1).astype(int)
@@ -299,7 +302,9 @@ class DmcVectorEnv(KernelVectorEnv):
         T.observe_batch(state.meas, params.offsets, params.task, out.obs, out.reward)
         state.steps[:] += 1
         out.terminated[:] = False
+        unstable = state.meas[:, -1] > 0.0  # kernel.Physics.measure's stability flag
         np.greater_equal(state.steps, self.cfg.max_steps, out=out.truncated)
+        np.logical_or(out.truncated, unstable, out=out.truncated)
         ended = out.truncated | out.terminated
         fl = self.info_float
         for top, fin in ((out.top_f, out.fin_f), (out.top_i, out.fin_i), (out.top_b, out.fin_b)):
@@ -309,7 +314,7 @@ class DmcVectorEnv(KernelVectorEnv):
         rows_f[:, fl.slice("reward/dmc")] = out.reward[:, None]
         rows_f[:, fl.slice("applied_action")] = acts
         rows_f[:, fl.slice("applied_command")] = [p.data.ctrl for p in self.physics]
-        rows_b = np.stack([action_clipped, cmd_clipped], axis=1)
+        rows_b = np.stack([unstable, action_clipped, cmd_clipped], axis=1)
         live = ~ended
         out.top_f[live] = rows_f[live]
         out.fin_f[ended] = rows_f[ended]

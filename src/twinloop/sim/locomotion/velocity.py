@@ -1,0 +1,839 @@
+"""``twinloop/QuadrupedVelocity-v0``: a Go1-sized quadruped tracks a commanded body velocity.
+
+The plant is our own MJCF (``models/quadruped_go1.xml``: Unitree Go1's published dimensions,
+masses and actuator limits, primitive geoms) on C MuJoCo. The policy acts at 50 Hz
+(``control.decimation`` x ``control.sim_dt_s``); under it the position actuators run a PD
+loop at every physics step (200 Hz), ``tau = clip(s (Kp (target + offset - q) - Kd qdot),
++-limit)`` with the motor strength ``s``, offset and gains drawn per reset (:mod:`.effects`).
+
+Data flow of one step (single env and vector env run the same functions)::
+
+    action in [-1, 1]^12 --targets--> default pose + action_scale * action, clipped to the
+        joint ranges --safety--> command --plant: action delay line, motor offset, pushes,
+        mj_step2, mj_step x (n-1), mj_step1--> measurement (true state)
+        --task: reward terms, fall check (true values); noise, observation delay,
+        history (the policy's view)--> observation
+
+========  =====================================================================  ============
+index     observation (per history frame, newest first; then the command)        units
+========  =====================================================================  ============
+0-2       trunk linear velocity in the trunk frame (+ noise)                     m/s
+3-5       gyro: trunk angular velocity in the trunk frame (+ noise)              rad/s
+6-8       gravity direction in the trunk frame (+ noise)                         1
+9-20      joint positions minus the default pose (+ noise)                       rad
+21-32     joint velocities (+ noise)                                             rad/s
+33-44     previous action (exact)                                                1
+45 H ..   commanded forward, lateral velocity and yaw rate (exact)               m/s, rad/s
+========  =====================================================================  ============
+
+Joints (and actions) in the order FR, FL, RR, RL legs x hip, thigh, calf. Reward terms
+(legged_gym's [LG], weights in :class:`~.velocity_config.VelocityRewardConfig`, each multiplied
+by the control period): ``tracking_lin_vel``, ``tracking_ang_vel``, ``lin_vel_z``,
+``ang_vel_xy``, ``orientation``, ``torques``, ``action_rate``, ``feet_air_time``; logged as
+``info["reward/<term>"]``. A fall (the trunk touches the floor, or tilts beyond
+``max_tilt_rad``) terminates; ``max_steps`` truncates.
+
+[LG] Rudin et al., CoRL 2021 (legged_gym: reward terms, default pose of its Go1 config
+``FL/RL hip 0.1, FR/RR hip -0.1, front thigh 0.8, rear thigh 1.0, calf -1.5 rad``).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+
+from twinloop.core.backend import BaseBackend
+from twinloop.core.bundle import Rows, bundle
+from twinloop.core.env import TwinEnv
+from twinloop.core.jit import njit
+from twinloop.core.layout import Field, Layout
+from twinloop.core.rng import (
+    STREAM_BACKEND,
+    STREAM_SENSOR,
+    STREAM_TASK,
+    new_streams,
+    seed_streams,
+    uniform,
+)
+from twinloop.core.task import TaskStep
+from twinloop.core.vector import STREAMS, Actions, KernelVectorEnv, ResetOut, StepOut
+from twinloop.core.vector import command_limits as safety_limits
+from twinloop.sim.locomotion.effects import (
+    ModelRandomizer,
+    add_noise,
+    delay_bounds,
+    draw_int,
+    draw_randomization,
+    noise_scales,
+    push_delayed,
+    push_history,
+    randomization_layout,
+    randomization_params,
+)
+from twinloop.sim.locomotion.env import clip_batch
+from twinloop.sim.locomotion.kernel import mujoco_module
+from twinloop.sim.locomotion.velocity_config import QuadrupedVelocityConfig
+
+ENV_ID = "twinloop/QuadrupedVelocity-v0"
+MODEL_FILE = Path(__file__).parent / "models" / "quadruped_go1.xml"
+LEGS = ("FR", "FL", "RR", "RL")
+JOINT_NAMES = tuple(f"{leg}_{part}" for leg in LEGS for part in ("hip", "thigh", "calf"))
+NJ = 12
+#: Default standing pose (rad), legged_gym's Go1 config [LG].
+DEFAULT_POSE = np.array([-0.1, 0.8, -1.5, 0.1, 0.8, -1.5, -0.1, 1.0, -1.5, 0.1, 1.0, -1.5])
+FOOT_RADIUS_M = 0.02
+
+# --- measurement (what a robot reports; the simulator's values are exact) ------------------------
+M_Q, M_QD, M_LINVEL, M_GYRO, M_GRAV, M_HEIGHT, M_FEET, M_TRUNK, M_TAU = (
+    0, 12, 24, 27, 30, 33, 34, 38, 39,
+)  # fmt: skip
+N_MEAS = 51
+#: One proprioceptive frame (noisy, delayed): linvel, gyro, gravity, q - q0, qdot.
+FRAME = 9 + 2 * NJ
+#: One history entry: the frame and the previous action.
+ENTRY = FRAME + NJ
+
+REWARD_TERMS = (
+    "tracking_lin_vel",
+    "tracking_ang_vel",
+    "lin_vel_z",
+    "ang_vel_xy",
+    "orientation",
+    "torques",
+    "action_rate",
+    "feet_air_time",
+)
+N_TERMS = len(REWARD_TERMS)
+
+# --- task parameters (flat float vector) and per-row task state ----------------------------------
+TP_SIGMA, TP_AIR, TP_DT, TP_COS_TILT, TP_TRUNK, TP_OD_MIN, TP_OD_MAX, TP_OD_JIT = range(8)
+TP_CMD = 8  # x min, x max, y min, y max, yaw min, yaw max
+N_TP = 14
+TS_CMD, TS_ACT, TS_AIR, TS_CONTACT = 0, 3, 15, 19
+N_TS = 23
+
+
+def measurement_layout() -> Layout:
+    """The measurement's named fields (float64)."""
+    return Layout(
+        [
+            Field("joint_pos_rad", (NJ,), doc="joint positions"),
+            Field("joint_vel_rad_per_s", (NJ,), doc="joint velocities"),
+            Field("lin_vel_m_per_s", (3,), doc="trunk linear velocity, trunk frame"),
+            Field("gyro_rad_per_s", (3,), doc="trunk angular velocity, trunk frame"),
+            Field("gravity", (3,), -1.0, 1.0, doc="gravity direction, trunk frame"),
+            Field("height_m", doc="trunk origin height"),
+            Field("foot_contact", (4,), 0.0, 1.0, doc="foot touches the floor (FR, FL, RR, RL)"),
+            Field("trunk_contact", (), 0.0, 1.0, doc="trunk touches the floor"),
+            Field("torque_nm", (NJ,), doc="motor torques of the last physics step"),
+        ]
+    )
+
+
+def observation_layout(cfg: QuadrupedVelocityConfig) -> Layout:
+    """History frames (newest first, suffix ``_prev<k>``), then the command."""
+    fields = []
+    for h in range(cfg.history_steps):
+        s = f"_prev{h}" if h else ""
+        fields += [
+            Field(f"lin_vel_m_per_s{s}", (3,), doc="trunk velocity, trunk frame (noisy)"),
+            Field(f"gyro_rad_per_s{s}", (3,), doc="trunk angular velocity (noisy)"),
+            Field(f"gravity{s}", (3,), doc="gravity direction, trunk frame (noisy)"),
+            Field(f"joint_pos_rad{s}", (NJ,), doc="joints minus the default pose (noisy)"),
+            Field(f"joint_vel_rad_per_s{s}", (NJ,), doc="joint velocities (noisy)"),
+            Field(f"last_action{s}", (NJ,), -1.0, 1.0, doc="previous action"),
+        ]
+    fields.append(Field("command", (3,), doc="commanded v_x, v_y (m/s) and yaw rate (rad/s)"))
+    return Layout(fields)
+
+
+def load_model(cfg: QuadrupedVelocityConfig) -> Any:
+    """A fresh ``MjModel`` of the quadruped with the config's physics step (each env owns one)."""
+    mj = mujoco_module()
+    model = mj.MjModel.from_xml_path(str(MODEL_FILE))
+    model.opt.timestep = cfg.control.sim_dt_s
+    return model
+
+
+@functools.cache
+def joint_limits() -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper joint limits (rad) of the 12 joints, read from the model."""
+    mj = mujoco_module()
+    model = mj.MjModel.from_xml_path(str(MODEL_FILE))
+    rng = np.array(model.jnt_range[1:], dtype=np.float64)
+    return rng[:, 0].copy(), rng[:, 1].copy()
+
+
+def action_space() -> tuple[gym.spaces.Box, tuple[str, ...]]:
+    """Actions in [-1, 1]^12 (scaled joint-target offsets) and their labels."""
+    space = gym.spaces.Box(-1.0, 1.0, (NJ,), dtype=np.float32)
+    return space, tuple(f"{name} target offset" for name in JOINT_NAMES)
+
+
+def command_space() -> gym.spaces.Box:
+    """Joint position targets (rad) within the joint ranges."""
+    low, high = joint_limits()
+    return gym.spaces.Box(low, high, dtype=np.float64)
+
+
+def reward_scales(cfg: QuadrupedVelocityConfig) -> dict[str, float]:
+    """Per-step scale of each term: the config's weight (per second) x the control period."""
+    w = cfg.reward
+    return {k: float(np.float64(getattr(w, k)) * cfg.control_dt_s) for k in REWARD_TERMS}
+
+
+def task_params(cfg: QuadrupedVelocityConfig) -> np.ndarray:
+    """Pack the task for the numba row functions."""
+    c, od = cfg.command, delay_bounds(cfg.latency, action=False)
+    p = np.zeros(N_TP)
+    p[TP_SIGMA] = cfg.reward.tracking_sigma
+    p[TP_AIR] = cfg.reward.air_time_target_s
+    p[TP_DT] = cfg.control_dt_s
+    p[TP_COS_TILT] = math.cos(cfg.max_tilt_rad)
+    p[TP_TRUNK] = cfg.terminate_on_trunk_contact
+    p[TP_OD_MIN], p[TP_OD_MAX], p[TP_OD_JIT] = od
+    p[TP_CMD : TP_CMD + 6] = (
+        c.lin_vel_x_min_m_per_s, c.lin_vel_x_max_m_per_s,
+        c.lin_vel_y_min_m_per_s, c.lin_vel_y_max_m_per_s,
+        c.yaw_rate_min_rad_per_s, c.yaw_rate_max_rad_per_s,
+    )  # fmt: skip
+    return p
+
+
+class TaskArrays(NamedTuple):
+    """The task's numba inputs: parameters and per-row state (a batch of one in the single env)."""
+
+    tp: np.ndarray  # task_params
+    q0: np.ndarray  # default pose
+    noise: np.ndarray  # per-element noise half-widths of a frame
+    scales: np.ndarray  # reward scales in REWARD_TERMS order
+    ts: np.ndarray  # (n, N_TS) command, last action, air time, last contact
+    odelay: np.ndarray  # (n,) observation delay drawn at reset
+    ring: np.ndarray  # (n, max delay + 1, FRAME) frames, newest first
+    hist: np.ndarray  # (n, history_steps, ENTRY)
+
+
+def task_arrays(cfg: QuadrupedVelocityConfig, n: int) -> TaskArrays:
+    """Parameters and zeroed state for ``n`` rows."""
+    od = delay_bounds(cfg.latency, action=False)
+    return TaskArrays(
+        task_params(cfg),
+        DEFAULT_POSE.copy(),
+        noise_scales(cfg.noise, NJ),
+        np.array(list(reward_scales(cfg).values())),
+        np.zeros((n, N_TS)),
+        np.zeros(n, dtype=np.int64),
+        np.zeros((n, od[1] + od[2] + 1, FRAME)),
+        np.zeros((n, cfg.history_steps, ENTRY)),
+    )
+
+
+# --- numba row functions -------------------------------------------------------------------------
+@njit
+def targets_batch(
+    acts: np.ndarray,
+    q0: np.ndarray,
+    scale: float,
+    low: np.ndarray,
+    high: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Joint targets = default pose + scale * action, clipped to the joint ranges."""
+    for i in range(acts.shape[0]):
+        for j in range(acts.shape[1]):
+            out[i, j] = min(max(q0[j] + scale * acts[i, j], low[j]), high[j])
+
+
+@njit
+def measure_row(
+    qpos: np.ndarray,
+    qvel: np.ndarray,
+    xmat: np.ndarray,
+    tau: np.ndarray,
+    contacts: np.ndarray,
+    ids: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """The measurement from MuJoCo's state (``ids``: floor, trunk geom, four feet geoms)."""
+    for j in range(NJ):
+        out[M_Q + j] = qpos[7 + j]
+        out[M_QD + j] = qvel[6 + j]
+        out[M_TAU + j] = tau[j]
+    for a in range(3):  # R^T v: the free joint's linear velocity is in the world frame
+        out[M_LINVEL + a] = xmat[a] * qvel[0] + xmat[3 + a] * qvel[1] + xmat[6 + a] * qvel[2]
+        out[M_GYRO + a] = qvel[3 + a]  # the free joint's angular velocity is in the body frame
+        out[M_GRAV + a] = -xmat[6 + a]
+    out[M_HEIGHT] = qpos[2]
+    for f in range(5):
+        out[M_FEET + f] = 0.0
+    for c in range(contacts.shape[0]):
+        g1, g2 = contacts[c, 0], contacts[c, 1]
+        other = g2 if g1 == ids[0] else (g1 if g2 == ids[0] else -1)
+        if other == ids[1]:
+            out[M_TRUNK] = 1.0
+        for f in range(4):
+            if other == ids[2 + f]:
+                out[M_FEET + f] = 1.0
+
+
+@njit(inline="always")
+def _observe(
+    i: int, m: np.ndarray, ta: TaskArrays, rng: np.ndarray, obs: np.ndarray, first: bool
+) -> None:
+    frame = np.empty(FRAME)
+    for a in range(3):
+        frame[a] = m[M_LINVEL + a]
+        frame[3 + a] = m[M_GYRO + a]
+        frame[6 + a] = m[M_GRAV + a]
+    for j in range(NJ):
+        frame[9 + j] = m[M_Q + j] - ta.q0[j]
+        frame[9 + NJ + j] = m[M_QD + j]
+    add_noise(rng, i, STREAM_SENSOR, frame, ta.noise)
+    ring, hist, ts = ta.ring[i], ta.hist[i], ta.ts[i]
+    act = ts[TS_ACT : TS_ACT + NJ]
+    if first:
+        for t in range(ring.shape[0]):
+            ring[t, :] = frame
+        for t in range(hist.shape[0]):
+            hist[t, :FRAME] = frame
+            hist[t, FRAME:] = act
+    else:
+        d = ta.odelay[i]
+        jit = int(ta.tp[TP_OD_JIT])
+        if jit > 0:
+            d += draw_int(rng, i, STREAM_SENSOR, 0, jit)
+        push_history(hist, push_delayed(ring, frame, d), act)
+    k = 0
+    for t in range(hist.shape[0]):
+        for j in range(ENTRY):
+            obs[k] = hist[t, j]
+            k += 1
+    for a in range(3):
+        obs[k + a] = ts[TS_CMD + a]
+
+
+@njit
+def task_reset_batch(
+    rows: np.ndarray, meas: np.ndarray, ta: TaskArrays, rng: np.ndarray, obs: np.ndarray
+) -> None:
+    """New episodes for ``rows``: draw the command and observation delay, first observation."""
+    tp = ta.tp
+    for i in rows:
+        ts = ta.ts[i]
+        for a in range(3):
+            lo, hi = tp[TP_CMD + 2 * a], tp[TP_CMD + 2 * a + 1]
+            ts[TS_CMD + a] = lo + (hi - lo) * uniform(rng, i, STREAM_TASK)
+        ta.odelay[i] = draw_int(rng, i, STREAM_TASK, int(tp[TP_OD_MIN]), int(tp[TP_OD_MAX]))
+        for j in range(NJ):
+            ts[TS_ACT + j] = 0.0
+        for f in range(4):
+            ts[TS_AIR + f] = 0.0
+            ts[TS_CONTACT + f] = meas[i, M_FEET + f]
+        _observe(i, meas[i], ta, rng, obs[i], True)
+
+
+@njit
+def task_step_batch(
+    meas: np.ndarray,
+    acts: np.ndarray,
+    ta: TaskArrays,
+    rng: np.ndarray,
+    obs: np.ndarray,
+    terms: np.ndarray,
+    reward: np.ndarray,
+    terminated: np.ndarray,
+) -> None:
+    """Reward terms (true values), falls and the next observation of every row."""
+    tp = ta.tp
+    sigma, dt = tp[TP_SIGMA], tp[TP_DT]
+    for i in range(meas.shape[0]):
+        m, ts, a, r = meas[i], ta.ts[i], acts[i], terms[i]
+        ex = ts[TS_CMD] - m[M_LINVEL]
+        ey = ts[TS_CMD + 1] - m[M_LINVEL + 1]
+        ew = ts[TS_CMD + 2] - m[M_GYRO + 2]
+        r[0] = math.exp(-(ex * ex + ey * ey) / sigma)
+        r[1] = math.exp(-(ew * ew) / sigma)
+        r[2] = m[M_LINVEL + 2] ** 2
+        r[3] = m[M_GYRO] ** 2 + m[M_GYRO + 1] ** 2
+        r[4] = m[M_GRAV] ** 2 + m[M_GRAV + 1] ** 2
+        tau = 0.0
+        rate = 0.0
+        for j in range(NJ):
+            tau += m[M_TAU + j] ** 2
+            rate += (a[j] - ts[TS_ACT + j]) ** 2
+            ts[TS_ACT + j] = a[j]
+        r[5] = tau
+        r[6] = rate
+        air = 0.0
+        for f in range(4):  # legged_gym's feet air time: paid at touchdown
+            contact = m[M_FEET + f] > 0.5
+            ts[TS_AIR + f] += dt
+            if contact and ts[TS_CONTACT + f] < 0.5:
+                air += ts[TS_AIR + f] - tp[TP_AIR]
+            if contact:
+                ts[TS_AIR + f] = 0.0
+            ts[TS_CONTACT + f] = 1.0 if contact else 0.0
+        moving = ts[TS_CMD] ** 2 + ts[TS_CMD + 1] ** 2 > 0.01
+        r[7] = air if moving else 0.0
+        total = 0.0
+        for k in range(N_TERMS):
+            total += ta.scales[k] * r[k]
+        reward[i] = total
+        upright = -m[M_GRAV + 2]
+        terminated[i] = upright < tp[TP_COS_TILT] or (tp[TP_TRUNK] > 0.0 and m[M_TRUNK] > 0.5)
+        _observe(i, m, ta, rng, obs[i], False)
+
+
+@njit
+def initial_pose(
+    rng: np.ndarray,
+    i: int,
+    q0: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    noise: float,
+    qpos: np.ndarray,
+) -> None:
+    """Joints = default pose + U(-noise, noise) within range; yaw ~ U(-pi, pi); level trunk."""
+    yaw = -math.pi + 2.0 * math.pi * uniform(rng, i, STREAM_BACKEND)
+    qpos[3] = math.cos(0.5 * yaw)
+    qpos[4] = 0.0
+    qpos[5] = 0.0
+    qpos[6] = math.sin(0.5 * yaw)
+    for j in range(NJ):
+        v = q0[j] + noise * (2.0 * uniform(rng, i, STREAM_BACKEND) - 1.0)
+        qpos[7 + j] = min(max(v, low[j]), high[j])
+
+
+# --- the plant -----------------------------------------------------------------------------------
+class QuadrupedPhysics:
+    """One quadruped: its own ``MjModel`` (randomised at every reset) and ``MjData``.
+
+    Args:
+        cfg: The env's config.
+    """
+
+    def __init__(self, cfg: QuadrupedVelocityConfig) -> None:
+        """Load the model; nothing is drawn until :meth:`reset`."""
+        mj = mujoco_module()
+        self._mj = mj
+        self.cfg = cfg
+        self.model = m = load_model(cfg)
+        self.data = mj.MjData(m)
+
+        def gid(name: str) -> int:
+            return int(mj.mj_name2id(m, mj.mjtObj.mjOBJ_GEOM, name))
+
+        self._trunk = int(mj.mj_name2id(m, mj.mjtObj.mjOBJ_BODY, "trunk"))
+        self._ids = np.array([gid("floor"), gid("trunk"), *(gid(f"{leg}_foot") for leg in LEGS)])
+        ctl = cfg.control
+        self.randomizer = ModelRandomizer(
+            m, int(self._ids[0]), self._trunk, ctl.kp_nm_per_rad, ctl.kd_nm_s_per_rad
+        )
+        self.drawn_layout = randomization_layout(
+            self.randomizer.n_links, NJ, self.randomizer.friction
+        )
+        self.drawn = np.zeros(self.drawn_layout.size)
+        self._rp = randomization_params(cfg.randomization)
+        self._delay = delay_bounds(cfg.latency, action=True)
+        self.action_delay = 0
+        self._line = np.zeros((self._delay[1] + self._delay[2] + 1, NJ))
+        r = cfg.randomization
+        self._push_every = max(1, round(r.push_interval_s / cfg.control_dt_s))
+        self._push = (bool(r.push_enabled), float(r.push_max_m_per_s))
+        self._low, self._high = joint_limits()
+        self._offset = self.drawn_layout.get(self.drawn, "motor_offset_rad")
+        self._rng = new_streams(1)
+        self._row = 0
+        self.steps = 0
+
+    def reset(self, rng: np.ndarray, i: int) -> None:
+        """New episode: draw the plant (row ``i`` of ``rng``), pose the robot on the floor."""
+        mj, m, d = self._mj, self.model, self.data
+        self._rng, self._row = rng, i
+        mj.mj_resetData(m, d)
+        draw_randomization(rng, i, STREAM_BACKEND, self._rp, self.randomizer.n_links, self.drawn)
+        self.randomizer.apply(self.drawn_layout, self.drawn)
+        lo, hi, _ = self._delay
+        self.action_delay = int(draw_int(rng, i, STREAM_BACKEND, lo, hi))
+        q = np.array(d.qpos)
+        initial_pose(rng, i, DEFAULT_POSE, self._low, self._high, self.cfg.joint_noise_rad, q)
+        d.qpos[:] = q
+        mj.mj_kinematics(m, d)
+        lowest = min(float(d.geom_xpos[g, 2]) for g in self._ids[2:])
+        d.qpos[2] -= lowest - FOOT_RADIUS_M  # feet just on the floor
+        self._line[:] = DEFAULT_POSE
+        d.ctrl[:] = DEFAULT_POSE + self._offset
+        mj.mj_forward(m, d)
+        self.steps = 0
+
+    def step(self, target: np.ndarray) -> None:
+        """One control step: the delay line, the motor offset, a push if due, the PD substeps."""
+        mj, m, d = self._mj, self.model, self.data
+        delay = self.action_delay
+        if self._delay[2] > 0:
+            delay += int(draw_int(self._rng, self._row, STREAM_BACKEND, 0, self._delay[2]))
+        d.ctrl[:] = push_delayed(self._line, target, delay) + self._offset
+        self.steps += 1
+        if self.steps % self._push_every == 0:
+            rng, i = self._rng, self._row
+            enabled, vmax = self._push
+            push = [vmax * (2.0 * uniform(rng, i, STREAM_BACKEND) - 1.0) for _ in range(2)]
+            if enabled:
+                d.qvel[0] += push[0]
+                d.qvel[1] += push[1]
+                mj.mj_step1(m, d)  # velocity-stage quantities of the pushed state
+        n = self.cfg.control.decimation
+        mj.mj_step2(m, d)
+        if n > 1:
+            mj.mj_step(m, d, n - 1)
+        mj.mj_step1(m, d)
+
+    def measure(self, out: np.ndarray) -> None:
+        """Write the measurement (:func:`measurement_layout`) into ``out``."""
+        d = self.data
+        contacts = d.contact.geom[: d.ncon]
+        measure_row(d.qpos, d.qvel, d.xmat[self._trunk], d.actuator_force, contacts, self._ids, out)
+
+    def truth(self) -> dict[str, Any]:
+        """The drawn plant values (``info["true/<name>"]``)."""
+        out: dict[str, Any] = {}
+        for f in self.drawn_layout:
+            v = self.drawn_layout.get(self.drawn, f.name)
+            out[f.name] = float(v[()]) if f.shape == () else v.copy()
+        out["action_delay_steps"] = self.action_delay
+        return out
+
+
+class QuadrupedSimBackend(BaseBackend):
+    """The simulated quadruped behind the shared backend API.
+
+    Args:
+        cfg: The env's config.
+    """
+
+    kind = "sim"
+    deterministic = True
+
+    def __init__(self, cfg: QuadrupedVelocityConfig) -> None:
+        """Load the model; nothing is drawn until :meth:`reset`."""
+        super().__init__()
+        self.cfg = cfg
+        self.physics = QuadrupedPhysics(cfg)
+        self.command_space = command_space()
+        self.measurement_layout = measurement_layout()
+        self.measurement_space = self.measurement_layout.space(np.float64)
+        self._rng = new_streams(1)
+        self._meas = np.zeros(N_MEAS)
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
+        """New episode; ``seed`` re-seeds the streams, ``None`` continues them.
+
+        Raises:
+            ValueError: ``options`` were given (this backend takes none).
+        """
+        if options:
+            raise ValueError(f"{ENV_ID}: reset takes no backend options, got {sorted(options)}")
+        if seed is not None:
+            seed_streams(self._rng, 0, int(seed))
+        self.physics.reset(self._rng, 0)
+        self.physics.measure(self._meas)
+        return self._meas.copy()
+
+    def apply(self, command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One control step; return ``(measurement, the joint targets accepted)``."""
+        self.physics.step(np.asarray(command, dtype=np.float64))
+        self.physics.measure(self._meas)
+        return self._meas.copy(), np.array(command, dtype=np.float64)
+
+    def privileged(self) -> dict[str, Any]:
+        """The drawn plant values (randomisation and action delay)."""
+        return self.physics.truth()
+
+    def identity(self) -> dict[str, Any]:
+        """Kind, model and the MuJoCo version."""
+        return {"kind": self.kind, "model": MODEL_FILE.name, "mujoco": self.physics._mj.__version__}
+
+
+def make_sim_backend(cfg: QuadrupedVelocityConfig) -> QuadrupedSimBackend:
+    """Backend factory for ``backend="sim"``."""
+    return QuadrupedSimBackend(cfg)
+
+
+# --- the task (single env: a batch of one) -------------------------------------------------------
+class VelocityTask:
+    """Velocity tracking from measurements: reward terms, falls, the noisy delayed observation.
+
+    Args:
+        cfg: The env's config.
+    """
+
+    def __init__(self, cfg: QuadrupedVelocityConfig) -> None:
+        """Build the spaces and the batch-of-one state."""
+        self.cfg = cfg
+        self.layout = observation_layout(cfg)
+        self.observation_space = self.layout.space(np.float32)
+        self.action_space, self.action_labels = action_space()
+        self.reward_scales = reward_scales(cfg)
+        self._ta = task_arrays(cfg, 1)
+        self._rng = new_streams(1)
+        self._low, self._high = joint_limits()
+        self._act = np.zeros((1, NJ))
+        self._obs = np.zeros((1, self.layout.size), dtype=np.float32)
+        self._terms = np.zeros((1, N_TERMS))
+        self._reward = np.zeros(1)
+        self._term = np.zeros(1, dtype=np.bool_)
+        self._rows = np.zeros(1, dtype=np.int64)
+        self._steps = 0
+
+    def _info(self) -> dict[str, Any]:
+        return {"true/observation_delay_steps": int(self._ta.odelay[0])}
+
+    def reset(
+        self, measurement: np.ndarray, seed: int | None, options: dict[str, Any] | None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Draw the command and observation delay; the first observation."""
+        if seed is not None:
+            seed_streams(self._rng, 0, int(seed))
+        self._steps = 0
+        task_reset_batch(self._rows, measurement[None, :], self._ta, self._rng, self._obs)
+        return self._obs[0].copy(), self._info()
+
+    def command(self, action: np.ndarray, measurement: np.ndarray) -> np.ndarray:
+        """Joint targets from the action (remembered for the action-rate term)."""
+        self._act[0] = np.asarray(action, dtype=np.float64)
+        out = np.empty((1, NJ))
+        scale = self.cfg.control.action_scale_rad
+        targets_batch(self._act, self._ta.q0, scale, self._low, self._high, out)
+        return out[0]
+
+    def step(self, measurement: np.ndarray, applied_command: np.ndarray) -> TaskStep:
+        """Reward terms, fall and observation after a control step."""
+        self._steps += 1
+        task_step_batch(
+            measurement[None, :], self._act, self._ta, self._rng,
+            self._obs, self._terms, self._reward, self._term,
+        )  # fmt: skip
+        terminated = bool(self._term[0])
+        truncated = not terminated and self._steps >= self.cfg.max_steps
+        terms = dict(zip(REWARD_TERMS, self._terms[0].tolist(), strict=True))
+        return TaskStep(self._obs[0].copy(), terms, terminated, truncated, self._info())
+
+
+def metadata(cfg: QuadrupedVelocityConfig, layout: Layout) -> dict[str, Any]:
+    """Env metadata shared by the single and vector envs."""
+    return {
+        "render_modes": [],
+        "system": "locomotion",
+        "observation_layout": layout.describe(),
+        "control_timestep_s": cfg.control_dt_s,
+        "n_sub_steps": cfg.control.decimation,
+        "reward_terms": REWARD_TERMS,
+        "joint_names": JOINT_NAMES,
+        "default_pose_rad": DEFAULT_POSE.tolist(),
+    }
+
+
+def make_env(cfg: QuadrupedVelocityConfig, *, backend: Any, env_id: str | None = None) -> TwinEnv:
+    """Single-env factory: the velocity task on ``backend`` behind the safety layer."""
+    task = VelocityTask(cfg)
+    return TwinEnv(
+        task,
+        backend,
+        cfg.safety,
+        env_id=env_id or ENV_ID,
+        config=cfg,
+        metadata=metadata(cfg, task.layout),
+    )
+
+
+# --- the vector env ------------------------------------------------------------------------------
+def _obs_size(cfg: QuadrupedVelocityConfig) -> tuple[int]:
+    return (observation_layout(cfg).size,)
+
+
+QuadrupedState = bundle(
+    "QuadrupedState",
+    __name__,
+    meas=Rows((N_MEAS,)),  # the last measurement
+    obs=Rows(_obs_size, np.float32),  # the last observation (a partial reset keeps the others)
+    steps=Rows((), np.int64),  # control steps in this episode
+    cmd=Rows((NJ,)),  # the safe joint targets of this step
+    rng=STREAMS,  # the row's random streams, seeded by reset(seed=...)
+    prev_cmd=Rows((NJ,)),  # the safety layer's last command
+    has_prev=Rows((), np.bool_),  # whether it has one (rate limits apply)
+    doc="Every env's state but its MuJoCo data and task arrays, which the vector env holds.",
+)
+
+
+def info_layouts(drawn: Layout) -> tuple[Layout, Layout, Layout]:
+    """Float, int and bool info fields (the keys :class:`TwinEnv` reports)."""
+    floats = Layout(
+        [Field(f"reward/{k}") for k in REWARD_TERMS]
+        + [Field("applied_action", (NJ,)), Field("applied_command", (NJ,))]
+        + [Field(f"true/{f.name}", f.shape) for f in drawn]
+    )
+    ints = Layout([Field("true/action_delay_steps"), Field("true/observation_delay_steps")])
+    return floats, ints, Layout([Field("action_clipped"), Field("command_clipped")])
+
+
+def _not_a_kernel(*args: Any) -> None:
+    raise NotImplementedError("QuadrupedVectorEnv steps MuJoCo data objects; see its methods")
+
+
+class QuadrupedVectorEnv(KernelVectorEnv):
+    """``n_envs`` quadrupeds stepped on a thread pool, task math batched (``SAME_STEP``).
+
+    Args:
+        cfg: The config (shared by all envs; every env draws its own plant at every reset).
+        n_envs: Batch size.
+        env_id: Registered id.
+    """
+
+    State = QuadrupedState
+    reset_kernel = _not_a_kernel
+    step_kernel = _not_a_kernel
+
+    def __init__(
+        self, cfg: QuadrupedVelocityConfig, n_envs: int, env_id: str | None = None
+    ) -> None:
+        """Load one model and data per env and start the thread pool."""
+        layout = observation_layout(cfg)
+        probe = QuadrupedPhysics(cfg)
+        self._drawn_layout = probe.drawn_layout
+        fl, il, bl = info_layouts(probe.drawn_layout)
+        space, labels = action_space()
+        true_names = tuple(n for n in (*fl.names, *il.names) if n.startswith("true/"))
+        super().__init__(
+            n_envs, layout, space, fl, il, bl, true_names,
+            params=safety_limits(command_space(), cfg.safety),
+            config=cfg, env_id=env_id or ENV_ID,
+            clip_actions=cfg.safety.clip_actions, action_labels=labels,
+        )  # fmt: skip
+        self.cfg = cfg
+        self.metadata = {**self.metadata, **metadata(cfg, layout)}
+        self.physics = [probe] + [QuadrupedPhysics(cfg) for _ in range(self.num_envs - 1)]
+        self.task = task_arrays(cfg, self.num_envs)
+        self._low, self._high = joint_limits()
+        threads = cfg.threads or os.cpu_count() or 1
+        self.threads = max(1, min(threads, self.num_envs))
+        bounds = np.linspace(0, self.num_envs, self.threads + 1).astype(int)
+        self._chunks = [range(a, b) for a, b in itertools.pairwise(bounds)]
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._reset_kernel = self._reset_rows  # type: ignore[assignment]
+        self._step_kernel = self._step_rows  # type: ignore[assignment]
+
+    def _reset_physics(self, rows: np.ndarray) -> None:
+        st = self.state
+        for i in rows:
+            self.physics[i].reset(st.rng, int(i))
+            self.physics[i].measure(st.meas[i])
+        st.steps[rows] = 0
+        st.has_prev[rows] = False
+
+    def _truth_rows(self, rows: np.ndarray, f: np.ndarray, n: np.ndarray) -> None:
+        """Write the drawn values of ``rows`` into float rows ``f`` and int rows ``n``."""
+        fl = self.info_float
+        start = fl.slice(f"true/{self._drawn_layout.names[0]}").start
+        for r, i in enumerate(rows):
+            p = self.physics[i]
+            f[r, start : start + p.drawn.size] = p.drawn
+            n[r, 0] = p.action_delay
+            n[r, 1] = self.task.odelay[i]
+
+    def _reset_rows(
+        self, state: Any, params: Any, mask: np.ndarray, options: Any, out: ResetOut
+    ) -> None:
+        rows = np.flatnonzero(mask)
+        self._reset_physics(rows)
+        task_reset_batch(rows, state.meas, self.task, state.rng, state.obs)
+        out.obs[:] = state.obs
+        f, n = np.zeros((rows.size, out.info_f.shape[1])), np.zeros((rows.size, 2), np.int64)
+        self._truth_rows(rows, f, n)
+        out.info_f[rows] = f
+        out.info_i[rows] = n
+
+    def _advance(self, rows: range) -> None:
+        st = self.state
+        for i in rows:
+            p = self.physics[i]
+            p.step(st.cmd[i])
+            p.measure(st.meas[i])
+
+    def _step_rows(self, state: Any, params: Any, actions: Actions, out: StepOut) -> None:
+        n = self.num_envs
+        acts, action_clipped = actions.values, actions.clipped
+        targets = np.empty((n, NJ))
+        scale = self.cfg.control.action_scale_rad
+        targets_batch(acts, self.task.q0, scale, self._low, self._high, targets)
+        cmd_clipped = np.empty(n, dtype=np.bool_)
+        clip_batch(
+            targets, params.low, params.high, params.max_step,
+            state.prev_cmd, state.has_prev, state.cmd, cmd_clipped,
+        )  # fmt: skip
+        if self._pool is None:
+            self._advance(range(n))
+        else:
+            for fut in [self._pool.submit(self._advance, c) for c in self._chunks]:
+                fut.result()
+        terms = np.empty((n, N_TERMS))
+        task_step_batch(
+            state.meas, acts, self.task, state.rng, out.obs, terms, out.reward, out.terminated
+        )
+        state.steps[:] += 1
+        np.greater_equal(state.steps, self.cfg.max_steps, out=out.truncated)
+        np.logical_and(out.truncated, ~out.terminated, out=out.truncated)
+        ended = out.truncated | out.terminated
+        fl = self.info_float
+        all_rows = np.arange(n)
+        rows_f = np.zeros((n, fl.size))
+        rows_i = np.zeros((n, 2), dtype=np.int64)
+        rows_f[:, :N_TERMS] = terms * self.task.scales[None, :]
+        rows_f[:, fl.slice("applied_action")] = acts
+        rows_f[:, fl.slice("applied_command")] = state.cmd
+        self._truth_rows(all_rows, rows_f, rows_i)
+        rows_b = np.stack([action_clipped, cmd_clipped], axis=1)
+        live = ~ended
+        for top, fin, rows in (
+            (out.top_f, out.fin_f, rows_f),
+            (out.top_i, out.fin_i, rows_i),
+            (out.top_b, out.fin_b, rows_b),
+        ):
+            top[:] = 0
+            fin[:] = 0
+            top[live] = rows[live]
+            fin[ended] = rows[ended]
+        done = np.flatnonzero(ended)
+        if done.size:
+            out.final_obs[done] = out.obs[done]
+            self._reset_physics(done)
+            task_reset_batch(done, state.meas, self.task, state.rng, out.obs)
+            f = np.zeros((done.size, fl.size))
+            k = np.zeros((done.size, 2), dtype=np.int64)
+            self._truth_rows(done, f, k)
+            true_cols = [fl.slice(name) for name in fl.names if name.startswith("true/")]
+            for sl in true_cols:
+                out.top_f[done, sl] = f[:, sl]
+            out.top_i[done] = k
+        state.obs[:] = out.obs
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Stop the thread pool."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def make_vec_env(
+    cfg: QuadrupedVelocityConfig, *, n_envs: int, env_id: str | None = None
+) -> QuadrupedVectorEnv:
+    """Vector-env factory."""
+    return QuadrupedVectorEnv(cfg, n_envs, env_id=env_id)
