@@ -150,3 +150,25 @@ registry.register(
         description="Go1-sized quadruped: track a commanded forward/lateral/yaw velocity",
     )
 )
+
+_REARRANGE = "twinloop.sim.rearrange.env"
+
+registry.register(
+    EnvSpec(
+        id="twinloop/LangRearrange-v0",
+        system="rearrange",
+        entry_point=f"{_REARRANGE}:make_env",
+        vector_entry_point=f"{_REARRANGE}:make_vec_env",
+        config_entry_point="twinloop.sim.rearrange.config:RearrangeConfig",
+        backends=(
+            BackendSpec(
+                name="sim",
+                entry_point=f"{_REARRANGE}:make_sim_backend",
+                deterministic=True,
+                description="in-process apartment and kinematic skills kernel",
+            ),
+        ),
+        description="Follow a language instruction to rearrange objects with high-level skills "
+        "(LLaRP's Language Rearrangement, symbolic)",
+    )
+)

@@ -20,6 +20,7 @@ CONTROLLERS: dict[str, str] = {
     "station-seeker": "twinloop.controllers.classical.balloon:StationSeeker",
     "random-walk": "twinloop.controllers.classical.balloon:RandomWalk",
     "altitude-hold": "twinloop.controllers.classical.balloon:AltitudeHold",
+    "oracle": "twinloop.controllers.classical.rearrange:Oracle",
 }
 
 

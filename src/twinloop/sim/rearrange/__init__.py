@@ -1,0 +1,1 @@
+"""Language-conditioned rearrangement (LLaRP's Language Rearrangement benchmark)."""

@@ -1,0 +1,574 @@
+"""Episode specs from ``(split, index)``: apartments, object placement, instruction and goal.
+
+Every episode of every split is generated on demand, deterministically, from the split's id
+and the episode's index (nothing is stored or downloaded): the pair seeds a SplitMix64
+stream (the generator of :mod:`twinloop.core.rng`) and a numba function draws the episode
+from it, so the vector env's kernel can draw a fresh training episode at each auto-reset.
+
+Splits follow LLaRP's evaluation design [LLaRP, arXiv 2310.17722]: a training distribution of
+150,000 episodes and evaluation splits of 100 episodes. Each split is one rule function
+(``_rule_<split>``) that chooses the instruction type, the phrasing set, the scene and the
+category pool; everything else is drawn by the same :func:`build` for every split, so an
+evaluation split differs from training only in what its rule changes:
+
+========================  ==================================================================
+split                     rule (what differs from training)
+========================  ==================================================================
+train                     single or two-object rearrangement, training phrasings, training
+                          categories, training scenes 0-49
+rephrasing                single rearrangement in held-out phrasings only
+novel_objects             single rearrangement of held-out categories only
+multiple_rearrangements   "all the X" (2-3 instances), a type training never has
+multiple_objects          three objects in one instruction (training has one or two)
+conditional               "if the A is open/closed, ... otherwise ...", a type training
+                          never has; the condition is read at the episode's start
+new_scenes                the training mixture in the 10 held-out scenes 50-59
+========================  ==================================================================
+
+Scenes (apartments) are generated from fixed seeds too (:func:`scene_rooms`): 3-5 rooms and
+the room of each receptacle (kitchen furniture in the kitchen, sofa and TV stand in the living
+room, chair and tables anywhere), with positions in decimetres for the renderer to come.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from twinloop.core.jit import njit
+from twinloop.core.rng import mix64, uniform
+from twinloop.sim.rearrange import catalog as C
+from twinloop.sim.rearrange import language as L
+
+# --- splits ---------------------------------------------------------------------------------
+SPLITS = (
+    "train",
+    "rephrasing",
+    "novel_objects",
+    "multiple_rearrangements",
+    "multiple_objects",
+    "conditional",
+    "new_scenes",
+)
+(
+    SPLIT_TRAIN,
+    SPLIT_REPHRASING,
+    SPLIT_NOVEL,
+    SPLIT_MULTI_REARRANGE,
+    SPLIT_MULTI_OBJECTS,
+    SPLIT_CONDITIONAL,
+    SPLIT_NEW_SCENES,
+) = range(len(SPLITS))
+#: Episodes per split: 150,000 training episodes and 100 per evaluation split [LLaRP].
+N_TRAIN_EPISODES = 150_000
+N_EVAL_EPISODES = 100
+EVAL_SPLITS = SPLITS[1:]
+#: LLaRP's evaluation splits not built yet (see the system README).
+SPLITS_NOT_BUILT = ("referring_expressions", "spatial_relationships", "context", "irrelevant_text")
+
+
+def split_size(split: str) -> int:
+    """Episodes in ``split``."""
+    return N_TRAIN_EPISODES if split == "train" else N_EVAL_EPISODES
+
+
+def split_id(split: str, where: str = "rearrange") -> int:
+    """The id of split ``split``; ``ValueError`` listing the valid names if unknown."""
+    if split not in SPLITS:
+        raise ValueError(
+            f"{where}: unknown split {split!r}; valid splits: {', '.join(SPLITS)} "
+            f"(not built yet: {', '.join(SPLITS_NOT_BUILT)})"
+        )
+    return SPLITS.index(split)
+
+
+# --- scenes -----------------------------------------------------------------------------------
+N_SCENES = 60
+N_TRAIN_SCENES = 50  # scenes 50-59 are held out (new_scenes split)
+_SCENE_SALT = 0x5CE4E5
+
+#: Receptacles whose room is fixed: kitchen (0) and living room (1); the rest move.
+_FIXED_ROOM = {"tv stand": 1, "sink": 0, "right counter": 0, "left counter": 0, "sofa": 1}
+
+
+class _Stream:
+    """SplitMix64 in Python integers (the same sequence as :func:`twinloop.core.rng.uniform`)."""
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed & (2**64 - 1)
+
+    def randint(self, n: int) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & (2**64 - 1)
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+        z ^= z >> 31
+        return min(int(((z >> 11) + 1) * n / 2.0**53), n - 1)
+
+
+@functools.cache
+def scene_layouts() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n_rooms (60,), receptacle room (60, 11), receptacle position dm (60, 11, 2))``.
+
+    Rooms lie side by side along x, each 30-60 dm wide and 40 dm deep; a receptacle sits at a
+    random spot inside its room. Kitchen furniture (fridge, sink, counters, the drawers) is in
+    room 0, the sofa and TV stand in room 1; chair and tables in any room.
+    """
+    n_rooms = np.zeros(N_SCENES, dtype=np.int64)
+    rooms = np.zeros((N_SCENES, C.N_RECEPTACLES), dtype=np.int64)
+    xy = np.zeros((N_SCENES, C.N_RECEPTACLES, 2), dtype=np.int64)
+    for s in range(N_SCENES):
+        rs = _Stream(_SCENE_SALT * 1_000_003 + s)
+        n = 3 + rs.randint(3)
+        n_rooms[s] = n
+        widths = [30 + rs.randint(31) for _ in range(n)]
+        x0 = np.concatenate([[0], np.cumsum(widths)])
+        for r, name in enumerate(C.RECEPTACLES):
+            if name in _FIXED_ROOM:
+                room = _FIXED_ROOM[name]
+            elif r >= C.N_OPEN_RECEPTACLES:
+                room = 0  # fridge and drawers: kitchen
+            else:
+                room = rs.randint(n)
+            rooms[s, r] = room
+            xy[s, r, 0] = x0[room] + 2 + rs.randint(widths[room] - 4)
+            xy[s, r, 1] = 2 + rs.randint(36)
+    return n_rooms, rooms, xy
+
+
+# --- the spec row ---------------------------------------------------------------------------
+MAX_OBJECTS = 36
+MAX_ATOMS = 3
+SP_SPLIT = 0
+SP_INDEX = 1
+SP_SCENE = 2
+SP_TYPE = 3
+SP_TEMPLATE = 4
+SP_HELD_OUT = 5  # 1: a held-out phrasing
+SP_N_OBJ = 6
+SP_ART = 7  # 5 open flags at the start
+SP_N_ATOMS = SP_ART + C.N_ARTICULATED
+SP_ATOMS = SP_N_ATOMS + 1  # MAX_ATOMS x (category, receptacle, count)
+SP_SLOTS = SP_ATOMS + 3 * MAX_ATOMS  # the slot values, in language.SLOTS order
+SP_N_TOK = SP_SLOTS + len(L.SLOTS)
+SP_TOKENS = SP_N_TOK + 1
+SP_OBJ_CAT = SP_TOKENS + L.MAX_TOKENS
+SP_OBJ_REC = SP_OBJ_CAT + MAX_OBJECTS
+N_SPEC = SP_OBJ_REC + MAX_OBJECTS
+
+#: Most task objects one episode places (three objects; "all the X" places 2-3).
+MAX_TASK_OBJECTS = 3
+#: Upper bound of clutter objects, so that every task object finds a slot.
+MAX_CLUTTER = MAX_OBJECTS - MAX_TASK_OBJECTS
+
+
+class WorldTables(NamedTuple):
+    """Everything the generator, the skills and the task read: the env's parameters bundle.
+
+    One flat bundle (numba passes a flat bundle into a parallel loop, not a nested one), so
+    the vector env's parameters are this class too (``env.params_of``) and numba compiles
+    every function that takes it once.
+
+    Attributes:
+        templates: ``(n_templates, width)`` token ids and slot codes (language.tables()).
+        template_range: ``(n_types, 2, 2)`` template rows by type and phrasing set.
+        category_names: ``(33, 3)`` token ids of each category's name.
+        category_plurals: ``(33, 3)`` of each plural.
+        receptacle_names: ``(11, 3)``.
+        articulated_names: ``(5, 3)``.
+        state_names: ``(2, 3)``: ``closed``, ``open``.
+        capacity: ``(11,)`` objects each receptacle holds.
+        scene_rooms: ``(60, 11)`` room of each receptacle in each scene.
+        world: ``(2,)`` clutter objects per episode, the default split's id.
+        task: The task's float parameters (``task.TP_*``; zeros until the env sets them).
+        cmd_low: The skill command's lower limit (the safety layer's).
+        cmd_high: Its upper limit.
+        max_step: Its rate limit (``inf``: none).
+    """
+
+    templates: np.ndarray
+    template_range: np.ndarray
+    category_names: np.ndarray
+    category_plurals: np.ndarray
+    receptacle_names: np.ndarray
+    articulated_names: np.ndarray
+    state_names: np.ndarray
+    capacity: np.ndarray
+    scene_rooms: np.ndarray
+    world: np.ndarray
+    task: np.ndarray
+    cmd_low: np.ndarray
+    cmd_high: np.ndarray
+    max_step: np.ndarray
+
+
+WT_N_CLUTTER = 0
+WT_SPLIT = 1
+
+
+def world_tables(n_clutter: int = 30, split: str = "train") -> WorldTables:
+    """The generator's tables for ``n_clutter`` clutter objects and default split ``split``."""
+    if not 0 <= n_clutter <= MAX_CLUTTER:
+        raise ValueError(f"n_clutter = {n_clutter} must be in [0, {MAX_CLUTTER}]")
+    t = L.tables()
+    return WorldTables(
+        t["templates"],
+        t["template_range"],
+        t["category_names"],
+        t["category_plurals"],
+        t["receptacle_names"],
+        t["articulated_names"],
+        t["state_names"],
+        np.array(C.CAPACITY, dtype=np.int64),
+        scene_layouts()[1],
+        np.array([n_clutter, split_id(split)], dtype=np.int64),
+        np.zeros(4, dtype=np.float64),
+        np.array([0.0]),
+        np.array([float(C.N_ACTIONS - 1)]),
+        np.array([np.inf]),
+    )
+
+
+# --- numba: drawing ---------------------------------------------------------------------------
+_SPLIT_MUL = np.uint64(0xD1B54A32D192ED03)
+_INDEX_MUL = np.uint64(0x8CB92BA72F3D8DD7)
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(inline="always")
+def _seed(gen: np.ndarray, g: int, split: int, index: int) -> None:
+    gen[g, 0, 0] = mix64(np.uint64(split + 1) * _SPLIT_MUL + np.uint64(index) * _INDEX_MUL)
+    gen[g, 0, 1] = _GAMMA
+
+
+@njit(inline="always")
+def _randint(gen: np.ndarray, g: int, n: int) -> int:
+    return min(int(uniform(gen, g, 0) * n), n - 1)
+
+
+# Each rule returns (instruction type, held-out phrasing, scene, novel categories).
+@njit
+def _rule_train(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
+    typ = L.TYPE_SINGLE if uniform(gen, g, 0) <= 0.5 else L.TYPE_TWO
+    return typ, 0, _randint(gen, g, N_TRAIN_SCENES), 0
+
+
+@njit
+def _rule_rephrasing(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
+    return L.TYPE_SINGLE, 1, _randint(gen, g, N_TRAIN_SCENES), 0
+
+
+@njit
+def _rule_novel_objects(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
+    return L.TYPE_SINGLE, 0, _randint(gen, g, N_TRAIN_SCENES), 1
+
+
+@njit
+def _rule_multiple_rearrangements(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
+    return L.TYPE_ALL, 0, _randint(gen, g, N_TRAIN_SCENES), 0
+
+
+@njit
+def _rule_multiple_objects(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
+    return L.TYPE_THREE, 0, _randint(gen, g, N_TRAIN_SCENES), 0
+
+
+@njit
+def _rule_conditional(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
+    return L.TYPE_CONDITIONAL, 0, _randint(gen, g, N_TRAIN_SCENES), 0
+
+
+@njit
+def _rule_new_scenes(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
+    typ = L.TYPE_SINGLE if uniform(gen, g, 0) <= 0.5 else L.TYPE_TWO
+    return typ, 0, N_TRAIN_SCENES + _randint(gen, g, N_SCENES - N_TRAIN_SCENES), 0
+
+
+@njit
+def _rule(split: int, gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
+    if split == SPLIT_REPHRASING:
+        return _rule_rephrasing(gen, g)
+    if split == SPLIT_NOVEL:
+        return _rule_novel_objects(gen, g)
+    if split == SPLIT_MULTI_REARRANGE:
+        return _rule_multiple_rearrangements(gen, g)
+    if split == SPLIT_MULTI_OBJECTS:
+        return _rule_multiple_objects(gen, g)
+    if split == SPLIT_CONDITIONAL:
+        return _rule_conditional(gen, g)
+    if split == SPLIT_NEW_SCENES:
+        return _rule_new_scenes(gen, g)
+    return _rule_train(gen, g)
+
+
+@njit(inline="always")
+def _put_name(spec: np.ndarray, n: int, names: np.ndarray, row: int) -> int:
+    for k in range(names.shape[1]):
+        tok = names[row, k]
+        if tok < 0:
+            break
+        if n < L.MAX_TOKENS:
+            spec[SP_TOKENS + n] = tok
+        n += 1
+    return n
+
+
+@njit
+def _write_tokens(spec: np.ndarray, t: WorldTables) -> None:
+    """Fill the template's slots with the names of the spec's slot values."""
+    row = spec[SP_TEMPLATE]
+    n = 0
+    s = SP_SLOTS
+    for j in range(t.templates.shape[1]):
+        code = t.templates[row, j]
+        if code == L.END:
+            break
+        if code >= 0:
+            if n < L.MAX_TOKENS:
+                spec[SP_TOKENS + n] = code
+            n += 1
+            continue
+        slot = -2 - code  # language.SLOTS order
+        v = spec[s + slot]
+        if slot <= 2:
+            n = _put_name(spec, n, t.category_names, v)
+        elif slot == 3:
+            n = _put_name(spec, n, t.category_plurals, v)
+        elif slot <= 6:
+            n = _put_name(spec, n, t.receptacle_names, v)
+        elif slot == 7:
+            n = _put_name(spec, n, t.articulated_names, v)
+        else:
+            n = _put_name(spec, n, t.state_names, v)
+    spec[SP_N_TOK] = n  # > MAX_TOKENS would mean a cut instruction (tests check it never is)
+
+
+@njit(inline="always")
+def _has(cats: np.ndarray, n: int, c: int) -> bool:
+    for k in range(n):  # noqa: SIM110 (a plain loop for numba)
+        if cats[k] == c:
+            return True
+    return False
+
+
+@njit
+def build(
+    split: int,
+    index: int,
+    typ: int,
+    held_out: int,
+    scene: int,
+    novel: int,
+    gen: np.ndarray,
+    g: int,
+    t: WorldTables,
+    spec: np.ndarray,
+) -> None:
+    """Draw the rest of an episode (the same for every split) into the spec row."""
+    for k in range(N_SPEC):
+        spec[k] = -1
+    spec[SP_SPLIT] = split
+    spec[SP_INDEX] = index
+    spec[SP_SCENE] = scene
+    spec[SP_TYPE] = typ
+    spec[SP_HELD_OUT] = held_out
+    lo = t.template_range[typ, held_out, 0]
+    spec[SP_TEMPLATE] = lo + _randint(gen, g, t.template_range[typ, held_out, 1] - lo)
+    for a in range(C.N_ARTICULATED):  # doors and drawers may start open [LLaRP]
+        spec[SP_ART + a] = 1 if uniform(gen, g, 0) <= 0.5 else 0
+    # the task's categories: distinct, from the training or the held-out pool
+    n_cats = 2 if typ == L.TYPE_TWO else (3 if typ == L.TYPE_THREE else 1)
+    cat_lo = C.N_TRAIN_CATEGORIES if novel else 0
+    cat_n = (C.N_CATEGORIES - C.N_TRAIN_CATEGORIES) if novel else C.N_TRAIN_CATEGORIES
+    cats = spec[SP_SLOTS : SP_SLOTS + 3]  # obj, obj2, obj3
+    k = 0
+    while k < n_cats:
+        c = cat_lo + _randint(gen, g, cat_n)
+        if not _has(cats, k, c):
+            cats[k] = c
+            k += 1
+    spec[SP_SLOTS + 3] = cats[0]  # objs: the plural of obj
+    tgt = _randint(gen, g, C.N_RECEPTACLES)
+    tgt2 = -1
+    if typ == L.TYPE_CONDITIONAL:
+        tgt2 = _randint(gen, g, C.N_RECEPTACLES - 1)
+        tgt2 += 1 if tgt2 >= tgt else 0
+        spec[SP_SLOTS + 7] = _randint(gen, g, C.N_ARTICULATED)  # art
+        spec[SP_SLOTS + 8] = _randint(gen, g, 2)  # state word: 0 closed, 1 open
+    spec[SP_SLOTS + 5] = tgt
+    spec[SP_SLOTS + 6] = tgt2
+    # task objects, each on a receptacle that is not a target
+    n_inst = n_cats
+    if typ == L.TYPE_ALL:
+        n_inst = 2 + _randint(gen, g, 2)
+    count = np.zeros(C.N_RECEPTACLES, dtype=np.int64)
+    ocat = spec[SP_OBJ_CAT : SP_OBJ_CAT + MAX_OBJECTS]
+    orec = spec[SP_OBJ_REC : SP_OBJ_REC + MAX_OBJECTS]
+    for j in range(n_inst):
+        while True:
+            src = _randint(gen, g, C.N_RECEPTACLES)
+            if src != tgt and src != tgt2 and count[src] < t.capacity[src]:
+                break
+        ocat[j] = cats[0] if typ == L.TYPE_ALL else cats[j]
+        orec[j] = src
+        count[src] += 1
+        if j == 0:
+            spec[SP_SLOTS + 4] = src
+    # the goal: atoms (category, receptacle, count)
+    n_atoms = 1 if typ == L.TYPE_ALL else n_cats
+    spec[SP_N_ATOMS] = n_atoms
+    for a in range(n_atoms):
+        spec[SP_ATOMS + 3 * a] = cats[a]
+        spec[SP_ATOMS + 3 * a + 1] = tgt
+        spec[SP_ATOMS + 3 * a + 2] = n_inst if typ == L.TYPE_ALL else 1
+    if typ == L.TYPE_CONDITIONAL:
+        holds = spec[SP_ART + spec[SP_SLOTS + 7]] == spec[SP_SLOTS + 8]
+        spec[SP_ATOMS + 1] = tgt if holds else tgt2
+    # clutter on open receptacles, leaving room for the goal's objects on the targets
+    reserve = np.zeros(C.N_RECEPTACLES, dtype=np.int64)
+    reserve[tgt] = n_inst
+    if tgt2 >= 0:
+        reserve[tgt2] = n_inst
+    n_obj = n_inst
+    for _ in range(t.world[WT_N_CLUTTER]):
+        c = _randint(gen, g, C.N_TRAIN_CATEGORIES)
+        while _has(cats, n_cats, c):
+            c = _randint(gen, g, C.N_TRAIN_CATEGORIES)
+        r = _randint(gen, g, C.N_OPEN_RECEPTACLES)
+        tries = 0
+        while count[r] + reserve[r] >= t.capacity[r]:
+            r = (r + 1) % C.N_OPEN_RECEPTACLES  # next open receptacle with room
+            tries += 1
+            if tries > C.N_OPEN_RECEPTACLES:
+                break
+        if tries > C.N_OPEN_RECEPTACLES:
+            break  # no room left (n_clutter is bounded so that this never happens)
+        ocat[n_obj] = c
+        orec[n_obj] = r
+        count[r] += 1
+        n_obj += 1
+    spec[SP_N_OBJ] = n_obj
+    for j in range(n_obj - 1, 0, -1):  # shuffle the slots: a slot says nothing of its role
+        q = _randint(gen, g, j + 1)
+        ocat[j], ocat[q] = ocat[q], ocat[j]
+        orec[j], orec[q] = orec[q], orec[j]
+    _write_tokens(spec, t)
+    for n in range(spec[SP_N_TOK], L.MAX_TOKENS):
+        spec[SP_TOKENS + n] = L.PAD
+
+
+@njit
+def generate(
+    split: int, index: int, t: WorldTables, gen: np.ndarray, g: int, spec: np.ndarray
+) -> None:
+    """Episode ``index`` of split ``split`` into ``spec`` (row ``g`` of ``gen`` is scratch)."""
+    _seed(gen, g, split, index)
+    typ, held_out, scene, novel = _rule(split, gen, g)
+    build(split, index, typ, held_out, scene, novel, gen, g, t, spec)
+
+
+# --- Python view ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class EpisodeSpec:
+    """One episode, readable (see :func:`episode_spec`).
+
+    Attributes:
+        split: Split name.
+        index: Episode index in the split.
+        scene: Apartment (0-49 training, 50-59 held out).
+        instruction_type: One of ``language.INSTRUCTION_TYPES``.
+        template: Template row (``language.template_text``).
+        held_out_phrasing: The template is a held-out phrasing.
+        instruction: The instruction text.
+        tokens: Token ids (padded to 30 with 0).
+        goal: ``(category, receptacle, count)`` atoms: success when every atom holds and the
+            robot's hand is empty.
+        articulated_open: Start state of fridge, left, right, top and bottom drawer.
+        objects: ``(category, receptacle)`` of every object at the start.
+        slots: The template's slot values by slot name (-1: unused).
+        row: The raw spec row (``SP_*`` columns).
+    """
+
+    split: str
+    index: int
+    scene: int
+    instruction_type: str
+    template: int
+    held_out_phrasing: bool
+    instruction: str
+    tokens: np.ndarray
+    goal: tuple[tuple[str, str, int], ...]
+    articulated_open: tuple[bool, ...]
+    objects: tuple[tuple[str, str], ...]
+    slots: dict[str, int]
+    row: np.ndarray
+
+    @property
+    def goal_categories(self) -> tuple[str, ...]:
+        """The categories the goal moves."""
+        return tuple(c for c, _, _ in self.goal)
+
+
+def generate_row(split: str, index: int, tables: WorldTables | None = None) -> np.ndarray:
+    """The raw spec row of episode ``index`` of ``split``.
+
+    Raises:
+        ValueError: Unknown split, or ``index`` outside ``[0, split_size)``.
+    """
+    sid = split_id(split)
+    size = split_size(split)
+    if (
+        isinstance(index, bool)
+        or not isinstance(index, int | np.integer)
+        or not (0 <= index < size)
+    ):
+        raise ValueError(f"episode index {index!r} of split {split!r} must be in [0, {size})")
+    spec = np.empty(N_SPEC, dtype=np.int64)
+    gen = np.zeros((1, 1, 2), dtype=np.uint64)
+    generate(sid, int(index), tables or world_tables(), gen, 0, spec)
+    return spec
+
+
+def episode_spec(split: str, index: int, tables: WorldTables | None = None) -> EpisodeSpec:
+    """Episode ``index`` of ``split``, as the env would reset to it (default clutter)."""
+    row = generate_row(split, index, tables)
+    n_tok = int(row[SP_N_TOK])
+    tokens = row[SP_TOKENS : SP_TOKENS + L.MAX_TOKENS].copy()
+    goal = tuple(
+        (
+            C.CATEGORIES[row[SP_ATOMS + 3 * a]],
+            C.RECEPTACLES[row[SP_ATOMS + 3 * a + 1]],
+            int(row[SP_ATOMS + 3 * a + 2]),
+        )
+        for a in range(int(row[SP_N_ATOMS]))
+    )
+    n_obj = int(row[SP_N_OBJ])
+    objects = tuple(
+        (C.CATEGORIES[row[SP_OBJ_CAT + j]], C.RECEPTACLES[row[SP_OBJ_REC + j]])
+        for j in range(n_obj)
+    )
+    if n_tok > L.MAX_TOKENS:
+        raise RuntimeError(f"episode {index} of {split!r}: instruction of {n_tok} tokens")
+    return EpisodeSpec(
+        split=split,
+        index=int(index),
+        scene=int(row[SP_SCENE]),
+        instruction_type=L.INSTRUCTION_TYPES[row[SP_TYPE]],
+        template=int(row[SP_TEMPLATE]),
+        held_out_phrasing=bool(row[SP_HELD_OUT]),
+        instruction=L.detokenize(tokens),
+        tokens=tokens,
+        goal=goal,
+        articulated_open=tuple(bool(v) for v in row[SP_ART : SP_ART + C.N_ARTICULATED]),
+        objects=objects,
+        slots={name: int(row[SP_SLOTS + k]) for k, name in enumerate(L.SLOTS)},
+        row=row,
+    )
+
+
+def describe_splits() -> dict[str, dict[str, Any]]:
+    """Each split's size and its rule's docstring line (for docs and ``twinloop info``)."""
+    return {s: {"episodes": split_size(s)} for s in SPLITS}
