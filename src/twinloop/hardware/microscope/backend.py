@@ -10,6 +10,8 @@ Data flow of one command (probe x, y in the view; dwell)::
 The task, the reward and the termination are the simulator's own code; only the measurement
 now comes from images. Any instrument fault puts the beam in its safe state (blanked) and
 surfaces as a :class:`~.protocol.MicroscopeFault`; the env then calls :meth:`safe_state`.
+A fault during :meth:`MicroscopeBackend.reset` (which images, and on a twin re-seeds the
+sample) tries to blank the beam before it propagates, as a fault during a step does.
 
 Holes (``n_holes > 0``): every frame is searched for holes (:func:`perception.find_holes`),
 which are kept in a map in the sample frame (the estimated view centre plus their position in
@@ -201,18 +203,26 @@ class MicroscopeBackend(BaseBackend):
             self._connected = False
 
     def safe_state(self) -> None:
-        """Blank the beam (best effort on a broken link)."""
+        """Blank the beam (best effort on a broken link: a failure is logged in one line)."""
         try:
             self.microscope.blank()
-        except Exception:
-            log.exception("could not blank the beam")
+        except Exception as exc:
+            log.error("could not blank the beam: %s: %s", type(exc).__name__, exc)
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
         """New sample on a twin (re-seeded); on an instrument, just image the current state.
 
         With ``n_holes > 0`` the hole map is cleared and the neighbourhood surveyed
-        (:meth:`_survey`). The first measurement reports ``elapsed_s = 0``.
+        (:meth:`_survey`). The first measurement reports ``elapsed_s = 0``. Any fault tries
+        to blank the beam before it propagates.
         """
+        try:
+            return self._reset(seed)
+        except BaseException:
+            self.safe_state()
+            raise
+
+    def _reset(self, seed: int | None) -> np.ndarray:
         self.microscope.reset_sample(seed)
         self._view[:] = 0.0
         self._atoms = np.zeros((0, 2))

@@ -1,4 +1,4 @@
-"""The STEM instrument interface and its wire protocol.
+"""The STEM instrument interface, its wire protocol, and the contract every device twin keeps.
 
 :class:`Microscope` is what twinloop needs from a scanning transmission electron microscope:
 field of view, voltage and current, a probe parked at a position, a dwell with the beam
@@ -10,27 +10,91 @@ instrument (:mod:`.fake`), a network client (:mod:`.remote`) for the twin served
 Every command is checked against the instrument's :class:`MicroscopeLimits` before it is
 sent, and again by the twin when it arrives.
 
-Wire protocol, version 1 (ZeroMQ REQ/REP, one msgpack map per message; never pickle)::
+Wire protocol, version 1 (ZeroMQ request-reply over TCP, one msgpack map per message; never
+pickle). A request is a ZeroMQ message of two frames, an empty delimiter and the map (what a
+``REQ`` socket sends); the reply comes back the same way::
 
-    request  {"v": 1, "id": <int>, "op": <str>, "args": {<str>: <scalar|list>}, "token": <str|nil>}
+    request  {"v": 1, "id": <int>, "op": <str>, "args": {<str>: <number>}, "token": <str|nil>}
     response {"v": 1, "id": <same int>, "ok": true,  "result": <value>}
-           | {"v": 1, "id": <same int>, "ok": false, "error": {"type": <str>, "message": <str>}}
+           | {"v": 1, "id": <same int|nil>, "ok": false, "error": {"type": <str>, "message": <str>}}
 
-Operations: ``hello`` (protocol version, limits, identity), ``ping``, ``reset`` (twin only:
-re-seed the simulated sample), ``state`` (fov, voltage, current, probe, blanked, clock),
-``park`` {x_angstrom, y_angstrom}, ``dwell`` {seconds}, ``blank``, ``unblank``,
-``acquire`` {pixels, pixel_time_s}, ``shift_view`` {dx_angstrom, dy_angstrom}, ``truth``
-(twin only: the simulator's privileged state). A frame travels as
+Operations: ``hello`` (protocol version, limits, identity), ``ping``, ``reset`` {seed} (twin
+only: re-seed the simulated sample; -1 draws fresh entropy), ``state`` (fov, voltage, current,
+probe, blanked, clock), ``park`` {x_angstrom, y_angstrom}, ``dwell`` {seconds}, ``blank``,
+``unblank``, ``acquire`` {pixels, pixel_time_s}, ``shift_view`` {dx_angstrom, dy_angstrom},
+``truth`` (twin only: the simulator's privileged state). ``seed`` is an integer in
+[-1, 2^63), ``pixels`` an integer in [0, 2^31) (booleans are not integers); every other
+argument is a finite number (int or float). An operation takes exactly its arguments
+(``args`` may be left out when it takes none); a request has no keys but ``v``, ``id``,
+``op``, ``args`` and ``token``; ``id`` is an integer in [0, 2^63). A frame travels as
 ``{"image": <bytes, little-endian float32, row-major>, "shape": [h, w], "metadata": {...}}``.
-Error types: ``limit`` (a command outside the instrument's limits; nothing was executed),
-``bad_request`` (malformed), ``unauthorized`` (wrong token), ``version``, ``unsupported``,
-``internal``.
+Error types (:data:`REFUSALS`): ``bad_request`` (malformed: envelope, encoding, keys, types,
+shapes, domains, non-finite numbers), ``version``, ``unauthorized`` (wrong or missing token),
+``unsupported``, ``limit`` (a command outside the instrument's limits); and ``internal``, a
+fault of the twin itself, never the answer to anything a client sent.
+
+The contract of a device twin. What a client may rely on, whatever any other peer sends. It
+is written for every network twin, not only this one: the robot and skills twins that come
+next keep the same guarantees with their own safe state (here: the beam blanked), and their
+tests check each one as ``tests/hardware/microscope`` does (``test_protocol.py``,
+``test_zmtp.py``, ``test_hostile.py``, ``test_client.py``), with random and adversarial input:
+random bytes, wrong types and shapes, non-finite and extreme numbers in every field,
+multi-part and out-of-order messages, floods, silent and slow peers, several clients at once.
+
+1. **One request, one reply, to its sender.** Every request that arrives whole gets exactly
+   one reply, on the connection it came on, in the order sent, and pipelined requests are
+   answered as fast as they come. Other peers' messages, however malformed, never take, drop
+   or hold up that reply beyond their turn. A request that has arrived when its connection's
+   idle time runs out is still answered. A message whose envelope is not ``[empty, map]``
+   (an extra frame, no delimiter, several copies) is answered ``bad_request``. Bytes that
+   are not the transport's protocol (ZMTP 3), a frame or message over
+   :data:`MAX_REQUEST_BYTES` or of more than :data:`MAX_FRAMES` frames close that one
+   connection without a reply: they are refused before they are read.
+2. **One validation path.** :func:`decode_request` checks every field of every message (size,
+   encoding, nesting, keys, the version, the token, the operation, each argument's type,
+   domain and finiteness) before anything executes; the instrument then checks its limits.
+   Nothing a client sends reaches the device unchecked or ends as ``internal``.
+3. **A refusal names the request.** It carries the request's id whenever one can be read (a
+   map with an integer ``id`` before anything undecodable, whatever else is wrong), so the
+   client reports the refusal, not an id mismatch. The twin logs one line per refusal
+   (at most 10 a second, the rest counted), never a traceback.
+4. **Every refusal leaves the device safe.** Whatever the reason (malformed, version, token,
+   unsupported, limit, a connection closed for breaking the transport's protocol or a bound,
+   or an internal fault), the twin executes nothing of the refused request and puts the
+   device in its safe state (beam blanked) before it replies.
+5. **Only accepted requests count.** The watchdog (the safe state when no accepted request
+   came for ``watchdog_s``) and the idle timeout are fed by valid, authorized requests only;
+   a stream of refused ones keeps neither the device out of its safe state nor a connection
+   open.
+6. **Bounded resources per peer.** The twin binds to 127.0.0.1 unless told otherwise. Per
+   connection it holds at most one request in progress and one unsent reply: it reads a
+   connection's next request only once the previous reply is on its way, so a peer that
+   never reads is throttled by TCP and closed after ``send_timeout_s``. A handshake must
+   finish within ``handshake_timeout_s``; a connection without an accepted request for
+   ``idle_timeout_s`` is closed (a ZeroMQ client reconnects by itself). At most
+   ``max_connections`` are open: a new one first frees the slots of peers whose handshake
+   was garbage or who left, then evicts the least valuable (no handshake yet, then no
+   accepted request yet, then the least recently active; one being answered last), so idle,
+   hostile or flooding connections cannot lock a well-formed client out. An exhausted
+   file-descriptor table evicts or pauses accepting, never spins. Each round answers at most
+   one request per connection (fair). Memory stays below ``max_connections x (largest reply
+   + 2 x MAX_REQUEST_BYTES + 64 KiB)`` (:mod:`.zmtp`).
+7. **Secrets.** The token is compared in constant time on its UTF-8 bytes (any Unicode
+   token); ``twinloop serve`` and ``twinloop run`` read it from ``--token-file`` or
+   ``$TWINLOOP_TOKEN`` as well as from ``--token`` (which other local users see in the process
+   list). Nothing travels pickled.
+8. **The client is bounded too.** :class:`~.remote.RemoteMicroscope` refuses a reply larger
+   than its ``max_reply_bytes`` before receiving it (ZMQ_MAXMSGSIZE: the connection drops and
+   the request fails with a fault that says so), validates every reply, and the backend tries
+   the safe state on any fault, in ``reset`` as in ``step``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import math
+import reprlib
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -38,22 +102,236 @@ import numpy as np
 from twinloop.core.backend import BackendFault
 
 PROTOCOL_VERSION = 1
-#: Largest request the twin accepts (bytes); requests are small maps.
+#: Largest request the twin accepts (bytes, all frames together); requests are small maps.
 MAX_REQUEST_BYTES = 64 * 1024
-#: Operations of protocol version 1 and the argument names and types each takes.
-OPERATIONS: dict[str, dict[str, type]] = {
+#: Most frames of one request message (a valid one has two).
+MAX_FRAMES = 8
+#: Request ids are integers in [0, MAX_ID].
+MAX_ID = 2**63 - 1
+#: Error types a twin answers to what a client sent (``internal`` is the twin's own fault).
+REFUSALS = ("bad_request", "version", "unauthorized", "unsupported", "limit")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arg:
+    """One argument of an operation: its type on the wire and the domain of its values.
+
+    Attributes:
+        kind: ``int`` (an integer, not a bool) or ``float`` (an int or a float, finite).
+        lo: Smallest value the protocol admits (the instrument's limits are checked later).
+        hi: Largest value the protocol admits.
+    """
+
+    kind: type
+    lo: float = -math.inf
+    hi: float = math.inf
+
+    def check(self, where: str, value: Any) -> int | float:
+        """The value, if it has the right type and lies in the domain.
+
+        Raises:
+            Refusal: ``bad_request`` otherwise.
+        """
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Refusal(
+                "bad_request", f"{where} must be {self.kind.__name__}, got {_show(value)}"
+            )
+        if self.kind is int and not isinstance(value, int):
+            raise Refusal("bad_request", f"{where} must be int, got {_show(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Refusal("bad_request", f"{where} must be a finite number, got {value!r}")
+        if not self.lo <= value <= self.hi:
+            raise Refusal("bad_request", f"{where} = {value!r} is outside [{self.lo}, {self.hi}]")
+        return value
+
+
+#: Operations of protocol version 1 and the arguments each takes.
+OPERATIONS: dict[str, dict[str, Arg]] = {
     "hello": {},
     "ping": {},
-    "reset": {"seed": int},
+    "reset": {"seed": Arg(int, -1, 2**63 - 1)},
     "state": {},
-    "park": {"x_angstrom": float, "y_angstrom": float},
-    "dwell": {"seconds": float},
+    "park": {"x_angstrom": Arg(float), "y_angstrom": Arg(float)},
+    "dwell": {"seconds": Arg(float)},
     "blank": {},
     "unblank": {},
-    "acquire": {"pixels": int, "pixel_time_s": float},
-    "shift_view": {"dx_angstrom": float, "dy_angstrom": float},
+    "acquire": {"pixels": Arg(int, 0, 2**31 - 1), "pixel_time_s": Arg(float)},
+    "shift_view": {"dx_angstrom": Arg(float), "dy_angstrom": Arg(float)},
     "truth": {},
 }
+#: Keys of a request map; ``args`` and ``token`` may be left out.
+REQUEST_KEYS = frozenset({"v", "id", "op", "args", "token"})
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 40, 40
+_repr.maxlist = _repr.maxdict = _repr.maxtuple = 4
+
+
+def _show(value: Any) -> str:
+    """A short, bounded description of a client's value (deep or huge values stay short)."""
+    return f"{type(value).__name__} {_repr.repr(value)}"
+
+
+class Refusal(Exception):
+    """A request the twin will not execute: its error type, message and id (if readable).
+
+    Args:
+        kind: One of :data:`REFUSALS`.
+        message: What was wrong, for the client.
+        rid: The request's id, or None when none could be read.
+    """
+
+    def __init__(self, kind: str, message: str, rid: int | None = None) -> None:
+        """Keep the kind and id beside the message."""
+        super().__init__(message)
+        self.kind = kind
+        self.rid = rid
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """A request that passed :func:`decode_request`: a known operation with valid arguments."""
+
+    id: int
+    op: str
+    args: dict[str, int | float]
+
+
+def _read_id(msg: Any) -> int | None:
+    rid = msg.get("id") if isinstance(msg, dict) else None
+    if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= MAX_ID:
+        return rid
+    return None
+
+
+#: Bounds on every length inside a request (all below its size); ext types are refused.
+_UNPACK_LIMITS = dict(
+    raw=False,
+    max_bin_len=1024,
+    max_str_len=4096,
+    max_array_len=64,
+    max_map_len=32,
+    max_ext_len=0,
+    strict_map_key=True,
+)
+
+
+def _unpack(raw: bytes) -> Any:
+    import msgpack
+
+    return msgpack.unpackb(raw, **_UNPACK_LIMITS)
+
+
+def peek_id(raw: bytes) -> int | None:
+    """The id of an encoded request, read up to the first thing wrong with it (else None).
+
+    The top-level map is read pair by pair, so the id is found even when a later value cannot
+    be decoded (too deep, too long, an ext type), as long as it comes before that value.
+    """
+    import msgpack
+
+    if len(raw) > MAX_REQUEST_BYTES:
+        return None
+    unpacker = msgpack.Unpacker(max_buffer_size=MAX_REQUEST_BYTES, **_UNPACK_LIMITS)
+    unpacker.feed(raw)
+    try:
+        for _ in range(min(unpacker.read_map_header(), 32)):
+            key = unpacker.unpack()
+            value = unpacker.unpack()
+            if key == "id":
+                return _read_id({"id": value})
+    except Exception:  # nothing more can be read
+        return None
+    return None
+
+
+def decode_request(frames: list[bytes], token: str | None) -> Request:
+    """Validate one request message, every field of it; the only way a request is read.
+
+    Args:
+        frames: The message's frames after any routing id (a valid one: ``[b"", map]``).
+        token: The secret the twin requires (None: none).
+
+    Raises:
+        Refusal: The request is malformed, of another version, or unauthorized; its ``rid``
+            is the request's id whenever one can be read.
+    """
+    if len(frames) != 2 or len(frames[0]) != 0:
+        shape = "/".join(str(len(f)) for f in frames[:MAX_FRAMES])
+        ids = (peek_id(f) for f in frames[:MAX_FRAMES] if f)
+        raise Refusal(
+            "bad_request",
+            f"a request is two frames, an empty delimiter and one msgpack map (what a ZeroMQ "
+            f"REQ socket sends); got {len(frames)} frame(s) of {shape} bytes",
+            next((i for i in ids if i is not None), None),
+        )
+    raw = frames[1]
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise Refusal("bad_request", f"request of {len(raw)} bytes exceeds {MAX_REQUEST_BYTES}")
+    try:
+        msg = _unpack(raw)
+    except Exception as exc:  # any decoder complaint: malformed, too deep, too long, ext
+        raise Refusal(
+            "bad_request", f"undecodable request ({type(exc).__name__})", peek_id(raw)
+        ) from None
+    if not isinstance(msg, dict):
+        raise Refusal("bad_request", f"a request must be a map, got {_show(msg)}")
+    rid = _read_id(msg)
+    if rid is None:
+        raise Refusal(
+            "bad_request", f"request id must be an int in [0, 2^63), got {_show(msg.get('id'))}"
+        )
+    try:
+        return _validate(msg, rid, token)
+    except Refusal as exc:
+        exc.rid = rid
+        raise
+
+
+def _validate(msg: dict[Any, Any], rid: int, token: str | None) -> Request:
+    unknown = [k for k in msg if k not in REQUEST_KEYS]
+    if unknown:
+        raise Refusal("bad_request", f"unknown request keys {_show(unknown)}")
+    v = msg.get("v")
+    if type(v) is not int or v != PROTOCOL_VERSION:
+        raise Refusal("version", f"protocol {_show(v)}; this twin speaks v{PROTOCOL_VERSION}")
+    given = msg.get("token")
+    if given is not None and not isinstance(given, str):
+        raise Refusal("bad_request", f"token must be a string, got {type(given).__name__}")
+    if token is not None and not (
+        isinstance(given, str) and hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
+    ):
+        raise Refusal("unauthorized", "wrong or missing token")
+    op = msg.get("op")
+    if not isinstance(op, str) or op not in OPERATIONS:
+        raise Refusal(
+            "bad_request", f"unknown operation {_show(op)}; valid: {', '.join(OPERATIONS)}"
+        )
+    args = msg.get("args", {})
+    if not isinstance(args, dict):
+        raise Refusal("bad_request", f"{op}: args must be a map, got {_show(args)}")
+    spec = OPERATIONS[op]
+    if set(args) != set(spec):
+        got = ", ".join(sorted(_repr.repr(k) for k in args)) or "none"
+        raise Refusal("bad_request", f"{op} takes arguments {sorted(spec)}, got {got}")
+    return Request(
+        rid, op, {name: arg.check(f"{op}.{name}", args[name]) for name, arg in spec.items()}
+    )
+
+
+def ok_reply(rid: int, result: Any) -> dict[str, Any]:
+    """The reply to an executed request."""
+    return {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": result}
+
+
+def error_reply(rid: int | None, kind: str, message: str) -> dict[str, Any]:
+    """The reply to a refused (or failed) request."""
+    return {
+        "v": PROTOCOL_VERSION,
+        "id": rid,
+        "ok": False,
+        "error": {"type": kind, "message": message},
+    }
 
 
 class MicroscopeLimitError(ValueError):

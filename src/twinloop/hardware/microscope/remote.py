@@ -5,7 +5,13 @@ unusable, so the client closes it and opens a fresh one for the next request ("l
 after a twin restarts, the next call simply reconnects. Every response is validated (version,
 id, types, frame size) before it is used. A timeout's error says what to do: a twin answers
 only once it has printed its "listening on" line (:mod:`twinloop.hardware.ready`). See
-:mod:`.protocol` for the wire format.
+:mod:`.protocol` for the wire format and the contract.
+
+A reply is never larger than :attr:`RemoteMicroscope.max_reply_bytes` (by default the largest
+frame, ``max_frame_pixels`` squared float32, plus 1 MiB for the rest of the map): ZeroMQ's
+ZMQ_MAXMSGSIZE makes the socket drop a connection that announces a larger frame before any of
+it is received or decoded, so a rogue endpoint cannot make the client take 256 MiB. The
+request then fails when its timeout ends, with an error that names the limit.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from twinloop.hardware.ready import slow_answer_hint
 log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+#: Room in a reply for everything but the frame's pixels (metadata, msgpack framing).
+REPLY_OVERHEAD_BYTES = 1 << 20
 
 
 class RemoteMicroscope:
@@ -36,6 +44,8 @@ class RemoteMicroscope:
         token: Shared secret, if the twin requires one.
         timeout_s: Longest wait for any reply.
         max_frame_pixels: Largest frame side accepted from the twin.
+        max_reply_bytes: Largest reply accepted (default: a frame of ``max_frame_pixels``
+            squared plus 1 MiB).
     """
 
     kind = "remote"
@@ -46,6 +56,7 @@ class RemoteMicroscope:
         token: str | None = None,
         timeout_s: float = 10.0,
         max_frame_pixels: int = 2048,
+        max_reply_bytes: int | None = None,
     ) -> None:
         """Nothing connects until :meth:`connect`."""
         if not isinstance(address, str) or "://" not in address:
@@ -56,6 +67,12 @@ class RemoteMicroscope:
         self.token = token
         self.timeout_s = float(timeout_s)
         self.max_frame_pixels = int(max_frame_pixels)
+        if max_reply_bytes is None:
+            max_reply_bytes = 4 * self.max_frame_pixels**2 + REPLY_OVERHEAD_BYTES
+        if not int(max_reply_bytes) > 0:
+            raise ValueError(f"max_reply_bytes must be > 0, got {max_reply_bytes!r}")
+        self.max_reply_bytes = int(max_reply_bytes)
+        self._monitor: Any = None
         self._ids = itertools.count(1)
         self._ctx: Any = None
         self._sock: Any = None
@@ -74,13 +91,33 @@ class RemoteMicroscope:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, int(self.timeout_s * 1000))
         sock.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
+        # watch for dropped connections, to say why a reply did not come
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sock.connect(self.address)
         self._sock = sock
 
     def _drop_socket(self) -> None:
         if self._sock is not None:
+            if self._monitor is not None:
+                self._sock.disable_monitor()
+                self._monitor.close(linger=0)
+                self._monitor = None
             self._sock.close(linger=0)
             self._sock = None
+
+    def _disconnects(self) -> int:
+        """Connections dropped since the last call (from the socket's monitor)."""
+        import zmq
+
+        n = 0
+        while self._monitor is not None:
+            try:
+                self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+        return n
 
     def request(self, op: str, timeout_s: float | None = None, **args: Any) -> Any:
         """Send one request and return its validated result.
@@ -99,15 +136,23 @@ class RemoteMicroscope:
             self._sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
         rid = next(self._ids)
         msg = {"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args, "token": self.token}
+        self._disconnects()  # forget drops before this request
         try:
             self._sock.send(msgpack.packb(msg, use_bin_type=True))
             raw = self._sock.recv()
         except zmq.Again:
+            dropped = self._disconnects()
             self._drop_socket()
             self._link_down = True
+            why = (
+                "the connection dropped while waiting: the twin stopped, or its reply was "
+                f"larger than this client accepts (max_reply_bytes = {self.max_reply_bytes}). "
+                if dropped
+                else ""
+            )
             raise MicroscopeFault(
                 f"microscope at {self.address} did not answer {op!r} within "
-                f"{timeout_s or self.timeout_s:g} s. "
+                f"{timeout_s or self.timeout_s:g} s. {why}"
                 + slow_answer_hint("twinloop serve microscope", "timeout_s", self.timeout_s)
             ) from None
         except zmq.ZMQError as exc:
@@ -124,12 +169,15 @@ class RemoteMicroscope:
             raise MicroscopeFault(f"undecodable reply to {op!r} from {self.address}") from exc
         if not isinstance(reply, dict) or reply.get("v") != PROTOCOL_VERSION:
             raise MicroscopeFault(f"reply to {op!r} is not protocol v{PROTOCOL_VERSION}: {reply!r}")
-        if reply.get("id") != rid:
+        ok = reply.get("ok")
+        # a refusal without an id answers this request too: the twin could not read the id
+        if reply.get("id") != rid and not (ok is False and reply.get("id") is None):
             raise MicroscopeFault(f"reply id {reply.get('id')!r} does not match request {rid}")
-        if reply.get("ok") is True:
+        if ok is True:
             return reply.get("result")
-        error = reply.get("error") or {}
-        kind, text = error.get("type", "internal"), error.get("message", "unknown error")
+        error = reply.get("error")
+        error = error if isinstance(error, dict) else {}
+        kind, text = str(error.get("type", "internal")), str(error.get("message", "unknown error"))
         if kind == "limit":
             raise MicroscopeLimitError(text)
         if kind == "unauthorized":

@@ -1,11 +1,22 @@
 """The microscope network twin: a simulated STEM behind protocol version 1 (ZeroMQ + msgpack).
 
-``twinloop serve microscope [--host H] [--port P] [--token T]`` runs :class:`MicroscopeServer`
-in its own process. It binds to 127.0.0.1 unless told otherwise, validates every message
-(size, encoding, version, operation, argument names and types, token) before acting, refuses
-commands outside the instrument's limits without executing them, and never stops serving on a
-bad message. A watchdog blanks the beam when no request arrives for ``watchdog_s`` seconds
-while the beam is unblanked.
+``twinloop serve microscope [--host H] [--port P] [--token-file F]`` runs
+:class:`MicroscopeServer` in its own process. It binds to 127.0.0.1 unless told otherwise and
+keeps the contract written in :mod:`.protocol`: every request that arrives whole gets one
+reply on its own connection; :func:`~.protocol.decode_request` validates every field before
+anything executes; every refusal blanks the beam and carries the request's id when one can be
+read; only accepted requests feed the watchdog (beam blanked after ``watchdog_s`` without one
+while unblanked); what one peer may make the twin hold is bounded (:mod:`.zmtp`).
+
+Data flow of one request::
+
+    TCP bytes -> zmtp.ZmtpServer (handshake, frames, per-peer bounds, one request per peer
+    per round) -> MicroscopeServer.handle(frames) -> protocol.decode_request (envelope,
+    encoding, keys, version, token, op, argument types)
+        -> refused:  beam blanked, {"ok": false, "id": <id if readable>, "error": ...}
+        -> accepted: watchdog fed -> _execute on the SimMicroscope (limits checked there;
+           a limit refusal blanks the beam too) -> {"ok": true, "result": ...}
+    -> msgpack -> back on the same connection
 
 Before it serves, :meth:`MicroscopeServer.warm_up` replays :func:`warm_up_requests` (every
 operation, and both branches of ``acquire``: the Si in view and out of it) through the same
@@ -16,7 +27,6 @@ inside its first request (see :mod:`twinloop.hardware.ready`).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -24,21 +34,20 @@ from typing import Any
 
 from twinloop.hardware.microscope.fake import SimMicroscope
 from twinloop.hardware.microscope.protocol import (
+    MAX_FRAMES,
     MAX_REQUEST_BYTES,
-    OPERATIONS,
     PROTOCOL_VERSION,
     MicroscopeLimitError,
     MicroscopeLimits,
+    Refusal,
+    Request,
+    decode_request,
+    error_reply,
+    ok_reply,
 )
+from twinloop.hardware.microscope.zmtp import LogThrottle, PeerLimits, ZmtpServer
 
 log = logging.getLogger(__name__)
-
-
-class _BadRequest(Exception):
-    def __init__(self, kind: str, message: str, rid: Any = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.rid = rid
 
 
 def warm_up_requests(limits: MicroscopeLimits) -> list[tuple[str, dict[str, Any]]]:
@@ -66,15 +75,21 @@ def warm_up_requests(limits: MicroscopeLimits) -> list[tuple[str, dict[str, Any]
 
 
 class MicroscopeServer:
-    """Serve a :class:`~.fake.SimMicroscope` over ZeroMQ REQ/REP.
+    """Serve a :class:`~.fake.SimMicroscope` to ZeroMQ REQ (and DEALER) clients.
 
     Args:
         microscope: The simulated instrument to serve.
         host: Interface to bind (default loopback only).
         port: TCP port; 0 picks a free one (see :attr:`address`).
-        token: Shared secret every request must carry (None: no token required).
-        watchdog_s: Blank the beam after this long without a request while it is unblanked.
+        token: Shared secret every request must carry (None: no token required); any
+            Unicode string.
+        watchdog_s: Blank the beam after this long without an accepted request while it is
+            unblanked.
         share_truth: Answer ``truth`` requests with the simulator's privileged state.
+        max_connections: Open connections at most; a new one evicts the least recently active.
+        idle_timeout_s: Close a connection without an accepted request for this long.
+        send_timeout_s: Close a connection whose reply made no progress for this long.
+        handshake_timeout_s: Close a connection that has not finished its handshake by then.
     """
 
     def __init__(
@@ -85,35 +100,53 @@ class MicroscopeServer:
         token: str | None = None,
         watchdog_s: float = 5.0,
         share_truth: bool = True,
+        max_connections: int = 16,
+        idle_timeout_s: float = 300.0,
+        send_timeout_s: float = 10.0,
+        handshake_timeout_s: float = 5.0,
     ) -> None:
         """Bind the socket (the port is taken when this returns)."""
-        import zmq
-
         if not 0 <= int(port) <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {port}")
         if not watchdog_s > 0:
             raise ValueError(f"watchdog_s must be > 0, got {watchdog_s}")
+        if token is not None:
+            if not isinstance(token, str) or not token:
+                raise ValueError("token must be a non-empty string (or None)")
+            try:
+                token.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"token is not valid Unicode text: {exc}") from None
+        limits = PeerLimits(
+            max_message_bytes=MAX_REQUEST_BYTES,
+            max_frames=MAX_FRAMES,
+            max_connections=int(max_connections),
+            idle_timeout_s=float(idle_timeout_s),
+            handshake_timeout_s=float(handshake_timeout_s),
+            send_timeout_s=float(send_timeout_s),
+        )
         self.microscope = microscope
         self.token = token
         self.watchdog_s = float(watchdog_s)
         self.share_truth = share_truth
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.REP)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        if int(port) == 0:
-            port = self._sock.bind_to_random_port(f"tcp://{host}")
-        else:
-            self._sock.bind(f"tcp://{host}:{int(port)}")
-        self.host, self.port = host, int(port)
-        self.address = f"tcp://{host}:{self.port}"
+        self._net = ZmtpServer(host, int(port), limits)
+        self.host, self.port, self.address = host, self._net.port, self._net.address
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._serving = False
         self.requests = 0
         self.rejected = 0
         self.watchdog_trips = 0
+        #: When the last accepted request arrived (time.monotonic); only these feed the watchdog.
+        self.last_accepted_s = time.monotonic()
         self.warmed_up = False
+        self._say = LogThrottle(log)
         self.microscope.connect()
+
+    @property
+    def net(self) -> ZmtpServer:
+        """The transport: connections, eviction count, bytes held for peers."""
+        return self._net
 
     def warm_up(self) -> None:
         """Compile (or load) every kernel a request runs; the served instrument is untouched.
@@ -135,8 +168,7 @@ class MicroscopeServer:
             if op == "truth" and not self.share_truth:
                 continue
             msg = {"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args, "token": self.token}
-            raw = msgpack.packb(msg, use_bin_type=True)
-            reply = self._reply(raw, shadow)
+            reply = self._reply([b"", msgpack.packb(msg, use_bin_type=True)], shadow)
             msgpack.packb(reply, use_bin_type=True)
             if not reply["ok"]:
                 error = reply["error"]
@@ -152,30 +184,14 @@ class MicroscopeServer:
 
         The beam is blanked on the way out.
         """
-        import zmq
-
         self.warm_up()
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        last = time.monotonic()
+        self.last_accepted_s = time.monotonic()
+        self._serving = True
         try:
-            while not self._stop.is_set():
-                events = dict(poller.poll(timeout=100))
-                if self._sock not in events:
-                    if not self.microscope.blanked and time.monotonic() - last > self.watchdog_s:
-                        self.microscope.blank()
-                        self.watchdog_trips += 1
-                        log.warning(
-                            "watchdog: no request for %.1f s, beam blanked", self.watchdog_s
-                        )
-                    continue
-                raw = self._sock.recv()
-                last = time.monotonic()
-                self._sock.send(self._answer(raw))
+            self._net.serve(self.handle, self._watchdog, self._stop, refused=self._dropped)
         finally:
+            self._serving = False
             self.microscope.blank()
-            self._sock.close(linger=0)
-            self._ctx.term()
 
     def start(self) -> MicroscopeServer:
         """Warm up (in this thread), then serve in a background thread (tests, in-process twins)."""
@@ -191,134 +207,102 @@ class MicroscopeServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if not self._serving:  # otherwise the serving loop closes it on its way out
+            self._net.close()
+
+    def _dropped(self, why: str) -> None:
+        """A message refused before it could be read (over a bound, not ZMTP): go safe."""
+        self.microscope.blank()
+        self.rejected += 1
+
+    def _watchdog(self, now: float) -> None:
+        if not self.microscope.blanked and now - self.last_accepted_s > self.watchdog_s:
+            self.microscope.blank()
+            self.watchdog_trips += 1
+            log.warning("watchdog: no accepted request for %.1f s, beam blanked", self.watchdog_s)
 
     # one request ----------------------------------------------------------------------------------
-    def _answer(self, raw: bytes) -> bytes:
+    def handle(self, frames: list[bytes]) -> tuple[list[bytes], bool]:
+        """Answer one request message (its frames): ``([b"", reply], accepted)``."""
         import msgpack
 
         self.requests += 1
-        reply = self._reply(raw, self.microscope)
+        reply = self._reply(frames, self.microscope)
         if not reply["ok"] and reply["error"]["type"] != "internal":
             self.rejected += 1
-        return msgpack.packb(reply, use_bin_type=True)
-
-    def _reply(self, raw: bytes, mic: SimMicroscope) -> dict[str, Any]:
-        """The reply to one request, executed on ``mic`` (the served one, or the warm-up's)."""
-        rid: Any = None
         try:
-            msg = self._decode(raw)
-            rid = msg["id"]
-            result = self._execute(msg["op"], msg["args"], mic)
-            return {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": result}
-        except _BadRequest as exc:
-            return _error(exc.rid if rid is None else rid, exc.kind, str(exc))
-        except MicroscopeLimitError as exc:
-            mic.blank()
-            return _error(rid, "limit", str(exc))
-        except Exception as exc:  # the twin must keep serving whatever went wrong
-            log.exception("internal error while serving a request")
-            mic.blank()
-            return _error(rid, "internal", f"{type(exc).__name__}: {exc}")
+            return [b"", msgpack.packb(reply, use_bin_type=True)], reply["ok"]
+        except Exception as exc:  # a result the twin cannot encode: its own fault
+            self.microscope.blank()
+            message = f"unencodable reply: {type(exc).__name__}: {exc}"
+            self._say(logging.ERROR, "internal error on request %s: %s", reply["id"], message)
+            failed = error_reply(reply["id"], "internal", message)
+            return [b"", msgpack.packb(failed, use_bin_type=True)], False
 
-    def _decode(self, raw: bytes) -> dict[str, Any]:
-        import msgpack
+    def _reply(self, frames: list[bytes], mic: SimMicroscope) -> dict[str, Any]:
+        """The reply to one request, executed on ``mic`` (the served one, or the warm-up's).
 
-        if len(raw) > MAX_REQUEST_BYTES:
-            raise _BadRequest("bad_request", f"request of {len(raw)} bytes exceeds the limit")
+        Every way out but success blanks the beam first (the contract's safe state).
+        """
+        request: Request | None = None
         try:
-            msg = msgpack.unpackb(
-                raw,
-                raw=False,
-                max_bin_len=1024,
-                max_str_len=4096,
-                max_array_len=64,
-                max_map_len=32,
-                strict_map_key=True,
-            )
-        except Exception as exc:
-            raise _BadRequest("bad_request", f"undecodable request: {type(exc).__name__}") from exc
-        if not isinstance(msg, dict):
-            raise _BadRequest("bad_request", "a request must be a map")
-        rid = msg.get("id")
-        if isinstance(rid, bool) or not isinstance(rid, int):
-            raise _BadRequest("bad_request", "request id must be an int")
-        if msg.get("v") != PROTOCOL_VERSION:
-            raise _BadRequest(
-                "version", f"protocol {msg.get('v')!r}; this twin speaks v{PROTOCOL_VERSION}", rid
-            )
-        if self.token is not None:
-            given = msg.get("token")
-            if not isinstance(given, str) or not hmac.compare_digest(given, self.token):
-                raise _BadRequest("unauthorized", "wrong or missing token", rid)
-        op = msg.get("op")
-        if op not in OPERATIONS:
-            raise _BadRequest(
-                "bad_request", f"unknown operation {op!r}; valid: {', '.join(OPERATIONS)}", rid
-            )
-        args = msg.get("args", {})
-        if not isinstance(args, dict):
-            raise _BadRequest("bad_request", "args must be a map", rid)
-        spec = OPERATIONS[op]
-        if set(args) != set(spec):
-            raise _BadRequest(
-                "bad_request",
-                f"{op} takes arguments {sorted(spec)}, got {sorted(map(str, args))}",
+            request = decode_request(frames, self.token)
+            result = self._execute(request, mic)
+            if mic is self.microscope:
+                self.last_accepted_s = time.monotonic()
+            return ok_reply(request.id, result)
+        except Refusal as exc:
+            mic.blank()
+            rid = request.id if request is not None else exc.rid
+            if mic is self.microscope:
+                self._say(logging.WARNING, "refused request %s (%s): %s", rid, exc.kind, exc)
+            return error_reply(rid, exc.kind, str(exc))
+        except Exception as exc:  # a fault of the twin itself; it must keep serving
+            mic.blank()
+            rid = request.id if request is not None else None
+            self._say(
+                logging.ERROR,
+                "internal error on request %s (%s): %s: %s",
                 rid,
+                request.op if request else "?",
+                type(exc).__name__,
+                exc,
             )
-        for name, kind in spec.items():
-            value = args[name]
-            ok = (
-                isinstance(value, int) and not isinstance(value, bool)
-                if kind is int
-                else isinstance(value, int | float) and not isinstance(value, bool)
-            )
-            if not ok:
-                raise _BadRequest(
-                    "bad_request",
-                    f"{op}.{name} must be {kind.__name__}, got {type(value).__name__}",
-                    rid,
-                )
-        msg["args"] = args
-        return msg
+            log.debug("internal error", exc_info=True)
+            return error_reply(rid, "internal", f"{type(exc).__name__}: {exc}")
 
-    def _execute(self, op: str, args: dict[str, Any], mic: SimMicroscope) -> Any:
-        if op == "hello":
-            return {
-                "protocol": PROTOCOL_VERSION,
-                "limits": mic.limits.to_dict(),
-                "identity": {**mic.identity(), "twin": True},
-            }
-        if op == "ping":
-            return {"clock_s": mic.clock_s}
-        if op == "reset":
-            seed = args["seed"]
-            if seed < -1:
-                raise MicroscopeLimitError(f"seed = {seed} must be >= 0 (or -1 for fresh entropy)")
-            mic.reset_sample(None if seed == -1 else seed)
-        elif op == "park":
-            mic.park(args["x_angstrom"], args["y_angstrom"])
-        elif op == "dwell":
-            mic.dwell(args["seconds"])
-        elif op == "blank":
-            mic.blank()
-        elif op == "unblank":
-            mic.unblank()
-        elif op == "shift_view":
-            mic.shift_view(args["dx_angstrom"], args["dy_angstrom"])
-        elif op == "acquire":
-            frame = mic.acquire(args["pixels"], args["pixel_time_s"])
-            return {"clock_s": mic.clock_s, "frame": frame.to_wire()}
-        elif op == "truth":
-            if not self.share_truth:
-                raise _BadRequest("unsupported", "this twin does not share its truth")
-            return mic.truth()
+    def _execute(self, request: Request, mic: SimMicroscope) -> Any:
+        """Run one validated request; the instrument's limits refuse as ``limit``."""
+        op, args = request.op, request.args
+        try:
+            if op == "hello":
+                return {
+                    "protocol": PROTOCOL_VERSION,
+                    "limits": mic.limits.to_dict(),
+                    "identity": {**mic.identity(), "twin": True},
+                }
+            if op == "ping":
+                return {"clock_s": mic.clock_s}
+            if op == "reset":
+                seed = int(args["seed"])
+                mic.reset_sample(None if seed == -1 else seed)
+            elif op == "park":
+                mic.park(args["x_angstrom"], args["y_angstrom"])
+            elif op == "dwell":
+                mic.dwell(args["seconds"])
+            elif op == "blank":
+                mic.blank()
+            elif op == "unblank":
+                mic.unblank()
+            elif op == "shift_view":
+                mic.shift_view(args["dx_angstrom"], args["dy_angstrom"])
+            elif op == "acquire":
+                frame = mic.acquire(int(args["pixels"]), args["pixel_time_s"])
+                return {"clock_s": mic.clock_s, "frame": frame.to_wire()}
+            elif op == "truth":
+                if not self.share_truth:
+                    raise Refusal("unsupported", "this twin does not share its truth")
+                return mic.truth()
+        except MicroscopeLimitError as exc:
+            raise Refusal("limit", str(exc)) from None
         return mic.state()
-
-
-def _error(rid: Any, kind: str, message: str) -> dict[str, Any]:
-    return {
-        "v": PROTOCOL_VERSION,
-        "id": rid if isinstance(rid, int) else None,
-        "ok": False,
-        "error": {"type": kind, "message": message},
-    }
