@@ -345,10 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_run(sub)
     _add_serve(sub)
+    from twinloop.controllers.rl.cli import add_agent_parser
     from twinloop.datasets.cli import add_data_parser
     from twinloop.demo_cli import add_parsers
 
     add_data_parser(sub)
+    add_agent_parser(sub)
     add_parsers(sub)
     return p
 
@@ -371,7 +373,8 @@ def _add_run(sub: Any) -> None:
         "--controller",
         required=True,
         metavar="NAME",
-        help=f"controller name: {', '.join(CONTROLLERS)}",
+        help=f"controller name: {', '.join(CONTROLLERS)}; or agent:DIR, an agent saved by "
+        "'twinloop agent train'",
     )
     s.add_argument(
         "--episodes",

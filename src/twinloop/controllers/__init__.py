@@ -1,7 +1,8 @@
 """Controllers: classical policies and learned agents that act on observations only.
 
 ``make_controller(name, env)`` builds one by name; ``CONTROLLERS`` lists the names with their
-lazy entry points.
+lazy entry points. ``agent:DIR`` names an agent trained by ``twinloop agent train`` (its run
+folder or a checkpoint folder), loaded by :mod:`twinloop.controllers.rl.controller`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ CONTROLLERS: dict[str, str] = {
     "altitude-hold": "twinloop.controllers.classical.balloon:AltitudeHold",
     "oracle": "twinloop.controllers.classical.rearrange:Oracle",
 }
+#: ``agent:DIR``: a saved agent (see :mod:`twinloop.controllers.rl`).
+AGENT_PREFIX = "agent:"
+AGENT_CONTROLLER = "twinloop.controllers.rl.controller:AgentController"
 
 
 def make_controller(name: str, env: Any, **kwargs: Any) -> Controller:
@@ -30,11 +34,16 @@ def make_controller(name: str, env: Any, **kwargs: Any) -> Controller:
     Raises:
         ValueError: Unknown name (the message lists valid ones) or unsupported system.
     """
-    if name not in CONTROLLERS:
+    if name.startswith(AGENT_PREFIX):
+        kwargs["path"] = name[len(AGENT_PREFIX) :]
+        cls = load(AGENT_CONTROLLER)
+    elif name not in CONTROLLERS:
         raise ValueError(
-            f"unknown controller {name!r}; valid controllers: {', '.join(CONTROLLERS)}"
+            f"unknown controller {name!r}; valid controllers: {', '.join(CONTROLLERS)}, "
+            f"or {AGENT_PREFIX}DIR (an agent saved by 'twinloop agent train')"
         )
-    cls = load(CONTROLLERS[name])
+    else:
+        cls = load(CONTROLLERS[name])
     obs_space = getattr(env, "single_observation_space", env.observation_space)
     act_space = getattr(env, "single_action_space", env.action_space)
     return cls(obs_space, act_space, getattr(env, "metadata", {}), **kwargs)

@@ -2,7 +2,8 @@
 
 It reads the privileged ``true/`` fields of the symbolic observation (world state and goal
 atoms) through the env's ``metadata["observation_layout"]``, and the action table from
-``metadata``, so it imports no simulator. Each step it replans from scratch: with an object in
+``metadata``, so it imports no simulator (in ``observation_mode="rgb"``, from the
+observation's ``symbolic`` entry). Each step it replans from scratch: with an object in
 hand, carry it to the receptacle of a goal atom that still needs its category (navigate, open
 the container if closed, place); with an empty hand, fetch an object of the first unmet atom
 from wherever it lies (navigate, open, pick). Every spec the generator makes is solvable in
@@ -44,9 +45,9 @@ class Oracle(Controller):
             if r >= 0:
                 self._rec_art[r] = a
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """One grounded action per row."""
-        obs = np.asarray(obs)
+    def act(self, obs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """One grounded action per row (rgb mode: planned from its ``symbolic`` entry)."""
+        obs = np.asarray(obs["symbolic"] if isinstance(obs, Mapping) else obs)
         loc = self.field(obs, "true/robot_location").astype(np.int64)
         held = self.field(obs, "true/held_category").astype(np.int64)
         art = self.field(obs, "true/articulated_open").astype(np.int64)
@@ -57,6 +58,11 @@ class Oracle(Controller):
         for i in range(obs.shape[0]):
             out[i] = self._plan(loc[i], held[i], art[i], ocat[i], orec[i], goal[i])
         return out
+
+    def act_one(self, obs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """Action for one observation (symbolic vector or rgb-mode dict)."""
+        obs = obs["symbolic"] if isinstance(obs, Mapping) else obs
+        return self.act(np.asarray(obs)[None])[0]
 
     def _go(self, loc: int, r: int, art: np.ndarray, then: int) -> int:
         """Navigate to receptacle ``r``, open it if it is a closed container, then ``then``."""

@@ -38,9 +38,17 @@ class RearrangeTaskConfig(ConfigSection):
     )
     observation_mode: str = param(
         "symbolic",
-        choices=("symbolic",),
-        doc="symbolic: instruction tokens, is_holding and the world state (true/...); "
-        "rendered RGB views come in a later slice",
+        choices=("symbolic", "rgb"),
+        doc="symbolic: flat instruction tokens, is_holding and the world state (true/...); "
+        "rgb: a Dict with the egocentric frame (render.py), tokens, is_holding and the "
+        "symbolic vector",
+    )
+    resolution: int = param(
+        224,
+        units="px",
+        ge=64,
+        le=224,
+        doc="side of the square RGB frame (observation_mode='rgb'); 224 [LLaRP]",
     )
     max_steps: int = param(
         32, units="actions", ge=1, le=1000, doc="high-level actions per episode; 32 [LLaRP]"

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import gymnasium as gym
+import numba
 import numpy as np
 from numba import prange
 
@@ -34,12 +35,14 @@ from twinloop.core.vector import (
     StepOut,
     command_limits,
     core_rows,
+    swap_num_threads,
     zero_row,
 )
 from twinloop.sim.rearrange import catalog as C
 from twinloop.sim.rearrange import episodes as E
 from twinloop.sim.rearrange import kernel as K
 from twinloop.sim.rearrange import language as L
+from twinloop.sim.rearrange import render as R
 from twinloop.sim.rearrange import task as T
 from twinloop.sim.rearrange.config import RearrangeConfig
 
@@ -171,6 +174,7 @@ def metadata(cfg: RearrangeConfig, layout: Layout) -> dict[str, Any]:
         "render_modes": [],
         "system": "rearrange",
         "observation_mode": cfg.task.observation_mode,
+        "resolution": cfg.task.resolution if cfg.task.observation_mode == "rgb" else None,
         "observation_layout": layout.describe(),
         "reward_terms": T.REWARD_TERMS,
         "split": cfg.task.split,
@@ -187,7 +191,9 @@ def metadata(cfg: RearrangeConfig, layout: Layout) -> dict[str, Any]:
 
 def make_env(cfg: RearrangeConfig, *, backend: Any, env_id: str = ENV_ID) -> TwinEnv:
     """Single-env factory: the rearrangement task on ``backend`` behind the safety layer."""
-    task = T.RearrangeTask(cfg, params_of(cfg))
+    task: T.RearrangeTask | R.RgbViewTask = T.RearrangeTask(cfg, params_of(cfg))
+    if cfg.task.observation_mode == "rgb":
+        task = R.RgbViewTask(task, cfg.task.resolution)
     return TwinEnv(
         task, backend, cfg.safety, env_id=env_id, config=cfg, metadata=metadata(cfg, task.layout)
     )
@@ -378,6 +384,61 @@ class RearrangeVectorEnv(KernelVectorEnv):
         )
         self.cfg = cfg
         self.metadata = {**self.metadata, **metadata(cfg, layout)}
+        self.rgb = cfg.task.observation_mode == "rgb"
+        if self.rgb:
+            res = cfg.task.resolution
+            self.render_tables = R.render_tables(res)
+            self.single_observation_space = R.rgb_space(res, layout)
+            self.observation_space = gym.vector.utils.batch_space(
+                self.single_observation_space, self.num_envs
+            )
+            # the kernel's step block holds symbolic rows only: recorders take the generic path
+            self.step_record_layout = None  # type: ignore[assignment]
+
+    def _frames(self, symbolic: np.ndarray) -> np.ndarray:
+        """Frames of symbolic rows, rendered in parallel (one thread per 2 frames at most)."""
+        res = self.cfg.task.resolution
+        images = np.empty((symbolic.shape[0], res, res, 3), dtype=np.uint8)
+        if symbolic.shape[0] == 1:
+            R.render_rows(symbolic, self.render_tables, images)
+            return images
+        cap = max(1, symbolic.shape[0] // 2)
+        prev = swap_num_threads(cap) if cap < numba.get_num_threads() else 0
+        try:
+            R.render_batch(symbolic, self.render_tables, images)
+        finally:
+            if prev:
+                swap_num_threads(prev)
+        return images
+
+    def _views(self, symbolic: np.ndarray) -> dict[str, np.ndarray]:
+        return R.rgb_views(symbolic, self._frames(symbolic))
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset (see :class:`~twinloop.core.vector.KernelVectorEnv`); rgb mode adds frames."""
+        obs, info = super().reset(seed=seed, options=options)
+        return (self._views(obs) if self.rgb else obs), info
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step (see :class:`~twinloop.core.vector.KernelVectorEnv`); rgb mode adds frames.
+
+        In rgb mode each ended env's ``final_obs`` is its rgb observation, a dict whose frame
+        is rendered from its final symbolic row.
+        """
+        obs, reward, terminated, truncated, info = super().step(actions)
+        if not self.rgb:
+            return obs, reward, terminated, truncated, info
+        if "final_obs" in info:
+            rows = np.flatnonzero(info["_final_obs"])
+            final = np.stack(list(info["final_obs"][rows])).astype(np.float32)
+            views = self._views(final)
+            fobs = np.empty(self.num_envs, dtype=object)
+            for k, row in enumerate(rows):
+                fobs[row] = {key: v[k] for key, v in views.items()}
+            info["final_obs"] = fobs
+        return self._views(obs), reward, terminated, truncated, info
 
     def reset_options(self, options: dict[str, Any]) -> EpisodeOptions:
         """``options["backend"]``: ``{"split": name, "episode": int or (n_envs,) ints}``.

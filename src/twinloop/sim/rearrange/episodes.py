@@ -109,6 +109,32 @@ class _Stream:
         return min(int(((z >> 11) + 1) * n / 2.0**53), n - 1)
 
 
+def _room_widths(rs: _Stream) -> list[int]:
+    """The first draws of a scene's stream: 3-5 rooms, each 30-60 dm wide."""
+    n = 3 + rs.randint(3)
+    return [30 + rs.randint(31) for _ in range(n)]
+
+
+#: Room depth (y) and height (z) in dm, the same for every room (ours).
+ROOM_DEPTH_DM = 40
+ROOM_HEIGHT_DM = 25
+
+
+@functools.cache
+def room_edges() -> np.ndarray:
+    """``(60, 6)`` x edges (dm) of each scene's rooms: room k spans ``[e[k], e[k + 1]]``.
+
+    Scenes with fewer than 5 rooms repeat their last edge.
+    """
+    edges = np.zeros((N_SCENES, 6), dtype=np.int64)
+    for s in range(N_SCENES):
+        widths = _room_widths(_Stream(_SCENE_SALT * 1_000_003 + s))
+        e = np.concatenate([[0], np.cumsum(widths)])
+        edges[s, : len(e)] = e
+        edges[s, len(e) :] = e[-1]
+    return edges
+
+
 @functools.cache
 def scene_layouts() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(n_rooms (60,), receptacle room (60, 11), receptacle position dm (60, 11, 2))``.
@@ -122,9 +148,9 @@ def scene_layouts() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xy = np.zeros((N_SCENES, C.N_RECEPTACLES, 2), dtype=np.int64)
     for s in range(N_SCENES):
         rs = _Stream(_SCENE_SALT * 1_000_003 + s)
-        n = 3 + rs.randint(3)
+        widths = _room_widths(rs)
+        n = len(widths)
         n_rooms[s] = n
-        widths = [30 + rs.randint(31) for _ in range(n)]
         x0 = np.concatenate([[0], np.cumsum(widths)])
         for r, name in enumerate(C.RECEPTACLES):
             if name in _FIXED_ROOM:

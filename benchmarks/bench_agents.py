@@ -1,0 +1,77 @@
+"""Learner updates/s and env steps/s of each agent, and the share of wall time in the env.
+
+Runs each agent for a fixed number of env steps on a twinloop vector env (PPO on STEM with
+continuous actions, DQN and QR-DQN on the balloon with discrete ones), after a short warm-up
+run that compiles the jitted functions, and prints a table; ``--json`` also writes it::
+
+    JAX_PLATFORMS=cpu .venv/bin/python benchmarks/bench_agents.py --steps 20000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+
+import twinloop
+from twinloop.controllers.rl.train import train
+from twinloop.core.text import table
+
+#: (agent, env id, agent settings): CPU-sized defaults of each agent.
+CASES = [
+    ("ppo", "twinloop/StemSteer-v0", {}),
+    ("dqn", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}),
+    ("qr-dqn", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}),
+]
+
+
+def bench(agent: str, env_id: str, overrides: dict, steps: int, n_envs: int) -> dict:
+    env = twinloop.make_vec(env_id, n_envs)
+    try:
+        with tempfile.TemporaryDirectory() as warm:  # compile outside the timing
+            train(env, agent, 2 * 128 * n_envs, 0, warm, overrides=overrides)
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            r = train(env, agent, steps, 0, out, overrides=overrides, checkpoint_every=steps)
+            wall = time.perf_counter() - t0
+    finally:
+        env.close()
+    return {
+        "agent": agent,
+        "env_id": env_id,
+        "n_envs": n_envs,
+        "env_steps": r.env_steps,
+        "updates": r.updates,
+        "wall_s": wall,
+        "env_steps_per_s": r.env_steps / wall,
+        "updates_per_s": r.updates / wall,
+        "env_fraction": r.env_s / wall,
+        "agent_fraction": r.agent_s / wall,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=20_000, help="env steps per agent")
+    p.add_argument("--n-envs", type=int, default=8, help="rows of the vector env")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    results = [bench(a, e, o, args.steps, args.n_envs) for a, e, o in CASES]
+    rows = [
+        (r["agent"], r["env_id"], r["env_steps"], r["updates"], f"{r['env_steps_per_s']:.0f}",
+         f"{r['updates_per_s']:.0f}", f"{r['env_fraction']:.0%}", f"{r['agent_fraction']:.0%}")
+        for r in results
+    ]  # fmt: skip
+    print(f"machine: {platform.machine()}, {platform.processor() or '?'}, python "
+          f"{platform.python_version()}")  # fmt: skip
+    print(table(rows, ("agent", "env", "env steps", "updates", "env steps/s", "updates/s",
+                       "time in env", "time in agent")))  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": platform.platform(), "results": results}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Learned agents in JAX: PPO and the value-based family (DQN, n-step, double, QR-DQN).
+
+Nothing here imports JAX until an agent is built or trained, so ``import twinloop`` and
+``import twinloop.controllers`` stay light. A trained agent is a folder of checkpoints
+(npz + json, no pickle) that :class:`~twinloop.controllers.rl.controller.AgentController`
+runs as a controller on any backend (``twinloop run ID --controller agent:DIR``), with NumPy
+alone.
+
+Modules, each one idea: ``networks`` (MLP encoder, simplicial embedding), ``policy`` (the
+acting network, shared by JAX training and NumPy deployment), ``returns`` (n-step returns,
+GAE), ``losses`` (Huber, quantile Huber, target EMA), ``replay``, ``normalize``, ``agent``
+(the shell every agent shares), ``dqn``, ``ppo``, ``checkpoint``, ``train`` (the loop that
+writes checkpoints, metrics and the learning curve), ``controller``, ``cli``.
+"""
+
+from __future__ import annotations
+
+#: Agent name (``twinloop agent train --agent NAME``) -> ``"module:Class"``.
+AGENTS: dict[str, str] = {
+    "ppo": "twinloop.controllers.rl.ppo:PPOAgent",
+    "dqn": "twinloop.controllers.rl.dqn:DQNAgent",
+    "qr-dqn": "twinloop.controllers.rl.dqn:QRDQNAgent",
+}
+
+__all__ = ["AGENTS"]

@@ -1,0 +1,182 @@
+"""``twinloop agent``: train learned agents and list their settings.
+
+``twinloop agent train ID --agent NAME --steps N --seed S --out DIR`` trains on a vector env
+of ``ID`` with a progress bar, writes checkpoints, metrics and a learning curve to DIR, and
+resumes from DIR's newest checkpoint when there is one; ``twinloop run ID --controller
+agent:DIR`` then runs the agent on any backend. The work is in
+:mod:`twinloop.controllers.rl.train`; this module parses and renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+from twinloop.controllers.rl import AGENTS
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_agent_parser(sub: Any) -> None:
+    """Add ``agent train`` and ``agent settings`` to the subcommands ``sub``."""
+    group = sub.add_parser(
+        "agent",
+        help="train learned agents (PPO, DQN, QR-DQN) and list their settings",
+        description="Learned agents in JAX. A trained agent runs as a controller: "
+        "'twinloop run ID --controller agent:DIR'.",
+    )
+    verbs = group.add_subparsers(dest="agent_command", required=True, metavar="COMMAND")
+    s = verbs.add_parser(
+        "train",
+        help="train an agent on a vector env with checkpoints (resumed after a kill), "
+        "metrics CSV/JSON and a learning curve",
+        description="Train an agent on a vector env of ID. Checkpoints (npz + json) go to "
+        "DIR every --checkpoint-every env steps; a run resumes from DIR's newest checkpoint "
+        "and then continues exactly as an uninterrupted run would.",
+    )
+    s.add_argument("env_id", metavar="ID", help="registered env id, e.g. twinloop/StemSteer-v0")
+    s.add_argument(
+        "--agent", required=True, choices=list(AGENTS), metavar="NAME",
+        help=f"agent: {', '.join(AGENTS)}",
+    )  # fmt: skip
+    s.add_argument(
+        "--steps", required=True, type=_positive_int, metavar="N",
+        help="env steps in all (rounded up to whole rollouts or vector steps)",
+    )  # fmt: skip
+    s.add_argument(
+        "--seed", type=_non_negative_int, default=0, metavar="S",
+        help="seed of the agent and of the envs (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--out", required=True, metavar="DIR",
+        help="run folder: checkpoints, metrics.csv/json, episodes.csv, learning_curve.png",
+    )  # fmt: skip
+    s.add_argument(
+        "--n-envs", type=_positive_int, default=8, metavar="N",
+        help="rows of the vector env (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="agent setting, e.g. --set lr=1e-3 or --set hidden=64,64 (repeatable; "
+        "'twinloop agent settings NAME' lists them)",
+    )  # fmt: skip
+    s.add_argument(
+        "--env-set", action="append", default=[], metavar="NAME=VALUE",
+        help="env config override, as 'twinloop run --set', e.g. --env-set max_steps=50 "
+        "(repeatable)",
+    )  # fmt: skip
+    s.add_argument(
+        "--checkpoint-every", type=_positive_int, default=50_000, metavar="N",
+        help="env steps between checkpoints; the envs are reset at each one, so keep it well "
+        "above n-envs x an episode's length (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--resume", action="store_true",
+        help="require a checkpoint in DIR to continue from (without it a run continues from "
+        "DIR's newest checkpoint when there is one, and starts fresh otherwise)",
+    )  # fmt: skip
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_train)
+
+    s = verbs.add_parser(
+        "settings",
+        help="list an agent's settings (for --set) with defaults, limits and meaning",
+        description="List the settings of an agent that 'twinloop agent train --set' changes.",
+    )
+    s.add_argument(
+        "agent", metavar="NAME", choices=list(AGENTS), help=f"one of {', '.join(AGENTS)}"
+    )
+    s.set_defaults(func=cmd_settings)
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    """Print an agent's config fields."""
+    from twinloop.core.config import describe
+    from twinloop.core.registry import load
+    from twinloop.core.text import table
+
+    cfg = load(AGENTS[args.agent]).Config()
+    rows = [(r.path, r.value, r.limits or "-", r.doc) for r in describe(cfg)]
+    print(table(rows, ("setting", "default", "limits", "meaning")))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train an agent and print a summary."""
+    from tqdm import tqdm
+
+    import twinloop
+    from twinloop.controllers.rl.checkpoint import latest_checkpoint
+    from twinloop.controllers.rl.train import train
+    from twinloop.core.config import parse_assignment
+    from twinloop.core.registry import load
+    from twinloop.core.text import table
+
+    if args.resume and latest_checkpoint(args.out) is None:
+        raise ValueError(f"--resume: {args.out} holds no checkpoint to continue from")
+    cfg = load(AGENTS[args.agent]).Config()
+    overrides = dict(parse_assignment(cfg, a) for a in args.set)
+    env_cfg = twinloop.make_config(args.env_id)
+    env_overrides = dict(parse_assignment(env_cfg, a) for a in args.env_set)
+    env = twinloop.make_vec(args.env_id, args.n_envs, **env_overrides)
+    bar = tqdm(
+        total=args.steps, desc=f"{args.agent} on {args.env_id}", unit="step",
+        file=sys.stderr, disable=args.quiet, unit_scale=True,
+    )  # fmt: skip
+
+    def progress(row: dict[str, Any]) -> None:
+        bar.total = row["total_steps"]
+        bar.update(row["env_step"] - bar.n)
+        ret = row["return_recent"]
+        bar.set_postfix(
+            steps_per_s=f"{row['env_steps_per_s']:.0f}",
+            ret="-" if math.isnan(ret) else f"{ret:.3g}",
+            refresh=False,
+        )
+
+    try:
+        result = train(
+            env, args.agent, args.steps, args.seed, args.out,
+            overrides=overrides, env_id=args.env_id, env_overrides=env_overrides,
+            checkpoint_every=args.checkpoint_every, progress=progress,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        bar.close()
+        print(
+            f"twinloop: interrupted; the same command continues from the newest checkpoint "
+            f"in {args.out}",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        bar.close()
+        env.close()
+    busy = result.env_s + result.agent_s
+    rows = [
+        ("env steps", result.env_steps),
+        ("resumed from step", result.resumed_from),
+        ("episodes", result.episodes),
+        ("recent return (last 20 episodes)", f"{result.return_recent:.4g}"),
+        ("learner updates", result.updates),
+        ("wall time (s)", f"{result.wall_s:.1f}"),
+        ("time in env", f"{result.env_s / busy:.0%}" if busy else "-"),
+        ("run folder", str(result.run_dir)),
+        ("learning curve", str(result.curve) if result.curve else result.note),
+    ]
+    print(table(rows, ("metric", "value")))
+    print(f"run it: twinloop run {args.env_id} --controller agent:{args.out}")
+    return 0

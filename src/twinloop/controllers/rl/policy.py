@@ -1,0 +1,135 @@
+"""The acting network of an agent, shared by training (JAX) and deployment (NumPy).
+
+A policy is an encoder (:mod:`~twinloop.controllers.rl.networks`) followed by one linear
+head whose meaning ``head`` names:
+
+=============  ==========================================  ================================
+``head``       outputs                                      greedy action
+=============  ==========================================  ================================
+``q``          ``A`` action values                          argmax
+``quantiles``  ``A x N`` quantiles of each action's return  argmax of the quantiles' mean
+``logits``     ``A`` logits of a categorical policy         argmax (the mode)
+``gaussian``   ``D`` means of a Gaussian policy             the mean, clipped to ``[-1, 1]``
+=============  ==========================================  ================================
+
+Continuous agents act in ``[-1, 1]^D``; :func:`to_env_action` maps that onto a Box with
+finite bounds (and leaves an unbounded Box as it is), so one learning rate fits every
+system's units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from twinloop.controllers.rl.networks import (
+    EncoderConfig,
+    Params,
+    dense_apply,
+    dense_init,
+    encoder_apply,
+    encoder_init,
+)
+from twinloop.core.config import from_dict
+
+HEADS = ("q", "quantiles", "logits", "gaussian")
+
+
+def action_spec(space: gym.Space) -> dict[str, Any]:
+    """JSON description of a ``Discrete`` or ``Box`` action space.
+
+    Raises:
+        TypeError: Any other space.
+    """
+    if isinstance(space, gym.spaces.Discrete):
+        return {"kind": "discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, gym.spaces.Box):
+        return {
+            "kind": "box",
+            "shape": list(space.shape),
+            "low": np.asarray(space.low, np.float64).ravel().tolist(),
+            "high": np.asarray(space.high, np.float64).ravel().tolist(),
+            "dtype": str(space.dtype),
+        }
+    raise TypeError(f"agents support Discrete and Box action spaces, not {space}")
+
+
+def action_dim(spec: dict[str, Any]) -> int:
+    """Number of discrete actions, or of continuous action components."""
+    return int(spec["n"]) if spec["kind"] == "discrete" else int(np.prod(spec["shape"]))
+
+
+def to_env_action(spec: dict[str, Any], action: np.ndarray) -> np.ndarray:
+    """A batch of agent actions as env actions (see the module docstring)."""
+    action = np.asarray(action)
+    if spec["kind"] == "discrete":
+        return action.astype(np.int64) + spec["start"]
+    low, high = np.asarray(spec["low"]), np.asarray(spec["high"])
+    a = np.clip(action.reshape(action.shape[0], -1).astype(np.float64), -1.0, 1.0)
+    finite = np.isfinite(low) & np.isfinite(high)
+    scaled = np.where(finite, low + (a + 1.0) * 0.5 * (high - low), action.reshape(a.shape))
+    return scaled.reshape(action.shape[0], *spec["shape"]).astype(spec["dtype"])
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySpec:
+    """Shape of a policy network (hashable, so jitted functions take it as a static argument).
+
+    Attributes:
+        encoder: The encoder's shape.
+        head: One of :data:`HEADS`.
+        n_actions: Discrete actions, or continuous action components.
+        quantiles: Quantiles per action (``head == "quantiles"`` only; else 0).
+    """
+
+    encoder: EncoderConfig
+    head: str
+    n_actions: int
+    quantiles: int = 0
+
+    def __post_init__(self) -> None:
+        """Check the head."""
+        if self.head not in HEADS:
+            raise ValueError(f"unknown policy head {self.head!r}; valid: {', '.join(HEADS)}")
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the head's output."""
+        return self.n_actions * max(1, self.quantiles)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PolicySpec:
+        """Inverse of :meth:`to_json`."""
+        data = dict(data)
+        data["encoder"] = from_dict(EncoderConfig, data["encoder"])
+        return cls(**data)
+
+
+def policy_init(rng: np.random.Generator, obs_dim: int, spec: PolicySpec, gain: float) -> Params:
+    """Parameters of a policy network (NumPy float32; the head's weights scaled by ``gain``)."""
+    return {
+        "encoder": encoder_init(rng, obs_dim, spec.encoder),
+        "head": dense_init(rng, spec.encoder.out_dim, spec.out_dim, gain),
+    }
+
+
+def head_apply(xp: Any, params: Params, spec: PolicySpec, obs: Any) -> Any:
+    """The head's raw output for a batch of normalised flat observations."""
+    return dense_apply(params["head"], encoder_apply(xp, params["encoder"], spec.encoder, obs))
+
+
+def greedy(xp: Any, params: Params, spec: PolicySpec, obs: Any) -> Any:
+    """Greedy actions (agent units) of a batch of normalised flat observations."""
+    out = head_apply(xp, params, spec, obs)
+    if spec.head == "quantiles":
+        out = out.reshape(out.shape[0], spec.n_actions, spec.quantiles).mean(axis=-1)
+    if spec.head == "gaussian":
+        return xp.clip(out, -1.0, 1.0)
+    return xp.argmax(out, axis=-1)
