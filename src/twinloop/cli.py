@@ -246,6 +246,7 @@ def _json_default(obj: Any) -> Any:
 SERVE_DEVICES: dict[str, str] = {
     "microscope": "twinloop.hardware.microscope.cli",
     "balloon": "twinloop.hardware.balloon.server",
+    "robot": "twinloop.hardware.robot.cli",
 }
 
 

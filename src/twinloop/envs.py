@@ -146,6 +146,15 @@ registry.register(
                 extra="locomotion",
                 description="C MuJoCo on a Go1-sized quadruped, PD at 200 Hz, randomised per reset",
             ),
+            BackendSpec(
+                name="robot",
+                entry_point="twinloop.hardware.robot:make_robot_backend",
+                deterministic=False,
+                options=("address", "token", "timeout_s", "retries"),
+                extra="locomotion,microscope",
+                address_format="tcp://{host}:{port}",
+                description="a robot twin (`twinloop serve robot`) over the joint-level protocol",
+            ),
         ),
         description="Go1-sized quadruped: track a commanded forward/lateral/yaw velocity",
     )

@@ -2,7 +2,8 @@
 
 ``twinloop data info DIR [--follow]`` · ``twinloop data merge OUT SHARD...`` ·
 ``twinloop data verify DIR`` · ``twinloop data recover DIR`` · ``twinloop data show DIR`` ·
-``twinloop data export DIR --format lerobot|robomimic OUT``. There is no ``export-minari``:
+``twinloop data export DIR --format lerobot|robomimic OUT`` ·
+``twinloop data replay DIR --backend B``. There is no ``export-minari``:
 the native layout is Minari's (``MINARI_DATASETS_PATH=ROOT python -c "import minari;
 minari.load_dataset('ns/name-v0')"``).
 """
@@ -44,6 +45,14 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="user tag stored with the dataset (repeatable), e.g. --tag operator=ana",
     )
+    g.add_argument(
+        "--device-profile",
+        default=None,
+        metavar="random:SEED|FILE",
+        help="the profile the device twin was started with (as its --profile): recorded with "
+        "its values under metadata twinloop.privileged (strip that before sharing), so that "
+        "identification can be scored; a twin's profile name is recorded without this",
+    )
 
 
 def default_dataset_id(env_id: str, controller: str) -> str:
@@ -79,12 +88,34 @@ def wrap_for_recording(
     dataset_id = args.dataset_id or default_dataset_id(args.env_id, args.controller)
     tags = {"controller": args.controller, "seed": args.seed, **parse_tags(args.tag)}
     mode = "overwrite" if args.overwrite else "append" if args.append else "create"
+    profile = _device_profile(env, getattr(args, "device_profile", None))
     try:
-        return record(
+        wrapped = record(
             env, dataset_dir(args.record, dataset_id), dataset_id=dataset_id, mode=mode, tags=tags
         )
     except DatasetError as exc:
         raise ValueError(str(exc)) from exc
+    if profile is not None:
+        wrapped.writer.env_info["device_profile"] = {"name": profile.name}
+        wrapped.writer.env_info["privileged"] = {"device_profile": profile.privileged()}
+    return wrapped
+
+
+def _device_profile(env: Any, spec: str | None) -> Any:
+    """The :class:`~twinloop.core.profile.DeviceProfile` ``--device-profile`` names, or None.
+
+    ``random:SEED`` is drawn around the run's own config, as the twin drew it around its own.
+    """
+    if not spec:
+        return None
+    if isinstance(env, gym.vector.VectorEnv):
+        raise ValueError("--device-profile describes a device: run it with --n-envs 1")
+    from twinloop.core.profile import parse_profile
+
+    cfg = getattr(env.unwrapped, "config", None)
+    if cfg is None:
+        raise ValueError(f"--device-profile: {type(env.unwrapped).__name__} has no config")
+    return parse_profile(spec, cfg)
 
 
 def report_recording(env: Any) -> None:
@@ -155,6 +186,47 @@ def add_data_parser(sub: Any) -> None:
 
     add_show_parser(dsub)
     add_export_parser(dsub)
+    _add_replay_parser(dsub)
+
+
+def _add_replay_parser(dsub: Any) -> None:
+    s = dsub.add_parser(
+        "replay",
+        help="re-issue a capture's applied actions on a backend from each episode's seed; "
+        "report the per-step divergence of observation, reward and applied command",
+        description="Replay captured episodes on a backend: reset with each episode's seed "
+        "(the captured initial state where the backend can make it), step with the actions "
+        "the device applied, and compare every step with the capture. A simulator replays "
+        "its own captures exactly (divergence 0); a twin whose hidden physics differ does not.",
+    )
+    s.add_argument("path", metavar="DIR", help="a dataset folder (or its data folder)")
+    s.add_argument("--backend", default=None, help="backend name (default: the simulator)")
+    s.add_argument("--address", default=None, help="device address for network backends")
+    s.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="read the twin's shared secret from this file (default: $TWINLOOP_TOKEN)",
+    )
+    s.add_argument(
+        "--episode",
+        type=int,
+        action="append",
+        default=None,
+        metavar="I",
+        help="replay only this episode (position in the dataset; repeatable; default: all)",
+    )
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="config override over the recorded config (repeatable)",
+    )
+    s.add_argument("--steps", action="store_true", help="also print every step's divergence")
+    s.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_replay)
 
 
 def _fail(exc: Exception) -> int:
@@ -323,3 +395,103 @@ def cmd_recover(args: argparse.Namespace) -> int:
         return _fail(exc)
     print(f"{args.path}: {counts['episodes']} episodes, {counts['steps']} steps")
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a capture on a backend and print the divergence per episode (and per step)."""
+    from tqdm import tqdm
+
+    import twinloop
+    from twinloop.core.config import override, parse_assignment, recorded_config
+    from twinloop.core.text import table
+    from twinloop.datasets import DatasetError, open_dataset
+    from twinloop.datasets.replay import QUANTITIES, replay_dataset
+
+    try:
+        ds = open_dataset(args.path)
+    except DatasetError as exc:
+        return _fail(exc)
+    with ds:
+        env_id = (ds.metadata.get("twinloop") or {}).get("env_id")
+        if not env_id:
+            return _fail(ValueError(f"{args.path}: no env id in its metadata; cannot replay"))
+        nominal = twinloop.make_config(env_id)
+        cfg = recorded_config(type(nominal), ds.metadata, where=str(args.path))
+        cfg = override(cfg, **dict(parse_assignment(cfg, a) for a in args.set))
+        options: dict[str, Any] = {}
+        if args.address:
+            options["address"] = args.address
+        token = _read_token(args.token_file)
+        if token:
+            options["token"] = token
+        for i in args.episode or ():
+            if not 0 <= i < len(ds):
+                return _fail(ValueError(f"--episode {i} is outside [0, {len(ds) - 1}]"))
+
+        def make_env() -> Any:
+            return twinloop.make(env_id, backend=args.backend, config=cfg, **options)
+
+        with tqdm(desc="replay", unit="ep", file=sys.stderr, disable=args.quiet) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            results = replay_dataset(ds, make_env, args.episode, progress)
+    backend = args.backend or twinloop.spec(env_id).backend_names[0]
+    print(f"{ds.id} replayed on backend={backend}")
+    rows = [
+        (
+            r.episode_id,
+            "-" if r.seed is None else r.seed,
+            f"{r.replayed_steps}/{r.captured_steps}",
+            "yes" if r.exact else "no",
+            "-" if r.first_divergent_step() is None else r.first_divergent_step(),
+            *(f"{r.max(q):.6g}" for q in QUANTITIES),
+        )
+        for r in results
+    ]
+    heads = (
+        "episode",
+        "seed",
+        "steps",
+        "exact",
+        "first diverges",
+        *(f"max {q}" for q in QUANTITIES),
+    )
+    print(table(rows, heads))
+    if args.steps:
+        for r in results:
+            print(f"\nepisode {r.episode_id}")
+            steps = [
+                (t, *(f"{r.divergence[q][t]:.6g}" for q in QUANTITIES))
+                for t in range(r.captured_steps)
+            ]
+            print(table(steps, ("step", *QUANTITIES)))
+    if args.json:
+        payload = {
+            "dataset": ds.id,
+            "path": str(args.path),
+            "env_id": env_id,
+            "backend": backend,
+            "episodes": [r.to_json() for r in results],
+        }
+        with open(args.json, "w") as fh:
+            json.dump(payload, fh, indent=2)
+    return 0
+
+
+def _read_token(token_file: str | None) -> str | None:
+    """The twin's secret: ``--token-file``'s first line, else ``$TWINLOOP_TOKEN``, else None."""
+    import os
+    from pathlib import Path
+
+    if not token_file:
+        return os.environ.get("TWINLOOP_TOKEN") or None
+    try:
+        lines = Path(token_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--token-file {token_file}: cannot read it ({exc})") from exc
+    if not lines or not lines[0].strip():
+        raise ValueError(f"--token-file {token_file} is empty: put the secret on its first line")
+    return lines[0].strip()

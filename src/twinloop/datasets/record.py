@@ -114,6 +114,9 @@ class _Recorder:
     # schema ------------------------------------------------------------------------------------
     def _begin(self, step_info: Mapping[str, Any], batch: int | None) -> None:
         infos = info_fields(step_info, batch, exclude=self.info_exclude)
+        # a device backend connects at its first reset: describe it again now that it has
+        # said what it is (a twin's identity, and the name of its device profile)
+        self.writer.env_info.update(describe_env(self.env))
         self.writer.begin(infos)
         self._index_fields(self.writer.buffer(self.n_rows))
 

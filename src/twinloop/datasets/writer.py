@@ -234,6 +234,9 @@ def describe_env(env: gym.Env | gym.vector.VectorEnv) -> dict[str, Any]:
     backend = getattr(u, "backend", None)
     if backend is not None and hasattr(backend, "identity"):
         out["backend"] = _json_safe(backend.identity())
+        name = _profile_name(out["backend"])
+        if name is not None:  # a twin with hidden physics says only its profile's name
+            out["device_profile"] = {"name": name}
     elif isinstance(u, gym.vector.VectorEnv):
         out["backend"] = {"kind": "sim", "vector_env": type(u).__name__}
     out["n_envs"] = int(getattr(env, "num_envs", 1))
@@ -241,6 +244,19 @@ def describe_env(env: gym.Env | gym.vector.VectorEnv) -> dict[str, Any]:
     meta.pop("autoreset_mode", None)
     out["env_metadata"] = _json_safe(meta)
     return out
+
+
+def _profile_name(identity: Any) -> str | None:
+    """The ``"profile"`` a backend's identity (or a server's, nested in it) names, or None."""
+    if not isinstance(identity, dict):
+        return None
+    if isinstance(identity.get("profile"), str):
+        return identity["profile"]
+    for value in identity.values():
+        name = _profile_name(value)
+        if name is not None:
+            return name
+    return None
 
 
 def _now_utc() -> str:

@@ -26,7 +26,7 @@ ID = "twinloop/StemSteer-v0"
 FAST = dict(frame_pixels=64, frame_time_s=0.5)  # small frames keep these tests quick
 TOKEN = "s3cr\u00e9t-\u2713"  # not ASCII on purpose: any Unicode token must work
 #: The loggers of the twin: a refusal may write one line to them, never a traceback.
-LOGGERS = ("twinloop.hardware.microscope.server", "twinloop.hardware.microscope.zmtp")
+LOGGERS = ("twinloop.hardware.microscope.server", "twinloop.hardware.zmtp")
 
 #: Operations of protocol v1 and their arguments, as the protocol's docstring states them:
 #: ``int`` arguments with their domain, ``float`` ones any finite number.

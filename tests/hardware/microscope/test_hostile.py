@@ -56,7 +56,7 @@ from twinloop.hardware.microscope.protocol import (  # noqa: E402
     peek_id,
 )
 from twinloop.hardware.microscope.server import MicroscopeServer  # noqa: E402
-from twinloop.hardware.microscope.zmtp import RECV_CHUNK, LogThrottle  # noqa: E402
+from twinloop.hardware.zmtp import RECV_CHUNK, LogThrottle  # noqa: E402
 
 
 def _held_bound(server: MicroscopeServer) -> int:

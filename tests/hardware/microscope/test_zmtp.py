@@ -1,6 +1,6 @@
 """The twins' ZMTP server (contracts 1 and 6 of ``hardware/microscope/protocol.py``), alone.
 
-:class:`~twinloop.hardware.microscope.zmtp.ZmtpServer` serves an echo handler here, so that
+:class:`~twinloop.hardware.zmtp.ZmtpServer` serves an echo handler here, so that
 the transport's promises are checked without a microscope: hypothesis writes ZMTP streams
 from its grammar (handshakes of every kind, messages of many frames, PINGs, frames over a
 bound, invalid flags, unknown commands, garbage), cuts them into pieces sent slowly, and the
@@ -36,7 +36,7 @@ from tests.hardware.microscope.helpers import (  # noqa: E402
     zmtp_message,
     zmtp_peer,
 )
-from twinloop.hardware.microscope.zmtp import RECV_CHUNK, PeerLimits, ZmtpServer  # noqa: E402
+from twinloop.hardware.zmtp import RECV_CHUNK, PeerLimits, ZmtpServer  # noqa: E402
 
 LIMITS = PeerLimits(
     max_message_bytes=1024,

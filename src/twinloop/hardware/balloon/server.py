@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from twinloop.core.profile import PROFILE_HELP, DeviceProfile
 from twinloop.hardware.balloon import protocol as P
 from twinloop.sim.balloon import kernel as K
 from twinloop.sim.balloon.config import BalloonConfig
@@ -101,6 +102,8 @@ class VehicleTwin:
         max_stations: Ground stations served at once.
         station_timeout_s: Silence after which a station is forgotten (no more heartbeats);
             the station in command is kept until another takes command.
+        profile: The vehicle's hidden physics (:mod:`twinloop.core.profile`), applied over
+            ``cfg``; nothing the twin sends carries its name or values. None: nominal.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class VehicleTwin:
         heartbeat_s: float = 1.0,
         max_stations: int = 16,
         station_timeout_s: float = 30.0,
+        profile: DeviceProfile | None = None,
     ) -> None:
         """Bind the socket; :meth:`start` warms up, starts the first episode and serves."""
         for name, value in (
@@ -126,7 +130,10 @@ class VehicleTwin:
                 raise ValueError(f"{name} = {value!r} must lie in (0, 3600] s")
         if not (isinstance(max_stations, int) and 1 <= max_stations <= 1024):
             raise ValueError(f"max_stations = {max_stations!r} must be an int in [1, 1024]")
+        self.profile = profile
         self.cfg = cfg or BalloonConfig()
+        if profile is not None:
+            self.cfg = profile.apply(self.cfg)
         self.sim = BalloonSimBackend(self.cfg)
         self.sim.connect()
         self.refuse = tuple(int(c) for c in refuse)
@@ -662,6 +669,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE", help="config override"
     )
+    parser.add_argument("--profile", default=None, metavar="random:SEED|FILE", help=PROFILE_HELP)
 
 
 def main(args: Any) -> int:
@@ -672,7 +680,24 @@ def main(args: Any) -> int:
     cfg = twinloop.make_config("twinloop/BalloonStationKeeping-v0")
     overrides = dict(parse_assignment(cfg, a) for a in args.set)
     refuse = tuple(K.COMMAND_NAMES.index(name) for name in args.refuse)
-    options = {"link_timeout_s": args.link_timeout, "max_stations": args.max_stations}
+    options: dict[str, Any] = {
+        "link_timeout_s": args.link_timeout,
+        "max_stations": args.max_stations,
+    }
+    if args.profile:
+        from twinloop.core.profile import parse_profile
+        from twinloop.sim.balloon.profile import PRIORS
+
+        nominal = twinloop.make_config("twinloop/BalloonStationKeeping-v0", **overrides)
+        try:
+            options["profile"] = parse_profile(args.profile, nominal, PRIORS)
+        except ValueError as exc:  # ConfigError is a ValueError: it names field and limits
+            _say(f"twinloop serve balloon: error: {exc}")
+            return 2
+        _say(
+            f"device profile {options['profile'].name!r} in force "
+            "(its values stay hidden from ground stations)"
+        )
     serve(args.host, args.port, args.seed, refuse, overrides, **options)
     return 0
 

@@ -16,6 +16,8 @@ import signal
 import sys
 from typing import Any
 
+from twinloop.core.profile import PROFILE_HELP
+
 ENV_ID = "twinloop/StemSteer-v0"
 
 
@@ -63,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             "clients refuse a twin whose holes differ from their config"
         ),
     )
+    p.add_argument("--profile", default=None, metavar="random:SEED|FILE", help=PROFILE_HELP)
 
 
 def _say(line: str) -> None:
@@ -87,10 +90,21 @@ def main(args: argparse.Namespace) -> int:
     cfg = twinloop.make_config(ENV_ID)
     overrides: dict[str, Any] = dict(parse_assignment(cfg, a) for a in args.set)
     cfg = twinloop.make_config(ENV_ID, **overrides)
+    profile = None
+    if args.profile:
+        from twinloop.core.profile import parse_profile
+        from twinloop.sim.stem.profile import PRIORS
+
+        try:
+            profile = parse_profile(args.profile, cfg, PRIORS)
+        except ValueError as exc:  # ConfigError is a ValueError: it names field and limits
+            _say(f"twinloop serve microscope: error: {exc}")
+            return 2
+        _say(f"device profile {profile.name!r} in force (its values stay hidden from clients)")
     try:
         with compiling("microscope twin", report=_say):
             server = MicroscopeServer(
-                SimMicroscope(cfg),
+                SimMicroscope(cfg, profile),
                 host=args.host,
                 port=args.port,
                 token=token,

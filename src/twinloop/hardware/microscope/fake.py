@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from twinloop.core.profile import DeviceProfile
 from twinloop.core.rng import new_entropy, new_streams, seed_streams
 from twinloop.hardware.microscope.protocol import Frame, MicroscopeLimits
 from twinloop.sim.stem import kernel as K
@@ -33,17 +34,49 @@ def limits_for(cfg: StemConfig) -> MicroscopeLimits:
     )
 
 
+def _shown(cfg: StemConfig) -> dict[str, Any]:
+    """Every config value a client sees (limits, identity, state, frame metadata)."""
+    ph = cfg.physics
+    return {
+        "limits": limits_for(cfg).to_dict(),
+        "rate_model": ph.rate_model,
+        "n_holes": ph.n_holes,
+        "hole_radius_angstrom": ph.hole_radius_angstrom,
+        "hole_min_distance_angstrom": ph.hole_min_distance_angstrom,
+        "hole_max_distance_angstrom": ph.hole_max_distance_angstrom,
+        "beam_energy_kev": ph.beam_energy_kev,
+        "beam_current_na": ph.beam_current_na,
+        "imaging_current_na": cfg.imaging.imaging_current_na,
+    }
+
+
 class SimMicroscope:
     """The STEM simulator as an instrument.
 
     Args:
         cfg: The STEM config (physics, microscope timing, imaging).
+        profile: The device's hidden physics (:mod:`twinloop.core.profile`), applied over
+            ``cfg``; only its name is ever shown (:meth:`identity`). None: the nominal
+            simulator.
+
+    Raises:
+        ValueError: The profile changes a value the instrument shows its clients (limits,
+            rate model, holes, voltage, currents): it would no longer be hidden.
     """
 
     kind = "sim"
 
-    def __init__(self, cfg: StemConfig) -> None:
+    def __init__(self, cfg: StemConfig, profile: DeviceProfile | None = None) -> None:
         """Allocate the simulated sample; :meth:`reset_sample` starts one."""
+        if profile is not None:
+            nominal, cfg = _shown(cfg), profile.apply(cfg)
+            changed = sorted(k for k, v in _shown(cfg).items() if v != nominal[k])
+            if changed:
+                raise ValueError(
+                    f"device profile {profile.name!r} changes {', '.join(changed)}, which the "
+                    "twin shows its clients; a profile may change hidden physics only"
+                )
+        self.profile = profile
         self.cfg = cfg
         self.limits = limits_for(cfg)
         self._params = K.physics_params(cfg)
@@ -223,9 +256,12 @@ class SimMicroscope:
             }
 
     def identity(self) -> dict[str, Any]:
-        """Kind, rate model and the holes it simulates (a client checks them against its config)."""
+        """Kind, rate model and the holes it simulates (a client checks them against its config).
+
+        A twin with a device profile adds ``"profile": <its name>``, never its values.
+        """
         ph = self.cfg.physics
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "rate_model": ph.rate_model,
             "holes": {
@@ -235,3 +271,6 @@ class SimMicroscope:
                 "hole_max_distance_angstrom": ph.hole_max_distance_angstrom,
             },
         }
+        if self.profile is not None:
+            out.update(self.profile.public())
+        return out

@@ -78,7 +78,7 @@ multi-part and out-of-order messages, floods, silent and slow peers, several cli
    hostile or flooding connections cannot lock a well-formed client out. An exhausted
    file-descriptor table evicts or pauses accepting, never spins. Each round answers at most
    one request per connection (fair). Memory stays below ``max_connections x (largest reply
-   + 2 x MAX_REQUEST_BYTES + 64 KiB)`` (:mod:`.zmtp`).
+   + 2 x MAX_REQUEST_BYTES + 64 KiB)`` (:mod:`twinloop.hardware.zmtp`).
 7. **Secrets.** The token is compared in constant time on its UTF-8 bytes (any Unicode
    token); ``twinloop serve`` and ``twinloop run`` read it from ``--token-file`` or
    ``$TWINLOOP_TOKEN`` as well as from ``--token`` (which other local users see in the process

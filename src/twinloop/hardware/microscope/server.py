@@ -6,7 +6,7 @@ keeps the contract written in :mod:`.protocol`: every request that arrives whole
 reply on its own connection; :func:`~.protocol.decode_request` validates every field before
 anything executes; every refusal blanks the beam and carries the request's id when one can be
 read; only accepted requests feed the watchdog (beam blanked after ``watchdog_s`` without one
-while unblanked); what one peer may make the twin hold is bounded (:mod:`.zmtp`).
+while unblanked); what one peer may make the twin hold is bounded (:mod:`twinloop.hardware.zmtp`).
 
 Data flow of one request::
 
@@ -45,7 +45,7 @@ from twinloop.hardware.microscope.protocol import (
     error_reply,
     ok_reply,
 )
-from twinloop.hardware.microscope.zmtp import LogThrottle, PeerLimits, ZmtpServer
+from twinloop.hardware.zmtp import LogThrottle, PeerLimits, ZmtpServer
 
 log = logging.getLogger(__name__)
 

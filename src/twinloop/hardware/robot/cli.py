@@ -1,0 +1,151 @@
+"""``twinloop serve robot``: the quadruped twin behind the joint-level robot protocol.
+
+The twin loads the ``twinloop/QuadrupedVelocity-v0`` MuJoCo model, warms up (saying so on
+stderr), and only then prints ``robot twin listening on tcp://HOST:PORT`` on stdout. Its
+hidden physical parameters (the config's domain randomisation, action delay and pushes; change
+them with ``--set``) are drawn at every reset from a seed mixed with a hidden seed that is
+never printed; ``--no-hidden-effects`` turns them off (a run then equals the ``sim``
+backend's). The shared secret comes from ``--token-file`` or ``$TWINLOOP_TOKEN`` (or
+``--token``, which every local user can read in the process list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Any
+
+ENV_ID = "twinloop/QuadrupedVelocity-v0"
+#: Config switches of the hidden effects (``--no-hidden-effects`` turns them all off).
+HIDDEN_SWITCHES = (
+    "randomization.friction_enabled",
+    "randomization.mass_scale_enabled",
+    "randomization.added_mass_enabled",
+    "randomization.com_enabled",
+    "randomization.motor_strength_enabled",
+    "randomization.motor_offset_enabled",
+    "randomization.joint_friction_enabled",
+    "randomization.gains_enabled",
+    "randomization.push_enabled",
+    "latency.action_enabled",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``twinloop serve robot``."""
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=5556, help="TCP port (0: any free port)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="shared secret every request must carry (visible to other local users in the "
+        "process list: prefer --token-file or the TWINLOOP_TOKEN environment variable)",
+    )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="read the shared secret from this file (its first line); default: $TWINLOOP_TOKEN",
+    )
+    p.add_argument(
+        "--watchdog-s",
+        type=float,
+        default=0.5,
+        help="damp the joints after this long without an accepted request",
+    )
+    p.add_argument("--latency-s", type=float, default=0.0, help="added to every reply (s)")
+    p.add_argument("--jitter-s", type=float, default=0.0, help="plus U(0, this) per reply (s)")
+    p.add_argument(
+        "--loss", type=float, default=0.0, help="probability that a reply is dropped, in [0, 1)"
+    )
+    p.add_argument(
+        "--hidden-seed",
+        type=int,
+        default=None,
+        help="seed of the hidden physical parameters (default: fresh entropy, never printed)",
+    )
+    p.add_argument(
+        "--no-hidden-effects",
+        action="store_true",
+        help="no domain randomisation, action delay or pushes (runs equal the sim backend's)",
+    )
+    p.add_argument("--max-connections", type=int, default=16, help="open connections at most")
+    p.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=300.0,
+        help="close a connection without an accepted request for this long (clients reconnect)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="plant config override (repeatable), e.g. randomization.friction_min=0.2",
+    )
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Bind, warm up, print the bound address on stdout, then serve until SIGINT/SIGTERM."""
+    import twinloop
+    from twinloop.cli import read_token
+    from twinloop.core.config import parse_assignment
+    from twinloop.core.rng import new_entropy
+    from twinloop.hardware.ready import compiling
+    from twinloop.hardware.robot.fake import SimRobot
+    from twinloop.hardware.robot.server import RobotServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        token = read_token(args.token, args.token_file)
+        cfg = twinloop.make_config(ENV_ID)
+        overrides: dict[str, Any] = (
+            dict.fromkeys(HIDDEN_SWITCHES, False) if args.no_hidden_effects else {}
+        )
+        overrides.update(dict(parse_assignment(cfg, a) for a in args.set))
+        cfg = twinloop.make_config(ENV_ID, **overrides)
+        hidden = None
+        if not args.no_hidden_effects:
+            hidden = new_entropy() if args.hidden_seed is None else args.hidden_seed
+        with compiling("robot twin", report=_say):
+            server = RobotServer(
+                SimRobot(cfg, hidden_seed=hidden, watchdog_s=args.watchdog_s),
+                host=args.host,
+                port=args.port,
+                token=token,
+                watchdog_s=args.watchdog_s,
+                latency_s=args.latency_s,
+                jitter_s=args.jitter_s,
+                loss=args.loss,
+                max_connections=args.max_connections,
+                idle_timeout_s=args.idle_timeout_s,
+            )
+            server.warm_up()
+    except (ValueError, OSError) as exc:
+        _say(f"twinloop serve robot: error: {exc}")
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C while compiling: nothing was served
+        return 130
+
+    def stop(*_: Any) -> None:
+        server.stop(timeout_s=0)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        print(f"robot twin listening on {server.address}", flush=True)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            _say(
+                f"warning: bound to {args.host}, reachable from other machines"
+                + ("" if token else " without a token")
+            )
+        server.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
