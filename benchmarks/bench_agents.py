@@ -1,7 +1,7 @@
 """Learner updates/s and env steps/s of each agent, and the share of wall time in the env.
 
 Runs each agent for a fixed number of env steps on a twinloop vector env (PPO on STEM with
-continuous actions, DQN and QR-DQN on the balloon with discrete ones), after a short warm-up
+continuous actions, DQN, QR-DQN and BBF on the balloon with discrete ones), after a short warm-up
 run that compiles the jitted functions, and prints a table; ``--json`` also writes it::
 
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/bench_agents.py --steps 20000 --json out.json
@@ -24,6 +24,7 @@ CASES = [
     ("ppo", "twinloop/StemSteer-v0", {}),
     ("dqn", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}),
     ("qr-dqn", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}),
+    ("bbf", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}),
 ]
 
 

@@ -22,6 +22,7 @@ CONTROLLERS: dict[str, str] = {
     "random-walk": "twinloop.controllers.classical.balloon:RandomWalk",
     "altitude-hold": "twinloop.controllers.classical.balloon:AltitudeHold",
     "oracle": "twinloop.controllers.classical.rearrange:Oracle",
+    "scripted": "twinloop.controllers.classical.rearrange_scripted:ScriptedParser",
 }
 #: ``agent:DIR``: a saved agent (see :mod:`twinloop.controllers.rl`).
 AGENT_PREFIX = "agent:"

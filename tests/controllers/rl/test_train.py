@@ -34,6 +34,18 @@ DQN_SMALL = {
     "target_update_period": 5,
 }
 
+#: Every BBF ingredient active within 240 steps: resets every 20 updates, n annealed 5 -> 2.
+BBF_SMALL = {
+    **DQN_SMALL,
+    "n_step": 2,
+    "n_step_start": 5,
+    "n_step_anneal": 10,
+    "spr_steps": 2,
+    "spr_dim": 8,
+    "reset_interval": 20,
+    "replay_ratio": 0.5,
+}
+
 
 class Stop(Exception):
     """Raised from the progress callback to interrupt a run."""
@@ -56,6 +68,7 @@ def _interrupt_at(step: int):
     [
         ("ppo", lambda: twinloop.make_vec(STEM, 4), PPO_SMALL, 256, 96, 160),
         ("qr-dqn", lambda: cartpole_vec(4), DQN_SMALL, 240, 80, 120),
+        ("bbf", lambda: cartpole_vec(4), BBF_SMALL, 240, 80, 120),
     ],
 )
 def test_a_run_interrupted_and_resumed_ends_with_the_same_parameters(
@@ -198,3 +211,51 @@ def test_importing_the_package_and_cli_and_running_an_agent_needs_no_jax(tmp_pat
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_cli_trains_bbf_reincarnated_from_a_classical_teacher_and_resumes(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """--agent bbf --teacher station-seeker: capture, pretraining, distillation, a resume."""
+    out = tmp_path / "run"
+    args = ["agent", "train", BALLOON, "--agent", "bbf", "--steps", "240", "--seed", "1",
+            "--out", str(out), "--n-envs", "4", "--checkpoint-every", "80", "--quiet",
+            "--teacher", "station-seeker", "--teacher-episodes", "2",
+            "--env-set", "max_steps=40"]  # fmt: skip
+    args += [f"--set={k}={v}" for k, v in {**BBF_SMALL, "hidden": 16, "pretrain_updates": 5,
+                                           "distill_updates": 50}.items()]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    data = out / "teacher-data"
+    assert any(data.rglob("main_data.hdf5"))  # the teacher's capture, through twinloop.datasets
+    state = read_part(latest_checkpoint(out), "state")
+    assert state[0]["extra"]["teacher"] is True
+    assert "distill_loss" in state[0]["trainer"]["history"]["pretrain"]
+    written = int(state[1]["extra/written"])
+    teacher_actions = state[1]["extra/teacher_action"][:written]
+    assert written == 60 and (teacher_actions >= 0).all()  # every transition has one
+    run = json.loads((out / "run.json").read_text())
+    assert run["teacher"] == "station-seeker" and run["agent"] == "bbf"
+    # a run cut after its first checkpoint and resumed ends where the whole run ended
+    cut = tmp_path / "cut"
+    cut_args = [a if a != str(out) else str(cut) for a in args]
+    import twinloop.controllers.rl.train as tr
+
+    real = tr.train
+
+    def interrupted(*a, **kw):
+        kw["progress"] = _interrupt_at(120)
+        return real(*a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(tr, "train", interrupted)
+        with pytest.raises(Stop):
+            main(cut_args)
+    assert latest_checkpoint(cut).name == "checkpoint-000000000080"
+    assert main(cut_args) == 0
+    a, b = _final_state(out), _final_state(cut)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # the saved student runs as a controller
+    assert main(["run", BALLOON, "--controller", f"agent:{out}", "--episodes", "1", "--quiet",
+                 "--set", "max_steps=10"]) == 0  # fmt: skip

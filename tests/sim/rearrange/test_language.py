@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from twinloop.sim.rearrange import catalog as C
 from twinloop.sim.rearrange import episodes as E
 from twinloop.sim.rearrange import language as L
 
@@ -45,3 +47,24 @@ def test_every_template_is_used_by_its_phrasing_set() -> None:
     ranges = L.tables()["template_range"]
     assert seen == set(range(ranges[L.TYPE_SINGLE, 1, 0], ranges[L.TYPE_SINGLE, 1, 1]))
     assert all(L.is_held_out_template(t) for t in seen)
+
+
+def test_a_template_that_can_exceed_30_tokens_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    train, held = L.TEMPLATES["context"]
+    long = "{ctx} Please, if you can, " + train[0][len("{ctx} ") :] + " Also tidy up the {tgt2}."
+    assert L.longest_instruction(long) > L.MAX_TOKENS
+    monkeypatch.setitem(L.TEMPLATES, "context", ((*train, long), held))
+    with pytest.raises(ValueError, match=r"can reach \d+ tokens .* limited to 30"):
+        L.tables.__wrapped__()
+
+
+def test_filler_data_names_what_it_should_and_nothing_else() -> None:
+    names = [*C.CATEGORIES, *C.RECEPTACLES, *C.ARTICULATED]
+    for data in (L.REFERRING, L.CONTEXT):
+        assert len(set(data.values())) == C.N_CATEGORIES  # one distinct phrase per category
+        for phrase in data.values():
+            words = f" {' '.join(L.split_words(phrase))} "
+            assert not any(f" {n} " in words for n in C.CATEGORIES), phrase
+    for sentence in L.DISTRACTORS:
+        words = f" {' '.join(L.split_words(sentence))} "
+        assert not any(f" {n} " in words for n in names), sentence

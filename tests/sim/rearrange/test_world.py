@@ -114,15 +114,15 @@ def test_config_limits_are_checked() -> None:
     with pytest.raises(ValueError, match="n_clutter"):
         twinloop.make(ENV_ID, n_clutter=40)
     with pytest.raises(ValueError, match="split"):
-        twinloop.make(ENV_ID, split="spatial_relationships")
+        twinloop.make(ENV_ID, split="spatial")
 
 
 def test_bad_reset_options_name_the_limit() -> None:
     env = twinloop.make(ENV_ID)
     with pytest.raises(ValueError, match=r"episode 100 is outside split 'conditional' of 100"):
         env.reset(seed=0, options={"backend": {"split": "conditional", "episode": 100}})
-    with pytest.raises(ValueError, match="unknown split 'context'"):
-        env.reset(seed=0, options={"backend": {"split": "context"}})
+    with pytest.raises(ValueError, match="unknown split 'contexts'"):
+        env.reset(seed=0, options={"backend": {"split": "contexts"}})
     with pytest.raises(ValueError, match="unknown reset option"):
         env.reset(seed=0, options={"backend": {"level": 3}})
     vec = twinloop.make_vec(ENV_ID, 3)

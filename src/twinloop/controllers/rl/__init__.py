@@ -1,4 +1,4 @@
-"""Learned agents in JAX: PPO and the value-based family (DQN, n-step, double, QR-DQN).
+"""Learned agents in JAX: PPO and the value-based family (DQN, n-step, double, QR-DQN, BBF).
 
 Nothing here imports JAX until an agent is built or trained, so ``import twinloop`` and
 ``import twinloop.controllers`` stay light. A trained agent is a folder of checkpoints
@@ -6,11 +6,12 @@ Nothing here imports JAX until an agent is built or trained, so ``import twinloo
 runs as a controller on any backend (``twinloop run ID --controller agent:DIR``), with NumPy
 alone.
 
-Modules, each one idea: ``networks`` (MLP encoder, simplicial embedding), ``policy`` (the
-acting network, shared by JAX training and NumPy deployment), ``returns`` (n-step returns,
-GAE), ``losses`` (Huber, quantile Huber, target EMA), ``replay``, ``normalize``, ``agent``
-(the shell every agent shares), ``dqn``, ``ppo``, ``checkpoint``, ``train`` (the loop that
-writes checkpoints, metrics and the learning curve), ``controller``, ``cli``.
+Modules, each one idea: ``networks`` (MLP encoder, simplicial embedding), ``bbf`` (BBF's
+n-step schedule, SPR, resets), ``policy`` (the acting network, shared by JAX training and
+NumPy deployment), ``returns`` (n-step returns, GAE), ``losses`` (Huber, quantile Huber,
+target EMA, SPR's cosine, distillation), ``replay``, ``normalize``, ``agent`` (the shell every
+agent shares), ``dqn``, ``ppo``, ``checkpoint``, ``train`` (the loop that writes checkpoints,
+metrics and the learning curve; reincarnation from a teacher), ``controller``, ``cli``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ AGENTS: dict[str, str] = {
     "ppo": "twinloop.controllers.rl.ppo:PPOAgent",
     "dqn": "twinloop.controllers.rl.dqn:DQNAgent",
     "qr-dqn": "twinloop.controllers.rl.dqn:QRDQNAgent",
+    "bbf": "twinloop.controllers.rl.dqn:BBFAgent",
 }
 
 __all__ = ["AGENTS"]

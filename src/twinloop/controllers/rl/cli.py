@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from twinloop.controllers.rl import AGENTS
@@ -35,7 +36,7 @@ def add_agent_parser(sub: Any) -> None:
     """Add ``agent train`` and ``agent settings`` to the subcommands ``sub``."""
     group = sub.add_parser(
         "agent",
-        help="train learned agents (PPO, DQN, QR-DQN) and list their settings",
+        help="train learned agents (PPO, DQN, QR-DQN, BBF) and list their settings",
         description="Learned agents in JAX. A trained agent runs as a controller: "
         "'twinloop run ID --controller agent:DIR'.",
     )
@@ -89,6 +90,22 @@ def add_agent_parser(sub: Any) -> None:
         help="require a checkpoint in DIR to continue from (without it a run continues from "
         "DIR's newest checkpoint when there is one, and starts fresh otherwise)",
     )  # fmt: skip
+    s.add_argument(
+        "--teacher", default=None, metavar="CONTROLLER",
+        help="reincarnate the agent (dqn, qr-dqn, bbf) from this controller or agent:DIR "
+        "(QDagger): offline pretraining on its captured episodes, then online training "
+        "with a distillation term that decays to 0",
+    )  # fmt: skip
+    s.add_argument(
+        "--teacher-episodes", type=_positive_int, default=20, metavar="N",
+        help="episodes of the teacher to capture into DIR/teacher-data when --teacher-data "
+        "is not given (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--teacher-data", default=None, metavar="PATH",
+        help="the teacher's episodes captured already ('twinloop run ... --record'): a "
+        "dataset folder",
+    )  # fmt: skip
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_train)
 
@@ -101,6 +118,55 @@ def add_agent_parser(sub: Any) -> None:
         "agent", metavar="NAME", choices=list(AGENTS), help=f"one of {', '.join(AGENTS)}"
     )
     s.set_defaults(func=cmd_settings)
+
+
+def capture_teacher(env: Any, teacher: Any, root: Any, episodes: int, seed: int) -> Path:
+    """Record ``episodes`` episodes of ``teacher`` on the single env ``env`` under ``root``.
+
+    Episode ``e`` uses seed ``seed + e``; the recorder is what ``twinloop run --record`` uses
+    and ``env`` is closed at the end.
+
+    Returns:
+        The dataset's folder (``twinloop.datasets.open_dataset`` reads it).
+    """
+    from twinloop.controllers.rl.reincarnate import TEACHER_DATASET
+    from twinloop.datasets import record
+    from twinloop.datasets.writer import dataset_dir
+    from twinloop.eval.rollout import run_single
+
+    if episodes < 1:
+        raise ValueError(f"teacher episodes must be >= 1, got {episodes}")
+    path = Path(dataset_dir(root, TEACHER_DATASET))
+    wrapped = record(env, path, dataset_id=TEACHER_DATASET, tags={"teacher": teacher.name})
+    try:
+        run_single(wrapped, teacher, episodes, seed)
+    finally:
+        wrapped.close()
+    return path
+
+
+def _teacher(args: argparse.Namespace, env_overrides: dict[str, Any]) -> tuple[Any, list]:
+    """The teacher controller and its captured episodes (captured into DIR now if needed)."""
+    import twinloop
+    from twinloop.controllers import make_controller
+    from twinloop.controllers.rl.reincarnate import TEACHER_DATASET
+    from twinloop.datasets import open_dataset
+    from twinloop.datasets.writer import dataset_dir
+
+    single = twinloop.make(args.env_id, **env_overrides)
+    teacher = make_controller(args.teacher, single)
+    if args.teacher_data:
+        path = Path(args.teacher_data)
+        single.close()
+    else:
+        root = Path(args.out) / "teacher-data"
+        path = Path(dataset_dir(root, TEACHER_DATASET))
+        if path.exists():  # captured by an earlier (interrupted) run of this command
+            single.close()
+        else:
+            capture_teacher(single, teacher, root, args.teacher_episodes, args.seed)
+    with open_dataset(path) as data:
+        return teacher, list(data)
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -132,6 +198,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = dict(parse_assignment(cfg, a) for a in args.set)
     env_cfg = twinloop.make_config(args.env_id)
     env_overrides = dict(parse_assignment(env_cfg, a) for a in args.env_set)
+    teacher = teacher_data = None
+    if args.teacher:
+        teacher, teacher_data = _teacher(args, env_overrides)
+    elif args.teacher_data:
+        raise ValueError("--teacher-data needs --teacher (the controller it captured)")
     env = twinloop.make_vec(args.env_id, args.n_envs, **env_overrides)
     bar = tqdm(
         total=args.steps, desc=f"{args.agent} on {args.env_id}", unit="step",
@@ -153,6 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             env, args.agent, args.steps, args.seed, args.out,
             overrides=overrides, env_id=args.env_id, env_overrides=env_overrides,
             checkpoint_every=args.checkpoint_every, progress=progress,
+            teacher=teacher, teacher_data=teacher_data, teacher_name=args.teacher or "",
         )  # fmt: skip
     except KeyboardInterrupt:
         bar.close()

@@ -14,9 +14,18 @@
   Schwarzer et al. 2023).
 * Replay ratio (``replay_ratio``): gradient updates per env step (DQN's 1 update per 4
   steps is 0.25), across all rows of the vector env.
+* BBF's further ingredients (Schwarzer et al. 2023; the pure pieces in
+  :mod:`~twinloop.controllers.rl.bbf`): ``width_scale``, ``n_step_start`` (n annealed to
+  ``n_step`` after every reset), ``weight_decay`` (AdamW, Loshchilov & Hutter 2019),
+  ``spr_steps`` (the self-predictive loss) and ``reset_interval`` (shrink-and-perturb plus
+  last-layer resets). The ``bbf`` preset turns them all on.
+* Reincarnation (QDagger, Agarwal et al. 2022): with a teacher, ``pretrain`` runs offline
+  updates on the teacher's captured transitions, then online updates add the distillation
+  term :func:`~twinloop.controllers.rl.losses.distillation_loss` with a weight that decays
+  linearly to 0 over ``distill_updates`` online updates (:meth:`DQNAgent.distill_weight`).
 
-The math is :func:`td_loss` and :func:`make_update` (pure, jitted); :class:`DQNAgent` holds
-the arrays and the replay buffer between calls.
+The math is :func:`total_loss` and :func:`make_update` (pure, jitted); :class:`DQNAgent`
+holds the arrays and the replay buffer between calls.
 """
 
 from __future__ import annotations
@@ -33,14 +42,16 @@ import numpy as np
 import optax
 
 from twinloop.controllers.rl.agent import Agent, AgentConfig, Arrays, Json
+from twinloop.controllers.rl.bbf import fresh_params, n_step_at, reset_params, spr_loss
 from twinloop.controllers.rl.losses import (
+    distillation_loss,
     ema_update,
     huber,
     quantile_fractions,
     quantile_huber_loss,
 )
-from twinloop.controllers.rl.networks import Params
-from twinloop.controllers.rl.policy import PolicySpec, greedy, head_apply, policy_init
+from twinloop.controllers.rl.networks import EncoderConfig, Params
+from twinloop.controllers.rl.policy import PolicySpec, greedy, head_apply
 from twinloop.controllers.rl.replay import ReplayBuffer
 from twinloop.core.config import cross_check, param
 
@@ -72,6 +83,45 @@ class DQNConfig(AgentConfig):
     eps_decay_fraction: float = param(
         0.25, gt=0.0, le=1.0, doc="fraction of the run over which epsilon decays linearly"
     )
+
+    width_scale: int = param(1, ge=1, le=16, doc="multiplies the encoder's hidden widths (BBF)")
+    n_step_start: int = param(
+        0, ge=0, le=100, doc="n-step annealed from this to n_step after each reset (0: fixed)"
+    )
+    n_step_anneal: int = param(
+        10_000, ge=1, doc="updates over which n anneals exponentially (BBF: 10k)"
+    )
+    weight_decay: float = param(0.0, ge=0.0, le=10.0, doc="AdamW weight decay (BBF: 0.1)")
+    spr_steps: int = param(0, ge=0, le=100, doc="SPR: steps K of latent prediction (0: no SPR)")
+    spr_weight: float = param(5.0, ge=0.0, doc="SPR: weight of its loss (BBF: 5)")
+    spr_dim: int = param(64, ge=1, le=8192, doc="SPR: width of the projection")
+    reset_interval: int = param(
+        0, ge=0, doc="updates between shrink-and-perturb + last-layer resets (0: none)"
+    )
+    shrink_alpha: float = param(
+        0.5, ge=0.0, le=1.0, doc="reset: encoder becomes alpha*theta + (1-alpha)*fresh"
+    )
+    pretrain_updates: int = param(
+        2000, ge=0, doc="reincarnation: offline updates on the teacher's data"
+    )
+    distill_weight: float = param(1.0, ge=0.0, doc="reincarnation: initial distillation weight")
+    distill_updates: int = param(
+        5000, ge=1, doc="reincarnation: online updates over which that weight decays to 0"
+    )
+    distill_temperature: float = param(
+        0.1, gt=0.0, doc="reincarnation: temperature T of the student's softmax(Q / T)"
+    )
+
+    @property
+    def encoder(self) -> EncoderConfig:
+        """The encoder's shape, hidden widths multiplied by ``width_scale``."""
+        base = super().encoder
+        return dataclasses.replace(base, hidden=tuple(h * self.width_scale for h in base.hidden))
+
+    @property
+    def window(self) -> int:
+        """Longest window the replay must sample: n-step returns and SPR sequences."""
+        return max(self.n_step, self.n_step_start, self.spr_steps)
 
     @cross_check
     def _buffer_holds_a_batch(self) -> str | None:
@@ -120,10 +170,37 @@ def td_loss(
     return loss, {"loss": loss, "q_mean": q_mean}
 
 
+def total_loss(
+    params: Params,
+    target: Params,
+    batch: dict[str, jax.Array],
+    spec: PolicySpec,
+    cfg: DQNConfig,
+    distill_weight: jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The learner's loss: TD, SPR and distillation terms.
+
+    TD loss, plus ``spr_weight`` x SPR loss (when ``spr_steps > 0``), plus
+    ``distill_weight`` x the distillation term on rows with a teacher action.
+    """
+    loss, stats = td_loss(params, target, batch, spec, cfg.double_q, cfg.kappa)
+    if cfg.spr_steps:
+        spr = spr_loss(params, target, batch, spec)
+        loss = loss + cfg.spr_weight * spr
+        stats["spr_loss"] = spr
+    q = q_values(params, spec, batch["obs"])
+    if spec.quantiles:
+        q = q.mean(axis=-1)
+    distill = distillation_loss(q, batch["teacher_action"], cfg.distill_temperature)
+    loss = loss + distill_weight * distill
+    stats["distill_loss"] = distill
+    return loss, stats
+
+
 def make_update(
     spec: PolicySpec, cfg: DQNConfig, optimizer: optax.GradientTransformation
-) -> Callable[[dict[str, Any], dict[str, jax.Array], jax.Array], tuple[dict[str, Any], dict]]:
-    """The jitted update ``(state, batch, update_index) -> (state, stats)``.
+) -> Callable[..., tuple[dict[str, Any], dict]]:
+    """The jitted update ``(state, batch, update_index, distill_weight) -> (state, stats)``.
 
     ``state`` holds ``params``, ``target`` and ``opt``. The target follows by EMA after every
     update when ``cfg.target_ema_tau > 0``, else it is copied when ``update_index + 1`` is a
@@ -131,10 +208,10 @@ def make_update(
     """
 
     def update(
-        state: dict[str, Any], batch: dict[str, jax.Array], index: jax.Array
+        state: dict[str, Any], batch: dict[str, jax.Array], index: jax.Array, weight: jax.Array
     ) -> tuple[dict[str, Any], dict]:
-        grads, stats = jax.grad(td_loss, has_aux=True)(
-            state["params"], state["target"], batch, spec, cfg.double_q, cfg.kappa
+        grads, stats = jax.grad(total_loss, has_aux=True)(
+            state["params"], state["target"], batch, spec, cfg, weight
         )
         changes, opt = optimizer.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], changes)
@@ -151,10 +228,17 @@ def make_update(
 
 
 def make_optimizer(cfg: AgentConfig) -> optax.GradientTransformation:
-    """Adam after clipping the gradients' global norm."""
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=cfg.adam_eps)
-    )
+    """Adam (AdamW when ``cfg.weight_decay > 0``) after clipping the gradients' global norm.
+
+    AdamW's decay is decoupled from the gradient: each step multiplies every weight by
+    ``1 - lr * weight_decay`` besides Adam's change (Loshchilov & Hutter 2019).
+    """
+    decay = float(getattr(cfg, "weight_decay", 0.0))
+    if decay > 0:
+        opt = optax.adamw(cfg.lr, eps=cfg.adam_eps, weight_decay=decay)
+    else:
+        opt = optax.adam(cfg.lr, eps=cfg.adam_eps)
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
 
 
 @functools.lru_cache(maxsize=16)
@@ -190,14 +274,20 @@ class DQNAgent(Agent):
         cfg = config
         head = "quantiles" if cfg.quantiles else "q"
         self._spec = PolicySpec(cfg.encoder, head, int(self.action["n"]), cfg.quantiles)
-        params = jax.tree_util.tree_map(
-            jnp.asarray, policy_init(self.rng, self.obs_dim, self._spec, gain=1.0)
-        )
+        self._spr = (cfg.encoder.hidden[-1], cfg.spr_dim) if cfg.spr_steps else None
+        params = self._fresh()
         optimizer, self._update, self._greedy = _compiled(self._spec, cfg)
+        self._optimizer = optimizer
         self._state = {"params": params, "target": params, "opt": optimizer.init(params)}
-        capacity = max(cfg.n_step, cfg.buffer_size // self.n_envs)
-        self.replay = ReplayBuffer(capacity, self.n_envs, self.obs_dim, cfg.n_step)
+        capacity = max(cfg.window, cfg.buffer_size // self.n_envs)
+        self.replay = ReplayBuffer(capacity, self.n_envs, self.obs_dim, cfg.window)
         self._update_credit = 0.0  # fractional updates owed by the replay ratio
+        self.teacher = False  # set by a trainer that reincarnates this agent from a teacher
+
+    def _fresh(self) -> Params:
+        """A new initialisation of the learner network (JAX arrays)."""
+        params = fresh_params(self.rng, self.obs_dim, self._spec, self._spr)
+        return jax.tree_util.tree_map(jnp.asarray, params)
 
     @property
     def spec(self) -> PolicySpec:
@@ -205,8 +295,8 @@ class DQNAgent(Agent):
         return self._spec
 
     def policy_params(self) -> Params:
-        """The online Q network."""
-        return self._state["params"]
+        """The online Q network (without the SPR modules)."""
+        return {k: self._state["params"][k] for k in ("encoder", "head")}
 
     def learner_state(self) -> Any:
         """Online and target networks and the optimiser state."""
@@ -217,13 +307,77 @@ class DQNAgent(Agent):
         self._state = jax.tree_util.tree_map(jnp.asarray, tree)
 
     def extra_state(self) -> tuple[Json, Arrays]:
-        """The replay buffer and the owed updates."""
-        return {"update_credit": self._update_credit}, self.replay.arrays()
+        """The replay buffer, the owed updates and whether a teacher is distilled."""
+        return {"update_credit": self._update_credit, "teacher": self.teacher}, (
+            self.replay.arrays()
+        )
 
     def load_extra_state(self, meta: Json, arrays: Arrays) -> None:
         """Restore :meth:`extra_state` output."""
         self.replay.load_arrays(arrays)
         self._update_credit = float(meta["update_credit"])
+        self.teacher = bool(meta.get("teacher", False))
+
+    def n_step(self) -> int:
+        """The update horizon now: annealed after each reset when ``n_step_start > 0``."""
+        cfg = self.config
+        since = self.updates % cfg.reset_interval if cfg.reset_interval else self.updates
+        return n_step_at(since, cfg.n_step_start, cfg.n_step, cfg.n_step_anneal)
+
+    def distill_weight(self) -> float:
+        """Weight of the distillation term now (0 without a teacher).
+
+        ``distill_weight`` decaying linearly to 0 over ``distill_updates`` online updates.
+        """
+        cfg = self.config
+        if not self.teacher:
+            return 0.0
+        return cfg.distill_weight * max(0.0, 1.0 - self.updates / cfg.distill_updates)
+
+    def reset_network(self) -> None:
+        """BBF's reset (:func:`~twinloop.controllers.rl.bbf.reset_params`), fresh optimiser.
+
+        The target network is kept (it follows by EMA or periodic copies as before), so the
+        TD targets stay meaningful while the reset head relearns.
+        """
+        params = reset_params(self._state["params"], self._fresh(), self.config.shrink_alpha)
+        self._state = {
+            "params": params,
+            "target": self._state["target"],
+            "opt": self._optimizer.init(params),
+        }
+
+    def _learn(self, replay: ReplayBuffer, weight: float, index: int) -> dict:
+        """One update on a batch from ``replay``."""
+        cfg = self.config
+        batch = replay.sample(self.rng, cfg.batch_size, cfg.gamma, self.n_step(), cfg.spr_steps)
+        for key in ("obs", "next_obs", "seq_next_obs"):
+            if key in batch:
+                batch[key] = self.normalized(batch[key])
+        self._state, stats = self._update(self._state, batch, jnp.int32(index), jnp.float32(weight))
+        return stats
+
+    def pretrain(self, data: ReplayBuffer, updates: int) -> dict[str, float]:
+        """QDagger's offline phase on the teacher's transitions ``data``.
+
+        ``updates`` updates of TD plus distillation at weight ``distill_weight`` (the
+        teacher actions of ``data`` are its own actions).
+
+        The observation normaliser is first fitted to the teacher's observations. These
+        updates do not count in :attr:`updates` (schedules start at the online phase).
+        """
+        if data.sampleable == 0:
+            raise ValueError("the teacher's data holds no transition to pretrain on")
+        if self.config.normalize_obs:
+            written = min(data.written, data.capacity)
+            self.norm.update(data.obs[:written].reshape(-1, self.obs_dim))
+        self.teacher = True
+        stats: list[dict] = []
+        for i in range(updates):
+            stats.append(self._learn(data, self.config.distill_weight, i))
+        if not stats:
+            return {}
+        return {k: float(np.mean([float(s[k]) for s in stats])) for k in stats[0]}
 
     def epsilon(self) -> float:
         """Exploration rate at the current env step (linear decay)."""
@@ -249,11 +403,16 @@ class DQNAgent(Agent):
         terminated: np.ndarray,
         truncated: np.ndarray,
         next_obs: np.ndarray,
+        teacher_action: np.ndarray | None = None,
     ) -> dict[str, float]:
-        """Store the step; make the updates the replay ratio owes."""
+        """Store the step; make the updates the replay ratio owes.
+
+        ``teacher_action`` holds the teacher's actions (agent units) when reincarnating.
+        """
         self.replay.add(
-            self.flat(obs), self._last_action, reward, terminated, truncated, self.flat(next_obs)
-        )
+            self.flat(obs), self._last_action, reward, terminated, truncated,
+            self.flat(next_obs), teacher_action,
+        )  # fmt: skip
         self.env_steps += self.n_envs
         cfg = self.config
         if self.env_steps < cfg.learning_starts or self.replay.sampleable == 0:
@@ -262,12 +421,10 @@ class DQNAgent(Agent):
         stats: list[dict] = []
         while self._update_credit >= 1.0:
             self._update_credit -= 1.0
-            batch = self.replay.sample(self.rng, cfg.batch_size, cfg.gamma)
-            batch["obs"] = self.normalized(batch["obs"])
-            batch["next_obs"] = self.normalized(batch["next_obs"])
-            self._state, s = self._update(self._state, batch, jnp.int32(self.updates))
+            stats.append(self._learn(self.replay, self.distill_weight(), self.updates))
             self.updates += 1
-            stats.append(s)
+            if cfg.reset_interval and self.updates % cfg.reset_interval == 0:
+                self.reset_network()
         if not stats:
             return {}
         return {k: float(np.mean([float(s[k]) for s in stats])) for k in stats[0]}
@@ -289,3 +446,41 @@ class QRDQNAgent(DQNAgent):
 
     name = "qr-dqn"
     Config = QRDQNConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BBFConfig(QRDQNConfig):
+    """Settings of ``bbf``: every BBF ingredient on, at BBF's values unless noted.
+
+    BBF (Schwarzer et al. 2023) on Atari: width scale 4, n 10 -> 3 and gamma 0.97 -> 0.997
+    over 10k updates after each reset, EMA target tau 0.005, AdamW lr 1e-4 and weight decay
+    0.1, SPR with K = 5 and weight 5, replay ratio 8, resets every 40k updates with alpha
+    0.5, batch 32, C51 as its distributional head. Here: quantile regression as the
+    distributional head (our family's), width scale 2 over the 128x128 MLP, replay ratio 2
+    and a fixed gamma (0.99; the gamma schedule is not implemented) to fit a CPU.
+    """
+
+    width_scale: int = param(2, ge=1, le=16, doc="multiplies the encoder's hidden widths (BBF)")
+    n_step: int = param(3, ge=1, le=100, doc="n-step at the end of each anneal")
+    n_step_start: int = param(
+        10, ge=0, le=100, doc="n-step annealed from this to n_step after each reset (0: fixed)"
+    )
+    double_q: bool = param(True, doc="double Q-learning: the online net picks the next action")
+    target_ema_tau: float = param(
+        0.005, ge=0.0, le=1.0, doc="EMA rate of the target net per update (0: hard copies)"
+    )
+    lr: float = param(1e-4, gt=0.0, le=1.0, doc="AdamW learning rate")
+    weight_decay: float = param(0.1, ge=0.0, le=10.0, doc="AdamW weight decay (BBF: 0.1)")
+    spr_steps: int = param(5, ge=0, le=100, doc="SPR: steps K of latent prediction (0: no SPR)")
+    replay_ratio: float = param(2.0, gt=0.0, le=64.0, doc="gradient updates per env step")
+    batch_size: int = param(32, ge=1, le=65536, doc="transitions per gradient update")
+    reset_interval: int = param(
+        40_000, ge=0, doc="updates between shrink-and-perturb + last-layer resets (0: none)"
+    )
+
+
+class BBFAgent(DQNAgent):
+    """The ``bbf`` preset: :class:`DQNAgent` with every BBF ingredient (see :class:`BBFConfig`)."""
+
+    name = "bbf"
+    Config = BBFConfig

@@ -59,3 +59,40 @@ def ema_update(target: Any, online: Any, tau: float) -> Any:
     import jax
 
     return jax.tree_util.tree_map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
+
+
+def normalized_l2(pred: Any, target: Any) -> Any:
+    """``|| p / |p| - t / |t| ||^2 = 2 - 2 cos(p, t)`` over the last axis (0 where equal).
+
+    The self-predictive loss of SPR (Schwarzer et al. 2021, "Data-Efficient RL with
+    Self-Predictive Representations"), used by BBF: a cosine similarity, shifted so that a
+    perfect prediction costs nothing.
+    """
+    import jax.numpy as jnp
+
+    p = pred / jnp.sqrt(jnp.sum(pred * pred, axis=-1, keepdims=True) + 1e-12)
+    t = target / jnp.sqrt(jnp.sum(target * target, axis=-1, keepdims=True) + 1e-12)
+    return jnp.sum((p - t) ** 2, axis=-1)
+
+
+def distillation_loss(q: Any, teacher_action: Any, temperature: float) -> Any:
+    """QDagger's distillation term: cross-entropy of the teacher's policy and softmax(Q / T).
+
+    Agarwal et al. 2022 ("Reincarnating RL", eq. 2) distil ``pi_T`` into the student's
+    ``softmax(Q_S / T)``. Our teachers may be classical controllers that give an action and
+    no probabilities, so ``pi_T`` is the teacher's action as a one-hot (a greedy teacher);
+    the term is then ``-log softmax(Q_S / T)[a_T]``, averaged over rows that have a teacher
+    action (``teacher_action >= 0``; 0 when none has).
+
+    Args:
+        q: ``(B, A)`` the student's action values.
+        teacher_action: ``(B,)`` the teacher's action index, ``-1`` where there is none.
+        temperature: ``T`` (> 0).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    logp = jax.nn.log_softmax(q / temperature, axis=-1)
+    has = teacher_action >= 0
+    picked = jnp.take_along_axis(logp, jnp.maximum(teacher_action, 0)[:, None], axis=-1)[:, 0]
+    return -jnp.sum(jnp.where(has, picked, 0.0)) / jnp.maximum(jnp.sum(has), 1)

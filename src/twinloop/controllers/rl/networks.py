@@ -119,15 +119,41 @@ def simplicial_embedding(xp: Any, x: Any, simplices: int, dim: int, tau: float) 
     return (e / e.sum(axis=-1, keepdims=True)).reshape(x.shape)
 
 
+def layer_norm(xp: Any, x: Any, eps: float = 1e-5) -> Any:
+    """Each row of ``x`` shifted and scaled to zero mean and unit variance (no parameters)."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / xp.sqrt(var + eps)
+
+
 def encoder_apply(xp: Any, params: Params, cfg: EncoderConfig, x: Any) -> Any:
     """The encoder's features of a batch of flat observations ``(..., in_dim)``."""
+    x = encoder_trunk(xp, params, cfg, x)
+    if cfg.sem_simplices:
+        x = sem_apply(xp, params["sem"], cfg, x)
+    return x
+
+
+def encoder_trunk(xp: Any, params: Params, cfg: EncoderConfig, x: Any) -> Any:
+    """The encoder's hidden layers alone (the input of the simplicial embedding)."""
     for layer in params["layers"]:
         x = _act(xp, cfg.activation, dense_apply(layer, x))
-    if cfg.sem_simplices:
-        x = simplicial_embedding(
-            xp, dense_apply(params["sem"], x), cfg.sem_simplices, cfg.sem_dim, cfg.sem_tau
-        )
     return x
+
+
+def sem_apply(xp: Any, params: Params, cfg: EncoderConfig, x: Any) -> Any:
+    """Projection, per-row normalisation, then the simplicial embedding at ``cfg.sem_tau``.
+
+    The normalisation stands where the paper has BatchNorm: it keeps the logits at unit
+    scale, so ``tau`` alone sets how sharp the simplices are. Without it the logits of a
+    Q network grow with training until every softmax saturates on one vertex for every
+    state, the features stop depending on the observation and no gradient reaches the
+    encoder (QR-DQN on CartPole then acts constantly). A parameter-free per-row norm
+    rather than BatchNorm keeps acting identical to training and needs no running
+    statistics in a saved agent.
+    """
+    z = layer_norm(xp, dense_apply(params, x))
+    return simplicial_embedding(xp, z, cfg.sem_simplices, cfg.sem_dim, cfg.sem_tau)
 
 
 def flat_dim(shape: Sequence[int]) -> int:

@@ -19,6 +19,12 @@ Files in the run folder: ``run.json`` (what was asked), ``checkpoint-<step>/`` (
 two), ``metrics.csv`` (one row per log interval: env steps/s, learner updates, recent
 return, losses), ``episodes.csv`` (every finished episode), ``metrics.json`` (both, plus a
 summary) and ``learning_curve.png`` (when matplotlib is installed).
+
+Reincarnation (``teacher=``, value-based agents; :mod:`~twinloop.controllers.rl.reincarnate`):
+a fresh run first pretrains offline on the teacher's captured data, then the teacher's action
+on every state the student visits is stored with the transition for the distillation term.
+The teacher is reset with the envs at each segment's start and per row when an episode ends,
+so a resumed run asks it the same questions.
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from twinloop.controllers.base import Controller
 from twinloop.controllers.rl import AGENTS
 from twinloop.controllers.rl.agent import Agent
 from twinloop.controllers.rl.checkpoint import latest_checkpoint, read_part, save_checkpoint
@@ -139,6 +146,9 @@ def train(
     resume: bool = True,
     progress: ProgressFn | None = None,
     log_every: int | None = None,
+    teacher: Controller | None = None,
+    teacher_data: Sequence[Any] | None = None,
+    teacher_name: str = "",
 ) -> TrainResult:
     """Train ``agent_name`` on ``env`` for ``steps`` env steps (see the module docstring).
 
@@ -157,6 +167,10 @@ def train(
             run otherwise. False refuses a folder that holds checkpoints.
         progress: Called with every log row.
         log_every: Env steps between log rows (default: about 1 % of the run).
+        teacher: Reincarnate the (value-based) agent from this controller (QDagger).
+        teacher_data: The teacher's captured episodes (needed with ``teacher``): a
+            :class:`twinloop.datasets.Dataset`'s episodes, e.g. ``list(open_dataset(path))``.
+        teacher_name: Recorded in ``run.json`` (a resumed run must name the same teacher).
 
     Returns:
         A :class:`TrainResult`.
@@ -178,6 +192,13 @@ def train(
         agent_name, env.single_observation_space, env.single_action_space, n, steps, seed,
         overrides,
     )  # fmt: skip
+    if teacher is not None:
+        if not hasattr(agent, "pretrain"):
+            raise ValueError(
+                f"--teacher needs a value-based agent (dqn, qr-dqn, bbf), not {agent_name}"
+            )
+        if teacher_data is None:
+            raise ValueError("a teacher needs its captured data (teacher_data)")
     chunk = int(getattr(agent, "rollout_steps", n))
     total = _round_up(steps, chunk)
     segment = _round_up(checkpoint_every, chunk)
@@ -191,6 +212,7 @@ def train(
         "checkpoint_every": segment,
         "overrides": _plain(overrides),
         "env_overrides": _plain(dict(env_overrides or {})),
+        **({"teacher": teacher_name or getattr(teacher, "name", "")} if teacher else {}),
     }
     history: dict[str, Any] = {"log": [], "episodes": [], "wall_s": 0.0}
     found = latest_checkpoint(run_dir)
@@ -208,6 +230,13 @@ def train(
             )
         agent.load_state(meta, arrays)
         history = meta["trainer"]["history"]
+    elif teacher is not None:
+        from twinloop.controllers.rl.reincarnate import teacher_replay
+
+        data = teacher_replay(
+            teacher_data, agent.observation_shape, agent.action, agent.config.window
+        )
+        history["pretrain"] = agent.pretrain(data, agent.config.pretrain_updates)
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_text(run_dir / "run.json", json.dumps(run, indent=1))
     resumed_from = agent.env_steps
@@ -225,12 +254,19 @@ def train(
     while step < total:
         k = step // segment
         seg_end = min((k + 1) * segment, total)
-        obs, _ = env.reset(seed=segment_seed(seed, k))
+        env_seed = segment_seed(seed, k)
+        obs, _ = env.reset(seed=env_seed)
+        seeds = env_seed + np.arange(n)
+        if teacher is not None:
+            teacher.reset(n, seeds)
         returns[:] = 0.0
         lengths[:] = 0
         while step < seg_end:
             t0 = time.perf_counter()
             actions = agent.act(obs)
+            extra = {}
+            if teacher is not None:
+                extra["teacher_action"] = np.asarray(teacher.act(obs)) - agent.action["start"]
             t1 = time.perf_counter()
             obs2, reward, terminated, truncated, info = env.step(actions)
             t2 = time.perf_counter()
@@ -240,7 +276,9 @@ def train(
                 next_obs = np.array(obs2, copy=True)
                 for i in np.flatnonzero(ended):
                     next_obs[i] = info["final_obs"][i]
-            s = agent.observe(obs, reward, terminated, truncated, next_obs)
+            s = agent.observe(obs, reward, terminated, truncated, next_obs, **extra)
+            if teacher is not None and ended.any():
+                teacher.reset(n, seeds, mask=ended)
             t3 = time.perf_counter()
             env_s += t2 - t1
             agent_s += (t1 - t0) + (t3 - t2)

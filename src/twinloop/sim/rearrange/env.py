@@ -181,6 +181,7 @@ def metadata(cfg: RearrangeConfig, layout: Layout) -> dict[str, Any]:
         "splits": E.SPLITS,
         "instruction_types": L.INSTRUCTION_TYPES,
         "vocabulary": L.vocabulary(),
+        "grammar": L.grammar(),
         "action_names": C.action_names(),
         "action_table": C.action_table(),
         "n_receptacles": C.N_RECEPTACLES,

@@ -15,14 +15,26 @@ evaluation split differs from training only in what its rule changes:
 split                     rule (what differs from training)
 ========================  ==================================================================
 train                     single or two-object rearrangement, training phrasings, training
-                          categories, training scenes 0-49
+                          categories, training scenes 0-49, no held-out combination
 rephrasing                single rearrangement in held-out phrasings only
+referring_expressions     single rearrangement whose object is named by its attributes
+                          ("the yellow curved fruit"), never by its name
+spatial_relationships     single rearrangement whose target is named by its kind and a
+                          relation to another receptacle ("the counter left of the sink"),
+                          true and unique in the episode's apartment
+context                   single rearrangement whose object is implied by a context sentence
+                          ("I want to play a sport." for ball)
+irrelevant_text           a training single-rearrangement phrasing with an irrelevant sentence
+                          before or after it
 novel_objects             single rearrangement of held-out categories only
 multiple_rearrangements   "all the X" (2-3 instances), a type training never has
 multiple_objects          three objects in one instruction (training has one or two)
 conditional               "if the A is open/closed, ... otherwise ...", a type training
                           never has; the condition is read at the episode's start
 new_scenes                the training mixture in the 10 held-out scenes 50-59
+compositional             (beyond the benchmark) the training mixture, but every episode
+                          holds one of :data:`HELD_OUT_COMBINATIONS`: a (type, category,
+                          target) whose every part and every pair of parts training has
 ========================  ==================================================================
 
 Scenes (apartments) are generated from fixed seeds too (:func:`scene_rooms`): 3-5 rooms and
@@ -46,28 +58,44 @@ from twinloop.sim.rearrange import language as L
 # --- splits ---------------------------------------------------------------------------------
 SPLITS = (
     "train",
+    # paraphrastic robustness [LLaRP]: the same behaviour, new language
     "rephrasing",
-    "novel_objects",
+    "referring_expressions",
+    "spatial_relationships",
+    "context",
+    "irrelevant_text",
+    # behaviour generalisation [LLaRP]: a new optimal behaviour
     "multiple_rearrangements",
+    "novel_objects",
     "multiple_objects",
     "conditional",
+    # unseen apartments [LLaRP]
     "new_scenes",
+    # beyond the benchmark: held-out combinations of seen parts
+    "compositional",
 )
 (
     SPLIT_TRAIN,
     SPLIT_REPHRASING,
-    SPLIT_NOVEL,
+    SPLIT_REFERRING,
+    SPLIT_SPATIAL,
+    SPLIT_CONTEXT,
+    SPLIT_IRRELEVANT,
     SPLIT_MULTI_REARRANGE,
+    SPLIT_NOVEL,
     SPLIT_MULTI_OBJECTS,
     SPLIT_CONDITIONAL,
     SPLIT_NEW_SCENES,
+    SPLIT_COMPOSITIONAL,
 ) = range(len(SPLITS))
 #: Episodes per split: 150,000 training episodes and 100 per evaluation split [LLaRP].
 N_TRAIN_EPISODES = 150_000
 N_EVAL_EPISODES = 100
 EVAL_SPLITS = SPLITS[1:]
-#: LLaRP's evaluation splits not built yet (see the system README).
-SPLITS_NOT_BUILT = ("referring_expressions", "spatial_relationships", "context", "irrelevant_text")
+#: LLaRP's 10 evaluation splits (its results table's rows, before ``overall``).
+BENCHMARK_SPLITS = SPLITS[1:11]
+#: LLaRP's evaluation splits not built yet (none left).
+SPLITS_NOT_BUILT: tuple[str, ...] = ()
 
 
 def split_size(split: str) -> int:
@@ -78,10 +106,7 @@ def split_size(split: str) -> int:
 def split_id(split: str, where: str = "rearrange") -> int:
     """The id of split ``split``; ``ValueError`` listing the valid names if unknown."""
     if split not in SPLITS:
-        raise ValueError(
-            f"{where}: unknown split {split!r}; valid splits: {', '.join(SPLITS)} "
-            f"(not built yet: {', '.join(SPLITS_NOT_BUILT)})"
-        )
+        raise ValueError(f"{where}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     return SPLITS.index(split)
 
 
@@ -165,6 +190,87 @@ def scene_layouts() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return n_rooms, rooms, xy
 
 
+@functools.cache
+def scene_relations() -> np.ndarray:
+    """``(60, 11, 11)``: how receptacle ``r`` relates to anchor ``a`` in each scene.
+
+    ``language.REL_LEFT`` when ``r`` is left of ``a`` (smaller x) and no other receptacle of
+    ``r``'s kind (``language.KINDS``) except ``a`` is, so "the {kind} left of the {a}" names
+    ``r`` alone; ``REL_RIGHT`` likewise; 0 when neither holds.
+
+    Raises:
+        RuntimeError: A scene has no receptacle that a relation names (never with the seeds).
+    """
+    xy = scene_layouts()[2]
+    rel = np.zeros((N_SCENES, C.N_RECEPTACLES, C.N_RECEPTACLES), dtype=np.int64)
+    for s in range(N_SCENES):
+        x = xy[s, :, 0]
+        for r in range(C.N_RECEPTACLES):
+            for a in range(C.N_RECEPTACLES):
+                if a == r:
+                    continue
+                others = [
+                    m for m in range(C.N_RECEPTACLES)
+                    if L.KINDS[m] == L.KINDS[r] and m not in (r, a)
+                ]  # fmt: skip
+                if x[r] < x[a] and all(x[m] > x[a] for m in others):
+                    rel[s, r, a] = L.REL_LEFT
+                elif x[r] > x[a] and all(x[m] < x[a] for m in others):
+                    rel[s, r, a] = L.REL_RIGHT
+        if not (rel[s] > 0).any():
+            raise RuntimeError(f"scene {s}: no spatial relationship names a receptacle")
+    return rel
+
+
+# --- compositional hold-out -------------------------------------------------------------------
+N_HELD_OUT_COMBINATIONS = 48
+_COMBO_SALT = 0xC0DB05
+#: Instruction types whose (type, category, target) combinations can be held out.
+COMBINATION_TYPES = (L.TYPE_SINGLE, L.TYPE_TWO)
+
+
+@functools.cache
+def held_out_combinations() -> np.ndarray:
+    """``(48, 3)`` (type, category, target receptacle) held out of all splits but one.
+
+    Drawn from a fixed seed; only ``compositional`` episodes hold them.
+    Each (type, category) loses at most one target, each (category, target) pair at most one
+    type, and each (type, target) at most 3 categories, so every part and every pair of parts
+    of a held-out combination stays in training.
+    """
+    rs = _Stream(_COMBO_SALT)
+    out: list[tuple[int, int, int]] = []
+    type_cat: set[tuple[int, int]] = set()
+    cat_rec: set[tuple[int, int]] = set()
+    type_rec: dict[tuple[int, int], int] = {}
+    while len(out) < N_HELD_OUT_COMBINATIONS:
+        typ = COMBINATION_TYPES[rs.randint(len(COMBINATION_TYPES))]
+        cat = rs.randint(C.N_TRAIN_CATEGORIES)
+        rec = rs.randint(C.N_RECEPTACLES)
+        if (typ, cat) in type_cat or (cat, rec) in cat_rec or type_rec.get((typ, rec), 0) >= 3:
+            continue
+        out.append((typ, cat, rec))
+        type_cat.add((typ, cat))
+        cat_rec.add((cat, rec))
+        type_rec[(typ, rec)] = type_rec.get((typ, rec), 0) + 1
+    return np.array(out, dtype=np.int64)
+
+
+def _combination_mask() -> np.ndarray:
+    mask = np.zeros((len(L.INSTRUCTION_TYPES), C.N_CATEGORIES, C.N_RECEPTACLES), dtype=np.int64)
+    for typ, cat, rec in held_out_combinations():
+        mask[typ, cat, rec] = 1
+    return mask
+
+
+def held_out_combination_names() -> tuple[tuple[str, str, str], ...]:
+    """:func:`held_out_combinations` as (type, category, receptacle) names."""
+    return tuple(
+        (L.INSTRUCTION_TYPES[t], C.CATEGORIES[c], C.RECEPTACLES[r])
+        for t, c, r in held_out_combinations()
+    )
+
+
 # --- the spec row ---------------------------------------------------------------------------
 MAX_OBJECTS = 36
 MAX_ATOMS = 3
@@ -201,13 +307,12 @@ class WorldTables(NamedTuple):
     Attributes:
         templates: ``(n_templates, width)`` token ids and slot codes (language.tables()).
         template_range: ``(n_types, 2, 2)`` template rows by type and phrasing set.
-        category_names: ``(33, 3)`` token ids of each category's name.
-        category_plurals: ``(33, 3)`` of each plural.
-        receptacle_names: ``(11, 3)``.
-        articulated_names: ``(5, 3)``.
-        state_names: ``(2, 3)``: ``closed``, ``open``.
+        fillers: ``(n_slots, rows, width)`` token ids of each slot's filler per value.
         capacity: ``(11,)`` objects each receptacle holds.
         scene_rooms: ``(60, 11)`` room of each receptacle in each scene.
+        relations: ``(60, 11, 11)`` spatial relation codes (:func:`scene_relations`).
+        combinations: ``(n, 3)`` held-out (type, category, receptacle) combinations.
+        combination_mask: ``(n_types, 33, 11)`` 1 where a combination is held out.
         world: ``(2,)`` clutter objects per episode, the default split's id.
         task: The task's float parameters (``task.TP_*``; zeros until the env sets them).
         cmd_low: The skill command's lower limit (the safety layer's).
@@ -217,13 +322,12 @@ class WorldTables(NamedTuple):
 
     templates: np.ndarray
     template_range: np.ndarray
-    category_names: np.ndarray
-    category_plurals: np.ndarray
-    receptacle_names: np.ndarray
-    articulated_names: np.ndarray
-    state_names: np.ndarray
+    fillers: np.ndarray
     capacity: np.ndarray
     scene_rooms: np.ndarray
+    relations: np.ndarray
+    combinations: np.ndarray
+    combination_mask: np.ndarray
     world: np.ndarray
     task: np.ndarray
     cmd_low: np.ndarray
@@ -243,13 +347,12 @@ def world_tables(n_clutter: int = 30, split: str = "train") -> WorldTables:
     return WorldTables(
         t["templates"],
         t["template_range"],
-        t["category_names"],
-        t["category_plurals"],
-        t["receptacle_names"],
-        t["articulated_names"],
-        t["state_names"],
+        t["fillers"],
         np.array(C.CAPACITY, dtype=np.int64),
         scene_layouts()[1],
+        scene_relations(),
+        held_out_combinations(),
+        _combination_mask(),
         np.array([n_clutter, split_id(split)], dtype=np.int64),
         np.zeros(4, dtype=np.float64),
         np.array([0.0]),
@@ -275,79 +378,129 @@ def _randint(gen: np.ndarray, g: int, n: int) -> int:
     return min(int(uniform(gen, g, 0) * n), n - 1)
 
 
-# Each rule returns (instruction type, held-out phrasing, scene, novel categories).
-@njit
-def _rule_train(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
-    typ = L.TYPE_SINGLE if uniform(gen, g, 0) <= 0.5 else L.TYPE_TWO
-    return typ, 0, _randint(gen, g, N_TRAIN_SCENES), 0
+# The spec columns of the template's slots (language.SLOTS order).
+S_OBJ, S_OBJ2, S_OBJ3, S_OBJS, S_SRC, S_TGT, S_TGT2, S_ART, S_STATE = range(SP_SLOTS, SP_SLOTS + 9)
+S_REF, S_CTX, S_DIS, S_KIND, S_REL, S_ANCHOR = range(SP_SLOTS + 9, SP_SLOTS + 15)
+assert L.SLOTS.index("anchor") == S_ANCHOR - SP_SLOTS
+N_DISTRACTORS = len(L.DISTRACTORS)
+
+
+class Rule(NamedTuple):
+    """What a split's rule chooses; :func:`build` draws everything else the same way."""
+
+    typ: int  # instruction type (language.TYPE_*)
+    held_out: int  # 1: a held-out phrasing
+    scene: int
+    novel: int  # 1: the task's categories are the held-out ones
+    combination: int  # row of WorldTables.combinations the episode holds; -1: none
 
 
 @njit
-def _rule_rephrasing(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
-    return L.TYPE_SINGLE, 1, _randint(gen, g, N_TRAIN_SCENES), 0
+def _training_mix(gen: np.ndarray, g: int) -> int:
+    return L.TYPE_SINGLE if uniform(gen, g, 0) <= 0.5 else L.TYPE_TWO
 
 
 @njit
-def _rule_novel_objects(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
-    return L.TYPE_SINGLE, 0, _randint(gen, g, N_TRAIN_SCENES), 1
+def _train_scene(gen: np.ndarray, g: int) -> int:
+    return _randint(gen, g, N_TRAIN_SCENES)
 
 
 @njit
-def _rule_multiple_rearrangements(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
-    return L.TYPE_ALL, 0, _randint(gen, g, N_TRAIN_SCENES), 0
+def _rule_train(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    typ = _training_mix(gen, g)
+    return Rule(typ, 0, _train_scene(gen, g), 0, -1)
 
 
 @njit
-def _rule_multiple_objects(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
-    return L.TYPE_THREE, 0, _randint(gen, g, N_TRAIN_SCENES), 0
+def _rule_rephrasing(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    return Rule(L.TYPE_SINGLE, 1, _train_scene(gen, g), 0, -1)
 
 
 @njit
-def _rule_conditional(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
-    return L.TYPE_CONDITIONAL, 0, _randint(gen, g, N_TRAIN_SCENES), 0
+def _rule_referring_expressions(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    return Rule(L.TYPE_REFERRING, 0, _train_scene(gen, g), 0, -1)
 
 
 @njit
-def _rule_new_scenes(gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
-    typ = L.TYPE_SINGLE if uniform(gen, g, 0) <= 0.5 else L.TYPE_TWO
-    return typ, 0, N_TRAIN_SCENES + _randint(gen, g, N_SCENES - N_TRAIN_SCENES), 0
+def _rule_spatial_relationships(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    return Rule(L.TYPE_SPATIAL, 0, _train_scene(gen, g), 0, -1)
 
 
 @njit
-def _rule(split: int, gen: np.ndarray, g: int) -> tuple[int, int, int, int]:
+def _rule_context(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    return Rule(L.TYPE_CONTEXT, 0, _train_scene(gen, g), 0, -1)
+
+
+@njit
+def _rule_irrelevant_text(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    return Rule(L.TYPE_IRRELEVANT, 0, _train_scene(gen, g), 0, -1)
+
+
+@njit
+def _rule_novel_objects(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    return Rule(L.TYPE_SINGLE, 0, _train_scene(gen, g), 1, -1)
+
+
+@njit
+def _rule_multiple_rearrangements(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    return Rule(L.TYPE_ALL, 0, _train_scene(gen, g), 0, -1)
+
+
+@njit
+def _rule_multiple_objects(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    return Rule(L.TYPE_THREE, 0, _train_scene(gen, g), 0, -1)
+
+
+@njit
+def _rule_conditional(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    return Rule(L.TYPE_CONDITIONAL, 0, _train_scene(gen, g), 0, -1)
+
+
+@njit
+def _rule_new_scenes(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    typ = _training_mix(gen, g)
+    return Rule(typ, 0, N_TRAIN_SCENES + _randint(gen, g, N_SCENES - N_TRAIN_SCENES), 0, -1)
+
+
+@njit
+def _rule_compositional(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
+    combination = _randint(gen, g, t.combinations.shape[0])
+    typ = t.combinations[combination, 0]
+    return Rule(typ, 0, _train_scene(gen, g), 0, combination)
+
+
+@njit
+def _rule(split: int, gen: np.ndarray, g: int, t: WorldTables) -> Rule:
     if split == SPLIT_REPHRASING:
-        return _rule_rephrasing(gen, g)
+        return _rule_rephrasing(gen, g, t)
+    if split == SPLIT_REFERRING:
+        return _rule_referring_expressions(gen, g, t)
+    if split == SPLIT_SPATIAL:
+        return _rule_spatial_relationships(gen, g, t)
+    if split == SPLIT_CONTEXT:
+        return _rule_context(gen, g, t)
+    if split == SPLIT_IRRELEVANT:
+        return _rule_irrelevant_text(gen, g, t)
     if split == SPLIT_NOVEL:
-        return _rule_novel_objects(gen, g)
+        return _rule_novel_objects(gen, g, t)
     if split == SPLIT_MULTI_REARRANGE:
-        return _rule_multiple_rearrangements(gen, g)
+        return _rule_multiple_rearrangements(gen, g, t)
     if split == SPLIT_MULTI_OBJECTS:
-        return _rule_multiple_objects(gen, g)
+        return _rule_multiple_objects(gen, g, t)
     if split == SPLIT_CONDITIONAL:
-        return _rule_conditional(gen, g)
+        return _rule_conditional(gen, g, t)
     if split == SPLIT_NEW_SCENES:
-        return _rule_new_scenes(gen, g)
-    return _rule_train(gen, g)
-
-
-@njit(inline="always")
-def _put_name(spec: np.ndarray, n: int, names: np.ndarray, row: int) -> int:
-    for k in range(names.shape[1]):
-        tok = names[row, k]
-        if tok < 0:
-            break
-        if n < L.MAX_TOKENS:
-            spec[SP_TOKENS + n] = tok
-        n += 1
-    return n
+        return _rule_new_scenes(gen, g, t)
+    if split == SPLIT_COMPOSITIONAL:
+        return _rule_compositional(gen, g, t)
+    return _rule_train(gen, g, t)
 
 
 @njit
 def _write_tokens(spec: np.ndarray, t: WorldTables) -> None:
-    """Fill the template's slots with the names of the spec's slot values."""
+    """Fill the template's slots with the fillers of the spec's slot values."""
     row = spec[SP_TEMPLATE]
     n = 0
-    s = SP_SLOTS
     for j in range(t.templates.shape[1]):
         code = t.templates[row, j]
         if code == L.END:
@@ -358,18 +511,15 @@ def _write_tokens(spec: np.ndarray, t: WorldTables) -> None:
             n += 1
             continue
         slot = -2 - code  # language.SLOTS order
-        v = spec[s + slot]
-        if slot <= 2:
-            n = _put_name(spec, n, t.category_names, v)
-        elif slot == 3:
-            n = _put_name(spec, n, t.category_plurals, v)
-        elif slot <= 6:
-            n = _put_name(spec, n, t.receptacle_names, v)
-        elif slot == 7:
-            n = _put_name(spec, n, t.articulated_names, v)
-        else:
-            n = _put_name(spec, n, t.state_names, v)
-    spec[SP_N_TOK] = n  # > MAX_TOKENS would mean a cut instruction (tests check it never is)
+        v = spec[SP_SLOTS + slot]
+        for k in range(t.fillers.shape[2]):
+            tok = t.fillers[slot, v, k]
+            if tok < 0:
+                break
+            if n < L.MAX_TOKENS:
+                spec[SP_TOKENS + n] = tok
+            n += 1
+    spec[SP_N_TOK] = n  # never > MAX_TOKENS: language.tables() checks every template's longest
 
 
 @njit(inline="always")
@@ -380,20 +530,54 @@ def _has(cats: np.ndarray, n: int, c: int) -> bool:
     return False
 
 
+@njit(inline="always")
+def _holds_combination(t: WorldTables, typ: int, cats: np.ndarray, n: int, tgt: int) -> bool:
+    for k in range(n):  # noqa: SIM110 (a plain loop for numba)
+        if t.combination_mask[typ, cats[k], tgt] == 1:
+            return True
+    return False
+
+
+@njit
+def _draw_relation(
+    spec: np.ndarray, scene: int, tgt: int, gen: np.ndarray, g: int, t: WorldTables
+) -> None:
+    """Name target ``tgt`` by its kind and a relation to an anchor that singles it out."""
+    n = 0
+    for a in range(C.N_RECEPTACLES):
+        if t.relations[scene, tgt, a] > 0:
+            n += 1
+    q = _randint(gen, g, n)
+    for a in range(C.N_RECEPTACLES):
+        if t.relations[scene, tgt, a] > 0:
+            if q == 0:
+                spec[S_KIND] = tgt
+                spec[S_REL] = t.relations[scene, tgt, a]
+                spec[S_ANCHOR] = a
+                return
+            q -= 1
+
+
+@njit(inline="always")
+def _has_relation(t: WorldTables, scene: int, r: int) -> bool:
+    for a in range(C.N_RECEPTACLES):  # noqa: SIM110 (a plain loop for numba)
+        if t.relations[scene, r, a] > 0:
+            return True
+    return False
+
+
 @njit
 def build(
     split: int,
     index: int,
-    typ: int,
-    held_out: int,
-    scene: int,
-    novel: int,
+    rule: Rule,
     gen: np.ndarray,
     g: int,
     t: WorldTables,
     spec: np.ndarray,
 ) -> None:
     """Draw the rest of an episode (the same for every split) into the spec row."""
+    typ, held_out, scene, novel, combination = rule
     for k in range(N_SPEC):
         spec[k] = -1
     spec[SP_SPLIT] = split
@@ -409,23 +593,43 @@ def build(
     n_cats = 2 if typ == L.TYPE_TWO else (3 if typ == L.TYPE_THREE else 1)
     cat_lo = C.N_TRAIN_CATEGORIES if novel else 0
     cat_n = (C.N_CATEGORIES - C.N_TRAIN_CATEGORIES) if novel else C.N_TRAIN_CATEGORIES
-    cats = spec[SP_SLOTS : SP_SLOTS + 3]  # obj, obj2, obj3
+    cats = spec[S_OBJ : S_OBJ + 3]  # obj, obj2, obj3
     k = 0
+    if combination >= 0:  # the held-out combination's category, in a random position
+        cats[0] = t.combinations[combination, 1]
+        k = 1
     while k < n_cats:
         c = cat_lo + _randint(gen, g, cat_n)
         if not _has(cats, k, c):
             cats[k] = c
             k += 1
-    spec[SP_SLOTS + 3] = cats[0]  # objs: the plural of obj
-    tgt = _randint(gen, g, C.N_RECEPTACLES)
+    if combination >= 0:
+        q = _randint(gen, g, n_cats)
+        cats[0], cats[q] = cats[q], cats[0]
+        tgt = t.combinations[combination, 2]
+    else:  # every other split leaves the held-out combinations out
+        tgt = _randint(gen, g, C.N_RECEPTACLES)
+        while _holds_combination(t, typ, cats, n_cats, tgt) or (
+            typ == L.TYPE_SPATIAL and not _has_relation(t, scene, tgt)
+        ):
+            tgt = _randint(gen, g, C.N_RECEPTACLES)
+    spec[S_OBJS] = cats[0]  # objs: the plural of obj
     tgt2 = -1
     if typ == L.TYPE_CONDITIONAL:
         tgt2 = _randint(gen, g, C.N_RECEPTACLES - 1)
         tgt2 += 1 if tgt2 >= tgt else 0
-        spec[SP_SLOTS + 7] = _randint(gen, g, C.N_ARTICULATED)  # art
-        spec[SP_SLOTS + 8] = _randint(gen, g, 2)  # state word: 0 closed, 1 open
-    spec[SP_SLOTS + 5] = tgt
-    spec[SP_SLOTS + 6] = tgt2
+        spec[S_ART] = _randint(gen, g, C.N_ARTICULATED)
+        spec[S_STATE] = _randint(gen, g, 2)  # state word: 0 closed, 1 open
+    elif typ == L.TYPE_REFERRING:
+        spec[S_REF] = cats[0]
+    elif typ == L.TYPE_CONTEXT:
+        spec[S_CTX] = cats[0]
+    elif typ == L.TYPE_IRRELEVANT:
+        spec[S_DIS] = _randint(gen, g, N_DISTRACTORS)
+    elif typ == L.TYPE_SPATIAL:
+        _draw_relation(spec, scene, tgt, gen, g, t)
+    spec[S_TGT] = tgt
+    spec[S_TGT2] = tgt2
     # task objects, each on a receptacle that is not a target
     n_inst = n_cats
     if typ == L.TYPE_ALL:
@@ -442,7 +646,7 @@ def build(
         orec[j] = src
         count[src] += 1
         if j == 0:
-            spec[SP_SLOTS + 4] = src
+            spec[S_SRC] = src
     # the goal: atoms (category, receptacle, count)
     n_atoms = 1 if typ == L.TYPE_ALL else n_cats
     spec[SP_N_ATOMS] = n_atoms
@@ -451,7 +655,7 @@ def build(
         spec[SP_ATOMS + 3 * a + 1] = tgt
         spec[SP_ATOMS + 3 * a + 2] = n_inst if typ == L.TYPE_ALL else 1
     if typ == L.TYPE_CONDITIONAL:
-        holds = spec[SP_ART + spec[SP_SLOTS + 7]] == spec[SP_SLOTS + 8]
+        holds = spec[SP_ART + spec[S_ART]] == spec[S_STATE]
         spec[SP_ATOMS + 1] = tgt if holds else tgt2
     # clutter on open receptacles, leaving room for the goal's objects on the targets
     reserve = np.zeros(C.N_RECEPTACLES, dtype=np.int64)
@@ -492,8 +696,7 @@ def generate(
 ) -> None:
     """Episode ``index`` of split ``split`` into ``spec`` (row ``g`` of ``gen`` is scratch)."""
     _seed(gen, g, split, index)
-    typ, held_out, scene, novel = _rule(split, gen, g)
-    build(split, index, typ, held_out, scene, novel, gen, g, t, spec)
+    build(split, index, _rule(split, gen, g, t), gen, g, t, spec)
 
 
 # --- Python view ------------------------------------------------------------------------------

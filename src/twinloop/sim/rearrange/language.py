@@ -31,26 +31,149 @@ MAX_TOKENS = 30
 PAD, UNK = 0, 1
 #: Template arrays end with this; slots are the negative codes below it.
 END = -1
-SLOTS = ("obj", "obj2", "obj3", "objs", "src", "tgt", "tgt2", "art", "state")
+SLOTS = (
+    "obj", "obj2", "obj3", "objs", "src", "tgt", "tgt2", "art", "state",
+    "ref", "ctx", "dis", "kind", "rel", "anchor",
+)  # fmt: skip
 SLOT_CODE = {name: -2 - k for k, name in enumerate(SLOTS)}
 #: Words filling the ``{state}`` slot, by open flag.
 STATE_WORDS = ("closed", "open")
 
 #: Instruction types built so far, in id order (LLaRP has 17; see the system README).
-INSTRUCTION_TYPES = ("single", "two_objects", "all_of", "three_objects", "conditional")
-TYPE_SINGLE, TYPE_TWO, TYPE_ALL, TYPE_THREE, TYPE_CONDITIONAL = range(5)
+INSTRUCTION_TYPES = (
+    "single",
+    "two_objects",
+    "all_of",
+    "three_objects",
+    "conditional",
+    "referring",
+    "spatial",
+    "context",
+    "irrelevant_text",
+)
+(
+    TYPE_SINGLE,
+    TYPE_TWO,
+    TYPE_ALL,
+    TYPE_THREE,
+    TYPE_CONDITIONAL,
+    TYPE_REFERRING,
+    TYPE_SPATIAL,
+    TYPE_CONTEXT,
+    TYPE_IRRELEVANT,
+) = range(len(INSTRUCTION_TYPES))
+
+#: Referring expressions: each category named by its attributes, never by its name (ours,
+#: after LLaRP's "a yellow curved fruit" for banana). Filler of ``{ref}``.
+REFERRING = {
+    "ball": "round bouncy toy",
+    "clamp": "metal gripping tool",
+    "hammer": "heavy pounding tool",
+    "screwdriver": "slim tool with a flat tip",
+    "padlock": "small metal lock",
+    "scissors": "pair of cutting blades",
+    "block": "wooden toy cube",
+    "drill": "electric power tool",
+    "spatula": "flat kitchen turner",
+    "knife": "sharp kitchen blade",
+    "spoon": "small stirring utensil",
+    "plate": "flat round dish",
+    "sponge": "soft yellow scrubber",
+    "cleanser": "bottle of cleaning liquid",
+    "plum": "small purple fruit",
+    "pear": "green bell shaped fruit",
+    "peach": "fuzzy pink fruit",
+    "apple": "crunchy red fruit",
+    "lemon": "sour yellow fruit",
+    "can": "metal soda container",
+    "box": "cardboard container",
+    "banana": "yellow curved fruit",
+    "strawberry": "small red berry",
+    "lego": "plastic toy brick",
+    "rubik's cube": "colourful puzzle cube",
+    "book": "bound stack of pages",
+    "bowl": "deep round dish",
+    "cup": "small drinking vessel",
+    "mug": "coffee vessel with a handle",
+    "orange": "round citrus fruit",
+    "lid": "flat pot cover",
+    "toy airplane": "small flying toy",
+    "wrench": "metal bolt turner",
+}
+#: Context sentences that imply a category without naming it (ours, after LLaRP's "I want to
+#: play a sport" for ball). Filler of ``{ctx}``.
+CONTEXT = {
+    "ball": "I want to play a sport.",
+    "clamp": "I need to hold two boards together.",
+    "hammer": "I need to drive a nail into the wall.",
+    "screwdriver": "I need to turn a small screw.",
+    "padlock": "I want to lock my locker.",
+    "scissors": "I need to cut some paper.",
+    "block": "My child wants to stack wooden toys.",
+    "drill": "I need to make a hole in the wall.",
+    "spatula": "I need to flip the pancakes.",
+    "knife": "I need to slice some bread.",
+    "spoon": "I want to stir my soup.",
+    "plate": "I need something to serve dinner on.",
+    "sponge": "I need to scrub the dishes.",
+    "cleanser": "I need to disinfect the tiles.",
+    "plum": "I am craving a small purple fruit.",
+    "pear": "I feel like a bell shaped fruit.",
+    "peach": "I want a fuzzy fruit.",
+    "apple": "I want a fruit that keeps the doctor away.",
+    "lemon": "I need something sour for my tea.",
+    "can": "I want a soda.",
+    "box": "I need something to pack my things in.",
+    "banana": "I want the fruit that monkeys love.",
+    "strawberry": "I want a small red berry.",
+    "lego": "I want to snap plastic bricks together.",
+    "rubik's cube": "I want to solve a colourful puzzle.",
+    "book": "I want something to read.",
+    "bowl": "I need something to eat my cereal from.",
+    "cup": "I am thirsty.",
+    "mug": "I want to drink hot coffee.",
+    "orange": "I want to squeeze some juice.",
+    "lid": "I need to cover the pot.",
+    "toy airplane": "My child wants a toy that flies.",
+    "wrench": "I need to tighten a bolt.",
+}
+#: Irrelevant sentences placed before or after an instruction (ours; LLaRP has 3 distraction
+#: templates). They name no category, receptacle or articulated object (a test checks).
+DISTRACTORS = (
+    "The weather is lovely today.",
+    "My neighbour just got a new dog.",
+    "I had a long day at work.",
+    "We are expecting guests tonight.",
+    "Thank you so much for your help.",
+    "I think the game starts at eight.",
+    "The music upstairs is quite loud.",
+    "My favourite colour is green.",
+)
+#: The kind of each receptacle, as a spatial relationship names it (``{kind}``): the two
+#: tables, counters and drawers share a kind, so only the relation tells them apart.
+KINDS = (
+    "chair", "table", "table", "tv stand", "sink", "counter", "counter", "sofa", "fridge",
+    "drawer", "drawer",
+)  # fmt: skip
+#: Filler of ``{rel}`` by relation code (0 unused): along the apartment's x axis, on which the
+#: rooms lie side by side, "left" is the smaller x.
+RELATIONS = ("", "left of", "right of")
+REL_LEFT, REL_RIGHT = 1, 2
+
+#: Training phrasings of a single rearrangement, the base of the irrelevant-text type.
+_SINGLE_TRAIN = (
+    "Move a {obj} from the {src} to the {tgt}.",
+    "Take the {obj} on the {src} and put it on the {tgt}.",
+    "Pick up the {obj} from the {src} and place it on the {tgt}.",
+    "Bring the {obj} from the {src} to the {tgt}.",
+    "Put the {obj} that is on the {src} onto the {tgt}.",
+    "Find the {obj} on the {src} and move it to the {tgt}.",
+)
 
 #: ``type -> (training phrasings, held-out phrasings)``.
 TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "single": (
-        (
-            "Move a {obj} from the {src} to the {tgt}.",
-            "Take the {obj} on the {src} and put it on the {tgt}.",
-            "Pick up the {obj} from the {src} and place it on the {tgt}.",
-            "Bring the {obj} from the {src} to the {tgt}.",
-            "Put the {obj} that is on the {src} onto the {tgt}.",
-            "Find the {obj} on the {src} and move it to the {tgt}.",
-        ),
+        _SINGLE_TRAIN,
         (
             "Hey, on the {src}, I accidentally left my {obj}, can you bring it to the {tgt}?",
             "The {obj} belongs on the {tgt}, not on the {src}; please fix that.",
@@ -89,11 +212,42 @@ TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
         ("In case the {art} is {state}, the {obj} goes to the {tgt}; if not, to the {tgt2}.",),
     ),
+    "referring": (
+        (
+            "Move the {ref} from the {src} to the {tgt}.",
+            "Take the {ref} on the {src} and put it on the {tgt}.",
+            "Bring the {ref} from the {src} to the {tgt}.",
+        ),
+        ("Could you relocate the {ref} sitting on the {src} to the {tgt}?",),
+    ),
+    "spatial": (
+        (
+            "Move the {obj} from the {src} to the {kind} {rel} the {anchor}.",
+            "Take the {obj} on the {src} and put it on the {kind} {rel} the {anchor}.",
+            "Bring the {obj} from the {src} to the {kind} {rel} the {anchor}.",
+        ),
+        ("The {obj} on the {src} belongs on the {kind} {rel} the {anchor}.",),
+    ),
+    "context": (
+        (
+            "{ctx} Bring what I need from the {src} to the {tgt}.",
+            "{ctx} Move the right thing from the {src} to the {tgt}.",
+            "{ctx} Could you take what I need from the {src} to the {tgt}?",
+        ),
+        ("{ctx} There is something for that on the {src}; put it on the {tgt}.",),
+    ),
+    "irrelevant_text": (
+        (*(f"{{dis}} {t}" for t in _SINGLE_TRAIN), *(f"{t} {{dis}}" for t in _SINGLE_TRAIN)),
+        ("{dis} Could you relocate the {obj} sitting on the {src} to the {tgt}?",),
+    ),
 }
 assert tuple(TEMPLATES) == INSTRUCTION_TYPES
+assert tuple(REFERRING) == tuple(CONTEXT) == C.CATEGORIES
+assert len(KINDS) == C.N_RECEPTACLES
 
 _TOKEN = re.compile(r"\{[a-z0-9]+\}|[a-z0-9']+|[,.;?!]")
 _PUNCT = frozenset(",.;?!")
+_SENTENCE_END = frozenset(".?!")
 
 
 def split_words(text: str) -> list[str]:
@@ -110,14 +264,37 @@ def split_words(text: str) -> list[str]:
     return tokens
 
 
+def slot_fillers() -> dict[str, tuple[str, ...]]:
+    """What each slot can be filled with, by slot value (``{rel}``: by relation code)."""
+    categories, receptacles = C.CATEGORIES, C.RECEPTACLES
+    return {
+        "obj": categories,
+        "obj2": categories,
+        "obj3": categories,
+        "objs": C.CATEGORY_PLURALS,
+        "src": receptacles,
+        "tgt": receptacles,
+        "tgt2": receptacles,
+        "art": C.ARTICULATED,
+        "state": STATE_WORDS,
+        "ref": tuple(REFERRING.values()),
+        "ctx": tuple(CONTEXT.values()),
+        "dis": DISTRACTORS,
+        "kind": KINDS,
+        "rel": RELATIONS,
+        "anchor": receptacles,
+    }
+
+
 def build_vocabulary() -> tuple[str, ...]:
     """The vocabulary the templates and names need: ``<pad>``, ``<unk>``, sorted words."""
-    words: set[str] = set(STATE_WORDS)
+    words: set[str] = set()
     for train, held_out in TEMPLATES.values():
         for template in (*train, *held_out):
             words.update(w for w in split_words(template) if not w.startswith("{"))
-    for name in (*C.CATEGORIES, *C.CATEGORY_PLURALS, *C.RECEPTACLES, *C.ARTICULATED):
-        words.update(split_words(name))
+    for fillers in slot_fillers().values():
+        for name in fillers:
+            words.update(split_words(name))
     return ("<pad>", "<unk>", *sorted(words))
 
 
@@ -140,38 +317,56 @@ def tokenize(text: str) -> np.ndarray:
 
 
 def detokenize(tokens: np.ndarray) -> str:
-    """The text of token ids (padding dropped), capitalised, punctuation attached."""
+    """The text of token ids (padding dropped), sentences capitalised, punctuation attached."""
     vocab = vocabulary()
     out = ""
+    start = True
     for t in np.asarray(tokens).astype(np.int64).tolist():
         if t == PAD:
             continue
         if not 0 <= t < len(vocab):
             raise ValueError(f"token id {t} is outside the vocabulary of {len(vocab)} tokens")
         word = "I" if vocab[t] == "i" else vocab[t]
+        if start and word not in _PUNCT:
+            word = word[:1].upper() + word[1:]
         out += word if (word in _PUNCT or not out) else " " + word
-    return out[:1].upper() + out[1:]
+        start = word in _SENTENCE_END if word in _PUNCT else False
+    return out
 
 
-def _name_table(names: tuple[str, ...], width: int) -> np.ndarray:
+def _fill_table() -> np.ndarray:
+    """``(n_slots, rows, width)`` token ids of every slot's fillers, padded with ``END``."""
     ids = _ids()
-    table = np.full((len(names), width), END, dtype=np.int64)
-    for k, name in enumerate(names):
-        words = split_words(name)
-        if len(words) > width:
-            raise ValueError(f"name {name!r} has more than {width} tokens")
-        table[k, : len(words)] = [ids[w] for w in words]
+    fillers = slot_fillers()
+    words = {slot: [split_words(f) for f in names] for slot, names in fillers.items()}
+    rows = max(len(names) for names in fillers.values())
+    width = max(len(w) for ws in words.values() for w in ws)
+    table = np.full((len(SLOTS), rows, width), END, dtype=np.int64)
+    for s, slot in enumerate(SLOTS):
+        for k, ws in enumerate(words[slot]):
+            table[s, k, : len(ws)] = [ids[w] for w in ws]
     return table
+
+
+def longest_instruction(template: str) -> int:
+    """The most tokens ``template`` can produce, each slot filled with its longest filler."""
+    longest = {
+        slot: max(len(split_words(f)) for f in names) for slot, names in slot_fillers().items()
+    }
+    return sum(longest[w[1:-1]] if w.startswith("{") else 1 for w in split_words(template))
 
 
 @functools.cache
 def tables() -> dict[str, np.ndarray]:
-    """The integer tables of templates and names that the numba episode generator reads.
+    """The integer tables of templates and fillers that the numba episode generator reads.
 
-    ``templates`` ``(n, 32)``: token ids, slot codes (``SLOT_CODE``), then ``END``;
+    ``templates`` ``(n, width)``: token ids, slot codes (``SLOT_CODE``), then ``END``;
     ``template_range`` ``(n_types, 2, 2)``: ``[type, held_out] -> [start, stop)`` rows;
-    ``category_names``/``category_plurals`` ``(33, 3)``, ``receptacle_names`` ``(11, 2)``,
-    ``articulated_names`` ``(5, 2)``, ``state_names`` ``(2, 1)``: token ids padded with END.
+    ``fillers`` ``(n_slots, rows, width)``: token ids of slot ``s`` filled with value ``v``
+    (:func:`slot_fillers`), padded with ``END``.
+
+    Raises:
+        ValueError: A template can produce more than :data:`MAX_TOKENS` tokens.
     """
     ids = _ids()
     rows: list[list[int]] = []
@@ -180,6 +375,12 @@ def tables() -> dict[str, np.ndarray]:
         for held_out, group in enumerate(TEMPLATES[name]):
             ranges[t, held_out, 0] = len(rows)
             for template in group:
+                n = longest_instruction(template)
+                if n > MAX_TOKENS:
+                    raise ValueError(
+                        f"template {template!r} ({name}) can reach {n} tokens with its longest "
+                        f"fillers; instructions are limited to {MAX_TOKENS} [LLaRP]"
+                    )
                 row = []
                 for w in split_words(template):
                     row.append(SLOT_CODE[w[1:-1]] if w.startswith("{") else ids[w])
@@ -189,14 +390,19 @@ def tables() -> dict[str, np.ndarray]:
     templates = np.full((len(rows), width), END, dtype=np.int64)
     for k, r in enumerate(rows):
         templates[k, : len(r)] = r
+    return {"templates": templates, "template_range": ranges, "fillers": _fill_table()}
+
+
+def grammar() -> dict[str, object]:
+    """The instruction grammar as plain data, for env metadata (parsers read it there).
+
+    ``templates``: ``type -> [training phrasings, held-out phrasings]``; ``fillers``: ``slot
+    -> filler per value`` (:func:`slot_fillers`); ``max_tokens``.
+    """
     return {
-        "templates": templates,
-        "template_range": ranges,
-        "category_names": _name_table(C.CATEGORIES, 3),
-        "category_plurals": _name_table(C.CATEGORY_PLURALS, 3),
-        "receptacle_names": _name_table(C.RECEPTACLES, 3),
-        "articulated_names": _name_table(C.ARTICULATED, 3),
-        "state_names": _name_table(STATE_WORDS, 3),
+        "templates": {k: [list(tr), list(ho)] for k, (tr, ho) in TEMPLATES.items()},
+        "fillers": {k: list(v) for k, v in slot_fillers().items()},
+        "max_tokens": MAX_TOKENS,
     }
 
 
