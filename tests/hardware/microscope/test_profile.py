@@ -159,3 +159,37 @@ def test_a_capture_through_a_profiled_twin_records_its_name_not_its_values(tmp_p
     text = (directory / "data" / "metadata.json").read_text()
     for value in profile.values.values():
         assert repr(float(value)) not in text
+
+
+def test_a_profiled_twin_answers_truth_without_its_rates() -> None:
+    """The rates are the hidden physics; over the wire a profiled twin leaves them out.
+
+    The client's privileged info then reports them as unknown (NaN), never as zero, while the
+    sample's state (Si position, site, hops) still comes through for scoring.
+    """
+    from twinloop.hardware.microscope.backend import MicroscopeBackend
+
+    cfg = twinloop.make_config(ID, **FAST)
+    answers = {}
+    for name, profile in (("nominal", None), ("profiled", parse_profile("random:7", cfg))):
+        server = MicroscopeServer(SimMicroscope(cfg, profile), port=0)
+        try:
+            msg = {"v": PROTOCOL_VERSION, "id": 1, "op": "truth", "args": {}, "token": None}
+            frames, ok = server.handle([b"", msgpack.packb(msg, use_bin_type=True)])
+        finally:
+            server.stop()
+        assert ok
+        answers[name] = msgpack.unpackb(frames[1], raw=False)["result"]
+    assert len(answers["nominal"]["rates_per_s"]) == 3
+    assert "rates_per_s" not in answers["profiled"]
+    assert len(answers["profiled"]["si_position_angstrom"]) == 2
+
+    class _Wire:  # what the remote client hands the backend: the twin's answer
+        def truth(self) -> dict:
+            return answers["profiled"]
+
+    backend = MicroscopeBackend(cfg, _Wire(), kind="remote")
+    backend._connected = True
+    info = backend.privileged()
+    assert np.isnan(info["rates_per_s"]).all() and info["rates_per_s"].shape == (3,)
+    assert info["n_hops"] == answers["profiled"]["n_hops"]

@@ -406,7 +406,8 @@ class MicroscopeBackend(BaseBackend):
             return {}
         return {
             "si_position_angstrom": np.asarray(truth["si_position_angstrom"], dtype=np.float64),
-            "rates_per_s": np.asarray(truth["rates_per_s"], dtype=np.float64),
+            # a twin with a device profile keeps its rates hidden: unknown, not zero
+            "rates_per_s": np.asarray(truth.get("rates_per_s", [np.nan] * 3), dtype=np.float64),
             "n_hops": int(truth["n_hops"]),
             "si_site": np.asarray(truth["si_site"], dtype=np.int64),
         }

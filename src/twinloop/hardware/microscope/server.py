@@ -302,7 +302,12 @@ class MicroscopeServer:
             elif op == "truth":
                 if not self.share_truth:
                     raise Refusal("unsupported", "this twin does not share its truth")
-                return mic.truth()
+                truth = mic.truth()
+                if getattr(mic, "profile", None) is not None:
+                    # the rates are the hidden physics itself (a client could read the
+                    # profile's rate model off them); the sample's state is what scoring needs
+                    truth.pop("rates_per_s", None)
+                return truth
         except MicroscopeLimitError as exc:
             raise Refusal("limit", str(exc)) from None
         return mic.state()
