@@ -53,7 +53,9 @@ multi-part and out-of-order messages, floods, silent and slow peers, several cli
 2. **One validation path.** :func:`decode_request` checks every field of every message (size,
    encoding, nesting, keys, the version, the token, the operation, each argument's type,
    domain and finiteness) before anything executes; the instrument then checks its limits.
-   Nothing a client sends reaches the device unchecked or ends as ``internal``.
+   Nothing a client sends reaches the device unchecked or ends as ``internal``. Every twin
+   runs the same envelope checks, written once in :mod:`twinloop.hardware.wire`, with its own
+   operations table.
 3. **A refusal names the request.** It carries the request's id whenever one can be read (a
    map with an integer ``id`` before anything undecodable, whatever else is wrong), so the
    client reports the refusal, not an id mismatch. The twin logs one line per refusal
@@ -92,58 +94,51 @@ multi-part and out-of-order messages, floods, silent and slow peers, several cli
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import math
-import reprlib
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from twinloop.core.backend import BackendFault
+from twinloop.hardware import wire
+from twinloop.hardware.wire import (
+    MAX_FRAMES,
+    MAX_ID,
+    MAX_REQUEST_BYTES,
+    REQUEST_KEYS,
+    Arg,
+    Refusal,
+    Request,
+    error_reply,
+    ok_reply,
+    peek_id,
+)
+
+__all__ = [
+    "MAX_FRAMES",
+    "MAX_ID",
+    "MAX_REQUEST_BYTES",
+    "OPERATIONS",
+    "PROTOCOL_VERSION",
+    "REFUSALS",
+    "REQUEST_KEYS",
+    "Arg",
+    "Frame",
+    "Microscope",
+    "MicroscopeFault",
+    "MicroscopeLimitError",
+    "MicroscopeLimits",
+    "Refusal",
+    "Request",
+    "decode_request",
+    "error_reply",
+    "ok_reply",
+    "peek_id",
+]
 
 PROTOCOL_VERSION = 1
-#: Largest request the twin accepts (bytes, all frames together); requests are small maps.
-MAX_REQUEST_BYTES = 64 * 1024
-#: Most frames of one request message (a valid one has two).
-MAX_FRAMES = 8
-#: Request ids are integers in [0, MAX_ID].
-MAX_ID = 2**63 - 1
 #: Error types a twin answers to what a client sent (``internal`` is the twin's own fault).
 REFUSALS = ("bad_request", "version", "unauthorized", "unsupported", "limit")
-
-
-@dataclasses.dataclass(frozen=True)
-class Arg:
-    """One argument of an operation: its type on the wire and the domain of its values.
-
-    Attributes:
-        kind: ``int`` (an integer, not a bool) or ``float`` (an int or a float, finite).
-        lo: Smallest value the protocol admits (the instrument's limits are checked later).
-        hi: Largest value the protocol admits.
-    """
-
-    kind: type
-    lo: float = -math.inf
-    hi: float = math.inf
-
-    def check(self, where: str, value: Any) -> int | float:
-        """The value, if it has the right type and lies in the domain.
-
-        Raises:
-            Refusal: ``bad_request`` otherwise.
-        """
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise Refusal(
-                "bad_request", f"{where} must be {self.kind.__name__}, got {_show(value)}"
-            )
-        if self.kind is int and not isinstance(value, int):
-            raise Refusal("bad_request", f"{where} must be int, got {_show(value)}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise Refusal("bad_request", f"{where} must be a finite number, got {value!r}")
-        if not self.lo <= value <= self.hi:
-            raise Refusal("bad_request", f"{where} = {value!r} is outside [{self.lo}, {self.hi}]")
-        return value
-
 
 #: Operations of protocol version 1 and the arguments each takes.
 OPERATIONS: dict[str, dict[str, Arg]] = {
@@ -159,94 +154,13 @@ OPERATIONS: dict[str, dict[str, Arg]] = {
     "shift_view": {"dx_angstrom": Arg(float), "dy_angstrom": Arg(float)},
     "truth": {},
 }
-#: Keys of a request map; ``args`` and ``token`` may be left out.
-REQUEST_KEYS = frozenset({"v", "id", "op", "args", "token"})
-
-_repr = reprlib.Repr()
-_repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 40, 40
-_repr.maxlist = _repr.maxdict = _repr.maxtuple = 4
-
-
-def _show(value: Any) -> str:
-    """A short, bounded description of a client's value (deep or huge values stay short)."""
-    return f"{type(value).__name__} {_repr.repr(value)}"
-
-
-class Refusal(Exception):
-    """A request the twin will not execute: its error type, message and id (if readable).
-
-    Args:
-        kind: One of :data:`REFUSALS`.
-        message: What was wrong, for the client.
-        rid: The request's id, or None when none could be read.
-    """
-
-    def __init__(self, kind: str, message: str, rid: int | None = None) -> None:
-        """Keep the kind and id beside the message."""
-        super().__init__(message)
-        self.kind = kind
-        self.rid = rid
-
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """A request that passed :func:`decode_request`: a known operation with valid arguments."""
-
-    id: int
-    op: str
-    args: dict[str, int | float]
-
-
-def _read_id(msg: Any) -> int | None:
-    rid = msg.get("id") if isinstance(msg, dict) else None
-    if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= MAX_ID:
-        return rid
-    return None
-
-
-#: Bounds on every length inside a request (all below its size); ext types are refused.
-_UNPACK_LIMITS = dict(
-    raw=False,
-    max_bin_len=1024,
-    max_str_len=4096,
-    max_array_len=64,
-    max_map_len=32,
-    max_ext_len=0,
-    strict_map_key=True,
-)
-
-
-def _unpack(raw: bytes) -> Any:
-    import msgpack
-
-    return msgpack.unpackb(raw, **_UNPACK_LIMITS)
-
-
-def peek_id(raw: bytes) -> int | None:
-    """The id of an encoded request, read up to the first thing wrong with it (else None).
-
-    The top-level map is read pair by pair, so the id is found even when a later value cannot
-    be decoded (too deep, too long, an ext type), as long as it comes before that value.
-    """
-    import msgpack
-
-    if len(raw) > MAX_REQUEST_BYTES:
-        return None
-    unpacker = msgpack.Unpacker(max_buffer_size=MAX_REQUEST_BYTES, **_UNPACK_LIMITS)
-    unpacker.feed(raw)
-    try:
-        for _ in range(min(unpacker.read_map_header(), 32)):
-            key = unpacker.unpack()
-            value = unpacker.unpack()
-            if key == "id":
-                return _read_id({"id": value})
-    except Exception:  # nothing more can be read
-        return None
-    return None
 
 
 def decode_request(frames: list[bytes], token: str | None) -> Request:
     """Validate one request message, every field of it; the only way a request is read.
+
+    The envelope and every argument are checked by :func:`twinloop.hardware.wire.decode_request`
+    against :data:`OPERATIONS`; the instrument's limits are checked when it executes.
 
     Args:
         frames: The message's frames after any routing id (a valid one: ``[b"", map]``).
@@ -256,82 +170,7 @@ def decode_request(frames: list[bytes], token: str | None) -> Request:
         Refusal: The request is malformed, of another version, or unauthorized; its ``rid``
             is the request's id whenever one can be read.
     """
-    if len(frames) != 2 or len(frames[0]) != 0:
-        shape = "/".join(str(len(f)) for f in frames[:MAX_FRAMES])
-        ids = (peek_id(f) for f in frames[:MAX_FRAMES] if f)
-        raise Refusal(
-            "bad_request",
-            f"a request is two frames, an empty delimiter and one msgpack map (what a ZeroMQ "
-            f"REQ socket sends); got {len(frames)} frame(s) of {shape} bytes",
-            next((i for i in ids if i is not None), None),
-        )
-    raw = frames[1]
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise Refusal("bad_request", f"request of {len(raw)} bytes exceeds {MAX_REQUEST_BYTES}")
-    try:
-        msg = _unpack(raw)
-    except Exception as exc:  # any decoder complaint: malformed, too deep, too long, ext
-        raise Refusal(
-            "bad_request", f"undecodable request ({type(exc).__name__})", peek_id(raw)
-        ) from None
-    if not isinstance(msg, dict):
-        raise Refusal("bad_request", f"a request must be a map, got {_show(msg)}")
-    rid = _read_id(msg)
-    if rid is None:
-        raise Refusal(
-            "bad_request", f"request id must be an int in [0, 2^63), got {_show(msg.get('id'))}"
-        )
-    try:
-        return _validate(msg, rid, token)
-    except Refusal as exc:
-        exc.rid = rid
-        raise
-
-
-def _validate(msg: dict[Any, Any], rid: int, token: str | None) -> Request:
-    unknown = [k for k in msg if k not in REQUEST_KEYS]
-    if unknown:
-        raise Refusal("bad_request", f"unknown request keys {_show(unknown)}")
-    v = msg.get("v")
-    if type(v) is not int or v != PROTOCOL_VERSION:
-        raise Refusal("version", f"protocol {_show(v)}; this twin speaks v{PROTOCOL_VERSION}")
-    given = msg.get("token")
-    if given is not None and not isinstance(given, str):
-        raise Refusal("bad_request", f"token must be a string, got {type(given).__name__}")
-    if token is not None and not (
-        isinstance(given, str) and hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
-    ):
-        raise Refusal("unauthorized", "wrong or missing token")
-    op = msg.get("op")
-    if not isinstance(op, str) or op not in OPERATIONS:
-        raise Refusal(
-            "bad_request", f"unknown operation {_show(op)}; valid: {', '.join(OPERATIONS)}"
-        )
-    args = msg.get("args", {})
-    if not isinstance(args, dict):
-        raise Refusal("bad_request", f"{op}: args must be a map, got {_show(args)}")
-    spec = OPERATIONS[op]
-    if set(args) != set(spec):
-        got = ", ".join(sorted(_repr.repr(k) for k in args)) or "none"
-        raise Refusal("bad_request", f"{op} takes arguments {sorted(spec)}, got {got}")
-    return Request(
-        rid, op, {name: arg.check(f"{op}.{name}", args[name]) for name, arg in spec.items()}
-    )
-
-
-def ok_reply(rid: int, result: Any) -> dict[str, Any]:
-    """The reply to an executed request."""
-    return {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": result}
-
-
-def error_reply(rid: int | None, kind: str, message: str) -> dict[str, Any]:
-    """The reply to a refused (or failed) request."""
-    return {
-        "v": PROTOCOL_VERSION,
-        "id": rid,
-        "ok": False,
-        "error": {"type": kind, "message": message},
-    }
+    return wire.decode_request(frames, token, operations=OPERATIONS, version=PROTOCOL_VERSION)
 
 
 class MicroscopeLimitError(ValueError):

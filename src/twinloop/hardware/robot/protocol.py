@@ -12,7 +12,8 @@ episode from a seed. Implementations: the simulated robot (:mod:`.fake`), served
 
 Wire protocol, version 1: the microscope's transport and envelope, unchanged (ZeroMQ
 request-reply over TCP, ``[empty, msgpack map]``; never pickle; see
-:mod:`twinloop.hardware.microscope.protocol`)::
+:mod:`twinloop.hardware.microscope.protocol`), checked by the same code
+(:mod:`twinloop.hardware.wire`)::
 
     request  {"v": 1, "id": <int>, "op": <str>, "args": {<str>: <value>}, "token": <str|nil>}
     response {"v": 1, "id": <same int>, "ok": true,  "result": <value>}
@@ -81,18 +82,21 @@ that the client never sees and are never reported.
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import math
 from typing import Any
 
 import numpy as np
 
 from twinloop.core.backend import BackendFault
-from twinloop.hardware.microscope.protocol import (
+from twinloop.hardware import wire
+from twinloop.hardware.wire import (
     MAX_FRAMES,
     MAX_ID,
     MAX_REQUEST_BYTES,
+    REQUEST_KEYS,
+    Arg,
     Refusal,
+    Request,
     error_reply,
     ok_reply,
     peek_id,
@@ -100,18 +104,23 @@ from twinloop.hardware.microscope.protocol import (
 
 __all__ = [
     "MAX_FRAMES",
+    "MAX_ID",
     "MAX_REQUEST_BYTES",
     "N_JOINTS",
     "OPERATIONS",
     "PROTOCOL_VERSION",
     "REFUSALS",
+    "REQUEST_KEYS",
+    "Arg",
     "Refusal",
     "Request",
     "RobotFault",
     "RobotModel",
+    "RobotState",
     "decode_request",
     "error_reply",
     "ok_reply",
+    "peek_id",
 ]
 
 PROTOCOL_VERSION = 1
@@ -120,52 +129,6 @@ N_JOINTS = 12
 #: Error types a robot twin answers to what a client sent (``internal`` is its own fault).
 REFUSALS = ("bad_request", "version", "unauthorized", "unsupported", "estop")
 MODES = ("active", "damping", "estop")
-
-
-@dataclasses.dataclass(frozen=True)
-class Arg:
-    """One argument: its type on the wire, its domain, and for arrays their length.
-
-    Attributes:
-        kind: ``int`` (an integer, not a bool) or ``float`` (an int or a float, finite).
-        lo: Smallest value the protocol admits (the robot's limits clip later).
-        hi: Largest value the protocol admits.
-        size: 0 for a scalar, else the exact length of an array of such values.
-    """
-
-    kind: type
-    lo: float = -math.inf
-    hi: float = math.inf
-    size: int = 0
-
-    def check(self, where: str, value: Any) -> Any:
-        """The value (a list for arrays), if its type, length and domain are right.
-
-        Raises:
-            Refusal: ``bad_request`` otherwise.
-        """
-        if not self.size:
-            return self._scalar(where, value)
-        if not isinstance(value, list) or len(value) != self.size:
-            n = f"{len(value)} values" if isinstance(value, list) else _show(value)
-            raise Refusal(
-                "bad_request", f"{where} must be an array of {self.size} numbers, got {n}"
-            )
-        return [self._scalar(f"{where}[{i}]", v) for i, v in enumerate(value)]
-
-    def _scalar(self, where: str, value: Any) -> int | float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise Refusal(
-                "bad_request", f"{where} must be {self.kind.__name__}, got {_show(value)}"
-            )
-        if self.kind is int and not isinstance(value, int):
-            raise Refusal("bad_request", f"{where} must be int, got {_show(value)}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise Refusal("bad_request", f"{where} must be a finite number, got {value!r}")
-        if not self.lo <= value <= self.hi:
-            raise Refusal("bad_request", f"{where} = {value!r} is outside [{self.lo}, {self.hi}]")
-        return value
-
 
 _JOINTS = Arg(float, size=N_JOINTS)
 _GAINS = Arg(float, 0.0, math.inf, N_JOINTS)
@@ -180,37 +143,13 @@ OPERATIONS: dict[str, dict[str, Arg]] = {
     "clear_estop": {},
     "reset": {"seed": Arg(int, -1, MAX_ID)},
 }
-#: Keys of a request map; ``args`` and ``token`` may be left out.
-REQUEST_KEYS = frozenset({"v", "id", "op", "args", "token"})
-#: Bounds on every length inside a request; ext types are refused.
-_UNPACK_LIMITS = dict(
-    raw=False,
-    max_bin_len=1024,
-    max_str_len=4096,
-    max_array_len=64,
-    max_map_len=32,
-    max_ext_len=0,
-    strict_map_key=True,
-)
-
-
-def _show(value: Any) -> str:
-    """A short, bounded description of a client's value."""
-    text = repr(value) if not isinstance(value, list | dict) else f"{len(value)} items"
-    return f"{type(value).__name__} {text[:40]}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """A request that passed :func:`decode_request`: a known operation with valid arguments."""
-
-    id: int
-    op: str
-    args: dict[str, Any]
 
 
 def decode_request(frames: list[bytes], token: str | None) -> Request:
     """Validate one request message, every field of it; the only way a request is read.
+
+    The envelope and every argument are checked by :func:`twinloop.hardware.wire.decode_request`
+    against :data:`OPERATIONS`; the robot clips to its model's limits when it executes.
 
     Args:
         frames: The message's frames after any routing id (a valid one: ``[b"", map]``).
@@ -220,66 +159,7 @@ def decode_request(frames: list[bytes], token: str | None) -> Request:
         Refusal: Malformed, of another version, or unauthorized; ``rid`` is the request's id
             whenever one can be read.
     """
-    import msgpack
-
-    if len(frames) != 2 or len(frames[0]) != 0:
-        ids = (peek_id(f) for f in frames[:MAX_FRAMES] if f)
-        raise Refusal(
-            "bad_request",
-            f"a request is two frames, an empty delimiter and one msgpack map (what a ZeroMQ "
-            f"REQ socket sends); got {len(frames)} frame(s)",
-            next((i for i in ids if i is not None), None),
-        )
-    raw = frames[1]
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise Refusal("bad_request", f"request of {len(raw)} bytes exceeds {MAX_REQUEST_BYTES}")
-    try:
-        msg = msgpack.unpackb(raw, **_UNPACK_LIMITS)
-    except Exception as exc:  # any decoder complaint: malformed, too deep, too long, ext
-        raise Refusal(
-            "bad_request", f"undecodable request ({type(exc).__name__})", peek_id(raw)
-        ) from None
-    if not isinstance(msg, dict):
-        raise Refusal("bad_request", f"a request must be a map, got {_show(msg)}")
-    rid = msg.get("id")
-    if not (isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= MAX_ID):
-        raise Refusal("bad_request", f"request id must be an int in [0, 2^63), got {_show(rid)}")
-    try:
-        return _validate(msg, rid, token)
-    except Refusal as exc:
-        exc.rid = rid
-        raise
-
-
-def _validate(msg: dict[Any, Any], rid: int, token: str | None) -> Request:
-    unknown = [k for k in msg if k not in REQUEST_KEYS]
-    if unknown:
-        raise Refusal("bad_request", f"unknown request keys {_show(unknown)}")
-    v = msg.get("v")
-    if type(v) is not int or v != PROTOCOL_VERSION:
-        raise Refusal("version", f"protocol {_show(v)}; this twin speaks v{PROTOCOL_VERSION}")
-    given = msg.get("token")
-    if given is not None and not isinstance(given, str):
-        raise Refusal("bad_request", f"token must be a string, got {type(given).__name__}")
-    if token is not None and not (
-        isinstance(given, str) and hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
-    ):
-        raise Refusal("unauthorized", "wrong or missing token")
-    op = msg.get("op")
-    if not isinstance(op, str) or op not in OPERATIONS:
-        raise Refusal(
-            "bad_request", f"unknown operation {_show(op)}; valid: {', '.join(OPERATIONS)}"
-        )
-    args = msg.get("args", {})
-    if not isinstance(args, dict):
-        raise Refusal("bad_request", f"{op}: args must be a map, got {_show(args)}")
-    spec = OPERATIONS[op]
-    if set(args) != set(spec):
-        got = ", ".join(sorted(repr(k)[:40] for k in args)) or "none"
-        raise Refusal("bad_request", f"{op} takes arguments {sorted(spec)}, got {got}")
-    return Request(
-        rid, op, {name: arg.check(f"{op}.{name}", args[name]) for name, arg in spec.items()}
-    )
+    return wire.decode_request(frames, token, operations=OPERATIONS, version=PROTOCOL_VERSION)
 
 
 class RobotFault(BackendFault):
@@ -406,6 +286,12 @@ class RobotState:
         w, x, y, z = self.quat_wxyz / np.linalg.norm(self.quat_wxyz)
         # -(third row of the rotation matrix): R^T (0, 0, -1)
         return -np.array([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)])
+
+
+def _show(value: Any) -> str:
+    """A short description of a value in a robot's reply (a list or map by its length)."""
+    text = repr(value) if not isinstance(value, list | dict) else f"{len(value)} items"
+    return f"{type(value).__name__} {text[:40]}"
 
 
 def _bad(name: str, value: Any) -> Any:
