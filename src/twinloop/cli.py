@@ -132,15 +132,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run a controller for N episodes and print a summary table."""
+def _run_here(args: argparse.Namespace, overrides: dict[str, Any]) -> list[Any]:
+    """``twinloop run`` in this process: one env (or one vector env) runs every episode."""
     from tqdm import tqdm
 
     import twinloop
     from twinloop.controllers import make_controller
-    from twinloop.eval.rollout import run_single, run_vector, summarize
+    from twinloop.eval.rollout import run_single, run_vector
 
-    overrides = _parse_overrides(args.env_id, args.set)
     backend_spec = twinloop.spec(args.env_id).backend(
         args.backend or twinloop.spec(args.env_id).backend_names[0]
     )
@@ -198,6 +197,128 @@ def cmd_run(args: argparse.Namespace) -> int:
         from twinloop.datasets.cli import report_recording
 
         report_recording(env)
+    return results
+
+
+def _run_on_workers(
+    args: argparse.Namespace, overrides: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """``twinloop run --workers N [--ray ADDRESS]``: chunks of seeds on a pool or on Ray.
+
+    Returns:
+        The episodes in order, and what the workers did: ``{"engine", "workers", "chunks",
+        "retried": [{"chunk", "seeds", "attempts"}], "report": [lines to print]}``.
+    """
+    from tqdm import tqdm
+
+    import twinloop
+    from twinloop.eval.workers import RunSpec, merge_shards, run_workers, seed_ranges
+
+    if args.workers is None:
+        raise ValueError("--ray needs --workers N (tasks in flight at once)")
+    device = (args.address, args.host, args.port, args.token, args.token_file, args.timeout)
+    sim = twinloop.spec(args.env_id).backend_names[0]
+    if args.backend not in (None, sim) or any(v is not None for v in device):
+        raise ValueError(
+            "--workers runs the simulator only (one device per worker, a fleet, is not "
+            "supported yet); drop --backend and the device options"
+        )
+    if getattr(args, "device_profile", None):
+        raise ValueError("--device-profile describes a device: run it without --workers")
+    spec = RunSpec(
+        env_id=args.env_id,
+        controller=args.controller,
+        seed=args.seed,
+        episodes=args.episodes,
+        overrides=overrides,
+        controller_options={"model": args.model} if args.model else {},
+        n_envs=args.n_envs,
+    )
+    shards = target = dataset_id = None
+    tags: dict[str, Any] = {}
+    mode = "overwrite" if args.overwrite else "append" if args.append else "create"
+    if args.record:
+        from twinloop.datasets.cli import default_dataset_id, parse_tags
+        from twinloop.datasets.writer import dataset_dir
+
+        dataset_id = args.dataset_id or default_dataset_id(args.env_id, args.controller)
+        target = dataset_dir(args.record, dataset_id)
+        if mode == "create" and (target / "data" / "metadata.json").exists():
+            raise ValueError(
+                f"dataset {dataset_id!r} already exists at {target}; pass --overwrite to "
+                "replace it or --append to add episodes"
+            )
+        tags = {"controller": args.controller, "seed": args.seed, **parse_tags(args.tag)}
+        shards = target.parent / f"{target.name}.shards"
+    with tqdm(
+        total=args.episodes,
+        desc=f"{args.controller} on {args.env_id} ({args.workers} workers)",
+        unit="ep",
+        file=sys.stderr,
+        disable=args.quiet,
+    ) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        run = run_workers(
+            spec,
+            args.workers,
+            chunk_episodes=args.chunk_episodes,
+            shards=shards,
+            tags=tags,
+            ray_address=args.ray,
+            max_retries=args.max_retries,
+            progress=progress,
+        )
+    engine = f"Ray ({args.ray})" if run.engine == "ray" else "process pool"
+    report = [
+        f"workers: {run.workers} ({engine}), {len(run.chunks)} chunks of up to "
+        f"{run.chunks[0].episodes} episodes"
+    ]
+    retried = [
+        {"chunk": c.index, "seeds": seed_ranges(c.seeds), "attempts": n} for c, n in run.retried
+    ]
+    for r in retried:
+        report.append(
+            f"retried: chunk {r['chunk']} (seeds {r['seeds']}) ran {r['attempts']} times "
+            "after a worker died; its shard was rewritten from scratch"
+        )
+    if not retried:
+        report.append("retried: none")
+    if target is not None:
+        merged = merge_shards(run, target, dataset_id=dataset_id, mode=mode, tags=tags)
+        report.append(
+            f"recorded {merged['added']} episodes as {dataset_id} in {target} (merged from "
+            f"{len(run.shards)} shards; the dataset holds {merged['episodes']} episodes, "
+            f"{merged['steps']} steps)"
+        )
+    info = {
+        "engine": run.engine,
+        "workers": run.workers,
+        "chunks": len(run.chunks),
+        "retried": retried,
+        "report": report,
+    }
+    return run.results, info
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a controller for N episodes and print a summary table."""
+    from twinloop.eval.rollout import summarize
+
+    overrides = _parse_overrides(args.env_id, args.set)
+    workers: dict[str, Any] | None = None
+    if args.workers is None and args.ray is None:
+        results = _run_here(args, overrides)
+    else:
+        from twinloop.eval.workers import WorkersFailed
+
+        try:
+            results, workers = _run_on_workers(args, overrides)
+        except WorkersFailed as exc:
+            print(f"twinloop: error: {exc}", file=sys.stderr)
+            return 2
     summary = summarize(results)
     lo, hi = summary["success_rate_ci95"]
     failures = ", ".join(f"{k}: {v}" for k, v in summary["failures"].items()) or "none"
@@ -220,6 +341,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"seed={args.seed}  n_envs={args.n_envs}"
     )
     print(table(rows, ("metric", "value")))
+    if workers is not None:
+        for line in workers["report"]:
+            print(line)
     if args.json:
         payload = {
             "env_id": args.env_id,
@@ -231,6 +355,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "summary": summary,
             "episodes": [r.__dict__ for r in results],
         }
+        if workers is not None:
+            payload["workers"] = {k: v for k, v in workers.items() if k != "report"}
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2, default=_json_default)
     return 0
@@ -441,8 +567,43 @@ def _add_run(sub: Any) -> None:
     )
     s.add_argument("--json", default=None, help="also write the results to this JSON file")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_worker_arguments(s)
     add_record_arguments(s)
     s.set_defaults(func=cmd_run)
+
+
+def _add_worker_arguments(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("workers (episodes split by seed: same results for any count)")
+    g.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="run chunks of seeds on N worker processes (a local pool; with --ray, N Ray "
+        "tasks at once); with --record each worker writes a shard, merged at the end "
+        "(default: everything in this process)",
+    )
+    g.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run the workers as Ray tasks: 'auto' or host:port joins a cluster started with "
+        "'ray start', 'local' starts Ray here; needs the ray extra (pip install 'twinloop[ray]')",
+    )
+    g.add_argument(
+        "--chunk-episodes",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="episodes per chunk of seeds (default: about 4 chunks per worker)",
+    )
+    g.add_argument(
+        "--max-retries",
+        type=_non_negative_int,
+        default=3,
+        metavar="R",
+        help="with --ray, how often a chunk whose worker died runs again (default: %(default)s)",
+    )
 
 
 def _positive_int(text: str) -> int:
