@@ -373,6 +373,7 @@ SERVE_DEVICES: dict[str, str] = {
     "microscope": "twinloop.hardware.microscope.cli",
     "balloon": "twinloop.hardware.balloon.server",
     "robot": "twinloop.hardware.robot.cli",
+    "skills": "twinloop.hardware.skills.cli",
 }
 
 

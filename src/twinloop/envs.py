@@ -176,6 +176,15 @@ registry.register(
                 deterministic=True,
                 description="in-process apartment and kinematic skills kernel",
             ),
+            BackendSpec(
+                name="skills",
+                entry_point="twinloop.hardware.skills:make_skills_backend",
+                deterministic=False,
+                options=("address", "token", "timeout_s", "retries", "frame_px"),
+                extra="microscope",
+                address_format="tcp://{host}:{port}",
+                description="a skills twin (`twinloop serve skills`) over the robot-skill protocol",
+            ),
         ),
         description="Follow a language instruction to rearrange objects with high-level skills "
         "(LLaRP's Language Rearrangement, symbolic)",
