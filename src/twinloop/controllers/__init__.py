@@ -23,6 +23,8 @@ CONTROLLERS: dict[str, str] = {
     "altitude-hold": "twinloop.controllers.classical.balloon:AltitudeHold",
     "oracle": "twinloop.controllers.classical.rearrange:Oracle",
     "scripted": "twinloop.controllers.classical.rearrange_scripted:ScriptedParser",
+    "stand": "twinloop.controllers.classical.locomotion:Stand",
+    "trot": "twinloop.controllers.classical.locomotion:Trot",
 }
 #: ``agent:DIR``: a saved agent (see :mod:`twinloop.controllers.rl`).
 AGENT_PREFIX = "agent:"

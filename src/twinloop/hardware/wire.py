@@ -10,8 +10,8 @@ twin's protocol version; every twin so far speaks 1)::
 
 This module holds everything of it that does not depend on the device: the size and nesting
 bounds, reading the id, checking the keys, the version, the token and the operation, and each
-argument against the operation's :class:`Arg` spec. A twin's protocol module keeps only its
-own operations table, version, refusal kinds and device checks, and calls
+argument against the operation's spec (:class:`Arg`, :class:`Text`). A twin's protocol
+module keeps only its own operations table, version, refusal kinds and device checks, and calls
 :func:`decode_request` with them, so the envelope's share of the twin contract in
 :mod:`twinloop.hardware.microscope.protocol` (2: one validation path; 3: a refusal names the
 request; 7: the token compared in constant time) is written, and tested, once for all twins.
@@ -24,7 +24,7 @@ import hmac
 import math
 import reprlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 #: Largest request a twin accepts (bytes, all frames together); requests are small maps.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -123,13 +123,50 @@ class Arg:
 
 
 @dataclasses.dataclass(frozen=True)
+class Text:
+    """A string argument of an operation, of at most ``max_chars`` characters.
+
+    Attributes:
+        max_chars: The longest string the protocol admits (its own catalog checks apply later).
+    """
+
+    max_chars: int = UNPACK_LIMITS["max_str_len"]
+
+    def check(self, where: str, value: Any) -> str:
+        """The value, if it is a string of at most :attr:`max_chars` characters.
+
+        Args:
+            where: The argument's name in messages (``op.name``).
+            value: What the client sent.
+
+        Raises:
+            Refusal: ``bad_request`` otherwise, naming the value (or its length) and the limit.
+        """
+        if not isinstance(value, str):
+            raise Refusal("bad_request", f"{where} must be a string, got {show(value)}")
+        if len(value) > self.max_chars:
+            raise Refusal(
+                "bad_request", f"{where} has {len(value)} characters, over {self.max_chars}"
+            )
+        return value
+
+
+class ArgSpec(Protocol):
+    """What :func:`decode_request` needs of an argument's spec (:class:`Arg`, :class:`Text`)."""
+
+    def check(self, where: str, value: Any) -> Any:
+        """The checked value; raises :class:`Refusal` (``bad_request``) when it is not valid."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
 class Request:
     """A request that passed :func:`decode_request`: a known operation with valid arguments.
 
     Attributes:
         id: The client's request id, in [0, :data:`MAX_ID`].
         op: A key of the protocol's operations table.
-        args: Exactly the operation's arguments, each checked by its :class:`Arg`.
+        args: Exactly the operation's arguments, each checked by its spec (:class:`ArgSpec`).
     """
 
     id: int
@@ -183,20 +220,20 @@ def decode_request(
     frames: list[bytes],
     token: str | None,
     *,
-    operations: Mapping[str, Mapping[str, Arg]],
+    operations: Mapping[str, Mapping[str, ArgSpec]],
     version: int,
 ) -> Request:
     """Validate one request message, every field of it, in a fixed order.
 
     The order: the frames' shape (``[b"", map]``), the size, msgpack decoding within
     :data:`UNPACK_LIMITS`, a map, its id, its keys, the version, the token (compared in
-    constant time on its UTF-8 bytes), the operation, and each argument against its
-    :class:`Arg`. Nothing of the message is trusted before it passes.
+    constant time on its UTF-8 bytes), the operation, and each argument against its spec
+    (:class:`Arg`, :class:`Text`). Nothing of the message is trusted before it passes.
 
     Args:
         frames: The message's frames after any routing id.
         token: The secret the twin requires (None: none).
-        operations: The protocol's operations, each with its arguments by name.
+        operations: The protocol's operations, each with its arguments' specs by name.
         version: The protocol version the twin speaks.
 
     Raises:
@@ -239,7 +276,7 @@ def _validate(
     msg: dict[Any, Any],
     rid: int,
     token: str | None,
-    operations: Mapping[str, Mapping[str, Arg]],
+    operations: Mapping[str, Mapping[str, ArgSpec]],
     version: int,
 ) -> Request:
     unknown = [k for k in msg if k not in REQUEST_KEYS]

@@ -7,7 +7,8 @@ Data flow::
                    <--telemetry frame seq------------------------ vehicle
     reader thread: socket -> datagram (size cap) -> MAVLink parser -> from the vehicle?
         -> every field checked (protocol tables) -> heartbeat state, the ACK and frame of the
-           one command waited for (anything else dropped), the vehicle's status text
+           one command waited for (anything else dropped), the vehicle's status text, the
+           name of its device profile (a twin with hidden physics announces it)
     frame + forecast service (column at the reported position and time) -> measurement
 
 The backend keeps the ground-station side of the contract in :mod:`.protocol`. A reader
@@ -185,6 +186,7 @@ class MavlinkBalloonBackend(BaseBackend):
         self._vehicle_state: int | None = None
         self._vehicle_held: int | None = None
         self._status_text = ""  # what the vehicle last said in a STATUSTEXT
+        self._profile: str | None = None  # the device profile the vehicle last announced
         self._rejected = ""  # the last validation error
         self._throttle = P.Throttle()
         self._stop = threading.Event()
@@ -206,6 +208,7 @@ class MavlinkBalloonBackend(BaseBackend):
         self._mav = P.new_link(P.GCS_SYSID, P.GCS_COMPID)
         self._acked = False
         self._vehicle_heard = 0.0
+        self._profile = None
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind(("127.0.0.1" if self.address[0] in ("127.0.0.1", "localhost") else "", 0))
         self._sock.settimeout(0.1)
@@ -275,8 +278,19 @@ class MavlinkBalloonBackend(BaseBackend):
         return len(self._threads) == 2 and all(t.is_alive() for t in self._threads)
 
     def identity(self) -> dict[str, Any]:
-        """Kind and address."""
-        return {"kind": self.kind, "address": self.where}
+        """Kind and address; ``"profile"``: the device profile the vehicle announced, if any.
+
+        A twin with hidden physics announces its profile's name (never its values) when it
+        first hears this station and at each episode start (:mod:`.protocol`, contract point
+        10), so a capture records the name as ``device_profile``; a nominal vehicle announces
+        none, and the identity has no ``"profile"``.
+        """
+        out: dict[str, Any] = {"kind": self.kind, "address": self.where}
+        with self._cv:
+            profile = self._profile
+        if profile is not None:
+            out["profile"] = profile
+        return out
 
     @property
     def vehicle_status(self) -> dict[str, Any]:
@@ -362,6 +376,10 @@ class MavlinkBalloonBackend(BaseBackend):
             elif kind == "COMMAND_ACK":
                 self._on_ack(msg)
             elif kind == "STATUSTEXT":
+                profile = P.read_profile(msg)
+                if profile is not None:
+                    self._on_profile(profile)
+                    return
                 text = P.read_name(msg, "text")
                 with self._cv:
                     self._status_text = text
@@ -375,6 +393,16 @@ class MavlinkBalloonBackend(BaseBackend):
             what = "a telemetry frame" if frame else f"a {kind}"
             self._throttle.log(
                 log, logging.WARNING, kind, "rejected %s from %s: %s", what, self.where, exc
+            )
+
+    def _on_profile(self, name: str) -> None:
+        with self._cv:
+            was, self._profile = self._profile, name
+        if name != was:
+            log.info(
+                "the vehicle at %s flies device profile %r (its values stay hidden)",
+                self.where,
+                name,
             )
 
     def _on_heartbeat(self, hb: dict[str, int]) -> None:

@@ -29,6 +29,13 @@ MAVLink has no message for (below), and last a ``NAMED_VALUE_INT`` ``"frame"`` w
 sequence number that closes the frame. All its messages but ``HOME_POSITION`` carry the same
 ``time_boot_ms``.
 
+Device profile (vehicle -> station): a twin that flies hidden physics
+(:mod:`twinloop.core.profile`) sends a ``STATUSTEXT`` of severity ``MAV_SEVERITY_INFO``, ``id``
+0 (one chunk), text ``"device profile: NAME"`` (:data:`PROFILE_PREFIX`): to a station when it is
+first heard (before its first heartbeat) and after each episode start (before the ACK). NAME
+is 1 to :data:`MAX_PROFILE_NAME` characters of ``A-Z a-z 0-9 . _ : + -``, beginning with a
+letter or a digit (``random:7``, a profile file's stem). A nominal vehicle sends none.
+
 Contract
 --------
 What every vehicle (the twin, a real adapter) and every ground station (the ``mavlink``
@@ -38,12 +45,13 @@ own protocols.
 1. **One validation path.** Every field the protocol reads, in every message either end
    receives, is checked by :func:`read_fields` against its :class:`Field` (a number, finite, a
    whole number where a count, code or sequence is meant, inside its range in SI units). The
-   tables are :data:`COMMANDS`, :data:`VEHICLE_HEARTBEAT`, :data:`ACK` and
-   :data:`TELEMETRY`; a COMMAND_LONG parameter a command does not use must be 0 or NaN
-   (MAVLink's "no value"). A field the protocol does not use is never read, so no value in it
-   can matter. A message with any field out of its table is refused whole (a telemetry frame
-   with one bad message is dropped whole), counted, and logged in one line (at most one line a
-   second per kind: :class:`Throttle`), never with a traceback.
+   tables are :data:`COMMANDS`, :data:`VEHICLE_HEARTBEAT`, :data:`ACK`, :data:`TELEMETRY` and
+   :data:`PROFILE_TEXT` (with the name's rule, :func:`read_profile`); a COMMAND_LONG
+   parameter a command does not use must be 0 or NaN (MAVLink's "no value"). A field the
+   protocol does not use is never read, so no value in it can matter. A message with any
+   field out of its table is refused whole (a telemetry frame with one bad message is dropped
+   whole), counted, and logged in one line (at most one line a second per kind:
+   :class:`Throttle`), never with a traceback.
 2. **The receive loop never dies from input.** A datagram longer than :data:`MAX_DATAGRAM` is
    dropped unread; garbage, truncated messages, unknown message types and messages from other
    systems are counted and dropped. An unexpected error while handling a message is logged in
@@ -97,12 +105,20 @@ own protocols.
    the rest, so a flood from one address delays the others by one batch, never takes their
    turn. A ground station holds the ACK and frame of the one command it waits for (answers to
    anything else, late or forged, are dropped on arrival), one frame in assembly (a
-   ``HOME_POSITION`` starts a new one, so stray parts never spoil the next frame) and the
-   vehicle's last status text.
+   ``HOME_POSITION`` starts a new one, so stray parts never spoil the next frame), the
+   vehicle's last status text and the name of its device profile.
 9. **Faults are one line.** A ground station raises
    :class:`~twinloop.core.backend.BackendFault` with a one-line message that says what failed,
    what the vehicle reported (its state, its status text) and what to do; the vehicle's
    failsafe holds STAY. Text from the wire is shown as printable ASCII only.
+10. **Hidden physics stay hidden.** A vehicle with a device profile tells its stations that a
+    profile is in force and its name, never a value of it: only the profile announcement
+    above carries it. A ground station checks the announcement (severity, one chunk, the
+    name's length and characters: :func:`read_profile`), refuses a malformed one whole like
+    any message (point 1; the name it knew stays), and reports the name in its identity as
+    ``"profile"``, so captures record it (``device_profile``); a status text that does not
+    begin with :data:`PROFILE_PREFIX` is no announcement. A nominal vehicle announces
+    nothing, and its ground station's identity has no ``"profile"``.
 
 No pickle, no Python objects: only MAVLink's own binary encoding crosses the wire.
 """
@@ -110,6 +126,7 @@ No pickle, no Python objects: only MAVLink's own binary encoding crosses the wir
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +159,7 @@ MAV_STATE_NAMES = (
     "FLIGHT_TERMINATION",
 )
 MAV_SEVERITY_WARNING = 4
+MAV_SEVERITY_INFO = 6
 CMD_ALTITUDE = 31010  # MAV_CMD_USER_1
 CMD_EPISODE = 31011  # MAV_CMD_USER_2
 CMD_RELEASE = 31012  # MAV_CMD_USER_3
@@ -190,6 +208,11 @@ NO_SEQUENCE = -1
 MAX_DATAGRAM = 4096
 #: How many earlier commands per station a vehicle remembers to answer late duplicates.
 RECENT = 16
+#: What a profile announcement's STATUSTEXT says before the profile's name.
+PROFILE_PREFIX = "device profile: "
+#: Longest device profile name an announcement carries (the text field holds 50 characters).
+MAX_PROFILE_NAME = 32
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+\-]*")
 
 
 def ack_code(seq: int, executed: int) -> int:
@@ -401,6 +424,76 @@ def read_ack(msg: Any) -> dict[str, int]:
             f"{ack['executed']}, not 0, 1 or 2"
         )
     return ack
+
+
+#: What a ground station reads of a profile announcement besides its text (one chunk, INFO).
+PROFILE_TEXT = (
+    Field("severity", MAV_SEVERITY_INFO, MAV_SEVERITY_INFO, whole=True),
+    Field("id", 0, 0, whole=True),
+)
+
+
+def check_profile_name(name: str) -> str:
+    """``name`` if a profile announcement can carry it (see the module doc).
+
+    Raises:
+        ValueError: ``name`` is not a string, is empty or longer than
+            :data:`MAX_PROFILE_NAME`, or has a character outside ``A-Z a-z 0-9 . _ : + -``
+            (or does not begin with a letter or a digit).
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"device profile name {_short(name)} is not a string")
+    if not 1 <= len(name) <= MAX_PROFILE_NAME:
+        raise ValueError(
+            f"device profile name {_short(name)} has {len(name)} characters; an announcement "
+            f"carries 1 to {MAX_PROFILE_NAME}"
+        )
+    if not _PROFILE_NAME.fullmatch(name):
+        raise ValueError(
+            f"device profile name {_short(name)} may hold only letters, digits and . _ : + - "
+            "and must begin with a letter or a digit"
+        )
+    return name
+
+
+def profile_text(name: str) -> bytes:
+    """The text of the STATUSTEXT that announces device profile ``name`` (ASCII).
+
+    Raises:
+        ValueError: The name breaks the rule of :func:`check_profile_name`.
+    """
+    return (PROFILE_PREFIX + check_profile_name(name)).encode("ascii")
+
+
+def read_profile(msg: Any) -> str | None:
+    """The profile name a STATUSTEXT announces, checked; None if it is no announcement.
+
+    A text that begins with :data:`PROFILE_PREFIX` is an announcement; it is checked whole:
+    :data:`PROFILE_TEXT` and the name's rule (:func:`check_profile_name`), on the text as
+    received (a character that is not printable ASCII breaks the rule).
+
+    Raises:
+        ProtocolError: An announcement with a field out of :data:`PROFILE_TEXT` or a name that
+            breaks the rule (the message shows the name as printable ASCII).
+    """
+    raw = getattr(msg, "text", "")
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", errors="replace")
+    if not isinstance(raw, str):
+        return None
+    text = raw.split("\x00", 1)[0]
+    if not text.startswith(PROFILE_PREFIX):
+        return None
+    read_fields(msg, PROFILE_TEXT)
+    name = text[len(PROFILE_PREFIX) :]
+    try:
+        return check_profile_name(name)
+    except ValueError:
+        shown = "".join(c if " " <= c <= "~" else "?" for c in name)
+        raise ProtocolError(
+            f"STATUSTEXT announces device profile {_short(shown)} ({len(name)} characters): "
+            f"a name is 1 to {MAX_PROFILE_NAME} of letters, digits and . _ : + -"
+        ) from None
 
 
 #: NAMED_VALUE_FLOAT names (<= 10 chars) -> measurement column and valid range.

@@ -103,7 +103,12 @@ class VehicleTwin:
         station_timeout_s: Silence after which a station is forgotten (no more heartbeats);
             the station in command is kept until another takes command.
         profile: The vehicle's hidden physics (:mod:`twinloop.core.profile`), applied over
-            ``cfg``; nothing the twin sends carries its name or values. None: nominal.
+            ``cfg``; the twin announces its name (a STATUSTEXT, see :mod:`.protocol`, contract
+            point 10), never its values. None: nominal, and nothing is announced.
+
+    Raises:
+        ValueError: An option out of its range, or a profile name an announcement cannot
+            carry (:func:`~.protocol.check_profile_name`).
     """
 
     def __init__(
@@ -131,6 +136,8 @@ class VehicleTwin:
         if not (isinstance(max_stations, int) and 1 <= max_stations <= 1024):
             raise ValueError(f"max_stations = {max_stations!r} must be an int in [1, 1024]")
         self.profile = profile
+        #: The announcement's text (None: nominal, nothing is announced); checked before binding.
+        self._profile_text = None if profile is None else P.profile_text(profile.name)
         self.cfg = cfg or BalloonConfig()
         if profile is not None:
             self.cfg = profile.apply(self.cfg)
@@ -461,7 +468,9 @@ class VehicleTwin:
         station = Station(addr, sysid, compid, now)
         self._stations[station.key] = station
         log.info("vehicle twin: serving ground station %s", station)
-        self._send([self._heartbeat()], addr)  # no need to wait a period to be seen
+        # no need to wait a period to be seen; the profile's name first, so a station knows it
+        # by the time it sees the vehicle
+        self._send([*self._announcement(), self._heartbeat()], addr)
         return station
 
     def _unserved(
@@ -490,6 +499,13 @@ class VehicleTwin:
 
     def _ack(self, command: int, result: int, reason: int, code: int, to: tuple[int, int]) -> bytes:
         return self.mav.command_ack_encode(command, result, reason, code, *to).pack(self.mav)
+
+    def _announcement(self) -> list[bytes]:
+        """The STATUSTEXT that names the device profile in force; none for a nominal twin."""
+        if self._profile_text is None:
+            return []
+        msg = self.mav.statustext_encode(P.MAV_SEVERITY_INFO, self._profile_text)
+        return [msg.pack(self.mav)]
 
     def _statustext(self, text: str) -> bytes:
         raw = text.encode("ascii", errors="replace")[:50]
@@ -603,6 +619,7 @@ class VehicleTwin:
             self._meas = self.sim.reset(seed=seed)
             self.held = K.STAY
             self.stats["episodes"] += 1
+            self._send(self._announcement(), station.addr)  # before the ACK that ends its wait
             reply = [self._ack(c.command, P.RESULT_ACCEPTED, 0, P.ack_code(c.seq, K.STAY), to)]
             return reply + P.encode_frame(self.mav, self._meas, c.seq)
         code = c.args["code"]  # CMD_ALTITUDE
@@ -691,6 +708,7 @@ def main(args: Any) -> int:
         nominal = twinloop.make_config("twinloop/BalloonStationKeeping-v0", **overrides)
         try:
             options["profile"] = parse_profile(args.profile, nominal, PRIORS)
+            P.check_profile_name(options["profile"].name)  # an announcement must carry it
         except ValueError as exc:  # ConfigError is a ValueError: it names field and limits
             _say(f"twinloop serve balloon: error: {exc}")
             return 2

@@ -14,8 +14,8 @@ network client (:mod:`.remote`), which :mod:`.backend` turns into the ``skills``
 ``twinloop/LangRearrange-v0``.
 
 Wire protocol, version 1: the microscope's transport and envelope, unchanged (ZeroMQ
-request-reply over TCP, ``[empty, msgpack map]``; never pickle; see
-:mod:`twinloop.hardware.microscope.protocol`)::
+request-reply over TCP, ``[empty, msgpack map]``; never pickle; checked by the one envelope
+path of every twin, :mod:`twinloop.hardware.wire`)::
 
     request  {"v": 1, "id": <int>, "op": <str>, "args": {<str>: <value>}, "token": <str|nil>}
     response {"v": 1, "id": <same int>, "ok": true,  "result": <value>}
@@ -66,21 +66,24 @@ never sees and are never reported.
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import math
 from typing import Any
 
 import numpy as np
 
 from twinloop.core.backend import BackendFault
-from twinloop.hardware.microscope.protocol import (
+from twinloop.hardware import wire
+from twinloop.hardware.wire import (
     MAX_FRAMES,
     MAX_ID,
     MAX_REQUEST_BYTES,
+    Arg,
     Refusal,
+    Request,
+    Text,
     error_reply,
     ok_reply,
-    peek_id,
+    show,
 )
 from twinloop.sim.rearrange import catalog as C
 from twinloop.sim.rearrange import episodes as E
@@ -161,50 +164,9 @@ def skill_of(action: int) -> tuple[str, str]:
 
 
 # --- the one validation path ------------------------------------------------------------------
-def _show(value: Any) -> str:
-    """A short, bounded description of a client's value."""
-    text = repr(value) if not isinstance(value, list | dict) else f"{len(value)} items"
-    return f"{type(value).__name__} {text[:40]}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Arg:
-    """One argument: its type on the wire and its domain.
-
-    Attributes:
-        kind: ``int`` (an integer, not a bool) or ``str``.
-        lo: Smallest integer admitted.
-        hi: Largest integer admitted.
-    """
-
-    kind: type
-    lo: int = 0
-    hi: int = MAX_ID
-
-    def check(self, where: str, value: Any) -> int | str:
-        """The value, if its type and domain are right.
-
-        Raises:
-            Refusal: ``bad_request`` otherwise.
-        """
-        if self.kind is str:
-            if not isinstance(value, str):
-                raise Refusal("bad_request", f"{where} must be a string, got {_show(value)}")
-            if len(value) > MAX_NAME_CHARS:
-                raise Refusal(
-                    "bad_request", f"{where} has {len(value)} characters, over {MAX_NAME_CHARS}"
-                )
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Refusal("bad_request", f"{where} must be int, got {_show(value)}")
-        if not self.lo <= value <= self.hi:
-            raise Refusal("bad_request", f"{where} = {value} is outside [{self.lo}, {self.hi}]")
-        return value
-
-
-_NAME = Arg(str)
+_NAME = Text(MAX_NAME_CHARS)
 #: Operations of protocol version 1 and the arguments each takes.
-OPERATIONS: dict[str, dict[str, Arg]] = {
+OPERATIONS: dict[str, dict[str, Arg | Text]] = {
     "hello": {},
     "ping": {},
     "state": {},
@@ -217,103 +179,34 @@ OPERATIONS: dict[str, dict[str, Arg]] = {
     "stop": {},
     "reset": {"split": _NAME, "episode": Arg(int, -1, MAX_ID), "seed": Arg(int, -1, MAX_ID)},
 }
-#: Keys of a request map; ``args`` and ``token`` may be left out.
-REQUEST_KEYS = frozenset({"v", "id", "op", "args", "token"})
-#: Bounds on every length inside a request; ext types are refused.
-_UNPACK_LIMITS = dict(
-    raw=False,
-    max_bin_len=1024,
-    max_str_len=4096,
-    max_array_len=64,
-    max_map_len=32,
-    max_ext_len=0,
-    strict_map_key=True,
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """A request that passed :func:`decode_request`: a known operation with valid arguments."""
-
-    id: int
-    op: str
-    args: dict[str, Any]
 
 
 def decode_request(frames: list[bytes], token: str | None) -> Request:
     """Validate one request message, every field of it; the only way a request is read.
+
+    The envelope and every argument are checked by :func:`twinloop.hardware.wire.decode_request`
+    against :data:`OPERATIONS`; then ``execute``'s skill, target and frame size against
+    :data:`CATALOG` and the camera's sides, and ``reset``'s split and episode.
 
     Args:
         frames: The message's frames after any routing id (a valid one: ``[b"", map]``).
         token: The secret the twin requires (None: none).
 
     Raises:
-        Refusal: Malformed, of another version, or unauthorized; ``rid`` is the request's id
-            whenever one can be read.
+        Refusal: ``bad_request`` (malformed, or a skill, target, frame size, split or episode
+            the catalog and camera do not admit), ``version`` or ``unauthorized``; its ``rid``
+            is the request's id whenever one can be read.
     """
-    import msgpack
-
-    if len(frames) != 2 or len(frames[0]) != 0:
-        ids = (peek_id(f) for f in frames[:MAX_FRAMES] if f)
-        raise Refusal(
-            "bad_request",
-            f"a request is two frames, an empty delimiter and one msgpack map (what a ZeroMQ "
-            f"REQ socket sends); got {len(frames)} frame(s)",
-            next((i for i in ids if i is not None), None),
-        )
-    raw = frames[1]
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise Refusal("bad_request", f"request of {len(raw)} bytes exceeds {MAX_REQUEST_BYTES}")
+    req = wire.decode_request(frames, token, operations=OPERATIONS, version=PROTOCOL_VERSION)
     try:
-        msg = msgpack.unpackb(raw, **_UNPACK_LIMITS)
-    except Exception as exc:  # any decoder complaint: malformed, too deep, too long, ext
-        raise Refusal(
-            "bad_request", f"undecodable request ({type(exc).__name__})", peek_id(raw)
-        ) from None
-    if not isinstance(msg, dict):
-        raise Refusal("bad_request", f"a request must be a map, got {_show(msg)}")
-    rid = msg.get("id")
-    if not (isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= MAX_ID):
-        raise Refusal("bad_request", f"request id must be an int in [0, 2^63), got {_show(rid)}")
-    try:
-        return _validate(msg, rid, token)
+        if req.op == "execute":
+            _check_execute(req.args)
+        elif req.op == "reset":
+            _check_reset(req.args)
     except Refusal as exc:
-        exc.rid = rid
+        exc.rid = req.id
         raise
-
-
-def _validate(msg: dict[Any, Any], rid: int, token: str | None) -> Request:
-    unknown = [k for k in msg if k not in REQUEST_KEYS]
-    if unknown:
-        raise Refusal("bad_request", f"unknown request keys {_show(unknown)}")
-    v = msg.get("v")
-    if type(v) is not int or v != PROTOCOL_VERSION:
-        raise Refusal("version", f"protocol {_show(v)}; this twin speaks v{PROTOCOL_VERSION}")
-    given = msg.get("token")
-    if given is not None and not isinstance(given, str):
-        raise Refusal("bad_request", f"token must be a string, got {type(given).__name__}")
-    if token is not None and not (
-        isinstance(given, str) and hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
-    ):
-        raise Refusal("unauthorized", "wrong or missing token")
-    op = msg.get("op")
-    if not isinstance(op, str) or op not in OPERATIONS:
-        raise Refusal(
-            "bad_request", f"unknown operation {_show(op)}; valid: {', '.join(OPERATIONS)}"
-        )
-    args = msg.get("args", {})
-    if not isinstance(args, dict):
-        raise Refusal("bad_request", f"{op}: args must be a map, got {_show(args)}")
-    spec = OPERATIONS[op]
-    if set(args) != set(spec):
-        got = ", ".join(sorted(repr(k)[:40] for k in args)) or "none"
-        raise Refusal("bad_request", f"{op} takes arguments {sorted(spec)}, got {got}")
-    checked = {name: arg.check(f"{op}.{name}", args[name]) for name, arg in spec.items()}
-    if op == "execute":
-        _check_execute(checked)
-    elif op == "reset":
-        _check_reset(checked)
-    return Request(rid, op, checked)
+    return req
 
 
 def _check_execute(args: dict[str, Any]) -> None:
@@ -321,12 +214,12 @@ def _check_execute(args: dict[str, Any]) -> None:
     skill, target, px = args["skill"], args["target"], args["frame_px"]
     if skill not in CATALOG:
         raise Refusal(
-            "bad_request", f"execute.skill {_show(skill)} is not one of {', '.join(SKILLS)}"
+            "bad_request", f"execute.skill {show(skill)} is not one of {', '.join(SKILLS)}"
         )
     names = CATALOG[skill]
     if (target != "") if skill == "noop" else target not in names:
         want = '""' if skill == "noop" else f"one of the {len(names)} names in the catalog"
-        raise Refusal("bad_request", f"execute.target {_show(target)} of {skill}: must be {want}")
+        raise Refusal("bad_request", f"execute.target {show(target)} of {skill}: must be {want}")
     if px and not MIN_FRAME_PX <= px <= MAX_FRAME_PX:
         raise Refusal(
             "bad_request",
@@ -338,7 +231,7 @@ def _check_reset(args: dict[str, Any]) -> None:
     """A known split; an episode inside it."""
     split, episode = args["split"], args["episode"]
     if split and split not in E.SPLITS:
-        raise Refusal("bad_request", f"reset.split {_show(split)} is not one of {E.SPLITS}")
+        raise Refusal("bad_request", f"reset.split {show(split)} is not one of {E.SPLITS}")
     if episode >= 0:
         if not split:
             raise Refusal("bad_request", "reset.episode >= 0 needs a reset.split beside it")
@@ -388,7 +281,7 @@ def observation_from_wire(data: Any) -> np.ndarray:
         for v in values:
             if isinstance(v, bool) or not isinstance(v, int) or not f.low <= v <= f.high:
                 raise SkillsFault(
-                    f"observation field {f.name}: {_show(v)} is not an integer in "
+                    f"observation field {f.name}: {show(v)} is not an integer in "
                     f"[{f.low:g}, {f.high:g}]"
                 )
         out[K.MEASUREMENT.slice(f.name)] = values
@@ -415,10 +308,10 @@ def frame_from_wire(data: Any, frame_px: int) -> np.ndarray | None:
         return None
     shape = [frame_px, frame_px, 3]
     if not isinstance(data, dict) or data.get("shape") != shape:
-        raise SkillsFault(f"frame must have shape {shape}, got {_show(data)}")
+        raise SkillsFault(f"frame must have shape {shape}, got {show(data)}")
     pixels = data.get("pixels")
     if not isinstance(pixels, bytes) or len(pixels) != math.prod(shape):
-        n = len(pixels) if isinstance(pixels, bytes) else _show(pixels)
+        n = len(pixels) if isinstance(pixels, bytes) else show(pixels)
         raise SkillsFault(f"frame of shape {shape} must be {math.prod(shape)} bytes, got {n}")
     return np.frombuffer(pixels, dtype=np.uint8).reshape(shape).copy()
 
@@ -440,12 +333,12 @@ class Report:
             SkillsFault: Anything missing, malformed or out of range.
         """
         if not isinstance(data, dict):
-            raise SkillsFault(f"report must be a map, got {_show(data)}")
+            raise SkillsFault(f"report must be a map, got {show(data)}")
         mode, seq = data.get("mode"), data.get("seq")
         if mode not in MODES:
-            raise SkillsFault(f"report mode {_show(mode)} is not one of {MODES}")
+            raise SkillsFault(f"report mode {show(mode)} is not one of {MODES}")
         if isinstance(seq, bool) or not isinstance(seq, int) or not -1 <= seq <= MAX_ID:
-            raise SkillsFault(f"report seq {_show(seq)} is not an int in [-1, 2^63)")
+            raise SkillsFault(f"report seq {show(seq)} is not an int in [-1, 2^63)")
         meas = observation_from_wire(data.get("observation"))
         return cls(mode, seq, meas, frame_from_wire(data.get("frame"), frame_px))
 
@@ -475,7 +368,7 @@ class SkillResult:
             or not isinstance(duration, int | float)
             or not 0.0 <= duration < math.inf
         ):
-            raise SkillsFault(f"duration_s must be a finite number >= 0, got {_show(duration)}")
+            raise SkillsFault(f"duration_s must be a finite number >= 0, got {show(duration)}")
         if report.seq != seq:
             raise SkillsFault(f"the robot executed skill {report.seq}, not {seq}")
         if bool(report.measurement[K.M_OK]) != success:
