@@ -233,9 +233,11 @@ def test_every_refusal_leaves_the_beam_blanked_and_names_the_request(
     assert answer["id"] == peek_id(payload)
     assert twin.microscope.blanked
     ours = [r for r in caplog.records if r.name in LOGGERS]
-    assert len(ours) == 1, [r.getMessage() for r in ours]
-    assert ours[0].exc_info is None and "\n" not in ours[0].getMessage()
-    assert f"refused request {peek_id(payload)} ({kind})" in ours[0].getMessage()
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in ours)
+    # exactly one line for this refusal (a line an earlier test's peer causes as its connection
+    # closes may arrive during this one, on the shared twin: it is not this request's)
+    line = f"refused request {peek_id(payload)} ({kind})"
+    assert sum(line in r.getMessage() for r in ours) == 1, [r.getMessage() for r in ours]
     _serves(twin)
 
 

@@ -11,8 +11,8 @@ The shared secret comes from ``--token-file`` (its first line) or ``$TWINLOOP_TO
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
-import signal
 import sys
 from typing import Any
 
@@ -80,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
     from twinloop.hardware.microscope.fake import SimMicroscope
     from twinloop.hardware.microscope.server import MicroscopeServer
     from twinloop.hardware.ready import compiling
+    from twinloop.hardware.serve import serve_until_signalled
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -115,20 +116,5 @@ def main(args: argparse.Namespace) -> int:
             server.warm_up()
     except KeyboardInterrupt:  # Ctrl-C while compiling: nothing was served
         return 130
-
-    def stop(*_: Any) -> None:
-        server.stop(timeout_s=0)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        print(f"microscope twin listening on {server.address}", flush=True)
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
-            _say(
-                f"warning: bound to {args.host}, reachable from other machines"
-                + ("" if token else " without a token")
-            )
-        server.serve_forever()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0
+    announce = functools.partial(print, flush=True)  # stdout, at once: a parent waits on it
+    return serve_until_signalled(server, "microscope twin", args.host, token, announce, _say)

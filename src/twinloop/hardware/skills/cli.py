@@ -13,10 +13,9 @@ printed. With none of them a run equals the ``sim`` backend's. The shared secret
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
-import signal
 import sys
-from typing import Any
 
 ENV_ID = "twinloop/LangRearrange-v0"
 
@@ -108,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
     from twinloop.cli import read_token
     from twinloop.core.config import parse_assignment
     from twinloop.hardware.ready import compiling
+    from twinloop.hardware.serve import serve_until_signalled
     from twinloop.hardware.skills.fake import SimSkillsRobot
     from twinloop.hardware.skills.server import SkillsServer
 
@@ -140,20 +140,5 @@ def main(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C while compiling: nothing was served
         return 130
-
-    def stop(*_: Any) -> None:
-        server.stop(timeout_s=0)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        print(f"skills twin listening on {server.address}", flush=True)
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
-            _say(
-                f"warning: bound to {args.host}, reachable from other machines"
-                + ("" if token else " without a token")
-            )
-        server.serve_forever()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0
+    announce = functools.partial(print, flush=True)  # stdout, at once: a parent waits on it
+    return serve_until_signalled(server, "skills twin", args.host, token, announce, _say)
