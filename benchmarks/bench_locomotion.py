@@ -12,14 +12,18 @@ For each task, in one run and on one machine:
 * ``single``: ``twinloop.make(id).step`` (validation, safety, physics, measurement, task);
   the overhead is ``raw / single - 1`` in time per step (target <= 10 %);
 * ``dm_control``: ``dm_control.suite.load(domain, task).step`` on the same model;
-* ``vector``: ``twinloop.make_vec(id, n_envs, threads=...)`` physics steps/s, against
-  ``mujoco.rollout.rollout`` over the same number of MjData (one per thread), same model,
-  same number of physics steps, zero controls;
+* ``vector``: ``twinloop.make_vec(id, n_envs, threads=...)`` physics steps/s (resets
+  included), against ``mujoco.rollout.rollout`` of ``n_envs`` rollouts (one MjData per thread),
+  same model, zero controls, 20 control steps per call; both with 1 thread as well, for the
+  scaling with threads (``xT``: rate at ``--threads`` over rate at 1);
 * ``Ant-v5``: Gymnasium's MuJoCo Ant (``gymnasium[mujoco]``) against a bare loop of
   ``mj_step(model, data, frame_skip)`` on its own model, the same overhead measure (the row
   says why when the import fails).
 
-Random actions (fixed seed) everywhere. Prints a table and writes
+The measures of a task run in ``--rounds`` alternating rounds; rates are medians over the
+rounds and ratios medians of the per-round ratios, so that load from other processes on a
+shared machine hits both sides of a ratio alike. Random actions (fixed seed) everywhere.
+Prints a table and writes
 ``benchmarks/results/locomotion.json``.
 """
 
@@ -55,7 +59,48 @@ def _rate(step: Callable[[], object], seconds: float) -> float:
             return n / dt
 
 
-def bench_task(domain: str, task: str, seconds: float, n_envs: int, threads: int) -> dict:
+def _interleaved(
+    measures: dict[str, Callable[[], object]], seconds: float, rounds: int
+) -> list[dict[str, float]]:
+    """Rates of each measure in ``rounds`` alternating rounds of ``seconds / rounds`` each.
+
+    On a shared machine the load changes within seconds; pairing the measures round by round
+    and taking the median of the per-round ratios keeps the ratios honest.
+    """
+    return [{k: _rate(f, seconds / rounds) for k, f in measures.items()} for _ in range(rounds)]
+
+
+def _median(rounds: list[dict[str, float]], key: str) -> float:
+    return float(np.median([r[key] for r in rounds]))
+
+
+def _median_ratio(rounds: list[dict[str, float]], a: str, b: str) -> float:
+    return float(np.median([r[a] / r[b] for r in rounds]))
+
+
+def _rollout_rate(m: object, d: object, n_envs: int, threads: int, n_sub: int) -> Callable:
+    """A callable running one ``mujoco.rollout`` call of 20 control steps of ``n_envs`` envs."""
+    datas = [mujoco.MjData(m) for _ in range(threads)]
+    sig = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    state0 = np.empty(mujoco.mj_stateSize(m, sig))
+    mujoco.mj_getState(m, d, state0, sig)
+    init = np.tile(state0, (n_envs, 1))
+    r = rollout.Rollout(nthread=threads)
+    r.rollout([m] * n_envs, datas, init, nstep=ROLLOUT_CONTROL_STEPS * n_sub)  # warm up
+
+    def call() -> None:
+        r.rollout([m] * n_envs, datas, init, nstep=ROLLOUT_CONTROL_STEPS * n_sub)
+
+    return call
+
+
+#: Control steps per ``mujoco.rollout`` call (its rate is scaled to physics steps per second).
+ROLLOUT_CONTROL_STEPS = 20
+
+
+def bench_task(
+    domain: str, task: str, seconds: float, n_envs: int, threads: int, rounds: int
+) -> dict:
     env_id = f"twinloop/dmc-{domain}-{task}-v0"
     facts = model_facts(domain)
     rng = np.random.default_rng(0)
@@ -93,46 +138,47 @@ def bench_task(domain: str, task: str, seconds: float, n_envs: int, threads: int
         if dm.step(acts[k[0] % 4096]).last():
             dm.reset()
 
-    raw_rate = _rate(raw, seconds)
-    single_rate = _rate(single, seconds)
-    dm_rate = _rate(dm_step, seconds)
+    vecs, measures = {}, {"raw": raw, "single": single, "dm_control": dm_step}
+    for t in sorted({1, threads}):
+        vec = twinloop.make_vec(env_id, n_envs, threads=t)
+        vec.reset(seed=0)
+        vacts = rng.uniform(-1, 1, (8, n_envs, facts.nu))
 
-    vec = twinloop.make_vec(env_id, n_envs, threads=threads)
-    vec.reset(seed=0)
-    vacts = rng.uniform(-1, 1, (8, n_envs, facts.nu))
+        def vstep(vec: object = vec, vacts: np.ndarray = vacts) -> None:
+            k[0] += 1
+            vec.step(vacts[k[0] % 8])
 
-    def vstep() -> None:
-        k[0] += 1
-        vec.step(vacts[k[0] % 8])
-
-    vec_rate = _rate(vstep, seconds) * n_envs * n_sub
-    vec.close()
-
-    datas = [mujoco.MjData(m) for _ in range(threads)]
-    sig = mujoco.mjtState.mjSTATE_FULLPHYSICS
-    state0 = np.empty(mujoco.mj_stateSize(m, sig))
-    mujoco.mj_getState(m, d, state0, sig)
-    n_roll = 100  # control steps per rollout call
-    init = np.tile(state0, (n_envs, 1))
-    with rollout.Rollout(nthread=threads) as r:
-        r.rollout([m] * n_envs, datas, init, nstep=n_roll * n_sub)  # warm up
-        t0, calls = time.perf_counter(), 0
-        while time.perf_counter() - t0 < seconds:
-            r.rollout([m] * n_envs, datas, init, nstep=n_roll * n_sub)
-            calls += 1
-        roll_rate = calls * n_envs * n_roll * n_sub / (time.perf_counter() - t0)
-    return {
+        vecs[t] = vec
+        measures[f"vector_{t}"] = vstep
+        roll = _rollout_rate(m, d, n_envs, t, n_sub)
+        measures[f"rollout_{t}"] = roll
+    res = _interleaved(measures, seconds * len(measures), rounds)
+    for vec in vecs.values():
+        vec.close()
+    phys = {
+        **{f"vector_{t}": n_envs * n_sub for t in vecs},
+        **{f"rollout_{t}": n_envs * ROLLOUT_CONTROL_STEPS * n_sub for t in vecs},
+    }
+    for r in res:
+        for key, per_call in phys.items():
+            r[key] *= per_call
+    out = {
         "id": env_id,
         "n_sub_steps": n_sub,
-        "raw_steps_per_s": raw_rate,
-        "single_steps_per_s": single_rate,
-        "single_overhead": raw_rate / single_rate - 1.0,
-        "dm_control_steps_per_s": dm_rate,
-        "single_vs_dm_control": single_rate / dm_rate,
-        "vector_physics_steps_per_s": vec_rate,
-        "rollout_physics_steps_per_s": roll_rate,
-        "vector_vs_rollout": vec_rate / roll_rate,
+        "rounds": res,
+        "raw_steps_per_s": _median(res, "raw"),
+        "single_steps_per_s": _median(res, "single"),
+        "single_overhead": _median_ratio(res, "raw", "single") - 1.0,
+        "dm_control_steps_per_s": _median(res, "dm_control"),
+        "single_vs_dm_control": _median_ratio(res, "single", "dm_control"),
+        "vector_physics_steps_per_s": _median(res, f"vector_{threads}"),
+        "rollout_physics_steps_per_s": _median(res, f"rollout_{threads}"),
+        "vector_vs_rollout": _median_ratio(res, f"vector_{threads}", f"rollout_{threads}"),
     }
+    if threads > 1:
+        out["vector_thread_scaling"] = _median_ratio(res, f"vector_{threads}", "vector_1")
+        out["rollout_thread_scaling"] = _median_ratio(res, f"rollout_{threads}", "rollout_1")
+    return out
 
 
 def bench_gym_ant(seconds: float) -> dict:
@@ -178,19 +224,36 @@ def bench_gym_ant(seconds: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--tasks", nargs="+", default=["walker-walk", "cheetah-run", "humanoid-run"]
+        "--tasks",
+        nargs="+",
+        default=["walker-walk", "cheetah-run", "humanoid-run"],
+        help="control-suite tasks as domain-task",
     )
     parser.add_argument("--no-ant", action="store_true", help="skip Gymnasium's Ant-v5 row")
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--n-envs", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--seconds", type=float, default=2.0, help="seconds of measurement per measure and task"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="alternating rounds the seconds are split into (ratios: median over rounds)",
+    )
+    parser.add_argument("--n-envs", type=int, default=64, help="envs of the vector rows")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads of the vector env and of mujoco.rollout (both also run with 1)",
+    )
     args = parser.parse_args()
     rows = [
-        bench_task(*t.split("-", 1), args.seconds, args.n_envs, args.threads) for t in args.tasks
+        bench_task(*t.split("-", 1), args.seconds, args.n_envs, args.threads, args.rounds)
+        for t in args.tasks
     ]
     head = (
         f"{'task':<28}{'raw/s':>9}{'single/s':>10}{'overhead':>9}{'dm_ctrl/s':>10}"
-        f"{'x dm':>6}{'vec phys/s':>12}{'rollout/s':>11}{'x roll':>7}"
+        f"{'x dm':>6}{'vec phys/s':>12}{'rollout/s':>11}{'x roll':>7}{'vec xT':>7}{'roll xT':>8}"
     )
     print(head)
     for r in rows:
@@ -199,7 +262,8 @@ def main() -> None:
             f"{r['single_steps_per_s']:>10.0f}{r['single_overhead']:>9.1%}"
             f"{r['dm_control_steps_per_s']:>10.0f}{r['single_vs_dm_control']:>6.2f}"
             f"{r['vector_physics_steps_per_s']:>12.0f}{r['rollout_physics_steps_per_s']:>11.0f}"
-            f"{r['vector_vs_rollout']:>7.2f}"
+            f"{r['vector_vs_rollout']:>7.2f}{r.get('vector_thread_scaling', 1.0):>7.2f}"
+            f"{r.get('rollout_thread_scaling', 1.0):>8.2f}"
         )
     if not args.no_ant:
         ant = bench_gym_ant(args.seconds)

@@ -155,6 +155,22 @@ registry.register(
                 address_format="tcp://{host}:{port}",
                 description="a robot twin (`twinloop serve robot`) over the joint-level protocol",
             ),
+            BackendSpec(
+                name="lerobot",
+                entry_point="twinloop.hardware.lerobot:make_lerobot_backend",
+                deterministic=False,
+                options=(
+                    "robot",
+                    "mapping",
+                    "timeout_s",
+                    "calibrate",
+                    "pace",
+                    "safe_pose",
+                    "reset_hook",
+                ),
+                extra="locomotion",
+                description="any LeRobot Robot object (robot=...) through a declared key mapping",
+            ),
         ),
         description="Go1-sized quadruped: track a commanded forward/lateral/yaw velocity",
     )

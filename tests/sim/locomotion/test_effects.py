@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("mujoco")
 
 import twinloop
+from twinloop.core.config import override
 from twinloop.core.rng import STREAM_BACKEND, new_streams, seed_streams
 from twinloop.sim.locomotion import effects as E
 from twinloop.sim.locomotion import velocity as V
@@ -229,3 +230,66 @@ def test_pushes_change_the_trunk_velocity_when_due() -> None:
     np.testing.assert_array_equal(np.array(ma[:4]), np.array(mb[:4]))
     jump = np.abs(ma[4][V.M_LINVEL : V.M_LINVEL + 2] - mb[4][V.M_LINVEL : V.M_LINVEL + 2])
     assert jump.max() > 0.05
+
+
+def _plant(cfg: QuadrupedVelocityConfig, seed: int) -> V.QuadrupedPhysics:
+    p = V.QuadrupedPhysics(cfg)
+    rng = new_streams(1)
+    seed_streams(rng, 0, seed)
+    p.reset(rng, 0)
+    return p
+
+
+@pytest.mark.parametrize(("steps", "ms"), [(0, 5.0), (0, 30.0), (1, 10.0), (2, 0.0)])
+def test_millisecond_action_delay_switches_the_target_at_the_right_physics_step(
+    steps: int, ms: float
+) -> None:
+    """Control step t's target reaches the motors at physics step ``t n + D``.
+
+    ``D = steps n + ms / sim_dt``: the plant equals a plain loop of ``mj_step`` that switches
+    ``ctrl`` at exactly those physics steps, bit for bit.
+    """
+    lat = {
+        "action_delay_min_steps": steps,
+        "action_delay_max_steps": steps,
+        "action_delay_min_ms": ms,
+        "action_delay_max_ms": ms,
+        "observation_enabled": False,
+    }
+    cfg = override(QuadrupedVelocityConfig(), **{**OFF, "latency": lat})
+    delayed = _plant(cfg, seed=5)
+    n = cfg.control.decimation
+    d_sub = steps * n + round(ms / (1000 * cfg.control.sim_dt_s))
+    assert delayed.truth()["action_delay_ms"] == pytest.approx(d_sub * 5.0)
+    ref = _plant(override(QuadrupedVelocityConfig(), **OFF), seed=5)
+    mj = ref._mj
+    np.testing.assert_array_equal(ref.data.qpos, delayed.data.qpos)
+    rng = np.random.default_rng(3)
+    targets = [V.DEFAULT_POSE + rng.uniform(-0.3, 0.3, 12) for _ in range(12)]
+    for t, target in enumerate(targets):
+        delayed.step(target)
+        for k in range(n):
+            src = (t * n + k - d_sub) // n  # the control step whose target is on the motors
+            ref.data.ctrl[:] = targets[src] if src >= 0 else V.DEFAULT_POSE
+            mj.mj_step(ref.model, ref.data)
+        mj.mj_forward(ref.model, ref.data)
+        np.testing.assert_array_equal(delayed.data.qpos, ref.data.qpos, err_msg=f"step {t}")
+        np.testing.assert_array_equal(delayed.data.qvel, ref.data.qvel, err_msg=f"step {t}")
+
+
+def test_millisecond_delay_is_drawn_per_reset_in_physics_steps_and_reported() -> None:
+    lat = {"action_delay_min_ms": 0.0, "action_delay_max_ms": 40.0}
+    env = twinloop.make(ENV_ID, latency=lat)
+    seen = set()
+    for seed in range(40):
+        info = env.reset(seed=seed)[1]
+        extra = info["true/action_delay_ms"] - 20.0 * info["true/action_delay_steps"]
+        assert extra in {0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0}
+        seen.add(extra)
+    assert len(seen) >= 6  # uniform over 9 values: 40 draws miss 4 of them with p < 1e-4
+    vec = twinloop.make_vec(ENV_ID, 3, latency=lat)
+    _, info = vec.reset(seed=0)
+    for i in range(3):
+        single = twinloop.make(ENV_ID, latency=lat).reset(seed=i)[1]
+        assert info["true/action_delay_ms"][i] == single["true/action_delay_ms"]
+    vec.close()

@@ -116,7 +116,7 @@ def test_unstable_physics_truncates_with_zero_reward_and_says_so(caplog, capfd) 
 def test_vector_env_truncates_only_the_unstable_row_and_resets_it() -> None:
     vec = twinloop.make_vec(CHEETAH, 3, threads=1)
     vec.reset(seed=0)
-    vec.physics[1].data.qvel[:] = np.inf
+    vec.physics.batch.qvel[1] = np.inf
     obs, reward, terminated, truncated, info = vec.step(np.zeros((3, 6)))
     assert truncated.tolist() == [False, True, False] and not terminated.any()
     assert reward[1] == 0.0 and reward[0] != 0.0

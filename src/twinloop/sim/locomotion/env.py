@@ -2,26 +2,24 @@
 
 ``twinloop/dmc-<domain>-<task>-v0`` = :class:`~.task.DmcTask` x a backend x safety. The single
 env drives one :class:`~.kernel.Physics` through :class:`DmcSimBackend`; the vector env
-(:class:`DmcVectorEnv`) holds one ``Physics`` per env and steps them on a thread pool: the
-bindings release the GIL inside ``mj_step``/``mj_step1``/``mj_step2`` (checked with MuJoCo
-3.17: a Python thread keeps running during a long ``mj_step``), so the physics of different
-envs runs in parallel, as in ``mujoco.rollout``. The task math (:func:`~.task.observe_batch`)
-and the safety clipping run batched in numba over all rows. Results do not depend on the
-thread count: each env's physics is a separate ``MjData`` and its draws come from its own
-:mod:`twinloop.core.rng` streams.
+(:class:`DmcVectorEnv`) steps all its envs with one :class:`~.kernel.BatchPhysics`
+(``mujoco.batch``: one ``MjData`` per env, stepped on MuJoCo's own thread pool with the GIL
+released, so there is no Python per env on the step path and the physics throughput is that
+of ``mujoco.rollout``). The task math (:func:`~.task.observe_batch`) and the safety clipping
+run batched in numba over all rows. Results do not depend on the thread count and equal N
+single envs bit for bit: each env's physics is a separate ``MjData`` and its draws come from
+its own :mod:`twinloop.core.rng` streams.
 
 Data flow of one vector step::
 
-    actions --validate--> clip_batch (safety) --threads: ctrl, mj_step2, mj_step x (n-1),
-        mj_step1, measure--> observe_batch (obs, reward) --> truncation --> infos
+    actions --validate--> clip_batch (safety) --mujoco.batch: ctrl, mj_step x n, the
+        position and velocity stages; gather--> observe_batch (obs, reward) --> truncation --> infos
         --> ended rows: final obs/infos, Physics.reset from the row's stream, first obs
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -44,7 +42,7 @@ from twinloop.core.vector import (
 )
 from twinloop.sim.locomotion import task as T
 from twinloop.sim.locomotion.config import DmcConfig
-from twinloop.sim.locomotion.kernel import Physics, model_facts
+from twinloop.sim.locomotion.kernel import BatchPhysics, Physics, model_facts
 
 
 def env_id_of(cfg: DmcConfig) -> str:
@@ -254,12 +252,9 @@ class DmcVectorEnv(KernelVectorEnv):
         )
         self.cfg = cfg
         self.metadata = {**self.metadata, **metadata(cfg, layout)}
-        self.physics = [Physics(cfg.DOMAIN, cfg.TASK) for _ in range(self.num_envs)]
         threads = cfg.threads or os.cpu_count() or 1
         self.threads = max(1, min(threads, self.num_envs))
-        bounds = np.linspace(0, self.num_envs, self.threads + 1).astype(int)
-        self._chunks = [range(a, b) for a, b in itertools.pairwise(bounds)]
-        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self.physics = BatchPhysics(cfg.DOMAIN, cfg.TASK, self.num_envs, self.threads)
         self._reset_kernel = self._reset_rows  # type: ignore[assignment]
         self._step_kernel = self._step_rows  # type: ignore[assignment]
 
@@ -267,24 +262,15 @@ class DmcVectorEnv(KernelVectorEnv):
     def _reset_rows(
         self, state: Any, params: DmcParams, mask: np.ndarray, options: Any, out: ResetOut
     ) -> None:
-        for i in np.flatnonzero(mask):
-            self._reset_physics(int(i))
+        self._reset_physics(np.flatnonzero(mask))
         reward = np.empty(self.num_envs)
         T.observe_batch(state.meas, params.offsets, params.task, out.obs, reward)
 
-    def _reset_physics(self, i: int) -> None:
+    def _reset_physics(self, rows: np.ndarray) -> None:
         st = self.state
-        self.physics[i].reset(st.rng, i)
-        self.physics[i].measure(st.meas[i])
-        st.steps[i] = 0
-        st.has_prev[i] = False
-
-    def _advance(self, rows: range) -> None:
-        st = self.state
-        for i in rows:
-            p = self.physics[i]
-            p.step(st.cmd[i])
-            p.measure(st.meas[i])
+        self.physics.reset(rows, st.rng, st.meas)
+        st.steps[rows] = 0
+        st.has_prev[rows] = False
 
     def _step_rows(self, state: Any, params: DmcParams, actions: Actions, out: StepOut) -> None:
         n = self.num_envs
@@ -294,11 +280,7 @@ class DmcVectorEnv(KernelVectorEnv):
             acts, params.cmd_low, params.cmd_high, params.max_step,
             state.prev_cmd, state.has_prev, state.cmd, cmd_clipped,
         )  # fmt: skip
-        if self._pool is None:
-            self._advance(range(n))
-        else:
-            for f in [self._pool.submit(self._advance, c) for c in self._chunks]:
-                f.result()
+        self.physics.step(state.cmd, state.meas)
         T.observe_batch(state.meas, params.offsets, params.task, out.obs, out.reward)
         state.steps[:] += 1
         out.terminated[:] = False
@@ -313,7 +295,7 @@ class DmcVectorEnv(KernelVectorEnv):
         rows_f = np.where(ended[:, None], out.fin_f, out.top_f)
         rows_f[:, fl.slice("reward/dmc")] = out.reward[:, None]
         rows_f[:, fl.slice("applied_action")] = acts
-        rows_f[:, fl.slice("applied_command")] = [p.data.ctrl for p in self.physics]
+        rows_f[:, fl.slice("applied_command")] = self.physics.ctrl
         rows_b = np.stack([unstable, action_clipped, cmd_clipped], axis=1)
         live = ~ended
         out.top_f[live] = rows_f[live]
@@ -323,18 +305,15 @@ class DmcVectorEnv(KernelVectorEnv):
         rows = np.flatnonzero(ended)
         if rows.size:
             out.final_obs[rows] = out.obs[rows]
-            for i in rows:
-                self._reset_physics(int(i))
+            self._reset_physics(rows)
             scratch = np.empty(rows.size)
             obs_rows = np.empty((rows.size, out.obs.shape[1]), dtype=np.float32)
             T.observe_batch(state.meas[rows], params.offsets, params.task, obs_rows, scratch)
             out.obs[rows] = obs_rows
 
     def close_extras(self, **kwargs: Any) -> None:
-        """Stop the thread pool."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Release the batch (its thread pool and data)."""
+        self.physics = None  # type: ignore[assignment]
 
 
 def make_vec_env(cfg: DmcConfig, *, n_envs: int, env_id: str | None = None) -> DmcVectorEnv:

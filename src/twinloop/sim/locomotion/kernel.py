@@ -603,9 +603,17 @@ class Physics:
         np.take(self._buffer, self._take, out=out[:n])
         out[n] = 1.0 if self._unstable else 0.0
         if self._unstable and not np.isfinite(out[:n]).all():  # never hand on NaN or inf
-            self._mj.mj_resetData(self.model, self.data)
-            self._forward_without_actuation()
+            self.reset_to_default()
             np.take(self._buffer, self._take, out=out[:n])
+
+    def reset_to_default(self) -> None:
+        """MuJoCo's default state (``mj_resetData``), derived fields without actuation."""
+        self._mj.mj_resetData(self.model, self.data)
+        self._forward_without_actuation()
+
+    def gather(self, out: np.ndarray) -> None:
+        """Write the measurement's entries but the stability flag into ``out[:-1]``."""
+        np.take(self._buffer, self._take, out=out[: self._n_take])
 
     def measurement(self) -> np.ndarray:
         """A new array holding the measurement of the current state."""
@@ -632,3 +640,109 @@ class Physics:
         d.act[:] = act
         d.ctrl[:] = ctrl
         self._mj.mj_forward(self.model, d)
+
+
+def batch_module() -> ModuleType:
+    """MuJoCo's ``mujoco.batch`` (MuJoCo >= 3.17), with a precise error when it is missing."""
+    mj = mujoco_module()
+    try:
+        import mujoco.batch as batch
+    except ImportError as exc:  # pragma: no cover - depends on the installed MuJoCo
+        raise ImportError(
+            f"the vector env steps its envs with mujoco.batch (MuJoCo >= 3.17); MuJoCo "
+            f"{mj.__version__} lacks it: pip install -U 'twinloop[locomotion]'"
+        ) from exc
+    return batch
+
+
+class BatchPhysics:
+    """``n`` copies of one domain's model stepped together on MuJoCo's thread pool.
+
+    The same physics as ``n`` :class:`Physics` objects, bit for bit, without Python per env
+    on the step path: one ``mujoco.batch.Batch`` (persistent: one ``MjData`` per env) runs
+    ``n_sub_steps`` x ``mj_step`` and then the position and velocity stages
+    (``mjSTAGE_VEL``, what ``mj_step1`` computes) for every env on ``threads`` threads with
+    the GIL released. For the Euler integrator that every domain uses this is dm_control's
+    legacy step: ``mj_step2`` after ``mj_step1`` of the same state is one ``mj_step``. A
+    reset draws the initial state on one scratch :class:`Physics` (the same code and draws
+    as the single env), copies its integration state (``mjSTATE_INTEGRATION``: time, qpos,
+    qvel, act, warm start, ctrl ...) into the env's row and takes the row's first
+    measurement from the scratch physics, whose derived fields are those of
+    :meth:`Physics.reset` (actuation disabled).
+
+    Args:
+        domain: The control-suite domain.
+        task: The task (see :class:`Physics`).
+        n: Number of envs.
+        threads: Threads of the pool, the calling thread included.
+    """
+
+    def __init__(self, domain: str, task: str, n: int, threads: int) -> None:
+        """Load the model, make the batch and bind the fields the measurement reads."""
+        mj = mujoco_module()
+        self._mj = mj
+        self.scratch = Physics(domain, task)
+        self.facts = self.scratch.facts
+        self.n = n
+        self.batch = batch_module().Batch(self.scratch.model, n, nthread=threads, persistent=True)
+        b = self.batch
+        self._spec = int(mj.mjtState.mjSTATE_INTEGRATION)
+        if b.nstate != mj.mj_stateSize(self.scratch.model, self._spec):  # pragma: no cover
+            raise RuntimeError("mujoco.batch's state rows are not mjSTATE_INTEGRATION")
+        self._vel = int(mj.mjtStage.mjSTAGE_VEL)
+        plan, col = [], 0
+        for _, attr, idx in self.facts.gather:
+            plan.append((b.bind(attr).reshape(n, -1), idx, slice(col, col + idx.size)))
+            col += idx.size
+        self._plan = plan
+        self._n_take = col
+        self.ctrl = b.bind("ctrl")
+        self._time = b.bind("time")
+        self._warnings = b.warning[..., 1]
+        self._warnings_before = self._warnings.copy()
+        self._control_dt = self.facts.timestep_s * self.facts.n_sub_steps
+        self.unstable = np.zeros(n, dtype=np.bool_)
+        b.reset()
+        b.forward(stage=self._vel)
+
+    def reset(self, rows: np.ndarray, rng: np.ndarray, meas: np.ndarray) -> None:
+        """New episodes in ``rows``: draw each from its stream row, write its measurement."""
+        if rows.size == 0:
+            return
+        s, st = self.scratch, self.batch.state
+        for i in rows:
+            s.reset(rng, int(i))
+            self._mj.mj_getState(s.model, s.data, st[i], self._spec)
+            s.measure(meas[i])
+        self.batch.forward(rows, stage=self._vel)
+        self._warnings_before[rows] = self._warnings[rows]
+        self.unstable[rows] = False
+
+    def step(self, ctrl: np.ndarray, meas: np.ndarray) -> None:
+        """One control step of every env with controls ``ctrl`` (n, nu); measure into ``meas``.
+
+        Afterwards :attr:`unstable` flags the envs whose step met a MuJoCo warning (see
+        :meth:`Physics.step`); their measurement carries the flag, and an env whose state is
+        not finite is measured in MuJoCo's default state, as :meth:`Physics.measure` does.
+        """
+        t0 = self._time.copy()
+        self.ctrl[:] = ctrl
+        self.batch.step(nstep=self.facts.n_sub_steps, stage=self._vel)
+        w = self._warnings
+        unstable = np.any(w != self._warnings_before, axis=1)
+        unstable |= self._time - t0 < 0.5 * self._control_dt
+        self.unstable = unstable
+        if unstable.any():
+            self._warnings_before[unstable] = w[unstable]
+        for src, idx, cols in self._plan:
+            meas[:, cols] = src[:, idx]
+        n = self._n_take
+        meas[:, n] = unstable
+        for i in np.flatnonzero(unstable):
+            if not np.isfinite(meas[i, :n]).all():  # never hand on NaN or inf
+                s = self.scratch
+                s.reset_to_default()
+                self._mj.mj_getState(s.model, s.data, self.batch.state[i], self._spec)
+                s.gather(meas[i])
+                self.batch.forward([int(i)], stage=self._vel)
+                self._warnings_before[i] = w[i]

@@ -414,6 +414,19 @@ def initial_pose(
 
 
 # --- the plant -----------------------------------------------------------------------------------
+def action_delay_substeps(cfg: QuadrupedVelocityConfig) -> tuple[int, int, int]:
+    """``(min, max, jitter)`` of the action delay's millisecond part, in whole physics steps."""
+    lat = cfg.latency
+    if not lat.action_enabled:
+        return 0, 0, 0
+    step_ms = 1000.0 * cfg.control.sim_dt_s
+    lo, hi, jit = (
+        round(v / step_ms)
+        for v in (lat.action_delay_min_ms, lat.action_delay_max_ms, lat.action_jitter_ms)
+    )
+    return lo, hi, jit
+
+
 class QuadrupedPhysics:
     """One quadruped: its own ``MjModel`` (randomised at every reset) and ``MjData``.
 
@@ -444,8 +457,13 @@ class QuadrupedPhysics:
         self.drawn = np.zeros(self.drawn_layout.size)
         self._rp = randomization_params(cfg.randomization)
         self._delay = delay_bounds(cfg.latency, action=True)
+        self._ms = action_delay_substeps(cfg)
+        self._dec = cfg.control.decimation
+        self._substep_ms = 1000.0 * cfg.control.sim_dt_s
         self.action_delay = 0
-        self._line = np.zeros((self._delay[1] + self._delay[2] + 1, NJ))
+        self.action_delay_substeps = 0  # the whole base delay, steps and ms, in physics steps
+        longest = (self._delay[1] + self._delay[2]) * self._dec + self._ms[1] + self._ms[2]
+        self._line = np.zeros((-(-longest // self._dec) + 1, NJ))
         r = cfg.randomization
         self._push_every = max(1, round(r.push_interval_s / cfg.control_dt_s))
         self._push = (bool(r.push_enabled), float(r.push_max_m_per_s))
@@ -464,6 +482,9 @@ class QuadrupedPhysics:
         self.randomizer.apply(self.drawn_layout, self.drawn)
         lo, hi, _ = self._delay
         self.action_delay = int(draw_int(rng, i, STREAM_BACKEND, lo, hi))
+        lo_ms, hi_ms, _ = self._ms
+        extra = int(draw_int(rng, i, STREAM_BACKEND, lo_ms, hi_ms)) if hi_ms > lo_ms else lo_ms
+        self.action_delay_substeps = self.action_delay * self._dec + extra
         q = np.array(d.qpos)
         initial_pose(rng, i, DEFAULT_POSE, self._low, self._high, self.cfg.joint_noise_rad, q)
         d.qpos[:] = q
@@ -478,10 +499,17 @@ class QuadrupedPhysics:
     def step(self, target: np.ndarray) -> None:
         """One control step: the delay line, the motor offset, a push if due, the PD substeps."""
         mj, m, d = self._mj, self.model, self.data
-        delay = self.action_delay
+        n = self._dec
+        delay = self.action_delay_substeps
         if self._delay[2] > 0:
-            delay += int(draw_int(self._rng, self._row, STREAM_BACKEND, 0, self._delay[2]))
-        d.ctrl[:] = push_delayed(self._line, target, delay) + self._offset
+            delay += n * int(draw_int(self._rng, self._row, STREAM_BACKEND, 0, self._delay[2]))
+        if self._ms[2] > 0:
+            delay += int(draw_int(self._rng, self._row, STREAM_BACKEND, 0, self._ms[2]))
+        # substep k applies the target of ceil((delay - k) / n) control steps ago: the older
+        # one for k < r, this one from k = r on
+        back, r = divmod(delay, n)
+        now = push_delayed(self._line, target, back) + self._offset
+        d.ctrl[:] = now if r == 0 else self._line[min(back + 1, len(self._line) - 1)] + self._offset
         self.steps += 1
         if self.steps % self._push_every == 0:
             rng, i = self._rng, self._row
@@ -491,10 +519,15 @@ class QuadrupedPhysics:
                 d.qvel[0] += push[0]
                 d.qvel[1] += push[1]
                 mj.mj_step1(m, d)  # velocity-stage quantities of the pushed state
-        n = self.cfg.control.decimation
         mj.mj_step2(m, d)
-        if n > 1:
-            mj.mj_step(m, d, n - 1)
+        if r == 0:
+            if n > 1:
+                mj.mj_step(m, d, n - 1)
+        else:
+            if r > 1:
+                mj.mj_step(m, d, r - 1)
+            d.ctrl[:] = now
+            mj.mj_step(m, d, n - r)
         mj.mj_step1(m, d)
 
     def measure(self, out: np.ndarray) -> None:
@@ -510,6 +543,7 @@ class QuadrupedPhysics:
             v = self.drawn_layout.get(self.drawn, f.name)
             out[f.name] = float(v[()]) if f.shape == () else v.copy()
         out["action_delay_steps"] = self.action_delay
+        out["action_delay_ms"] = self.action_delay_substeps * self._substep_ms
         return out
 
 
@@ -680,6 +714,7 @@ def info_layouts(drawn: Layout) -> tuple[Layout, Layout, Layout]:
         [Field(f"reward/{k}") for k in REWARD_TERMS]
         + [Field("applied_action", (NJ,)), Field("applied_command", (NJ,))]
         + [Field(f"true/{f.name}", f.shape) for f in drawn]
+        + [Field("true/action_delay_ms")]
     )
     ints = Layout([Field("true/action_delay_steps"), Field("true/observation_delay_steps")])
     return floats, ints, Layout([Field("action_clipped"), Field("command_clipped")])
@@ -746,6 +781,7 @@ class QuadrupedVectorEnv(KernelVectorEnv):
         for r, i in enumerate(rows):
             p = self.physics[i]
             f[r, start : start + p.drawn.size] = p.drawn
+            f[r, start + p.drawn.size] = p.action_delay_substeps * p._substep_ms
             n[r, 0] = p.action_delay
             n[r, 1] = self.task.odelay[i]
 

@@ -119,16 +119,35 @@ class NoiseConfig(ConfigSection):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LatencyConfig(ConfigSection):
-    """Action and observation delay in control steps (20 ms each at 50 Hz) [REF].
+    """Action and observation delay in control steps (20 ms each at 50 Hz) and in ms [REF].
 
     The delay is drawn per env at every reset, uniformly among the integers ``[min, max]``;
-    with jitter, every step adds another uniform integer in ``[0, jitter]``.
+    with jitter, every step adds another uniform integer in ``[0, jitter]``. The action delay
+    takes a further part in milliseconds, rounded to whole physics steps (``sim_dt_s``, 5 ms
+    by default) and drawn the same way (uniform among the whole physics steps in
+    ``[min_ms, max_ms]``, jitter among ``[0, jitter_ms]``): a delay that is not a whole number
+    of control steps switches the motors' target part-way through a control step, as on a
+    robot whose commands arrive between policy ticks. The observation delay is in control
+    steps only: observations are sampled at the policy's rate.
     """
 
     action_enabled: bool = param(True, doc="delay the joint targets on their way to the motors")
     action_delay_min_steps: int = param(1, ge=0, le=50, doc="1-2 steps = 20-40 ms (~30 ms) [REF]")
     action_delay_max_steps: int = param(2, ge="action_delay_min_steps", le=50, doc="[REF]")
     action_jitter_steps: int = param(0, ge=0, le=50, doc="extra U{0..j} steps, every step")
+    action_delay_min_ms: float = param(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        doc="a further action delay in ms, applied at physics-step resolution (sim_dt_s), so "
+        "that a target can reach the motors within a control step (walk-these-ways: 6 x 5 ms)",
+    )
+    action_delay_max_ms: float = param(
+        0.0, ge="action_delay_min_ms", le=1000.0, doc="drawn per reset in [min, max] ms"
+    )
+    action_jitter_ms: float = param(
+        0.0, ge=0.0, le=1000.0, doc="extra U[0, j] ms (in physics steps), every control step"
+    )
     observation_enabled: bool = param(True, doc="delay the proprioceptive observation")
     observation_delay_min_steps: int = param(0, ge=0, le=50, doc="[REF]")
     observation_delay_max_steps: int = param(
