@@ -159,6 +159,15 @@ def _run_here(args: argparse.Namespace, overrides: dict[str, Any]) -> list[Any]:
         if not timeouts:
             raise ValueError(f"--timeout: backend {args.backend or 'sim'!r} takes no timeout")
         backend_opts.update(dict.fromkeys(timeouts, float(args.timeout)))
+    for name in ("robot", "mapping", "reset_hook"):  # objects a backend builds from module:attr
+        value = getattr(args, name, None)
+        if value is not None:
+            if name not in backend_spec.options:
+                raise ValueError(
+                    f"--{name.replace('_', '-')}: backend {backend_spec.name!r} takes no "
+                    f"{name}; it is an option of backend 'lerobot'"
+                )
+            backend_opts[name] = value
     if args.n_envs > 1:
         if args.backend not in (None, twinloop.spec(args.env_id).backend_names[0]):
             raise SystemExit("--n-envs > 1 runs on the simulator kernel only; drop --backend")
@@ -217,6 +226,7 @@ def _run_on_workers(
     if args.workers is None:
         raise ValueError("--ray needs --workers N (tasks in flight at once)")
     device = (args.address, args.host, args.port, args.token, args.token_file, args.timeout)
+    device += (args.robot, args.mapping, args.reset_hook)
     sim = twinloop.spec(args.env_id).backend_names[0]
     if args.backend not in (None, sim) or any(v is not None for v in device):
         raise ValueError(
@@ -544,6 +554,26 @@ def _add_run(sub: Any) -> None:
         default=None,
         metavar="PATH",
         help=f"read the shared secret from this file (its first line); default: ${TOKEN_ENV}",
+    )
+    s.add_argument(
+        "--robot",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="backend 'lerobot': a function returning the robot object (LeRobot's Robot "
+        "interface), called with no arguments",
+    )
+    s.add_argument(
+        "--mapping",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="backend 'lerobot': its LeRobotMapping, or a function returning one (default: "
+        "'<joint>.pos' keys in radians)",
+    )
+    s.add_argument(
+        "--reset-hook",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="backend 'lerobot': hook(robot, seed) run at every reset (e.g. a scripted stand-up)",
     )
     s.add_argument(
         "--timeout",
