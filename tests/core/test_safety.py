@@ -60,6 +60,15 @@ def test_check_action_large_boxes_take_the_array_path() -> None:
     ok[2, 5] = 1.5
     with pytest.raises(ValueError, match=r"action\[2, 5\] = 1.5 is above the upper bound 1"):
         check_action("env", box, ok)
+    ok[2, 5] = np.nan
+    with pytest.raises(ValueError, match=r"action\[2, 5\] = nan is not finite"):
+        check_action("env", box, ok)
+    unbounded = gym.spaces.Box(-np.inf, np.inf, shape=(20,), dtype=np.float64)
+    big = np.full(20, 1e300)
+    assert check_action("env", unbounded, big)[0][0] == 1e300
+    big[19] = -np.inf
+    with pytest.raises(ValueError, match=r"action\[19\] = -inf is not finite"):
+        check_action("env", unbounded, big)
 
 
 def test_check_action_discrete() -> None:

@@ -123,6 +123,10 @@ def check_action(
                     break
             if ok:
                 return arr, False
+        elif arr.shape == space.shape:
+            low, high = _large_box_bounds(space)
+            if _within(arr.reshape(-1), low, high):
+                return arr, False
         if arr.shape != space.shape:
             raise ValueError(
                 f"{env_id}: action has shape {arr.shape}, expected {space.shape} "
@@ -191,6 +195,32 @@ def _small_box_bounds(space: gym.spaces.Box) -> tuple[list[float], list[float], 
         _BOX_BOUNDS.clear()
     _BOX_BOUNDS[id(space)] = (space, lows, highs, finite)
     return lows, highs, finite
+
+
+_LARGE_BOUNDS: dict[int, tuple[gym.spaces.Box, np.ndarray, np.ndarray]] = {}
+
+
+def _large_box_bounds(space: gym.spaces.Box) -> tuple[np.ndarray, np.ndarray]:
+    """Cached flat float64 bounds of a Box with more than ``_SMALL_BOX`` elements."""
+    hit = _LARGE_BOUNDS.get(id(space))
+    if hit is not None and hit[0] is space:
+        return hit[1], hit[2]
+    low = np.ascontiguousarray(space.low, dtype=np.float64).reshape(-1)
+    high = np.ascontiguousarray(space.high, dtype=np.float64).reshape(-1)
+    if len(_LARGE_BOUNDS) > 256:
+        _LARGE_BOUNDS.clear()
+    _LARGE_BOUNDS[id(space)] = (space, low, high)
+    return low, high
+
+
+@njit
+def _within(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether every element is finite and within its bounds (NaN fails every comparison)."""
+    for k in range(x.size):
+        v = x[k]
+        if not (low[k] <= v <= high[k]) or not np.isfinite(v):
+            return False
+    return True
 
 
 def _index(arr: np.ndarray, k: int) -> str:
