@@ -16,6 +16,8 @@ For each task, in one run and on one machine:
   included), against ``mujoco.rollout.rollout`` of ``n_envs`` rollouts (one MjData per thread),
   same model, zero controls, 20 control steps per call; both with 1 thread as well, for the
   scaling with threads (``xT``: rate at ``--threads`` over rate at 1);
+* ``QuadrupedVelocity-v0``: its plant's bare physics, the single env (all effects on), the
+  vector env and the env over the robot twin on loopback (:func:`bench_quadruped`);
 * ``Ant-v5``: Gymnasium's MuJoCo Ant (``gymnasium[mujoco]``) against a bare loop of
   ``mj_step(model, data, frame_skip)`` on its own model, the same overhead measure (the row
   says why when the import fails).
@@ -181,6 +183,85 @@ def bench_task(
     return out
 
 
+def bench_quadruped(seconds: float, n_envs: int, threads: int, rounds: int) -> dict:
+    """QuadrupedVelocity-v0: its plant's bare physics, the single env, the vector env, the twin.
+
+    ``raw`` is a loop of what a control step costs MuJoCo on the same model (set ``ctrl``,
+    ``mj_step`` x decimation); ``single`` is ``env.step`` with every sim-to-real effect on (the
+    defaults); ``vector`` is the vector env's env-steps/s; ``robot`` is ``env.step`` over
+    ``twinloop serve robot``'s server on loopback, run in this process on a thread (so it
+    shares the GIL with the client: a separate process is faster), latency 0.
+    """
+    from twinloop.hardware.robot.cli import HIDDEN_SWITCHES
+    from twinloop.hardware.robot.fake import SimRobot
+    from twinloop.hardware.robot.server import RobotServer
+    from twinloop.sim.locomotion import velocity as V
+
+    env_id = V.ENV_ID
+    rng = np.random.default_rng(0)
+    acts = rng.uniform(-0.3, 0.3, (4096, V.NJ)).astype(np.float32)
+    cfg = twinloop.make_config(env_id)
+    m = V.load_model(cfg)
+    d = mujoco.MjData(m)
+    d.qpos[7:] = V.DEFAULT_POSE
+    mujoco.mj_forward(m, d)
+    dec, k = cfg.control.decimation, [0]
+
+    def raw() -> None:
+        d.ctrl[:] = V.DEFAULT_POSE + 0.5 * acts[k[0] % 4096]
+        k[0] += 1
+        mujoco.mj_step(m, d, dec)
+
+    def stepper(env: object) -> Callable[[], None]:
+        env.reset(seed=0)
+
+        def step() -> None:
+            k[0] += 1
+            _, _, term, trunc, _ = env.step(acts[k[0] % 4096])
+            if term or trunc:
+                env.reset()
+
+        return step
+
+    single = twinloop.make(env_id)
+    vec = twinloop.make_vec(env_id, n_envs, threads=threads)
+    vec.reset(seed=0)
+    vacts = rng.uniform(-0.3, 0.3, (8, n_envs, V.NJ)).astype(np.float32)
+
+    def vstep() -> None:
+        k[0] += 1
+        vec.step(vacts[k[0] % 8])
+
+    plant = twinloop.make_config(env_id, **dict.fromkeys(HIDDEN_SWITCHES, False))
+    server = RobotServer(SimRobot(plant), port=0, token="bench", watchdog_s=600.0).start()
+    robot = twinloop.make(
+        env_id, backend="robot", address=server.address, token="bench", timeout_s=5.0
+    )
+    try:
+        measures = {"raw": raw, "single": stepper(single), "vector": vstep}
+        measures["robot"] = stepper(robot)
+        res = _interleaved(measures, seconds * len(measures), rounds)
+    finally:
+        robot.close()
+        server.stop()
+        vec.close()
+        single.close()
+    for r in res:
+        r["vector"] *= n_envs
+    return {
+        "id": env_id,
+        "n_sub_steps": dec,
+        "rounds": res,
+        "raw_steps_per_s": _median(res, "raw"),
+        "single_steps_per_s": _median(res, "single"),
+        "single_overhead": _median_ratio(res, "raw", "single") - 1.0,
+        "vector_env_steps_per_s": _median(res, "vector"),
+        "vector_vs_raw": _median_ratio(res, "vector", "raw"),
+        "robot_steps_per_s": _median(res, "robot"),
+        "robot_vs_single": _median_ratio(res, "robot", "single"),
+    }
+
+
 def bench_gym_ant(seconds: float) -> dict:
     """Gymnasium's Ant-v5 ``env.step`` against ``mj_step(model, data, frame_skip)``."""
     try:
@@ -231,6 +312,11 @@ def main() -> None:
     )
     parser.add_argument("--no-ant", action="store_true", help="skip Gymnasium's Ant-v5 row")
     parser.add_argument(
+        "--no-quadruped",
+        action="store_true",
+        help="skip the QuadrupedVelocity-v0 row (single, vector, robot twin)",
+    )
+    parser.add_argument(
         "--seconds", type=float, default=2.0, help="seconds of measurement per measure and task"
     )
     parser.add_argument(
@@ -264,6 +350,16 @@ def main() -> None:
             f"{r['vector_physics_steps_per_s']:>12.0f}{r['rollout_physics_steps_per_s']:>11.0f}"
             f"{r['vector_vs_rollout']:>7.2f}{r.get('vector_thread_scaling', 1.0):>7.2f}"
             f"{r.get('rollout_thread_scaling', 1.0):>8.2f}"
+        )
+    if not args.no_quadruped:
+        q = bench_quadruped(args.seconds, args.n_envs, args.threads, args.rounds)
+        rows.append(q)
+        print(
+            f"{'QuadrupedVelocity-v0':<28}{q['raw_steps_per_s']:>9.0f}"
+            f"{q['single_steps_per_s']:>10.0f}{q['single_overhead']:>9.1%}"
+            f"   vector {q['vector_env_steps_per_s']:.0f} env-steps/s "
+            f"({q['vector_vs_raw']:.2f}x one raw loop), robot twin "
+            f"{q['robot_steps_per_s']:.0f} steps/s ({q['robot_vs_single']:.2f}x single)"
         )
     if not args.no_ant:
         ant = bench_gym_ant(args.seconds)
