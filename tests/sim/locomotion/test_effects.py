@@ -293,3 +293,44 @@ def test_millisecond_delay_is_drawn_per_reset_in_physics_steps_and_reported() ->
         single = twinloop.make(ENV_ID, latency=lat).reset(seed=i)[1]
         assert info["true/action_delay_ms"][i] == single["true/action_delay_ms"]
     vec.close()
+
+
+def test_vector_env_equals_single_envs_with_every_effect_and_sub_step_delays() -> None:
+    """The batched plant (mujoco.batch) equals N single envs bit for bit.
+
+    With jitter in control steps and physics steps, millisecond delays that split control
+    steps, frequent pushes, and resets mid-run.
+    """
+    over = {
+        "latency": {
+            "action_delay_min_steps": 0,
+            "action_delay_max_steps": 1,
+            "action_jitter_steps": 1,
+            "action_delay_min_ms": 0.0,
+            "action_delay_max_ms": 15.0,
+            "action_jitter_ms": 10.0,
+        },
+        "randomization": {"push_interval_s": 0.06, "push_max_m_per_s": 0.5},
+        "max_steps": 25,
+    }
+    n, steps = 4, 60
+    rng = np.random.default_rng(7)
+    acts = rng.uniform(-0.5, 0.5, (steps, n, 12)).astype(np.float32)
+    vec = twinloop.make_vec(ENV_ID, n, threads=2, **over)
+    obs_v = [vec.reset(seed=11)[0]]
+    rew_v = []
+    for t in range(steps):
+        o, r, _, _, _ = vec.step(acts[t])
+        obs_v.append(o)
+        rew_v.append(r)
+    vec.close()
+    for i in range(n):
+        env = twinloop.make(ENV_ID, **over)
+        o, _ = env.reset(seed=11 + i)
+        np.testing.assert_array_equal(o, obs_v[0][i])
+        for t in range(steps):
+            o, r, term, trunc, _ = env.step(acts[t, i])
+            assert r == rew_v[t][i], (i, t)
+            if term or trunc:
+                o, _ = env.reset()
+            np.testing.assert_array_equal(o, obs_v[t + 1][i], err_msg=f"env {i} step {t}")

@@ -31,7 +31,6 @@ from twinloop.sim.locomotion.velocity import (
     JOINT_NAMES,
     QuadrupedPhysics,
     joint_limits,
-    measure_row,
 )
 from twinloop.sim.locomotion.velocity_config import QuadrupedVelocityConfig
 
@@ -233,11 +232,7 @@ class SimRobot:
         """The state report of the protocol (plain data)."""
         d = self.physics.data
         m = self._meas
-        contacts = d.contact.geom[: d.ncon]
-        measure_row(
-            d.qpos, d.qvel, d.xmat[self.physics._trunk], d.actuator_force,
-            contacts, self.physics._ids, m,
-        )  # fmt: skip
+        self.physics.measure(m)
         return {
             "time_s": float(d.time),
             "mode": self.mode,

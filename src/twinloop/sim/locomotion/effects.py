@@ -172,9 +172,13 @@ class ModelRandomizer:
         self.n_links = self.mass.size
         self.n_joints = int(model.nu)
 
-    def apply(self, layout: Layout, drawn: np.ndarray) -> None:
-        """Set friction, masses, centre of mass, joint friction and PD gains from ``drawn``."""
-        m = self.model
+    def apply(self, layout: Layout, drawn: np.ndarray, target: Any = None) -> None:
+        """Set friction, masses, centre of mass, joint friction and PD gains from ``drawn``.
+
+        ``target`` is where they go: the model (default) or any object with its arrays as
+        attributes (one simulation's rows of a ``mujoco.batch.Batch``'s expanded fields).
+        """
+        m = self.model if target is None else target
         g = layout.get
         if drawn[0] < 0.0:
             drawn[0] = self.friction

@@ -40,10 +40,9 @@ by the control period): ``tracking_lin_vel``, ``tracking_ang_vel``, ``lin_vel_z`
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+import types
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -258,11 +257,10 @@ def measure_row(
     qvel: np.ndarray,
     xmat: np.ndarray,
     tau: np.ndarray,
-    contacts: np.ndarray,
-    ids: np.ndarray,
+    touch: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """The measurement from MuJoCo's state (``ids``: floor, trunk geom, four feet geoms)."""
+    """The measurement from MuJoCo's state (``touch``: the five contact sensors' counts)."""
     for j in range(NJ):
         out[M_Q + j] = qpos[7 + j]
         out[M_QD + j] = qvel[6 + j]
@@ -272,16 +270,9 @@ def measure_row(
         out[M_GYRO + a] = qvel[3 + a]  # the free joint's angular velocity is in the body frame
         out[M_GRAV + a] = -xmat[6 + a]
     out[M_HEIGHT] = qpos[2]
-    for f in range(5):
-        out[M_FEET + f] = 0.0
-    for c in range(contacts.shape[0]):
-        g1, g2 = contacts[c, 0], contacts[c, 1]
-        other = g2 if g1 == ids[0] else (g1 if g2 == ids[0] else -1)
-        if other == ids[1]:
-            out[M_TRUNK] = 1.0
-        for f in range(4):
-            if other == ids[2 + f]:
-                out[M_FEET + f] = 1.0
+    out[M_TRUNK] = 1.0 if touch[0] > 0.0 else 0.0
+    for f in range(4):
+        out[M_FEET + f] = 1.0 if touch[1 + f] > 0.0 else 0.0
 
 
 @njit(inline="always")
@@ -414,6 +405,18 @@ def initial_pose(
 
 
 # --- the plant -----------------------------------------------------------------------------------
+def contact_sensors(model: Any) -> slice:
+    """Where the five contact sensors (trunk, then the feet) sit in ``sensordata``."""
+    mj = mujoco_module()
+    adr = [
+        int(model.sensor_adr[mj.mj_name2id(model, mj.mjtObj.mjOBJ_SENSOR, f"{name}_contact")])
+        for name in ("trunk", *LEGS)
+    ]
+    if adr != list(range(adr[0], adr[0] + 5)):  # pragma: no cover - the shipped model's order
+        raise RuntimeError(f"{MODEL_FILE.name}: the contact sensors are not consecutive: {adr}")
+    return slice(adr[0], adr[0] + 5)
+
+
 def action_delay_substeps(cfg: QuadrupedVelocityConfig) -> tuple[int, int, int]:
     """``(min, max, jitter)`` of the action delay's millisecond part, in whole physics steps."""
     lat = cfg.latency
@@ -447,6 +450,7 @@ class QuadrupedPhysics:
 
         self._trunk = int(mj.mj_name2id(m, mj.mjtObj.mjOBJ_BODY, "trunk"))
         self._ids = np.array([gid("floor"), gid("trunk"), *(gid(f"{leg}_foot") for leg in LEGS)])
+        self._touch = self.data.sensordata[contact_sensors(m)]
         ctl = cfg.control
         self.randomizer = ModelRandomizer(
             m, int(self._ids[0]), self._trunk, ctl.kp_nm_per_rad, ctl.kd_nm_s_per_rad
@@ -533,8 +537,7 @@ class QuadrupedPhysics:
     def measure(self, out: np.ndarray) -> None:
         """Write the measurement (:func:`measurement_layout`) into ``out``."""
         d = self.data
-        contacts = d.contact.geom[: d.ncon]
-        measure_row(d.qpos, d.qvel, d.xmat[self._trunk], d.actuator_force, contacts, self._ids, out)
+        measure_row(d.qpos, d.qvel, d.xmat[self._trunk], d.actuator_force, self._touch, out)
 
     def truth(self) -> dict[str, Any]:
         """The drawn plant values (``info["true/<name>"]``)."""
@@ -545,6 +548,196 @@ class QuadrupedPhysics:
         out["action_delay_steps"] = self.action_delay
         out["action_delay_ms"] = self.action_delay_substeps * self._substep_ms
         return out
+
+
+@njit
+def plant_commands_batch(
+    lines: np.ndarray,
+    targets: np.ndarray,
+    offsets: np.ndarray,
+    delay: np.ndarray,
+    jitter: np.ndarray,
+    steps: np.ndarray,
+    push: np.ndarray,
+    rng: np.ndarray,
+    old: np.ndarray,
+    now: np.ndarray,
+    split: np.ndarray,
+    pushes: np.ndarray,
+    pushed: np.ndarray,
+) -> None:
+    """Every row's part of :meth:`QuadrupedPhysics.step` before the physics, batched.
+
+    The same draws in the same order from each row's stream: the delay jitter (control steps,
+    then physics steps), then a push when one is due. ``jitter`` is ``(steps, physics steps,
+    decimation)``, ``push`` is ``(every, enabled, vmax)``. Writes the motor targets before
+    (``old``) and from (``now``) physics step ``split`` of the control step, and the pushes.
+    """
+    n, depth = targets.shape[0], lines.shape[1]
+    jit_steps, jit_sub, dec = int(jitter[0]), int(jitter[1]), int(jitter[2])
+    every, enabled, vmax = int(push[0]), push[1] > 0.0, push[2]
+    for i in range(n):
+        d = delay[i]
+        if jit_steps > 0:
+            d += dec * draw_int(rng, i, STREAM_BACKEND, 0, jit_steps)
+        if jit_sub > 0:
+            d += draw_int(rng, i, STREAM_BACKEND, 0, jit_sub)
+        back = d // dec
+        r = d - back * dec
+        for t in range(depth - 1, 0, -1):
+            for j in range(NJ):
+                lines[i, t, j] = lines[i, t - 1, j]
+        for j in range(NJ):
+            lines[i, 0, j] = targets[i, j]
+        b_now, b_old = min(back, depth - 1), min(back + 1, depth - 1)
+        for j in range(NJ):
+            now[i, j] = lines[i, b_now, j] + offsets[i, j]
+            old[i, j] = (lines[i, b_old, j] if r else lines[i, b_now, j]) + offsets[i, j]
+        split[i] = r
+        steps[i] += 1
+        pushed[i] = False
+        if steps[i] % every == 0:
+            p0 = vmax * (2.0 * uniform(rng, i, STREAM_BACKEND) - 1.0)
+            p1 = vmax * (2.0 * uniform(rng, i, STREAM_BACKEND) - 1.0)
+            if enabled:
+                pushes[i, 0], pushes[i, 1] = p0, p1
+                pushed[i] = True
+
+
+@njit
+def measure_batch(
+    qpos: np.ndarray,
+    qvel: np.ndarray,
+    xmat: np.ndarray,
+    tau: np.ndarray,
+    sensordata: np.ndarray,
+    trunk: int,
+    touch: int,
+    out: np.ndarray,
+) -> None:
+    """:func:`measure_row` of every row (``touch``: where the contact sensors start)."""
+    for i in range(qpos.shape[0]):
+        measure_row(
+            qpos[i], qvel[i], xmat[i, trunk], tau[i], sensordata[i, touch : touch + 5], out[i]
+        )
+
+
+#: The model fields :class:`~.effects.ModelRandomizer` writes (per env in a batch).
+RANDOMIZED_FIELDS = (
+    "geom_friction",
+    "body_mass",
+    "body_inertia",
+    "body_ipos",
+    "dof_frictionloss",
+    "actuator_gainprm",
+    "actuator_biasprm",
+)
+
+
+class QuadrupedBatchPhysics:
+    """``n`` quadrupeds stepped together on MuJoCo's thread pool (``mujoco.batch``).
+
+    The same plant as ``n`` :class:`QuadrupedPhysics`, bit for bit: each env's drawn model
+    values live in the batch's per-simulation copies of :data:`RANDOMIZED_FIELDS`; the delay
+    lines, jitter and pushes run in :func:`plant_commands_batch` over every row; the physics
+    steps every env at once (those whose target switches part-way through the control step in
+    two calls, split at that physics step). A reset draws on one scratch
+    :class:`QuadrupedPhysics` (the single env's code and draws), then copies its drawn
+    values, delay line and integration state into the env's row.
+
+    Args:
+        cfg: The env's config.
+        n: Number of envs.
+        threads: Threads of MuJoCo's pool, the calling thread included.
+    """
+
+    def __init__(self, cfg: QuadrupedVelocityConfig, n: int, threads: int) -> None:
+        """Load the model, make the batch, expand the randomised fields."""
+        from twinloop.sim.locomotion.kernel import batch_module
+
+        mj = mujoco_module()
+        self._mj = mj
+        self.cfg = cfg
+        self.n = n
+        self.scratch = QuadrupedPhysics(cfg)
+        sc = self.scratch
+        self.drawn_layout = sc.drawn_layout
+        self.batch = b = batch_module().Batch(sc.model, n, nthread=threads, persistent=True)
+        self._spec = int(mj.mjtState.mjSTATE_INTEGRATION)
+        self._vel = int(mj.mjtStage.mjSTAGE_VEL)
+        self._none = int(mj.mjtStage.mjSTAGE_NONE)
+        expanded = {name: b.expand(name) for name in RANDOMIZED_FIELDS}
+        self._targets = [
+            types.SimpleNamespace(**{k: v[i] for k, v in expanded.items()}) for i in range(n)
+        ]
+        self.drawn = np.zeros((n, sc.drawn.size))
+        self.action_delay = np.zeros(n, dtype=np.int64)
+        self.action_delay_substeps = np.zeros(n, dtype=np.int64)
+        self.substep_ms = sc._substep_ms
+        self._lines = np.zeros((n, *sc._line.shape))
+        self._offsets = np.zeros((n, NJ))
+        self._steps = np.zeros(n, dtype=np.int64)
+        dec = cfg.control.decimation
+        self._jitter = np.array([sc._delay[2], sc._ms[2], dec], dtype=np.float64)
+        self._push = np.array([sc._push_every, float(sc._push[0]), sc._push[1]])
+        self._old, self._now = np.zeros((n, NJ)), np.zeros((n, NJ))
+        self._split = np.zeros(n, dtype=np.int64)
+        self._pushes = np.zeros((n, 2))
+        self._pushed = np.zeros(n, dtype=np.bool_)
+        self._qpos, self._qvel, self.ctrl = b.bind("qpos"), b.bind("qvel"), b.bind("ctrl")
+        self._xmat, self._tau = b.bind("xmat"), b.bind("actuator_force")
+        self._sensordata = b.bind("sensordata")
+        self._touch = contact_sensors(sc.model).start
+        b.reset()
+        b.forward(stage=self._vel)
+
+    def reset(self, rows: np.ndarray, rng: np.ndarray, meas: np.ndarray) -> None:
+        """New episodes in ``rows``: draw each plant and pose from its stream row."""
+        if rows.size == 0:
+            return
+        sc, state = self.scratch, self.batch.state
+        for i in rows:
+            sc.reset(rng, int(i))
+            sc.randomizer.apply(self.drawn_layout, sc.drawn, self._targets[i])
+            self.drawn[i] = sc.drawn
+            self.action_delay[i] = sc.action_delay
+            self.action_delay_substeps[i] = sc.action_delay_substeps
+            self._lines[i] = sc._line
+            self._offsets[i] = sc._offset
+            self._steps[i] = 0
+            self._mj.mj_getState(sc.model, sc.data, state[i], self._spec)
+            sc.measure(meas[i])
+        self.batch.forward(rows, stage=self._vel)
+
+    def step(self, targets: np.ndarray, rng: np.ndarray, meas: np.ndarray) -> None:
+        """One control step of every env towards joint ``targets`` (n, 12); measure."""
+        b, dec = self.batch, self.cfg.control.decimation
+        plant_commands_batch(
+            self._lines, targets, self._offsets, self.action_delay_substeps, self._jitter,
+            self._steps, self._push, rng, self._old, self._now, self._split, self._pushes,
+            self._pushed,
+        )  # fmt: skip
+        pushed = np.flatnonzero(self._pushed)
+        if pushed.size:
+            self._qvel[pushed, 0] += self._pushes[pushed, 0]
+            self._qvel[pushed, 1] += self._pushes[pushed, 1]
+            b.forward(pushed, stage=self._vel)
+        split = self._split
+        if not split.any():
+            self.ctrl[:] = self._now
+            b.step(nstep=dec, stage=self._vel)
+        else:
+            self.ctrl[:] = self._old
+            for r in np.unique(split):
+                ids = np.flatnonzero(split == r)
+                if r:
+                    b.step(ids, nstep=int(r), stage=self._none)
+                self.ctrl[ids] = self._now[ids]
+                b.step(ids, nstep=dec - int(r), stage=self._vel)
+        measure_batch(
+            self._qpos, self._qvel, self._xmat, self._tau, self._sensordata,
+            self.scratch._trunk, self._touch, meas,
+        )  # fmt: skip
 
 
 class QuadrupedSimBackend(BaseBackend):
@@ -755,35 +948,29 @@ class QuadrupedVectorEnv(KernelVectorEnv):
         )  # fmt: skip
         self.cfg = cfg
         self.metadata = {**self.metadata, **metadata(cfg, layout)}
-        self.physics = [probe] + [QuadrupedPhysics(cfg) for _ in range(self.num_envs - 1)]
-        self.task = task_arrays(cfg, self.num_envs)
-        self._low, self._high = joint_limits()
         threads = cfg.threads or os.cpu_count() or 1
         self.threads = max(1, min(threads, self.num_envs))
-        bounds = np.linspace(0, self.num_envs, self.threads + 1).astype(int)
-        self._chunks = [range(a, b) for a, b in itertools.pairwise(bounds)]
-        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self.physics = QuadrupedBatchPhysics(cfg, self.num_envs, self.threads)
+        self.task = task_arrays(cfg, self.num_envs)
+        self._low, self._high = joint_limits()
         self._reset_kernel = self._reset_rows  # type: ignore[assignment]
         self._step_kernel = self._step_rows  # type: ignore[assignment]
 
     def _reset_physics(self, rows: np.ndarray) -> None:
         st = self.state
-        for i in rows:
-            self.physics[i].reset(st.rng, int(i))
-            self.physics[i].measure(st.meas[i])
+        self.physics.reset(rows, st.rng, st.meas)
         st.steps[rows] = 0
         st.has_prev[rows] = False
 
     def _truth_rows(self, rows: np.ndarray, f: np.ndarray, n: np.ndarray) -> None:
         """Write the drawn values of ``rows`` into float rows ``f`` and int rows ``n``."""
-        fl = self.info_float
+        fl, p = self.info_float, self.physics
         start = fl.slice(f"true/{self._drawn_layout.names[0]}").start
-        for r, i in enumerate(rows):
-            p = self.physics[i]
-            f[r, start : start + p.drawn.size] = p.drawn
-            f[r, start + p.drawn.size] = p.action_delay_substeps * p._substep_ms
-            n[r, 0] = p.action_delay
-            n[r, 1] = self.task.odelay[i]
+        size = p.drawn.shape[1]
+        f[:, start : start + size] = p.drawn[rows]
+        f[:, start + size] = p.action_delay_substeps[rows] * p.substep_ms
+        n[:, 0] = p.action_delay[rows]
+        n[:, 1] = self.task.odelay[rows]
 
     def _reset_rows(
         self, state: Any, params: Any, mask: np.ndarray, options: Any, out: ResetOut
@@ -797,13 +984,6 @@ class QuadrupedVectorEnv(KernelVectorEnv):
         out.info_f[rows] = f
         out.info_i[rows] = n
 
-    def _advance(self, rows: range) -> None:
-        st = self.state
-        for i in rows:
-            p = self.physics[i]
-            p.step(st.cmd[i])
-            p.measure(st.meas[i])
-
     def _step_rows(self, state: Any, params: Any, actions: Actions, out: StepOut) -> None:
         n = self.num_envs
         acts, action_clipped = actions.values, actions.clipped
@@ -815,11 +995,7 @@ class QuadrupedVectorEnv(KernelVectorEnv):
             targets, params.low, params.high, params.max_step,
             state.prev_cmd, state.has_prev, state.cmd, cmd_clipped,
         )  # fmt: skip
-        if self._pool is None:
-            self._advance(range(n))
-        else:
-            for fut in [self._pool.submit(self._advance, c) for c in self._chunks]:
-                fut.result()
+        self.physics.step(state.cmd, state.rng, state.meas)
         terms = np.empty((n, N_TERMS))
         task_step_batch(
             state.meas, acts, self.task, state.rng, out.obs, terms, out.reward, out.terminated
@@ -862,10 +1038,8 @@ class QuadrupedVectorEnv(KernelVectorEnv):
         state.obs[:] = out.obs
 
     def close_extras(self, **kwargs: Any) -> None:
-        """Stop the thread pool."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Release the batch (its thread pool and data)."""
+        self.physics = None  # type: ignore[assignment]
 
 
 def make_vec_env(
