@@ -66,6 +66,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 TOKEN_ENV = "TWINLOOP_TOKEN"
 
 
+#: Episodes of ``twinloop run`` when ``--episodes`` is not given.
+DEFAULT_EPISODES = 20
+
+
 def read_token(token: str | None, token_file: str | None) -> str | None:
     """The secret: ``--token``, else ``--token-file``'s first line, else ``$TWINLOOP_TOKEN``.
 
@@ -132,8 +136,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_here(args: argparse.Namespace, overrides: dict[str, Any]) -> list[Any]:
-    """``twinloop run`` in this process: one env (or one vector env) runs every episode."""
+def _run_here(
+    args: argparse.Namespace, overrides: dict[str, Any], split: str | None = None
+) -> list[Any]:
+    """``twinloop run`` in this process: one env (or one vector env) runs every episode.
+
+    With ``split``, episode ``e`` is episode ``e`` of that split (its reset options pin it).
+    """
     from tqdm import tqdm
 
     import twinloop
@@ -186,7 +195,7 @@ def _run_here(args: argparse.Namespace, overrides: dict[str, Any]) -> list[Any]:
         )
         with tqdm(
             total=args.episodes,
-            desc=f"{args.controller} on {args.env_id}",
+            desc=f"{args.controller} on {args.env_id}" + (f" ({split})" if split else ""),
             unit="ep",
             file=sys.stderr,
             disable=args.quiet,
@@ -195,11 +204,20 @@ def _run_here(args: argparse.Namespace, overrides: dict[str, Any]) -> list[Any]:
             def progress(done: int, total: int) -> None:
                 bar.update(done - bar.n)
 
+            single_opts, vector_opts = (None, None)
+            if split is not None:
+                from twinloop.eval.splits import reset_options
+
+                single_opts, vector_opts = reset_options(split)
             if args.n_envs > 1:
                 on_idle = (lambda idle: env.set_recording(~idle)) if args.record else None
-                results = run_vector(env, controller, args.episodes, args.seed, progress, on_idle)
+                results = run_vector(
+                    env, controller, args.episodes, args.seed, progress, on_idle, vector_opts
+                )
             else:
-                results = run_single(env, controller, args.episodes, args.seed, progress)
+                results = run_single(
+                    env, controller, args.episodes, args.seed, progress, single_opts
+                )
     finally:
         env.close()
     if args.record:
@@ -318,6 +336,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from twinloop.eval.rollout import summarize
 
     overrides = _parse_overrides(args.env_id, args.set)
+    if args.split is not None:
+        return _run_splits(args, overrides)
+    if args.episodes is None:
+        args.episodes = DEFAULT_EPISODES
+    if args.plot is not None:
+        raise ValueError("--plot draws the per-split figure: give it with --split")
     workers: dict[str, Any] | None = None
     if args.workers is None and args.ray is None:
         results = _run_here(args, overrides)
@@ -367,6 +391,68 @@ def cmd_run(args: argparse.Namespace) -> int:
         }
         if workers is not None:
             payload["workers"] = {k: v for k, v in workers.items() if k != "report"}
+        with open(args.json, "w") as fh:
+            json.dump(payload, fh, indent=2, default=_json_default)
+    return 0
+
+
+def _run_splits(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """``twinloop run ID --split NAME|all``: success per evaluation split, LLaRP's table."""
+    import copy
+
+    import twinloop
+    from twinloop.eval.splits import plot_split_rows, split_rows, split_size, splits_of
+
+    if args.workers is not None or args.ray is not None:
+        raise ValueError("--split runs in this process: drop --workers/--ray")
+    if args.record:
+        raise ValueError("--split does not record: capture one split at a time without it")
+    probe = twinloop.make(args.env_id, **overrides)
+    meta = dict(probe.metadata)
+    probe.close()
+    splits = splits_of(meta, args.split, args.env_id)
+    results: dict[str, list[Any]] = {}
+    for split in splits:
+        size = split_size(meta, split)
+        n = size if args.episodes is None else args.episodes
+        if n > size:
+            raise ValueError(f"--episodes {n}: split {split!r} has {size} episodes (0..{size - 1})")
+        run_args = copy.copy(args)
+        run_args.episodes = n
+        results[split] = _run_here(run_args, overrides, split=split)
+    rows = split_rows(results, meta.get("evaluation_splits", ()))
+    print(
+        f"{args.env_id}  controller={args.controller}  backend={args.backend or 'sim'}  "
+        f"seed={args.seed}  n_envs={args.n_envs}  episodes 0..n-1 of each split"
+    )
+    print(
+        table(
+            [
+                (
+                    r["split"],
+                    r["episodes"],
+                    f"{100 * r['success_rate']:.1f}",
+                    f"{100 * r['success_rate_ci95'][0]:.1f}-{100 * r['success_rate_ci95'][1]:.1f}",
+                    f"{r['mean_return']:.2f}",
+                )
+                for r in rows
+            ],
+            ("split", "episodes", "success %", "95% CI (Wilson)", "mean return"),
+        )
+    )
+    if args.plot:
+        title = f"{args.env_id}: {args.controller} on {args.backend or 'sim'}"
+        print(f"figure: {plot_split_rows(rows, title, args.plot)}")
+    if args.json:
+        payload = {
+            "env_id": args.env_id,
+            "controller": args.controller,
+            "backend": args.backend or "sim",
+            "seed": args.seed,
+            "overrides": overrides,
+            "splits": rows,
+            "episodes": {k: [r.__dict__ for r in v] for k, v in results.items()},
+        }
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2, default=_json_default)
     return 0
@@ -517,9 +603,9 @@ def _add_run(sub: Any) -> None:
     s.add_argument(
         "--episodes",
         type=_positive_int,
-        default=20,
+        default=None,
         metavar="N",
-        help="number of episodes (default: %(default)s)",
+        help=f"number of episodes (default: {DEFAULT_EPISODES}; with --split, the whole split)",
     )
     s.add_argument(
         "--seed",
@@ -597,6 +683,20 @@ def _add_run(sub: Any) -> None:
         "'twinloop stem-rates train'",
     )
     s.add_argument("--json", default=None, help="also write the results to this JSON file")
+    s.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME|all",
+        help="run episodes 0..N-1 of an evaluation split (default N: the whole split) and print "
+        "success per split with 95%% intervals; 'all': every evaluation split, an 'overall' row "
+        "over the benchmark's, as in LLaRP's table (envs with splits: LangRearrange-v0)",
+    )
+    s.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="with --split: write the figure of success and return per split here",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_worker_arguments(s)
     add_record_arguments(s)

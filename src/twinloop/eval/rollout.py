@@ -113,6 +113,7 @@ def run_vector(
     seed: int,
     progress: ProgressFn | None = None,
     on_idle: Callable[[np.ndarray], None] | None = None,
+    reset_options: Callable[[np.ndarray], dict[str, Any]] | None = None,
 ) -> list[EpisodeResult]:
     """Run ``episodes`` episodes spread over the rows of a vector env.
 
@@ -120,6 +121,8 @@ def run_vector(
     seed (a masked reset), so episode ``e`` sees seed ``seed + e`` as in :func:`run_single`.
     Rows with no episode left keep stepping; ``on_idle(mask)`` is told which rows those are
     whenever the set grows (a recorder uses it to skip their extra episodes).
+    ``reset_options(row_episode)`` adds options to every reset, given each row's episode
+    index (-1 for a row with none left), e.g. to pin episode ``e`` of a split.
     """
     n = env.num_envs
     meta = dict(env.metadata)
@@ -129,7 +132,7 @@ def run_vector(
     if on_idle is not None:
         on_idle(row_episode < 0)
     seeds = [seed + int(e) if e >= 0 else seed + episodes + i for i, e in enumerate(row_episode)]
-    obs, _ = env.reset(seed=seeds)
+    obs, _ = env.reset(seed=seeds, options=reset_options(row_episode) if reset_options else None)
     controller.reset(n, np.array(seeds))
     next_episode = first
     returns = np.zeros(n)
@@ -167,7 +170,10 @@ def run_vector(
         if on_idle is not None and (row_episode[ended] < 0).any():
             on_idle(row_episode < 0)
         if restart.any():
-            obs, _ = env.reset(seed=new_seeds, options={"reset_mask": restart})
+            options = {"reset_mask": restart}
+            if reset_options:
+                options.update(reset_options(row_episode))
+            obs, _ = env.reset(seed=new_seeds, options=options)
             controller.reset(n, np.array([s if s is not None else 0 for s in new_seeds]), restart)
     return [results[e] for e in range(episodes)]
 
