@@ -2,7 +2,7 @@
 
 Every network twin (``twinloop serve microscope``, ``robot``, ...) speaks the same envelope
 over :mod:`twinloop.hardware.zmtp`, one msgpack map per message, never pickle (``v`` is the
-twin's protocol version; every twin so far speaks 1)::
+twin's protocol version: the robot twin speaks 2, the others 1)::
 
     request  {"v": 1, "id": <int>, "op": <str>, "args": {<str>: <value>}, "token": <str|nil>}
     response {"v": 1, "id": <same int>, "ok": true,  "result": <value>}
@@ -310,7 +310,7 @@ def _validate(
 
 
 def ok_reply(rid: int, result: Any, version: int = 1) -> dict[str, Any]:
-    """The reply to an executed request (``version``: the twin's protocol; all speak 1)."""
+    """The reply to an executed request (``version``: the twin's protocol)."""
     return {"v": version, "id": rid, "ok": True, "result": result}
 
 

@@ -184,6 +184,8 @@ class _Peer:
         self.accepted = False  # made an accepted request
         self.events = 0
         self.closed = False
+        self.held: list[bytes] | None = None  # a reply waiting for its due time (reply_delay)
+        self.due_s = 0.0
 
 
 class ProtocolViolation(Exception):
@@ -198,6 +200,10 @@ class ZmtpServer:
         port: TCP port (0: a free one).
         limits: Per-peer bounds.
         peer_types: ZMTP socket types accepted from clients.
+        reply_delay: Asked once per reply for a delay (s) before it is sent, e.g. a twin's
+            simulated link latency: the reply waits on its own connection (which is not read
+            meanwhile, so it still holds one reply at most) while every other connection is
+            served; None or a delay <= 0 sends at once.
     """
 
     def __init__(
@@ -206,10 +212,12 @@ class ZmtpServer:
         port: int,
         limits: PeerLimits,
         peer_types: tuple[bytes, ...] = (b"REQ", b"DEALER"),
+        reply_delay: Callable[[], float] | None = None,
     ) -> None:
         """Bind and listen (the port is taken when this returns)."""
         self.limits = limits
         self.peer_types = peer_types
+        self._reply_delay = reply_delay
         family, kind, proto, _, addr = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
@@ -246,8 +254,14 @@ class ZmtpServer:
         total = 0
         for p in list(self._peers.values()):
             waiting = sum(map(len, p.message)) if p.message else 0
-            total += len(p.inbuf) + p.part_bytes + waiting + p.out_bytes
+            held = sum(map(len, p.held)) if p.held else 0
+            total += len(p.inbuf) + p.part_bytes + waiting + held + p.out_bytes
         return total
+
+    @property
+    def held_replies(self) -> int:
+        """Replies waiting for their due time (``reply_delay``)."""
+        return sum(p.held is not None for p in list(self._peers.values()))
 
     # the loop -----------------------------------------------------------------------------------
     def serve(
@@ -282,9 +296,15 @@ class ZmtpServer:
                 if not listening and now >= self._paused_until:
                     sel.register(self._listener, selectors.EVENT_READ, None)
                     listening = True
-                # a pipelined request already read waits for no input: do not sleep on it
+                # a pipelined request already read waits for no input: do not sleep on it;
+                # nor past the due time of a held reply
                 ready = any(self._ready(p) for p in self._peers.values())
-                for key, mask in sel.select(timeout=0 if ready else poll_s):
+                wait = 0.0 if ready else poll_s
+                if not ready and self._reply_delay is not None:
+                    dues = [p.due_s for p in self._peers.values() if p.held is not None]
+                    if dues:
+                        wait = min(wait, max(0.0, min(dues) - time.monotonic()))
+                for key, mask in sel.select(timeout=wait):
                     if key.data is None:
                         if not self._accept():
                             sel.unregister(self._listener)
@@ -320,7 +340,9 @@ class ZmtpServer:
 
     @staticmethod
     def _ready(peer: _Peer) -> bool:
-        """A whole request is waiting and the previous reply is on its way."""
+        """A whole request waits and the previous reply is on its way, or a held reply is due."""
+        if peer.held is not None:
+            return time.monotonic() >= peer.due_s
         return peer.message is not None and peer.out_bytes <= CONTROL_BYTES
 
     # connections ------------------------------------------------------------------------------
@@ -405,7 +427,7 @@ class ZmtpServer:
                 self._sel.unregister(peer.sock)
         self._peers.pop(peer.serial, None)
         peer.sock.close()
-        peer.inbuf, peer.parts, peer.message = bytearray(), [], None
+        peer.inbuf, peer.parts, peer.message, peer.held = bytearray(), [], None, None
         peer.outbox.clear()
         peer.out_bytes = 0
 
@@ -572,18 +594,29 @@ class ZmtpServer:
     def _answer(self, peer: _Peer, handle: Handler) -> None:
         frames, peer.message = peer.message, None
         assert frames is not None
-        try:
-            reply, accepted = handle(frames)
-        except Exception as exc:  # the handler answers every request; this is a last resort
-            log.error(
-                "request handler failed (%s: %s): closing %s", type(exc).__name__, exc, peer.address
-            )
-            self._close(peer, None)
-            return
-        if peer.closed:
-            return
-        if accepted:
-            peer.active_s, peer.accepted = time.monotonic(), True
+        if peer.held is not None:  # a delayed reply whose time has come
+            reply, accepted, peer.held = peer.held, False, None
+        else:
+            try:
+                reply, accepted = handle(frames)
+            except Exception as exc:  # the handler answers every request; a last resort
+                log.error(
+                    "request handler failed (%s: %s): closing %s",
+                    type(exc).__name__, exc, peer.address,
+                )  # fmt: skip
+                self._close(peer, None)
+                return
+            if peer.closed:
+                return
+            if accepted:
+                peer.active_s, peer.accepted = time.monotonic(), True
+            delay = self._reply_delay() if reply is not None and self._reply_delay else 0.0
+            if delay > 0:
+                # held on its connection; an empty placeholder request keeps the connection
+                # from being read until the reply has been sent
+                peer.held, peer.due_s, peer.message = reply, time.monotonic() + delay, []
+                self._watch(peer)
+                return
         if reply is not None:
             views: list[memoryview] = []
             for i, part in enumerate(reply):

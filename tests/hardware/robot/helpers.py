@@ -12,6 +12,7 @@ import numpy as np
 import twinloop
 from twinloop.hardware.robot.cli import HIDDEN_SWITCHES
 from twinloop.hardware.robot.fake import SimRobot
+from twinloop.hardware.robot.protocol import PROTOCOL_VERSION
 from twinloop.hardware.robot.remote import RemoteRobot
 from twinloop.hardware.robot.server import RobotServer
 
@@ -21,6 +22,8 @@ TOKEN = "r0b\u00f6t-\u2713"  # not ASCII on purpose
 NO_HIDDEN: dict[str, Any] = dict.fromkeys(HIDDEN_SWITCHES, False)
 LOGGERS = ("twinloop.hardware.robot.server", "twinloop.hardware.zmtp")
 KP, KD = 30.0, 0.6
+#: A well-formed session id that no twin issued (they issue 32 hex digits).
+FORGED = "forged-session-0001"
 
 
 def plant_config(hidden: bool = False, **overrides: Any) -> Any:
@@ -55,8 +58,8 @@ def pack(msg: Any) -> bytes:
 
 
 def request(op: str = "ping", rid: int = 5, token: Any = TOKEN, **args: Any) -> dict[str, Any]:
-    """A request map of protocol v1."""
-    return {"v": 1, "id": rid, "op": op, "args": args, "token": token}
+    """A request map of the robot's protocol version."""
+    return {"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args, "token": token}
 
 
 def hold(seq: int, q: Any = None, kp: float = KP, kd: float = KD) -> dict[str, Any]:

@@ -22,6 +22,7 @@ zmq = pytest.importorskip("zmq", reason="the 'microscope' extra (pyzmq, msgpack)
 import twinloop  # noqa: E402
 from tests.hardware.robot.helpers import ID, NO_HIDDEN, TOKEN, client, twin  # noqa: E402
 from twinloop.core.backend import BackendFault  # noqa: E402
+from twinloop.hardware.robot.protocol import PROTOCOL_VERSION  # noqa: E402
 
 
 def _robot_env(address: str, **kwargs: Any) -> Any:
@@ -133,7 +134,7 @@ def test_a_stalled_twin_times_out() -> None:
     ("reply", "words"),
     [
         (b"\xc1garbage", "undecodable reply"),
-        (b"\x81\xa1v\x02", "not protocol v1"),
+        (b"\x81\xa1v\x01", "not protocol v2"),
         (None, "does not match request"),
         (b"x" * 100_000, "did not answer"),  # over the client's reply cap: dropped unread
     ],
@@ -153,7 +154,7 @@ def test_a_garbage_endpoint_is_a_precise_fault(reply: bytes | None, words: str) 
                 rep.recv()
             except zmq.Again:
                 continue
-            wrong_id = msgpack.packb({"v": 1, "id": 10**9, "ok": True, "result": {}})
+            wrong_id = msgpack.packb({"v": PROTOCOL_VERSION, "id": 10**9, "ok": True, "result": {}})
             rep.send(wrong_id if reply is None else reply)
 
     thread = threading.Thread(target=serve, daemon=True)
@@ -177,12 +178,15 @@ def test_estop_from_another_client_ends_the_run_with_the_joints_damped() -> None
         try:
             env.reset(seed=1)
             env.step(np.zeros(12, np.float32))
-            operator.estop()
+            operator.estop()  # open to every client: no lease needed
             _one_line_fault(env, within_s=1.0, match=r"refused 'command' \(estop\)")
             assert server.robot.mode == "estop"
             with pytest.raises(BackendFault, match="estop"):
                 env.reset(seed=2)  # latched until cleared
-            operator.clear_estop()
+            # clearing is the owner's: the operator is refused, naming the owner's lease
+            with pytest.raises(BackendFault, match=r"\(owned_by_another\).*lease ends in"):
+                operator.acquire()
+            env.unwrapped.backend.robot.clear_estop()
             env.reset(seed=2)
             env.step(np.zeros(12, np.float32))
         finally:
@@ -200,6 +204,10 @@ def test_link_loss_lets_the_watchdog_damp_the_joints() -> None:
             assert server.robot.mode == "active"
             time.sleep(0.5)  # the controller goes silent
             assert server.robot.mode == "damping" and server.watchdog_trips == 1
+            # its lease ended with it: the episode ends with one line, the robot stays damped
+            _one_line_fault(env, within_s=1.0, match=r"\(no_lease\).*expired.*0\.2 s")
+            assert server.robot.mode == "damping"
+            env.reset(seed=2)  # acquires again
             env.step(np.zeros(12, np.float32))  # a command re-engages the PD loop
             assert server.robot.mode == "active"
         finally:

@@ -3,7 +3,9 @@
 Property-based (hypothesis, derandomized, small by default; a longer random campaign is marked
 ``slow``): any msgpack value, valid requests with one field broken, random frames; before each
 example the robot is made active by a well-behaved controller, so that "damped after the
-refusal" is a real check, not the idle state.
+refusal" is a real check, not the idle state. The broken requests carry the controller's own
+session (or a forged one): a refusal for ownership must leave the robot active (contract
+point 11), every other refusal damps it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ zmq = pytest.importorskip("zmq", reason="the 'microscope' extra (pyzmq, msgpack)
 pytest.importorskip("hypothesis", reason="the 'test' extra (hypothesis) is needed")
 
 import msgpack  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from tests.hardware.robot.helpers import (  # noqa: E402
+    FORGED,
     LOGGERS,
     client,
     hold,
@@ -33,10 +36,17 @@ from tests.hardware.robot.helpers import (  # noqa: E402
     twin,
     well_formed_client_is_served,
 )
-from twinloop.hardware.robot.protocol import OPERATIONS, REFUSALS  # noqa: E402
+from twinloop.hardware.robot.protocol import (  # noqa: E402
+    OPERATIONS,
+    OWNERSHIP_REFUSALS,
+    PROTOCOL_VERSION,
+    REFUSALS,
+)
 from twinloop.hardware.robot.server import RobotServer  # noqa: E402
 
 MAX_ID = 2**63 - 1
+#: Stands for the controller's session in a drawn request; :meth:`Harness.send` fills it in.
+OWNER = "the-controllers-session"
 
 
 def _settings(n: int, derandomize: bool = True) -> Any:
@@ -70,11 +80,19 @@ class Harness:
 
     def activate(self) -> None:
         """A new episode and one accepted command: the robot is active (PD engaged)."""
+        self.ctl.acquire()  # again, if a drawn release ended its lease
         if self.server.robot.mode == "estop":
             self.ctl.clear_estop()
         self.ctl.reset(0)
         self.ctl.command(**hold(1))
         assert self.server.robot.mode == "active"
+
+    def own(self, msg: Any) -> Any:
+        """``msg`` with :data:`OWNER` as its session replaced by the controller's session."""
+        args = msg.get("args") if isinstance(msg, dict) else None
+        if isinstance(args, dict) and args.get("session") == OWNER:
+            return {**msg, "args": {**args, "session": self.ctl.session}}
+        return msg
 
     def send(self, frames: list[bytes]) -> Any:
         """Send ``[empty, *frames]``; the one reply map (fails if none comes within 3 s)."""
@@ -103,15 +121,19 @@ def _readable_id(msg: Any) -> int | None:
 
 
 def _check_reply(h: Harness, msg: Any, reply: Any) -> None:
-    assert isinstance(reply, dict) and reply["v"] == 1
+    assert isinstance(reply, dict) and reply["v"] == PROTOCOL_VERSION
     if reply["ok"]:
         return
     assert reply["error"]["type"] in REFUSALS, reply  # never "internal" for client input
     if _readable_id(msg) is not None:
         assert reply["id"] == msg["id"]
-    assert h.server.robot.mode in ("damping", "estop"), reply
+    if reply["error"]["type"] in OWNERSHIP_REFUSALS:  # not the controller: left as it was
+        assert h.server.robot.mode == "active", reply
+    else:
+        assert h.server.robot.mode in ("damping", "estop"), reply
 
 
+SESSION_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -133,16 +155,26 @@ values = st.recursive(
 def broken_requests(draw: st.DrawFn) -> dict[str, Any]:
     """A valid request of any operation with one field replaced, removed or added."""
     op = draw(st.sampled_from(sorted(OPERATIONS)))
-    args = {"command": hold(2), "reset": {"seed": 1}}.get(op, {})
+    owner = {"session": OWNER}
+    args = {
+        "command": {**hold(2), **owner},
+        "reset": {"seed": 1, **owner},
+        "clear_estop": owner,
+        "release": owner,
+        "acquire": {"nonce": "a-hostile-peers-nonce"},
+    }.get(op, {})
     msg: dict[str, Any] = request(op, rid=draw(st.integers(0, MAX_ID)), **args)
-    where = draw(st.sampled_from(["top", "args", "element"]))
+    where = draw(st.sampled_from(["top", "args", "element", "session"]))
+    if where == "session" and "session" in args:  # well-formed, but not the owner's
+        msg["args"]["session"] = draw(st.text(SESSION_ALPHABET, min_size=16, max_size=64))
+        return msg
     if where == "top":
         key = draw(st.sampled_from(["v", "id", "op", "args", "token", "extra"]))
         if draw(st.booleans()) and key in msg:
             del msg[key]
         else:
             msg[key] = draw(values)
-    elif where == "args" or op != "command":
+    elif where in ("args", "session") or op != "command":
         msg["args"][draw(st.sampled_from([*args, "x"]))] = draw(values)
     else:
         name = draw(st.sampled_from(["q_rad", "kp", "kd"]))
@@ -153,10 +185,14 @@ def broken_requests(draw: st.DrawFn) -> dict[str, Any]:
 
 @_settings(40)
 @given(msg=st.one_of(values, broken_requests()))
+@example(msg=request("command", rid=7, session=FORGED, **hold(2)))  # not the owner's
+@example(msg=request("acquire", rid=8, nonce="a-hostile-peers-nonce"))  # while owned
+@example(msg=request("release", rid=9, session=FORGED))  # changes nothing
 def test_random_and_broken_requests_are_answered_and_leave_the_robot_damped(
     harness: Harness, msg: Any
 ) -> None:
     harness.activate()
+    msg = harness.own(msg)
     reply = harness.send([pack(msg)])
     _check_reply(harness, msg, reply)
 
@@ -209,4 +245,5 @@ def test_bytes_that_are_not_zmtp_close_the_connection_and_damp(served: RobotServ
 @given(msg=st.one_of(values, broken_requests()))
 def test_campaign_random_requests(harness: Harness, msg: Any) -> None:
     harness.activate()
+    msg = harness.own(msg)
     _check_reply(harness, msg, harness.send([pack(msg)]))

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("mujoco", reason="the 'locomotion' extra is needed")
 pytest.importorskip("msgpack", reason="the 'microscope' extra (msgpack) is needed")
 
-from tests.hardware.robot.helpers import KD, KP, TOKEN, hold, pack, plant_config, request
+from tests.hardware.robot.helpers import FORGED, KD, KP, TOKEN, hold, pack, plant_config, request
 from twinloop.hardware.robot.fake import SPEED_LIMITS_RAD_PER_S, SimRobot
 from twinloop.hardware.robot.protocol import (
     OPERATIONS,
@@ -29,7 +29,14 @@ def _refusal(msg: object, frames: list[bytes] | None = None) -> Refusal:
 
 
 def test_every_operation_with_valid_arguments_is_accepted() -> None:
-    args = {"reset": {"seed": -1}, "command": hold(0)}
+    session = {"session": FORGED}
+    args = {
+        "reset": {"seed": -1, **session},
+        "command": {**hold(0), **session},
+        "clear_estop": session,
+        "release": session,
+        "acquire": {"nonce": "n" * 64},
+    }
     for op in OPERATIONS:
         req = decode_request([b"", pack(request(op, rid=11, **args.get(op, {})))], TOKEN)
         assert req.op == op and req.id == 11
@@ -45,17 +52,22 @@ def test_every_operation_with_valid_arguments_is_accepted() -> None:
         ({"seq": -1}, "bad_request", "seq = -1"),
         ({"seq": 1.0}, "bad_request", "seq must be int"),
         ({"q_rad": "twelve"}, "bad_request", "array of 12"),
+        ({"session": "a" * 15}, "bad_request", "session has 15 characters; it must have 16 to 64"),
+        ({"session": "a" * 65}, "bad_request", "session has 65 characters"),
+        ({"session": "abcdefgh ijklmnop"}, "bad_request", "characters outside A-Z a-z 0-9 _ -"),
+        ({"session": 1234567890123456}, "bad_request", "session must be a string, got int"),
     ],
 )
 def test_a_malformed_command_is_refused_with_its_id(change: dict, kind: str, words: str) -> None:
-    exc = _refusal(request("command", rid=42, **{**hold(1), **change}))
+    exc = _refusal(request("command", rid=42, **{**hold(1), "session": FORGED, **change}))
     assert (exc.kind, exc.rid) == (kind, 42)
     assert words in str(exc)
 
 
 def test_envelope_version_token_and_keys_are_checked() -> None:
     assert _refusal(request(token="wrong")).kind == "unauthorized"
-    assert _refusal({**request(), "v": 2}).kind == "version"
+    assert _refusal({**request(), "v": 1}).kind == "version"  # v1 had no ownership
+    assert _refusal(request("command", **hold(1))).kind == "bad_request"  # no session
     assert _refusal({**request(), "extra": 1}).rid == 5
     assert _refusal(request("fly")).kind == "bad_request"
     assert _refusal(request("damp", x=1)).kind == "bad_request"

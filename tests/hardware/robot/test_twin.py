@@ -88,6 +88,10 @@ def test_watchdog_damps_when_commands_stop_and_refusals_do_not_feed_it() -> None
             assert server.last_accepted_s == fed  # refused requests do not feed the watchdog
             assert server.watchdog_trips == 0  # the refusals damped it first (safe state)
             assert server.robot.mode == "damping"
+            # the owner was silent too: its lease ended, so its next command is refused
+            with pytest.raises(RobotFault, match=r"\(no_lease\).*expired"):
+                robot.command(**hold(2))
+            robot.acquire()
             robot.command(**hold(2))
             time.sleep(0.8)  # link loss: no command
             assert server.watchdog_trips == 1

@@ -1,19 +1,26 @@
 """``backend="robot"`` of ``twinloop/QuadrupedVelocity-v0``: the velocity task over the robot twin.
 
-Data flow of one step::
+Data flow of one episode and one step::
+
+    connect: hello (model checked) -> acquire (this backend owns the robot, or a one-line
+             fault says another controller does and for how long)
+    reset:   acquire (renews the lease, or acquires again after it ended) -> reset {seed}
+    close:   release (the twin damps the joints)
 
     joint targets (from the task; after the env's safety layer)
-        -> RemoteRobot.command(seq, q, Kp, Kd of the config)   (a lost reply: the same seq
+        -> RemoteRobot.command(seq, q, Kp, Kd of the config, session)   (a lost reply: the same seq
            again, up to the client's ``retries``; the twin answers a repeat, not re-executing)
         -> reply: state (joints, IMU, contacts, estimate), applied targets after clipping
         -> measurement in the ``sim`` backend's layout (gravity from the IMU quaternion)
         -> (measurement, applied targets)
 
 The task, the reward and the termination are the simulator's own code. Any fault (timeout,
-twin gone, e-stop, refusal, malformed reply) is a one-line :class:`~.protocol.RobotFault`
-(a ``BackendFault``); the env then calls :meth:`RobotBackend.safe_state`, which damps the
-joints. With latency, loss and the twin's hidden effects all off, a run equals the ``sim``
-backend's from the same seed (``tests/hardware/robot/test_backend.py``).
+twin gone, e-stop, refusal, malformed reply, a lease that ended while the controller was
+silent) is a one-line :class:`~.protocol.RobotFault` (a ``BackendFault``); the env then calls
+:meth:`RobotBackend.safe_state`, which damps the joints if this backend still owns the robot
+(a robot that another controller now owns is not disturbed). With latency, loss and the
+twin's hidden effects all off, a run equals the ``sim`` backend's from the same seed
+(``tests/hardware/robot/test_backend.py``).
 """
 
 from __future__ import annotations
@@ -80,7 +87,11 @@ class RobotBackend(BaseBackend):
         self.last_clipped: dict[str, list[bool]] = {}
 
     def connect(self) -> None:
-        """Say hello and check that the robot is the one the task expects."""
+        """Say hello, check that the robot is the one the task expects, and acquire it.
+
+        Raises:
+            RobotFault: Another robot, another controller owns it, or the link failed.
+        """
         if self.connected:
             return
         model = self.robot.connect()
@@ -91,14 +102,16 @@ class RobotBackend(BaseBackend):
                 f"robot control period {model.control_dt_s:g} s != the config's "
                 f"{self.cfg.control_dt_s:g} s (control.sim_dt_s x control.decimation)"
             )
+        self.robot.acquire()
         super().connect()
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
-        """A new episode on the twin; the first measurement.
+        """A new episode on the twin (acquiring it first); the first measurement.
 
         Raises:
             ValueError: ``options`` were given.
-            RobotFault: The twin refused or did not answer (the joints are then damped).
+            RobotFault: The twin refused or did not answer (the joints are then damped if
+                this backend owns the robot).
         """
         if options:
             raise ValueError(f"backend 'robot' takes no reset options, got {sorted(options)}")
@@ -120,7 +133,13 @@ class RobotBackend(BaseBackend):
         return measurement_from_state(state), np.array(applied["q_rad"])
 
     def safe_state(self) -> None:
-        """Damp the joints (short timeout, one try: the link may be down)."""
+        """Damp the joints (short timeout, one try: the link may be down), if this owns them.
+
+        A backend whose session was refused for ownership leaves the robot alone: either
+        its lease ended (the twin damped the joints then) or another controller owns it.
+        """
+        if self.robot.session is None:
+            return
         self.robot.damp(timeout_s=min(self.robot.timeout_s, 0.5), retries=0)
 
     def _try_damp(self) -> None:
@@ -130,7 +149,7 @@ class RobotBackend(BaseBackend):
             log.warning("could not damp the robot: %s", exc)
 
     def close(self) -> None:
-        """Damp the joints (best effort) and close the link."""
+        """Release the robot (the twin damps the joints; best effort) and close the link."""
         self._connected = False
         self.robot.close()
 

@@ -7,6 +7,11 @@ them with ``--set``) are drawn at every reset from a seed mixed with a hidden se
 never printed; ``--no-hidden-effects`` turns them off (a run then equals the ``sim``
 backend's). The shared secret comes from ``--token-file`` or ``$TWINLOOP_TOKEN`` (or
 ``--token``, which every local user can read in the process list).
+
+One controller owns the robot at a time (protocol version 2, :mod:`.protocol` points 9-13):
+its lease lasts ``--watchdog-s`` after each of its requests; other clients may read the state,
+damp and e-stop. ``--latency-s`` and ``--jitter-s`` delay each reply on its own connection,
+so one peer's delay never holds another's reply.
 """
 
 from __future__ import annotations
@@ -53,9 +58,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--watchdog-s",
         type=float,
         default=0.5,
-        help="damp the joints after this long without an accepted request",
+        help="the owner's lease: it ends, and the joints are damped, after this long without "
+        "an accepted request from the owning controller",
     )
-    p.add_argument("--latency-s", type=float, default=0.0, help="added to every reply (s)")
+    p.add_argument(
+        "--latency-s",
+        type=float,
+        default=0.0,
+        help="added to every reply, per connection (s); latency + jitter < --watchdog-s",
+    )
     p.add_argument("--jitter-s", type=float, default=0.0, help="plus U(0, this) per reply (s)")
     p.add_argument(
         "--loss", type=float, default=0.0, help="probability that a reply is dropped, in [0, 1)"
