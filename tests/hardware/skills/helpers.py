@@ -10,6 +10,7 @@ import msgpack
 
 import twinloop
 from twinloop.hardware.skills.fake import SimSkillsRobot
+from twinloop.hardware.skills.protocol import PROTOCOL_VERSION
 from twinloop.hardware.skills.remote import RemoteSkills
 from twinloop.hardware.skills.server import SkillsServer
 
@@ -53,8 +54,8 @@ def pack(msg: Any) -> bytes:
 
 
 def request(op: str = "ping", rid: int = 5, token: Any = TOKEN, **args: Any) -> dict[str, Any]:
-    """A request map of protocol v1."""
-    return {"v": 1, "id": rid, "op": op, "args": args, "token": token}
+    """A request map of the protocol's version."""
+    return {"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args, "token": token}
 
 
 def execute_args(seq: int = 1, skill: str = "nav", target: str = "sofa", px: int = 0) -> dict:

@@ -141,7 +141,7 @@ def _fake_twin(
     port = rep.bind_to_random_port("tcp://127.0.0.1")
     stop = threading.Event()
     hello = {
-        "protocol": 1,
+        "protocol": 2,
         "catalog": {k: list(v) for k, v in CATALOG.items()},
         "measurement": measurement_fields(),
         "identity": {},
@@ -157,7 +157,7 @@ def _fake_twin(
             except zmq.Again:
                 continue
             if req["op"] == "hello":
-                rep.send(msgpack.packb({"v": 1, "id": req["id"], "ok": True, "result": hello}))
+                rep.send(msgpack.packb({"v": 2, "id": req["id"], "ok": True, "result": hello}))
             else:
                 rep.send(answer(req))
 
@@ -170,7 +170,7 @@ def _fake_twin(
     ("reply", "words"),
     [
         (lambda r: b"\xc1garbage", "undecodable reply"),
-        (lambda r: b"\x81\xa1v\x02", "not protocol v1"),
+        (lambda r: b"\x81\xa1v\x09", "not protocol v2"),
         (lambda r: _ok(10**9, {}), "does not match request"),
         (lambda r: _ok(r["id"], {"mode": "ready", "seq": -1, "observation": {"x": 1}}), "fields"),
         (lambda r: b"x" * 300_000, "did not answer"),  # over the client's reply cap: unread
@@ -193,7 +193,7 @@ def test_a_garbage_endpoint_is_a_precise_fault(reply: Any, words: str) -> None:
 def _ok(rid: int, result: Any) -> bytes:
     import msgpack
 
-    return msgpack.packb({"v": 1, "id": rid, "ok": True, "result": result})
+    return msgpack.packb({"v": 2, "id": rid, "ok": True, "result": result})
 
 
 def test_another_catalog_is_refused_at_connect() -> None:
@@ -233,3 +233,43 @@ def test_link_loss_mid_run_is_a_fault_and_the_link_comes_back() -> None:
         env.close()
     finally:
         server.stop()
+
+
+def test_rgb_mode_over_the_twin_shows_the_devices_own_frames() -> None:
+    """In rgb mode the observation's frame is the robot's camera.
+
+    The twin renders the true world: without perception errors its frame equals the
+    simulator's, with them it still shows the truth while the reported symbolic fields are
+    wrong.
+    """
+    rgb = {"observation_mode": "rgb", "resolution": 64}
+    reset = {"seed": 4, "options": {"backend": {"split": "train", "episode": 3}}}
+    with twin() as server:
+        sim = twinloop.make(ID, **rgb)
+        env = _skills_env(server.address, **rgb)
+        try:
+            o_sim, _ = sim.reset(**reset)
+            o_env, _ = env.reset(**reset)
+            np.testing.assert_array_equal(o_sim["image"], o_env["image"])
+            oracle = make_controller("oracle", sim)
+            for _ in range(3):
+                a = int(oracle.act_one(o_sim))
+                o_sim, *_ = sim.step(a)
+                o_env, *_ = env.step(a)
+                np.testing.assert_array_equal(o_sim["image"], o_env["image"])
+                np.testing.assert_array_equal(o_sim["symbolic"], o_env["symbolic"])
+        finally:
+            env.close()
+            sim.close()
+    with twin(perception_error=1.0, hidden_seed=5) as server:
+        sim = twinloop.make(ID, **rgb)
+        env = _skills_env(server.address, **rgb)
+        try:
+            o_sim, _ = sim.reset(**reset)
+            o_env, _ = env.reset(**reset)
+            truth = o_sim["image"]
+            assert not np.array_equal(o_sim["symbolic"], o_env["symbolic"])  # misperceived
+            np.testing.assert_array_equal(o_env["image"], truth)  # the camera sees the world
+        finally:
+            env.close()
+            sim.close()

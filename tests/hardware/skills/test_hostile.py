@@ -100,7 +100,7 @@ def _readable_id(msg: Any) -> int | None:
 
 
 def _check_reply(h: Harness, msg: Any, reply: Any) -> None:
-    assert isinstance(reply, dict) and reply["v"] == 1
+    assert isinstance(reply, dict) and reply["v"] == 2
     if reply["ok"]:
         return
     assert reply["error"]["type"] in REFUSALS, reply  # never "internal" for client input

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -48,10 +50,21 @@ def test_every_operation_with_valid_arguments_is_accepted() -> None:
     args = {
         "reset": {"split": "novel_objects", "episode": 99, "seed": -1},
         "execute": execute_args(0, "pick", "mug", 64),
+        "state": {"frame_px": 224},
     }
     for op in OPERATIONS:
         req = decode_request([b"", pack(request(op, rid=11, **args.get(op, {})))], TOKEN)
         assert req.op == op and req.id == 11
+
+
+def test_state_frame_sizes_outside_the_camera_are_refused() -> None:
+    for px, words in (
+        (1, "must be 0 (no frame) or in [64, 224]"),
+        (63, "must be 0"),
+        (225, "is outside [0, 224]"),
+    ):
+        with pytest.raises(Refusal, match=re.escape(f"state.frame_px = {px} {words}")):
+            decode_request([b"", pack(request("state", rid=3, frame_px=px))], TOKEN)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +101,7 @@ def test_reset_checks_the_split_and_the_episode_inside_it() -> None:
 
 def test_envelope_version_token_and_keys_are_checked() -> None:
     assert _refusal(request(token="wrong")).kind == "unauthorized"
-    assert _refusal({**request(), "v": 2}).kind == "version"
+    assert _refusal({**request(), "v": 1}).kind == "version"  # version 1 lacks state.frame_px
     assert _refusal({**request(), "extra": 1}).rid == 5
     assert _refusal(request("stop", x=1)).kind == "bad_request"
     assert _refusal([1, 2]).rid is None

@@ -64,6 +64,16 @@ class SkillsBackend(BaseBackend):
         self.last_duration_s = 0.0
         self.last_frame: np.ndarray | None = None
 
+    def request_frames(self, px: int) -> None:
+        """Ask the robot for a frame of ``px`` px with every report (the env's rgb mode).
+
+        Raises:
+            ValueError: ``px`` is not in [MIN_FRAME_PX, MAX_FRAME_PX].
+        """
+        if not MIN_FRAME_PX <= int(px) <= MAX_FRAME_PX:
+            raise ValueError(f"frame_px = {px} must be in [{MIN_FRAME_PX}, {MAX_FRAME_PX}]")
+        self.frame_px = int(px)
+
     def connect(self) -> None:
         """Say hello and check the robot's catalog and observation (see ``RemoteSkills``)."""
         if self.connected:
@@ -87,6 +97,12 @@ class SkillsBackend(BaseBackend):
             raise
         self._seq = 0
         self.last_frame = None
+        if self.frame_px:  # the episode's first view, from the robot's camera
+            try:
+                self.last_frame = self.robot.state(self.frame_px).frame
+            except SkillsFault:
+                self._try_stop()
+                raise
         return report.measurement
 
     def apply(self, command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,9 @@ path of every twin, :mod:`twinloop.hardware.wire`)::
 
 Operations (:data:`OPERATIONS`): ``hello`` (protocol, ``catalog``: skill -> the names it takes
 (:data:`CATALOG`), ``splits``: split -> episodes, ``measurement``: the observation's fields
-and shapes, ``frame_px``: the frame sides accepted, identity), ``ping``, ``state`` (the last
-report again, nothing executed), ``execute`` {seq, skill, target, frame_px}, ``stop``,
+and shapes, ``frame_px``: the frame sides accepted, identity), ``ping``, ``state`` {frame_px}
+(the last report again, nothing executed; since version 2 with a frame if asked: the first
+view of an episode), ``execute`` {seq, skill, target, frame_px}, ``stop``,
 ``reset`` {split, episode, seed} (twin only). ``skill`` is one of :data:`SKILLS` and
 ``target`` one of the catalog's names for it (``""`` for ``noop``); ``seq`` an integer in
 [0, 2^63); ``frame_px`` 0 (no frame) or an integer in [64, 224]; ``split`` ``""`` (the twin's
@@ -81,8 +82,6 @@ from twinloop.hardware.wire import (
     Refusal,
     Request,
     Text,
-    error_reply,
-    ok_reply,
     show,
 )
 from twinloop.sim.rearrange import catalog as C
@@ -105,7 +104,7 @@ __all__ = [
     "ok_reply",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Error types a skills twin answers to what a client sent (``internal`` is its own fault).
 REFUSALS = ("bad_request", "version", "unauthorized", "unsupported")
 MODES = ("ready", "stopped")
@@ -169,7 +168,7 @@ _NAME = Text(MAX_NAME_CHARS)
 OPERATIONS: dict[str, dict[str, Arg | Text]] = {
     "hello": {},
     "ping": {},
-    "state": {},
+    "state": {"frame_px": Arg(int, 0, MAX_FRAME_PX)},
     "execute": {
         "seq": Arg(int, 0, MAX_ID),
         "skill": _NAME,
@@ -179,6 +178,16 @@ OPERATIONS: dict[str, dict[str, Arg | Text]] = {
     "stop": {},
     "reset": {"split": _NAME, "episode": Arg(int, -1, MAX_ID), "seed": Arg(int, -1, MAX_ID)},
 }
+
+
+def ok_reply(rid: int, result: Any) -> dict[str, Any]:
+    """The reply to an executed request, in this protocol's version."""
+    return wire.ok_reply(rid, result, version=PROTOCOL_VERSION)
+
+
+def error_reply(rid: int | None, kind: str, message: str) -> dict[str, Any]:
+    """The reply to a refused (or failed) request, with its id when one was read."""
+    return wire.error_reply(rid, kind, message, version=PROTOCOL_VERSION)
 
 
 def decode_request(frames: list[bytes], token: str | None) -> Request:
@@ -201,6 +210,8 @@ def decode_request(frames: list[bytes], token: str | None) -> Request:
     try:
         if req.op == "execute":
             _check_execute(req.args)
+        elif req.op == "state":
+            _check_frame("state", req.args["frame_px"])
         elif req.op == "reset":
             _check_reset(req.args)
     except Refusal as exc:
@@ -220,10 +231,15 @@ def _check_execute(args: dict[str, Any]) -> None:
     if (target != "") if skill == "noop" else target not in names:
         want = '""' if skill == "noop" else f"one of the {len(names)} names in the catalog"
         raise Refusal("bad_request", f"execute.target {show(target)} of {skill}: must be {want}")
+    _check_frame("execute", px)
+
+
+def _check_frame(op: str, px: int) -> None:
+    """A frame side the camera gives: 0 (no frame) or [MIN_FRAME_PX, MAX_FRAME_PX]."""
     if px and not MIN_FRAME_PX <= px <= MAX_FRAME_PX:
         raise Refusal(
             "bad_request",
-            f"execute.frame_px = {px} must be 0 (no frame) or in [{MIN_FRAME_PX}, {MAX_FRAME_PX}]",
+            f"{op}.frame_px = {px} must be 0 (no frame) or in [{MIN_FRAME_PX}, {MAX_FRAME_PX}]",
         )
 
 

@@ -1,4 +1,4 @@
-"""Network client of a skills twin (``twinloop serve skills``), protocol version 1.
+"""Network client of a skills twin (``twinloop serve skills``), protocol version 2.
 
 ZeroMQ REQ with a timeout on every request; a request that times out closes its socket and
 the next one opens a fresh connection ("lazy pirate", as the robot's and the microscope's
@@ -86,9 +86,9 @@ class RemoteSkills(TwinClient):
         self.hello = hello
         return hello
 
-    def state(self) -> Report:
-        """The robot's last report again."""
-        return Report.from_wire(self.request("state"))
+    def state(self, frame_px: int = 0) -> Report:
+        """The robot's last report again (with a frame of ``frame_px`` px if > 0)."""
+        return Report.from_wire(self.request("state", frame_px=int(frame_px)), int(frame_px))
 
     def reset(self, split: str = "", episode: int = -1, seed: int | None = None) -> Report:
         """A new episode on the twin (``""``/-1/None: its split, a drawn episode, its stream)."""

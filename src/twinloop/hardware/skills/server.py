@@ -60,7 +60,8 @@ def warm_up_requests() -> list[tuple[str, dict[str, Any]]]:
         ("hello", {}),
         ("ping", {}),
         ("reset", {"split": "train", "episode": 0, "seed": 0}),
-        ("state", {}),
+        ("state", {"frame_px": 0}),
+        ("state", {"frame_px": MIN_FRAME_PX}),
         ("execute", {"seq": 1, "skill": "nav", "target": "sofa", "frame_px": MIN_FRAME_PX}),
         ("execute", {"seq": 1, "skill": "nav", "target": "sofa", "frame_px": 0}),
         ("execute", {"seq": 2, "skill": "pick", "target": "apple", "frame_px": 0}),
@@ -261,6 +262,8 @@ class SkillsServer:
             return self._skill(args, robot)
         elif op == "stop":
             robot.stop()
+        elif op == "state":
+            return _report(robot, args["frame_px"])
         return _report(robot, 0)
 
     def _skill(self, args: dict[str, Any], robot: SimSkillsRobot) -> dict[str, Any]:

@@ -197,7 +197,15 @@ def make_env(cfg: RearrangeConfig, *, backend: Any, env_id: str = ENV_ID) -> Twi
     """Single-env factory: the rearrangement task on ``backend`` behind the safety layer."""
     task: T.RearrangeTask | R.RgbViewTask = T.RearrangeTask(cfg, params_of(cfg))
     if cfg.task.observation_mode == "rgb":
-        task = R.RgbViewTask(task, cfg.task.resolution)
+        source = None
+        request_frames = getattr(backend, "request_frames", None)
+        if request_frames is not None:  # a device with a camera: its frames, not ours
+            request_frames(cfg.task.resolution)
+
+            def source() -> np.ndarray | None:
+                return backend.last_frame
+
+        task = R.RgbViewTask(task, cfg.task.resolution, frame_source=source)
     return TwinEnv(
         task, backend, cfg.safety, env_id=env_id, config=cfg, metadata=metadata(cfg, task.layout)
     )

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -754,15 +755,26 @@ class RgbViewTask:
     """The rearrangement task with the rendered view: the symbolic task, then a frame.
 
     Rewards, termination and infos are the symbolic task's; only the observation changes.
+    On a device that has a camera (``--backend skills``), the frame is the device's own
+    (``frame_source``): it shows the world as it is, while the symbolic fields are what the
+    robot reports (with its perception errors); the simulator renders it from the state.
 
     Args:
         task: The symbolic task.
         resolution: Frame side in px (64-224).
+        frame_source: Returns the device's latest frame (``(R, R, 3)`` uint8, validated by
+            the backend), or None to render one from the symbolic observation.
     """
 
-    def __init__(self, task: T.RearrangeTask, resolution: int) -> None:
+    def __init__(
+        self,
+        task: T.RearrangeTask,
+        resolution: int,
+        frame_source: Callable[[], np.ndarray | None] | None = None,
+    ) -> None:
         """Wrap ``task``; frames of ``resolution`` px."""
         self.task = task
+        self.frame_source = frame_source
         self.resolution = check_resolution(resolution)
         self.tables = render_tables(self.resolution)
         self.layout = task.layout
@@ -772,6 +784,9 @@ class RgbViewTask:
         self.observation_space = rgb_space(self.resolution, task.layout)
 
     def _view(self, symbolic: np.ndarray) -> dict[str, np.ndarray]:
+        frame = self.frame_source() if self.frame_source is not None else None
+        if frame is not None:
+            return rgb_views(symbolic, frame)
         image = np.empty((1, self.resolution, self.resolution, 3), dtype=np.uint8)
         render_rows(symbolic[None], self.tables, image)
         return rgb_views(symbolic, image[0])
