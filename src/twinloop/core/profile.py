@@ -46,6 +46,9 @@ PROFILE_STREAM = 0x70F11E
 PRIORS_FOR_CONFIG: dict[str, str] = {
     "twinloop.sim.stem.config:StemConfig": "twinloop.sim.stem.profile:PRIORS",
     "twinloop.sim.balloon.config:BalloonConfig": "twinloop.sim.balloon.profile:PRIORS",
+    "twinloop.sim.locomotion.velocity_config:QuadrupedVelocityConfig": (
+        "twinloop.sim.locomotion.profile:PRIORS"
+    ),
 }
 
 #: Help text of ``--profile`` on every twin's command line.

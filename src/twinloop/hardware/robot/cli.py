@@ -11,7 +11,10 @@ backend's). The shared secret comes from ``--token-file`` or ``$TWINLOOP_TOKEN``
 One controller owns the robot at a time (protocol version 2, :mod:`.protocol` points 9-13):
 its lease lasts ``--watchdog-s`` after each of its requests; other clients may read the state,
 damp and e-stop. ``--latency-s`` and ``--jitter-s`` delay each reply on its own connection,
-so one peer's delay never holds another's reply.
+so one peer's delay never holds another's reply. ``--profile random:SEED|FILE`` gives the
+robot fixed physics of its own (``plant``: floor friction, mass, payload, motor strength,
+joint friction, actuation delay; :mod:`twinloop.sim.locomotion.profile`), never shown: the
+twin's hello names the profile only.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import functools
 import logging
 import sys
 from typing import Any
+
+from twinloop.core.profile import PROFILE_HELP
 
 ENV_ID = "twinloop/QuadrupedVelocity-v0"
 #: Config switches of the hidden effects (``--no-hidden-effects`` turns them all off).
@@ -82,6 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no domain randomisation, action delay or pushes (runs equal the sim backend's)",
     )
+    p.add_argument("--profile", default=None, metavar="random:SEED|FILE", help=PROFILE_HELP)
     p.add_argument("--max-connections", type=int, default=16, help="open connections at most")
     p.add_argument(
         "--idle-timeout-s",
@@ -122,12 +128,19 @@ def main(args: argparse.Namespace) -> int:
         )
         overrides.update(dict(parse_assignment(cfg, a) for a in args.set))
         cfg = twinloop.make_config(ENV_ID, **overrides)
+        profile = None
+        if args.profile:
+            from twinloop.core.profile import parse_profile
+            from twinloop.sim.locomotion.profile import PRIORS
+
+            profile = parse_profile(args.profile, cfg, PRIORS)
+            _say(f"device profile {profile.name!r} in force (its values stay hidden from clients)")
         hidden = None
         if not args.no_hidden_effects:
             hidden = new_entropy() if args.hidden_seed is None else args.hidden_seed
         with compiling("robot twin", report=_say):
             server = RobotServer(
-                SimRobot(cfg, hidden_seed=hidden, watchdog_s=args.watchdog_s),
+                SimRobot(cfg, hidden_seed=hidden, watchdog_s=args.watchdog_s, profile=profile),
                 host=args.host,
                 port=args.port,
                 token=token,

@@ -19,11 +19,13 @@ reduction; sources in the MJCF's header).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 
+from twinloop.core.profile import DeviceProfile
 from twinloop.core.rng import new_entropy, new_streams, seed_streams
 from twinloop.hardware.robot.protocol import N_JOINTS, RobotModel
 from twinloop.sim.locomotion.velocity import (
@@ -84,6 +86,11 @@ class SimRobot:
         damping_kd: Kd of the damping mode (N m s/rad).
         kp_max: Largest Kp accepted before clipping (N m/rad).
         kd_max: Largest Kd accepted before clipping (N m s/rad).
+        profile: The device's hidden physics (:mod:`twinloop.core.profile`; the ``plant``
+            section), applied over ``cfg``; only its name is ever shown (:meth:`identity`).
+
+    Raises:
+        ValueError: The profile changes anything but the ``plant`` section.
     """
 
     def __init__(
@@ -94,8 +101,18 @@ class SimRobot:
         damping_kd: float = 1.0,
         kp_max: float = 100.0,
         kd_max: float = 10.0,
+        profile: DeviceProfile | None = None,
     ) -> None:
         """Load the model and start an episode (seed 0) in damping."""
+        if profile is not None:
+            profiled = profile.apply(cfg)
+            if dataclasses.replace(profiled, plant=cfg.plant) != cfg:
+                raise ValueError(
+                    f"device profile {profile.name!r} changes more than the robot's own physics "
+                    "(the 'plant' section): the task, control and effects stay the user's"
+                )
+            cfg = profiled
+        self.profile = profile
         self.cfg = cfg
         self.hidden_seed = hidden_seed
         self.model = robot_model(cfg, watchdog_s, damping_kd, kp_max, kd_max)
@@ -203,14 +220,7 @@ class SimRobot:
     def _set_gains(self, kp: np.ndarray, kd: np.ndarray) -> None:
         """Write gains into the actuators through the hidden motor strength and gain scales."""
         p = self.physics
-        g = p.drawn_layout.get
-        strength = g(p.drawn, "motor_strength")
-        kp_eff = strength * (kp * g(p.drawn, "kp_scale")[()])
-        kd_eff = strength * (kd * g(p.drawn, "kd_scale")[()])
-        m = p.model
-        m.actuator_gainprm[:, 0] = kp_eff
-        m.actuator_biasprm[:, 1] = -kp_eff
-        m.actuator_biasprm[:, 2] = -kd_eff
+        p.randomizer.write_gains(p.drawn_layout, p.drawn, kp, kd)
 
     def _trunk_rot(self) -> np.ndarray:
         return np.array(self.physics.data.xmat[self.physics._trunk]).reshape(3, 3)
@@ -256,7 +266,10 @@ class SimRobot:
 
     def identity(self) -> dict[str, Any]:
         """What this robot is."""
-        return {"kind": "sim-robot", "model": "quadruped_go1", "mujoco": self._mj.__version__}
+        out = {"kind": "sim-robot", "model": "quadruped_go1", "mujoco": self._mj.__version__}
+        if self.profile is not None:  # its name only: the values stay hidden
+            out["profile"] = self.profile.name
+        return out
 
 
 def is_finite_state(state: dict[str, Any]) -> bool:

@@ -40,6 +40,7 @@ from twinloop.core.rng import uniform
 from twinloop.sim.locomotion.velocity_config import (
     LatencyConfig,
     NoiseConfig,
+    PlantConfig,
     RandomizationConfig,
 )
 
@@ -159,16 +160,19 @@ class ModelRandomizer:
         kd: Nominal derivative gain (N m s/rad).
     """
 
-    def __init__(self, model: Any, floor: int, trunk: int, kp: float, kd: float) -> None:
-        """Remember the nominal values the draws scale."""
+    def __init__(
+        self, model: Any, floor: int, trunk: int, kp: float, kd: float, plant: PlantConfig
+    ) -> None:
+        """Remember the nominal values the draws scale: the model's, times the plant's."""
         self.model = model
         self.floor, self.trunk = floor, trunk
         self.kp, self.kd = kp, kd
-        self.friction = float(model.geom_friction[floor, 0])
-        self.mass = np.array(model.body_mass[1:])
-        self.inertia = np.array(model.body_inertia[1:])
+        self.plant = plant
+        self.friction = float(plant.floor_friction)
+        self.mass = np.array(model.body_mass[1:]) * plant.mass_scale
+        self.inertia = np.array(model.body_inertia[1:]) * plant.mass_scale
         self.ipos = np.array(model.body_ipos[trunk])
-        self.frictionloss = np.array(model.dof_frictionloss[6:])
+        self.frictionloss = np.array(model.dof_frictionloss[6:]) * plant.joint_friction_scale
         self.n_links = self.mass.size
         self.n_joints = int(model.nu)
 
@@ -186,15 +190,24 @@ class ModelRandomizer:
         scale = g(drawn, "link_mass_scale")
         m.body_mass[1:] = self.mass * scale
         m.body_inertia[1:] = self.inertia * scale[:, None]
-        m.body_mass[self.trunk] += g(drawn, "added_base_mass_kg")[()]
+        added = g(drawn, "added_base_mass_kg")[()] + self.plant.added_base_mass_kg
+        m.body_mass[self.trunk] += added
         m.body_ipos[self.trunk] = self.ipos + g(drawn, "com_offset_m")
         m.dof_frictionloss[6:] = self.frictionloss * g(drawn, "joint_friction_scale")
-        strength = g(drawn, "motor_strength")
-        kp = strength * (self.kp * g(drawn, "kp_scale")[()])
-        kd = strength * (self.kd * g(drawn, "kd_scale")[()])
-        m.actuator_gainprm[:, 0] = kp
-        m.actuator_biasprm[:, 1] = -kp
-        m.actuator_biasprm[:, 2] = -kd
+        self.write_gains(layout, drawn, self.kp, self.kd, m)
+
+    def write_gains(
+        self, layout: Layout, drawn: np.ndarray, kp: Any, kd: Any, target: Any = None
+    ) -> None:
+        """Commanded gains ``kp``, ``kd`` as the motors realise them: x strength and gain scales."""
+        m = self.model if target is None else target
+        g = layout.get
+        strength = g(drawn, "motor_strength") * self.plant.motor_strength
+        kp_eff = strength * (kp * g(drawn, "kp_scale")[()])
+        kd_eff = strength * (kd * g(drawn, "kd_scale")[()])
+        m.actuator_gainprm[:, 0] = kp_eff
+        m.actuator_biasprm[:, 1] = -kp_eff
+        m.actuator_biasprm[:, 2] = -kd_eff
 
 
 def delay_bounds(cfg: LatencyConfig, action: bool) -> tuple[int, int, int]:

@@ -453,7 +453,7 @@ class QuadrupedPhysics:
         self._touch = self.data.sensordata[contact_sensors(m)]
         ctl = cfg.control
         self.randomizer = ModelRandomizer(
-            m, int(self._ids[0]), self._trunk, ctl.kp_nm_per_rad, ctl.kd_nm_s_per_rad
+            m, int(self._ids[0]), self._trunk, ctl.kp_nm_per_rad, ctl.kd_nm_s_per_rad, cfg.plant
         )
         self.drawn_layout = randomization_layout(
             self.randomizer.n_links, NJ, self.randomizer.friction
@@ -466,7 +466,9 @@ class QuadrupedPhysics:
         self._substep_ms = 1000.0 * cfg.control.sim_dt_s
         self.action_delay = 0
         self.action_delay_substeps = 0  # the whole base delay, steps and ms, in physics steps
+        self._plant_delay = round(cfg.plant.actuation_delay_ms / self._substep_ms)
         longest = (self._delay[1] + self._delay[2]) * self._dec + self._ms[1] + self._ms[2]
+        longest += self._plant_delay
         self._line = np.zeros((-(-longest // self._dec) + 1, NJ))
         r = cfg.randomization
         self._push_every = max(1, round(r.push_interval_s / cfg.control_dt_s))
@@ -488,7 +490,7 @@ class QuadrupedPhysics:
         self.action_delay = int(draw_int(rng, i, STREAM_BACKEND, lo, hi))
         lo_ms, hi_ms, _ = self._ms
         extra = int(draw_int(rng, i, STREAM_BACKEND, lo_ms, hi_ms)) if hi_ms > lo_ms else lo_ms
-        self.action_delay_substeps = self.action_delay * self._dec + extra
+        self.action_delay_substeps = self.action_delay * self._dec + extra + self._plant_delay
         q = np.array(d.qpos)
         initial_pose(rng, i, DEFAULT_POSE, self._low, self._high, self.cfg.joint_noise_rad, q)
         d.qpos[:] = q

@@ -70,6 +70,35 @@ class VelocityRewardConfig(ConfigSection):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class PlantConfig(ConfigSection):
+    """The robot's own physical values around the model's nominal ones (all nominal: the MJCF).
+
+    A device differs from the simulator in fixed ways; a device profile
+    (``twinloop serve robot --profile``, :mod:`twinloop.sim.locomotion.profile`) sets these.
+    Domain randomisation acts on top: its scale draws multiply these values, its added mass
+    adds to :attr:`added_base_mass_kg`, and its friction draw replaces :attr:`floor_friction`
+    while it is on; the action delay adds :attr:`actuation_delay_ms`.
+    """
+
+    floor_friction: float = param(1.0, ge=0.0, le=5.0, doc="sliding friction of the floor")
+    mass_scale: float = param(1.0, gt=0.0, le=2.0, doc="every link's mass and inertia x this")
+    added_base_mass_kg: float = param(
+        0.0, units="kg", ge=-3.0, le=20.0, doc="a payload on the trunk (battery, sensors)"
+    )
+    motor_strength: float = param(1.0, gt=0.0, le=2.0, doc="every motor's torque x this")
+    joint_friction_scale: float = param(
+        1.0, ge=0.0, le=10.0, doc="every joint's friction loss x this"
+    )
+    actuation_delay_ms: float = param(
+        0.0,
+        units="ms",
+        ge=0.0,
+        le=200.0,
+        doc="from command to motor, in physics steps (bus and motor driver)",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RandomizationConfig(ConfigSection):
     """Domain randomisation of the plant, drawn per env at every reset [REF]."""
 
@@ -190,6 +219,7 @@ class QuadrupedVelocityConfig(ConfigSection):
     command: VelocityCommandConfig = dataclasses.field(default_factory=VelocityCommandConfig)
     control: QuadrupedControlConfig = dataclasses.field(default_factory=QuadrupedControlConfig)
     reward: VelocityRewardConfig = dataclasses.field(default_factory=VelocityRewardConfig)
+    plant: PlantConfig = dataclasses.field(default_factory=PlantConfig)
     randomization: RandomizationConfig = dataclasses.field(default_factory=RandomizationConfig)
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
     latency: LatencyConfig = dataclasses.field(default_factory=LatencyConfig)
