@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
+
 import pytest
 
 from twinloop.sim.rearrange import catalog as C
@@ -12,8 +15,13 @@ HELD_OUT = set(C.HELD_OUT_CATEGORIES)
 COMBINATIONS = set(E.held_out_combination_names())
 
 
+@functools.cache
+def _specs(split: str, n: int) -> tuple[E.EpisodeSpec, ...]:
+    return tuple(E.episode_spec(split, k) for k in range(n))
+
+
 def _combinations(spec: E.EpisodeSpec) -> set[tuple[str, str, str]]:
-    return {(spec.instruction_type, c, r) for c, r, _ in spec.goal}
+    return {(spec.instruction_type, a.category, a.place) for a in spec.goal if a.kind == "on"}
 
 
 def _profile(spec: E.EpisodeSpec) -> dict:
@@ -33,14 +41,16 @@ def _profile(spec: E.EpisodeSpec) -> dict:
         "held_out_goal_category": bool(goal_cats & HELD_OUT),
         "held_out_clutter": bool(other & HELD_OUT),
         "n_atoms": len(spec.goal),
-        "count_above_1": any(n > 1 for _, _, n in spec.goal),
+        "count_above_1": any(a.count > 1 for a in spec.goal if a.kind == "on"),
+        "goal_kinds": frozenset(a.kind for a in spec.goal),
+        "source_named": "{src}" in template,
     }
 
 
 def _support(split: str, n: int) -> dict[str, set]:
     out: dict[str, set] = {}
-    for k in range(n):
-        for key, v in _profile(E.episode_spec(split, k)).items():
+    for spec in _specs(split, n):
+        for key, v in _profile(spec).items():
             out.setdefault(key, set()).add(v)
     return out
 
@@ -51,17 +61,39 @@ def train() -> dict[str, set]:
 
 
 def test_training_support(train: dict[str, set]) -> None:
-    assert train["type"] == {"single", "two_objects"}
+    assert train["type"] == set(E.TRAINING_MIX)
     assert train["held_out_phrasing"] == train["held_out_scene"] == {False}
     assert train["held_out_goal_category"] == train["held_out_clutter"] == {False}
     assert train["n_atoms"] == {1, 2} and train["count_above_1"] == {False}
     assert train["object_named_by"] == {"name"} and train["target_named_by"] == {"name"}
     assert train["distractor"] == train["held_out_combination"] == {False}
+    assert train["source_named"] == {True, False}
+    kinds = {"on", "none_on", "on_here", "articulated", "at"}
+    assert set().union(*train["goal_kinds"]) == kinds == set(E.GOAL_KINDS)
+
+
+def test_training_mixture_follows_its_weights() -> None:
+    n = 4000
+    got = Counter(s.instruction_type for s in _specs("train", n))
+    total = sum(E.TRAINING_MIX.values())
+    for typ, weight in E.TRAINING_MIX.items():
+        p = weight / total
+        sd = (n * p * (1 - p)) ** 0.5
+        assert abs(got[typ] - n * p) < 4 * sd, (typ, got[typ], n * p)
+
+
+def test_llarps_seventeen_instruction_types_are_all_here() -> None:
+    ids = set()
+    for typ, (llarp_ids, _) in L.LLARP_TYPES.items():
+        if typ != "irrelevant_text":  # LLaRP's distraction phrasings, not an id of its own
+            ids.update(i.strip() for i in llarp_ids.split(","))
+    assert len(ids) == 17 and all(len(i) == 8 for i in ids)
+    assert len(L.INSTRUCTION_TYPES) == 17
 
 
 #: What each split changes (the stated difference): key -> the split's only values.
 CHANGES = {
-    "rephrasing": {"held_out_phrasing": {True}, "type": {"single"}, "n_atoms": {1}},
+    "rephrasing": {"held_out_phrasing": {True}},
     "referring_expressions": {
         "object_named_by": {"attributes"},
         "type": {"referring"},
@@ -75,7 +107,11 @@ CHANGES = {
     "context": {"object_named_by": {"context"}, "type": {"context"}, "n_atoms": {1}},
     "irrelevant_text": {"distractor": {True}, "type": {"irrelevant_text"}, "n_atoms": {1}},
     "novel_objects": {"held_out_goal_category": {True}, "type": {"single"}, "n_atoms": {1}},
-    "multiple_rearrangements": {"type": {"all_of"}, "count_above_1": {True}, "n_atoms": {1}},
+    "multiple_rearrangements": {
+        "type": {"all_of", "all_from"},
+        "count_above_1": {True},
+        "n_atoms": {1},
+    },
     "multiple_objects": {"type": {"three_objects"}, "n_atoms": {3}},
     "conditional": {"type": {"conditional"}, "n_atoms": {1}},
     "new_scenes": {"held_out_scene": {True}},
@@ -98,10 +134,11 @@ def test_split_differs_only_as_stated(split: str, train: dict[str, set]) -> None
 
 
 def test_new_scenes_use_every_held_out_scene_and_training_mix() -> None:
-    scenes = {E.episode_spec("new_scenes", k).scene for k in range(100)}
+    scenes = {s.scene for s in _specs("new_scenes", 100)}
     assert scenes == set(range(E.N_TRAIN_SCENES, E.N_SCENES))
-    types = {E.episode_spec("new_scenes", k).instruction_type for k in range(100)}
-    assert types == {"single", "two_objects"}
+    types = {s.instruction_type for s in _specs("new_scenes", 100)}
+    assert {"single", "no_source", "remove", "two_objects", "swap"} <= types
+    assert types <= set(E.TRAINING_MIX)
 
 
 def test_conditional_goal_follows_the_condition() -> None:
@@ -110,7 +147,7 @@ def test_conditional_goal_follows_the_condition() -> None:
         s = spec.slots
         holds = spec.articulated_open[s["art"]] == bool(s["state"])
         want = s["tgt"] if holds else s["tgt2"]
-        assert spec.goal[0][1] == C.RECEPTACLES[want]
+        assert spec.goal[0].place == C.RECEPTACLES[want]
         assert C.ARTICULATED[s["art"]] in spec.instruction.lower()
 
 
@@ -131,7 +168,7 @@ def test_benchmark_splits_are_llarps_ten() -> None:
 def test_referring_expressions_name_attributes_never_the_category() -> None:
     for k in range(E.N_EVAL_EPISODES):
         spec = E.episode_spec("referring_expressions", k)
-        (cat, _, _), text = spec.goal[0], f" {spec.instruction.lower()} "
+        cat, text = spec.goal[0].category, f" {spec.instruction.lower()} "
         assert f" {L.REFERRING[cat]} " in text
         assert not any(f" {c} " in text for c in C.CATEGORIES), spec.instruction
 
@@ -139,7 +176,7 @@ def test_referring_expressions_name_attributes_never_the_category() -> None:
 def test_context_implies_the_category_without_naming_it() -> None:
     for k in range(E.N_EVAL_EPISODES):
         spec = E.episode_spec("context", k)
-        cat = spec.goal[0][0]
+        cat = spec.goal[0].category
         assert spec.instruction.startswith(L.CONTEXT[cat])
         text = f" {spec.instruction.lower().replace('.', ' ')} "
         assert not any(f" {c} " in text for c in C.CATEGORIES), spec.instruction
@@ -155,14 +192,14 @@ def test_spatial_relationship_is_true_and_unique_in_the_apartment() -> None:
         sign = -1 if rel == "left of" else 1
         named = [r for r in range(C.N_RECEPTACLES) if L.KINDS[r] == kind and r != anchor]
         assert [r for r in named if sign * (x[r] - x[anchor]) > 0] == [s["tgt"]]
-        assert spec.goal[0][1] == C.RECEPTACLES[s["tgt"]]
+        assert spec.goal[0].place == C.RECEPTACLES[s["tgt"]]
         phrase = f"the {kind} {rel} the {C.RECEPTACLES[anchor]}"
         assert phrase in spec.instruction.lower()
         assert f"the {C.RECEPTACLES[s['tgt']]}." not in spec.instruction.lower()
 
 
 def test_irrelevant_text_is_a_training_instruction_plus_a_distractor() -> None:
-    train = {L.template_text(E.episode_spec("train", k).template) for k in range(300)}
+    train = {L.template_text(s.template) for s in _specs("train", 1000)}
     for k in range(E.N_EVAL_EPISODES):
         spec = E.episode_spec("irrelevant_text", k)
         template = L.template_text(spec.template)
@@ -171,7 +208,7 @@ def test_irrelevant_text_is_a_training_instruction_plus_a_distractor() -> None:
 
 
 def test_compositional_holds_out_combinations_of_seen_parts() -> None:
-    train = [E.episode_spec("train", k) for k in range(4000)]
+    train = _specs("train", 4000)
     seen = set().union(*(_combinations(s) for s in train))
     assert not seen & COMBINATIONS  # no held-out combination ever occurs in training
     for typ, cat, rec in COMBINATIONS:  # but each part and each pair of parts does
@@ -181,3 +218,51 @@ def test_compositional_holds_out_combinations_of_seen_parts() -> None:
     held = [_combinations(E.episode_spec("compositional", k)) & COMBINATIONS for k in range(100)]
     assert all(held) and len(set().union(*held)) > len(COMBINATIONS) // 2
     assert len(COMBINATIONS) == E.N_HELD_OUT_COMBINATIONS
+
+
+def _on(spec: E.EpisodeSpec) -> list[tuple[str, str]]:
+    """(category, receptacle) of each object at the start."""
+    return list(spec.objects)
+
+
+def test_new_types_start_and_end_as_their_instruction_says() -> None:
+    """Swap, removal, all-from, find, open, close and go-to: start state, goal and words."""
+    seen = Counter()
+    specs = [*_specs("train", 1000), *_specs("multiple_rearrangements", 100)]
+    for spec in specs:
+        typ, slots, text = spec.instruction_type, spec.slots, spec.instruction.lower()
+        rec = {k: C.RECEPTACLES[slots[k]] for k in ("src", "tgt") if slots[k] >= 0}
+        seen[typ] += 1
+        if typ == "swap":  # each object starts on the receptacle the other one goes to
+            a, b = spec.goal
+            assert (a.category, rec["src"]) in _on(spec) and (b.category, rec["tgt"]) in _on(spec)
+            assert (a.place, b.place, a.count, b.count) == (rec["tgt"], rec["src"], 1, 1)
+            assert rec["src"] != rec["tgt"]
+        elif typ == "remove":
+            (a,) = spec.goal
+            assert a.kind == "none_on" and a.place == rec["src"] and "tgt" not in rec
+            assert [r for c, r in _on(spec) if c == a.category] == [rec["src"]]
+        elif typ == "all_from":  # every instance on the named source, the goal counts them
+            (a,) = spec.goal
+            where = [r for c, r in _on(spec) if c == a.category]
+            assert a.kind == "on" and a.count == len(where) >= 2
+            assert set(where) == {rec["src"]} and a.place == rec["tgt"] != rec["src"]
+        elif typ == "find":  # one instance, on an open receptacle, never named
+            (a,) = spec.goal
+            where = [r for c, r in _on(spec) if c == a.category]
+            assert a.kind == "on_here" and len(where) == 1
+            assert C.RECEPTACLES.index(where[0]) < C.N_OPEN_RECEPTACLES
+            assert f" {where[0]} " not in f" {text.rstrip('.')} "
+        elif typ in ("open", "close"):
+            (a,) = spec.goal
+            art = slots["art"]
+            assert a.kind == "articulated" and a.place == C.ARTICULATED[art]
+            assert a.count == (typ == "open") != spec.articulated_open[art]
+            assert C.ARTICULATED[art] in text
+        elif typ == "go_to":
+            (a,) = spec.goal
+            assert a.kind == "at" and a.place == rec["tgt"] and rec["tgt"] in text
+        elif typ == "no_source":
+            assert "{src}" not in L.template_text(spec.template) and spec.goal[0].kind == "on"
+    for typ in ("swap", "remove", "all_from", "find", "open", "close", "go_to", "no_source"):
+        assert seen[typ] >= 10, (typ, seen[typ])

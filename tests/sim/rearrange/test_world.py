@@ -38,13 +38,19 @@ def _start(split: str, index: int):
     return env, obs, E.episode_spec(split, index)
 
 
+def _first_of_type(typ: str, split: str = "train") -> int:
+    """The first episode of ``split`` whose instruction is of type ``typ``."""
+    return next(k for k in range(1000) if E.episode_spec(split, k).instruction_type == typ)
+
+
 def _field(env, obs, name):
     return env.unwrapped.task.layout.get(obs, name)
 
 
 def test_preconditions_and_invalid_cost() -> None:
-    env, obs, spec = _start("train", 0)
-    cat = E.episode_spec("train", 0).row[E.SP_SLOTS]
+    k = _first_of_type("single")
+    env, obs, spec = _start("train", k)
+    cat = spec.row[E.SP_SLOTS]
     src = spec.slots["src"]
     pick = C.A_PICK + cat
     # pick before reaching the receptacle: invalid, costs 0.05, changes nothing
@@ -76,10 +82,22 @@ def test_preconditions_and_invalid_cost() -> None:
     assert not info["invalid_action"] and reward == 0.0
 
 
-def test_success_pays_subgoals_and_ends_the_episode() -> None:
+#: Subgoals of each kind of goal atom (task module): a pick and each placement; a pick and
+#: the placement elsewhere; none.
+def n_subgoals(spec: E.EpisodeSpec) -> int:
+    """The subgoals of a spec's goal, as the task module defines them."""
+    per_kind = {"on": lambda a: 1 + a.count, "none_on": lambda a: 2}
+    return sum(per_kind.get(a.kind, lambda a: 0)(a) for a in spec.goal)
+
+
+@pytest.mark.parametrize(
+    ("split", "typ"),
+    [*(("train", t) for t in E.TRAINING_MIX), ("multiple_rearrangements", "all_from")],
+)
+def test_success_pays_subgoals_and_ends_the_episode(split: str, typ: str) -> None:
     from twinloop.controllers import make_controller
 
-    env, obs, spec = _start("train", 3)
+    env, obs, spec = _start(split, _first_of_type(typ, split))
     oracle = make_controller("oracle", env)
     total, steps = 0.0, 0
     while True:
@@ -89,9 +107,45 @@ def test_success_pays_subgoals_and_ends_the_episode() -> None:
         if term or trunc:
             break
     assert term and info["is_success"]
-    n_subgoals = sum(1 + n for _, _, n in spec.goal)  # a pick and each placement per atom
-    assert info["subgoals_done"] == n_subgoals
-    assert total == pytest.approx(10.0 + 5.0 * n_subgoals)
+    assert info["subgoals_done"] == n_subgoals(spec)
+    assert total == pytest.approx(10.0 + 5.0 * n_subgoals(spec))
+    assert {"go_to": 1, "find": 1}.get(typ, steps) == steps  # one nav, if nothing else
+
+
+def _do(env, action: int):
+    _, reward, term, _, info = env.step(action)
+    assert not info["invalid_action"], C.action_names()[action]
+    return reward, term
+
+
+def test_removal_pays_the_pick_and_the_placement_elsewhere_once() -> None:
+    env, _, spec = _start("train", _first_of_type("remove"))
+    (atom,) = spec.goal
+    src, cat = C.RECEPTACLES.index(atom.place), C.CATEGORIES.index(atom.category)
+    other = 8 if src != 8 else 9  # a container: no clutter there, so room for it
+    _do(env, C.A_NAV + src)
+    if src >= C.N_OPEN_RECEPTACLES and not spec.articulated_open[src - C.N_OPEN_RECEPTACLES]:
+        _do(env, C.A_OPEN + src - C.N_OPEN_RECEPTACLES)
+    assert _do(env, C.A_PICK + cat) == (5.0, False)
+    assert _do(env, C.A_PLACE + src) == (0.0, False)  # back where it was: nothing
+    assert _do(env, C.A_PICK + cat) == (0.0, False)  # the pick was paid already
+    _do(env, C.A_NAV + other)
+    if not spec.articulated_open[other - C.N_OPEN_RECEPTACLES]:
+        _do(env, C.A_OPEN + other - C.N_OPEN_RECEPTACLES)
+    assert _do(env, C.A_PLACE + other) == (15.0, True)  # the placement and success
+
+
+def test_open_close_and_go_to_end_when_their_state_holds() -> None:
+    for typ in ("open", "close"):
+        env, _, spec = _start("train", _first_of_type(typ))
+        a = spec.slots["art"]
+        assert spec.articulated_open[a] == (typ == "close")  # it starts in the other state
+        _do(env, C.A_NAV + C.ARTICULATED_NAV[a])
+        assert _do(env, (C.A_OPEN if typ == "open" else C.A_CLOSE) + a) == (10.0, True)
+    env, _, spec = _start("train", _first_of_type("go_to"))
+    tgt = spec.slots["tgt"]
+    assert _do(env, C.A_NAV + (tgt + 1) % C.N_RECEPTACLES) == (0.0, False)
+    assert _do(env, C.A_NAV + tgt) == (10.0, True)
 
 
 def test_episode_is_cut_after_32_actions() -> None:

@@ -22,11 +22,20 @@ a source hint, a condition. Then it acts blind, learning only from each skill's 
 - a condition on an articulated object is probed with ``open``: the skill fails when the
   object was already open;
 - "all the X": fetch and deliver until no receptacle yields one more;
+- "swap": fetch the first object from where the instruction says it is and deliver it to the
+  second one's receptacle, then the second one back;
+- "take the X off the R": fetch it at R and deliver it to the next receptacle after R that
+  takes it (a full one fails the ``place``; the next is tried);
+- "find a X": visit the receptacles in turn (open ones first); the episode ends at the right
+  one, which the parser cannot see;
+- "go to the R": ``nav``; "open/close the A": ``nav`` to it and ``open``/``close``;
 - if the episode goes on once every goal is delivered, the target was the wrong one of its
   kind: move the object on to the next candidate.
 
 So it solves instructions that name the source in a few actions, and pays with a search of
-the apartment, within LLaRP's 32 actions or not, for those that do not.
+the apartment, within LLaRP's 32 actions or not, for those that do not. Every type is read
+from the instruction alone; what it cannot know is where unnamed objects lie and which
+receptacle has room.
 """
 
 from __future__ import annotations
@@ -50,11 +59,17 @@ _MAX_CACHE = 4096
 
 @dataclass
 class Atom:
-    """One goal as parsed: a category, candidate targets (first: the best guess), all of it."""
+    """One goal as parsed: a category, candidate targets (first: the best guess), all of it.
+
+    ``kind``: ``"on"`` (deliver to a target), ``"off"`` (take it off ``source``, leave it on
+    a target that takes it) or ``"find"`` (stand where one lies; ``targets`` is empty).
+    """
 
     category: int
     targets: list[int]
     all_of: bool = False
+    source: int = -1  # the receptacle the instruction says it is on
+    kind: str = "on"
 
 
 @dataclass
@@ -65,6 +80,8 @@ class Plan:
     source: int = -1  # the receptacle the instruction says the (first) object is on
     condition: tuple[int, int, int] | None = None  # (articulated, state word, else target)
     parsed: bool = True
+    articulated: tuple[int, bool] | None = None  # (articulated object, open it) to change
+    go_to: int = -1  # the receptacle to go to
 
 
 @dataclass
@@ -96,7 +113,7 @@ class ScriptedParser(Controller):
         meta = self.metadata
         table = meta["action_table"]
         self._nav, self._pick, self._place = table["nav"], table["pick"], table["place"]
-        self._open, self._noop = table["open"], table["noop"]
+        self._open, self._close, self._noop = table["open"], table["close"], table["noop"]
         self._art_nav = tuple(int(v) for v in meta["articulated_nav"])
         self._n_rec = int(meta["n_receptacles"])
         self._rec_art = [-1] * self._n_rec
@@ -155,6 +172,19 @@ class ScriptedParser(Controller):
     def _plan(self, typ: str, slots: dict[str, str]) -> Plan:
         value = {slot: self._value(slot, text) for slot, text in slots.items()}
         source = value.get("src", -1)
+        if typ == "go_to":
+            return Plan([], go_to=value["tgt"])
+        if typ in ("open", "close"):
+            return Plan([], articulated=(value["art"], typ == "open"))
+        if typ == "swap":
+            a = Atom(value["obj"], [value["tgt"]], source=source)
+            b = Atom(value["obj2"], [source], source=value["tgt"])
+            return Plan([a, b], source)
+        if typ == "remove":
+            after = [(source + 1 + k) % self._n_rec for k in range(self._n_rec - 1)]
+            return Plan([Atom(value["obj"], after, source=source, kind="off")], source)
+        if typ == "find":
+            return Plan([Atom(value["obj"], [], kind="find")])
         if "kind" in slots:  # every receptacle of the kind but the anchor and the source
             targets = [
                 r
@@ -164,7 +194,10 @@ class ScriptedParser(Controller):
         else:
             targets = [value["tgt"]]
         cats = [value[s] for s in _CATEGORY_SLOTS if s in value]
-        atoms = [Atom(c, list(targets), all_of=typ == "all_of") for c in dict.fromkeys(cats)]
+        all_of = typ in ("all_of", "all_from")
+        atoms = [Atom(c, list(targets), all_of=all_of) for c in dict.fromkeys(cats)]
+        if atoms:
+            atoms[0].source = source
         condition = None
         if "art" in value:
             condition = (value["art"], value["state"], value["tgt2"])
@@ -276,6 +309,17 @@ class ScriptedParser(Controller):
 
     def _script(self, plan: Plan) -> Generator[int, tuple[bool, bool], None]:
         b = _Belief()
+        if plan.go_to >= 0:
+            yield from self._goto(b, plan.go_to)
+        if plan.articulated is not None:
+            art, want_open = plan.articulated
+            yield from self._goto(b, self._art_nav[art])
+            yield from self._do((self._open if want_open else self._close) + art)
+        for atom in plan.atoms:
+            if atom.kind == "find":  # open receptacles first: containers seldom hold one
+                order = sorted(range(self._n_rec), key=lambda r: self._rec_art[r] >= 0)
+                for r in order:
+                    yield from self._goto(b, r)
         targets = [list(atom.targets) for atom in plan.atoms]  # the cached plan stays as parsed
         if plan.condition is not None:  # probe the condition: open fails iff already open
             art, state, tgt2 = plan.condition
@@ -286,10 +330,13 @@ class ScriptedParser(Controller):
                 targets = [[tgt2] for _ in plan.atoms]
         placed = [0] * len(plan.atoms)  # the candidate target each atom went to
         for k, atom in enumerate(plan.atoms):
-            first = [plan.source] if (k == 0 and plan.source >= 0) else []
+            if atom.kind == "find":
+                continue
+            first = [atom.source] if atom.source >= 0 else []
             order = first + [r for r in range(self._n_rec) if r not in first]
+            exclude = set() if atom.kind == "off" else {targets[k][0]}
             while True:
-                src = yield from self._fetch(b, atom.category, order, {targets[k][0]})
+                src = yield from self._fetch(b, atom.category, order, exclude)
                 if src < 0:
                     break
                 for j, tgt in enumerate(targets[k]):  # the next candidate if one is full
@@ -301,6 +348,8 @@ class ScriptedParser(Controller):
                 order = order[order.index(src) :]  # more may lie where this one was
         # still running: a target was the wrong receptacle of its kind; try the next ones
         for k, atom in enumerate(plan.atoms):
+            if atom.kind != "on":
+                continue
             cands = targets[k][placed[k] :]
             for prev, nxt in itertools.pairwise(cands):
                 yield from self._goto(b, prev)

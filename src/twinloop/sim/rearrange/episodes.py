@@ -14,9 +14,12 @@ evaluation split differs from training only in what its rule changes:
 ========================  ==================================================================
 split                     rule (what differs from training)
 ========================  ==================================================================
-train                     single or two-object rearrangement, training phrasings, training
-                          categories, training scenes 0-49, no held-out combination
-rephrasing                single rearrangement in held-out phrasings only
+train                     the training mixture (:data:`TRAINING_MIX`: single, no_source,
+                          remove, two_objects, swap 4 parts each; close, open, go_to, find
+                          1 part each, LLaRP's training types and weights), training
+                          phrasings, training categories, training scenes 0-49, no
+                          held-out combination
+rephrasing                the training mixture in held-out phrasings only
 referring_expressions     single rearrangement whose object is named by its attributes
                           ("the yellow curved fruit"), never by its name
 spatial_relationships     single rearrangement whose target is named by its kind and a
@@ -27,15 +30,28 @@ context                   single rearrangement whose object is implied by a cont
 irrelevant_text           a training single-rearrangement phrasing with an irrelevant sentence
                           before or after it
 novel_objects             single rearrangement of held-out categories only
-multiple_rearrangements   "all the X" (2-3 instances), a type training never has
+multiple_rearrangements   "all the X" (2-3 instances; ``all_of``, or ``all_from`` a named
+                          source), types training never has
 multiple_objects          three objects in one instruction (training has one or two)
 conditional               "if the A is open/closed, ... otherwise ...", a type training
                           never has; the condition is read at the episode's start
 new_scenes                the training mixture in the 10 held-out scenes 50-59
-compositional             (beyond the benchmark) the training mixture, but every episode
-                          holds one of :data:`HELD_OUT_COMBINATIONS`: a (type, category,
-                          target) whose every part and every pair of parts training has
+compositional             (beyond the benchmark) the training mixture's single and
+                          two-object types, but every episode holds one of
+                          :data:`HELD_OUT_COMBINATIONS`: a (type, category, target) whose
+                          every part and every pair of parts training has
 ========================  ==================================================================
+
+Goals are up to 3 atoms ``(category, place, count)`` (columns ``SP_ATOMS``), one of:
+
+- ``(c, r, n)``, ``n >= 1``: at least ``n`` objects of category ``c`` on receptacle ``r``;
+- ``(c, r, 0)``: no object of ``c`` on ``r`` (``remove``);
+- ``(c, GOAL_HERE, 1)``: an object of ``c`` on the receptacle the robot is at (``find``);
+- ``(GOAL_ARTICULATED, a, s)``: articulated object ``a`` open (``s = 1``) or closed (0);
+- ``(GOAL_AT, t, 0)``: the robot at navigation target ``t`` (``go_to``);
+- ``(-1, -1, -1)``: unused.
+
+Success is every atom holding with the hand empty (:mod:`~twinloop.sim.rearrange.task`).
 
 Scenes (apartments) are generated from fixed seeds too (:func:`scene_rooms`): 3-5 rooms and
 the room of each receptacle (kitchen furniture in the kitchen, sofa and TV stand in the living
@@ -274,6 +290,13 @@ def held_out_combination_names() -> tuple[tuple[str, str, str], ...]:
 # --- the spec row ---------------------------------------------------------------------------
 MAX_OBJECTS = 36
 MAX_ATOMS = 3
+#: Goal-atom codes (module docstring): in the category column, an articulated object's state
+#: or the robot's location; in the place column, the receptacle the robot is at.
+GOAL_ARTICULATED = -2
+GOAL_AT = -3
+GOAL_HERE = -2
+#: The kinds of goal atom, as :class:`GoalAtom` names them.
+GOAL_KINDS = ("on", "none_on", "on_here", "articulated", "at")
 SP_SPLIT = 0
 SP_INDEX = 1
 SP_SCENE = 2
@@ -395,9 +418,31 @@ class Rule(NamedTuple):
     combination: int  # row of WorldTables.combinations the episode holds; -1: none
 
 
+#: The training mixture: LLaRP's training instruction types (``v2_train`` tags) with their
+#: sampling weights (``overweight_freq``: 4 for the rearrangements, 1 otherwise).
+TRAINING_MIX = {
+    "single": 4,
+    "no_source": 4,
+    "remove": 4,
+    "two_objects": 4,
+    "swap": 4,
+    "close": 1,
+    "open": 1,
+    "go_to": 1,
+    "find": 1,
+}
+_MIX_TYPES = np.array([L.INSTRUCTION_TYPES.index(k) for k in TRAINING_MIX], dtype=np.int64)
+_MIX_CUM = np.cumsum(np.array(list(TRAINING_MIX.values()), dtype=np.float64))
+_MIX_CUM /= _MIX_CUM[-1]
+
+
 @njit
 def _training_mix(gen: np.ndarray, g: int) -> int:
-    return L.TYPE_SINGLE if uniform(gen, g, 0) <= 0.5 else L.TYPE_TWO
+    u = uniform(gen, g, 0)
+    for k in range(_MIX_CUM.shape[0] - 1):
+        if u <= _MIX_CUM[k]:
+            return _MIX_TYPES[k]
+    return _MIX_TYPES[_MIX_CUM.shape[0] - 1]
 
 
 @njit
@@ -413,7 +458,8 @@ def _rule_train(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
 
 @njit
 def _rule_rephrasing(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
-    return Rule(L.TYPE_SINGLE, 1, _train_scene(gen, g), 0, -1)
+    typ = _training_mix(gen, g)
+    return Rule(typ, 1, _train_scene(gen, g), 0, -1)
 
 
 @njit
@@ -443,7 +489,8 @@ def _rule_novel_objects(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
 
 @njit
 def _rule_multiple_rearrangements(gen: np.ndarray, g: int, t: WorldTables) -> Rule:
-    return Rule(L.TYPE_ALL, 0, _train_scene(gen, g), 0, -1)
+    typ = L.TYPE_ALL if uniform(gen, g, 0) <= 0.5 else L.TYPE_ALL_FROM
+    return Rule(typ, 0, _train_scene(gen, g), 0, -1)
 
 
 @njit
@@ -566,6 +613,26 @@ def _has_relation(t: WorldTables, scene: int, r: int) -> bool:
     return False
 
 
+@njit(inline="always")
+def _n_categories(typ: int) -> int:
+    """How many distinct categories an instruction of type ``typ`` names."""
+    if typ == L.TYPE_TWO or typ == L.TYPE_SWAP:
+        return 2
+    if typ == L.TYPE_THREE:
+        return 3
+    if typ == L.TYPE_CLOSE or typ == L.TYPE_OPEN or typ == L.TYPE_GO_TO:
+        return 0
+    return 1
+
+
+@njit(inline="always")
+def _names_target(typ: int) -> bool:
+    """Whether type ``typ`` names a target receptacle (``{tgt}``)."""
+    return not (
+        typ == L.TYPE_REMOVE or typ == L.TYPE_FIND or typ == L.TYPE_CLOSE or typ == L.TYPE_OPEN
+    )
+
+
 @njit
 def build(
     split: int,
@@ -589,8 +656,9 @@ def build(
     spec[SP_TEMPLATE] = lo + _randint(gen, g, t.template_range[typ, held_out, 1] - lo)
     for a in range(C.N_ARTICULATED):  # doors and drawers may start open [LLaRP]
         spec[SP_ART + a] = 1 if uniform(gen, g, 0) <= 0.5 else 0
+    all_of = typ == L.TYPE_ALL or typ == L.TYPE_ALL_FROM
     # the task's categories: distinct, from the training or the held-out pool
-    n_cats = 2 if typ == L.TYPE_TWO else (3 if typ == L.TYPE_THREE else 1)
+    n_cats = _n_categories(typ)
     cat_lo = C.N_TRAIN_CATEGORIES if novel else 0
     cat_n = (C.N_CATEGORIES - C.N_TRAIN_CATEGORIES) if novel else C.N_TRAIN_CATEGORIES
     cats = spec[S_OBJ : S_OBJ + 3]  # obj, obj2, obj3
@@ -607,12 +675,14 @@ def build(
         q = _randint(gen, g, n_cats)
         cats[0], cats[q] = cats[q], cats[0]
         tgt = t.combinations[combination, 2]
-    else:  # every other split leaves the held-out combinations out
+    elif _names_target(typ):  # every other split leaves the held-out combinations out
         tgt = _randint(gen, g, C.N_RECEPTACLES)
         while _holds_combination(t, typ, cats, n_cats, tgt) or (
             typ == L.TYPE_SPATIAL and not _has_relation(t, scene, tgt)
         ):
             tgt = _randint(gen, g, C.N_RECEPTACLES)
+    else:
+        tgt = -1
     spec[S_OBJS] = cats[0]  # objs: the plural of obj
     tgt2 = -1
     if typ == L.TYPE_CONDITIONAL:
@@ -628,38 +698,68 @@ def build(
         spec[S_DIS] = _randint(gen, g, N_DISTRACTORS)
     elif typ == L.TYPE_SPATIAL:
         _draw_relation(spec, scene, tgt, gen, g, t)
+    elif typ == L.TYPE_CLOSE or typ == L.TYPE_OPEN:  # it starts in the other state
+        a = _randint(gen, g, C.N_ARTICULATED)
+        spec[S_ART] = a
+        spec[SP_ART + a] = 1 if typ == L.TYPE_CLOSE else 0
     spec[S_TGT] = tgt
     spec[S_TGT2] = tgt2
-    # task objects, each on a receptacle that is not a target
+    # task objects, each on a receptacle that is not a target ("find": an open one; "all
+    # from": all on the first one's; "swap": the second on the target)
     n_inst = n_cats
-    if typ == L.TYPE_ALL:
+    if all_of:
         n_inst = 2 + _randint(gen, g, 2)
     count = np.zeros(C.N_RECEPTACLES, dtype=np.int64)
     ocat = spec[SP_OBJ_CAT : SP_OBJ_CAT + MAX_OBJECTS]
     orec = spec[SP_OBJ_REC : SP_OBJ_REC + MAX_OBJECTS]
+    n_src = C.N_OPEN_RECEPTACLES if typ == L.TYPE_FIND else C.N_RECEPTACLES
     for j in range(n_inst):
-        while True:
-            src = _randint(gen, g, C.N_RECEPTACLES)
-            if src != tgt and src != tgt2 and count[src] < t.capacity[src]:
-                break
-        ocat[j] = cats[0] if typ == L.TYPE_ALL else cats[j]
+        if typ == L.TYPE_ALL_FROM and j > 0:
+            src = spec[S_SRC]  # capacities are at least 4, all_from places at most 3
+        elif typ == L.TYPE_SWAP and j == 1:
+            src = tgt
+        else:
+            while True:
+                src = _randint(gen, g, n_src)
+                if src != tgt and src != tgt2 and count[src] < t.capacity[src]:
+                    break
+        ocat[j] = cats[0] if all_of else cats[j]
         orec[j] = src
         count[src] += 1
         if j == 0:
             spec[S_SRC] = src
-    # the goal: atoms (category, receptacle, count)
-    n_atoms = 1 if typ == L.TYPE_ALL else n_cats
+    src = spec[S_SRC]
+    # the goal: atoms (category, place, count), see the module docstring
+    n_atoms = 1 if (all_of or n_cats == 0) else n_cats
     spec[SP_N_ATOMS] = n_atoms
     for a in range(n_atoms):
         spec[SP_ATOMS + 3 * a] = cats[a]
         spec[SP_ATOMS + 3 * a + 1] = tgt
-        spec[SP_ATOMS + 3 * a + 2] = n_inst if typ == L.TYPE_ALL else 1
+        spec[SP_ATOMS + 3 * a + 2] = n_inst if all_of else 1
     if typ == L.TYPE_CONDITIONAL:
         holds = spec[SP_ART + spec[S_ART]] == spec[S_STATE]
         spec[SP_ATOMS + 1] = tgt if holds else tgt2
+    elif typ == L.TYPE_SWAP:  # the second object goes where the first one was
+        spec[SP_ATOMS + 3 + 1] = src
+    elif typ == L.TYPE_REMOVE:
+        spec[SP_ATOMS + 1] = src
+        spec[SP_ATOMS + 2] = 0
+    elif typ == L.TYPE_FIND:
+        spec[SP_ATOMS + 1] = GOAL_HERE
+    elif typ == L.TYPE_CLOSE or typ == L.TYPE_OPEN:
+        spec[SP_ATOMS] = GOAL_ARTICULATED
+        spec[SP_ATOMS + 1] = spec[S_ART]
+        spec[SP_ATOMS + 2] = 1 if typ == L.TYPE_OPEN else 0
+    elif typ == L.TYPE_GO_TO:
+        spec[SP_ATOMS] = GOAL_AT
+        spec[SP_ATOMS + 2] = 0
     # clutter on open receptacles, leaving room for the goal's objects on the targets
     reserve = np.zeros(C.N_RECEPTACLES, dtype=np.int64)
-    reserve[tgt] = n_inst
+    if typ == L.TYPE_SWAP:  # room for one more on each side, whichever moves first
+        reserve[tgt] = 1
+        reserve[src] = 1
+    elif tgt >= 0:
+        reserve[tgt] = n_inst
     if tgt2 >= 0:
         reserve[tgt2] = n_inst
     n_obj = n_inst
@@ -700,6 +800,38 @@ def generate(
 
 
 # --- Python view ------------------------------------------------------------------------------
+class GoalAtom(NamedTuple):
+    """One goal atom, readable.
+
+    Attributes:
+        kind: One of :data:`GOAL_KINDS`: ``on`` (at least ``count`` objects of ``category``
+            on ``place``), ``none_on`` (no object of ``category`` on ``place``), ``on_here``
+            (an object of ``category`` on the receptacle the robot is at; ``place`` is
+            ``""``), ``articulated`` (``place``, an articulated object, is open if ``count``
+            is 1, closed if 0; ``category`` is ``""``), ``at`` (the robot at navigation
+            target ``place``; ``category`` is ``""``).
+        category: A category name, or ``""``.
+        place: A receptacle, articulated object or navigation target name, or ``""``.
+        count: See ``kind``.
+    """
+
+    kind: str
+    category: str
+    place: str
+    count: int
+
+
+def goal_atom(c: int, p: int, n: int) -> GoalAtom:
+    """The readable form of the goal atom ``(c, p, n)`` of a spec row (module docstring)."""
+    if c == GOAL_ARTICULATED:
+        return GoalAtom("articulated", "", C.ARTICULATED[p], n)
+    if c == GOAL_AT:
+        return GoalAtom("at", "", C.NAV_TARGETS[p], n)
+    if p == GOAL_HERE:
+        return GoalAtom("on_here", C.CATEGORIES[c], "", n)
+    return GoalAtom("on" if n > 0 else "none_on", C.CATEGORIES[c], C.RECEPTACLES[p], n)
+
+
 @dataclasses.dataclass(frozen=True)
 class EpisodeSpec:
     """One episode, readable (see :func:`episode_spec`).
@@ -713,7 +845,7 @@ class EpisodeSpec:
         held_out_phrasing: The template is a held-out phrasing.
         instruction: The instruction text.
         tokens: Token ids (padded to 30 with 0).
-        goal: ``(category, receptacle, count)`` atoms: success when every atom holds and the
+        goal: The goal's atoms (:class:`GoalAtom`): success when every atom holds and the
             robot's hand is empty.
         articulated_open: Start state of fridge, left, right, top and bottom drawer.
         objects: ``(category, receptacle)`` of every object at the start.
@@ -729,7 +861,7 @@ class EpisodeSpec:
     held_out_phrasing: bool
     instruction: str
     tokens: np.ndarray
-    goal: tuple[tuple[str, str, int], ...]
+    goal: tuple[GoalAtom, ...]
     articulated_open: tuple[bool, ...]
     objects: tuple[tuple[str, str], ...]
     slots: dict[str, int]
@@ -737,8 +869,8 @@ class EpisodeSpec:
 
     @property
     def goal_categories(self) -> tuple[str, ...]:
-        """The categories the goal moves."""
-        return tuple(c for c, _, _ in self.goal)
+        """The categories the goal's atoms name, in atom order."""
+        return tuple(a.category for a in self.goal if a.category)
 
 
 def generate_row(split: str, index: int, tables: WorldTables | None = None) -> np.ndarray:
@@ -767,11 +899,7 @@ def episode_spec(split: str, index: int, tables: WorldTables | None = None) -> E
     n_tok = int(row[SP_N_TOK])
     tokens = row[SP_TOKENS : SP_TOKENS + L.MAX_TOKENS].copy()
     goal = tuple(
-        (
-            C.CATEGORIES[row[SP_ATOMS + 3 * a]],
-            C.RECEPTACLES[row[SP_ATOMS + 3 * a + 1]],
-            int(row[SP_ATOMS + 3 * a + 2]),
-        )
+        goal_atom(*(int(v) for v in row[SP_ATOMS + 3 * a : SP_ATOMS + 3 * a + 3]))
         for a in range(int(row[SP_N_ATOMS]))
     )
     n_obj = int(row[SP_N_OBJ])

@@ -4,9 +4,10 @@ LLaRP's Language Rearrangement task [LLaRP, arXiv 2310.17722] has 17 instruction
 written from about 287 templates, with training phrasings and held-out evaluation phrasings
 (e.g. train "Move a {obj} from the {src} to the {tgt}", evaluation "Hey, on the {src}, I
 accidentally left my {obj}, can you bring it to the {tgt}?"). This module holds our own
-templates for the types built so far (:data:`INSTRUCTION_TYPES`), each split into training
-phrasings and held-out phrasings, and turns them into the integer tables that the episode
-generator (:mod:`~twinloop.sim.rearrange.episodes`) fills inside numba.
+templates for all of them (:data:`INSTRUCTION_TYPES`; :data:`LLARP_TYPES` maps each to the
+benchmark's instruction it stands for), each split into training phrasings and held-out
+phrasings, and turns them into the integer tables that the episode generator
+(:mod:`~twinloop.sim.rearrange.episodes`) fills inside numba.
 
 Slots: ``{obj}``, ``{obj2}``, ``{obj3}`` (categories), ``{objs}`` (a category's plural),
 ``{src}``, ``{tgt}``, ``{tgt2}`` (receptacles), ``{art}`` (an articulated object) and
@@ -39,7 +40,7 @@ SLOT_CODE = {name: -2 - k for k, name in enumerate(SLOTS)}
 #: Words filling the ``{state}`` slot, by open flag.
 STATE_WORDS = ("closed", "open")
 
-#: Instruction types built so far, in id order (LLaRP has 17; see the system README).
+#: Instruction types in id order (ids are stable: new types are appended).
 INSTRUCTION_TYPES = (
     "single",
     "two_objects",
@@ -50,6 +51,14 @@ INSTRUCTION_TYPES = (
     "spatial",
     "context",
     "irrelevant_text",
+    "no_source",
+    "remove",
+    "swap",
+    "all_from",
+    "close",
+    "open",
+    "go_to",
+    "find",
 )
 (
     TYPE_SINGLE,
@@ -61,7 +70,40 @@ INSTRUCTION_TYPES = (
     TYPE_SPATIAL,
     TYPE_CONTEXT,
     TYPE_IRRELEVANT,
+    TYPE_NO_SOURCE,
+    TYPE_REMOVE,
+    TYPE_SWAP,
+    TYPE_ALL_FROM,
+    TYPE_CLOSE,
+    TYPE_OPEN,
+    TYPE_GO_TO,
+    TYPE_FIND,
 ) = range(len(INSTRUCTION_TYPES))
+
+#: What each type asks for, and the instruction of LLaRP's instruction set
+#: (``llarp/dataset/configs/instructions.yaml`` in apple/ml-llarp, by its id) it stands for.
+#: LLaRP's 17 ids map onto 16 of our types (its two conditional ids, for a fridge found open
+#: or closed, are one ``conditional`` type here); ``irrelevant_text`` is LLaRP's distraction
+#: phrasings, which it lists as a phrasing set of one type rather than a type of its own.
+LLARP_TYPES = {
+    "single": ("42f1b012", "one object from a named source receptacle to a target"),
+    "two_objects": ("fd8dd56c", "two objects, sources unnamed, to one target"),
+    "all_of": ("3ef02c70", "every object of a category to a target"),
+    "three_objects": ("db3119cd", "three objects to a target"),
+    "conditional": ("5d5460d6, e75d9d69", "a target that depends on an articulated state"),
+    "referring": ("8a66dec9", "one object named by its looks"),
+    "spatial": ("93b2ef41", "a target named by a spatial relation"),
+    "context": ("21e2ce5f", "one object implied by what it is for"),
+    "irrelevant_text": ("f0917e29 (distraction)", "a single rearrangement plus a distractor"),
+    "no_source": ("f0917e29", "one object, source unnamed, to a target"),
+    "remove": ("9a1dd6ee", "no object of a category left on a receptacle"),
+    "swap": ("6e7f4383", "two objects exchange their receptacles"),
+    "all_from": ("92bcf9b3", "every object of a category from a named source to a target"),
+    "close": ("6e3da8a1", "close an articulated object that is open"),
+    "open": ("68216d8c", "open an articulated object that is closed"),
+    "go_to": ("311525c5", "the robot at a receptacle"),
+    "find": ("2f2d797d", "the robot at a receptacle that holds an object of a category"),
+}
 
 #: Referring expressions: each category named by its attributes, never by its name (ours,
 #: after LLaRP's "a yellow curved fruit" for banana). Filler of ``{ref}``.
@@ -240,8 +282,84 @@ TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (*(f"{{dis}} {t}" for t in _SINGLE_TRAIN), *(f"{t} {{dis}}" for t in _SINGLE_TRAIN)),
         ("{dis} Could you relocate the {obj} sitting on the {src} to the {tgt}?",),
     ),
+    "no_source": (
+        (
+            "Bring a {obj} over to the {tgt}.",
+            "Put a {obj} on the {tgt}.",
+            "Get a {obj} and leave it on the {tgt}.",
+            "Carry a {obj} to the {tgt}.",
+        ),
+        (
+            "I would like a {obj} on the {tgt}, please.",
+            "Could you track down a {obj} and set it on the {tgt}?",
+        ),
+    ),
+    "remove": (
+        (
+            "Take the {obj} off the {src}.",
+            "Clear the {obj} away from the {src}.",
+            "Get the {obj} off the {src}.",
+        ),
+        (
+            "I do not want the {obj} on the {src} anymore.",
+            "The {src} should have no {obj} on it.",
+        ),
+    ),
+    "swap": (
+        (
+            "Swap the {obj} on the {src} with the {obj2} on the {tgt}.",
+            "Exchange the places of the {obj} on the {src} and the {obj2} on the {tgt}.",
+            "Switch the {obj} on the {src} and the {obj2} on the {tgt}.",
+        ),
+        (
+            "The {obj} on the {src} and the {obj2} on the {tgt} are in each other's places; "
+            "swap them.",
+        ),
+    ),
+    "all_from": (
+        (
+            "Move all the {objs} from the {src} to the {tgt}.",
+            "Take every {obj} on the {src} to the {tgt}.",
+            "Carry all of the {objs} on the {src} over to the {tgt}.",
+        ),
+        ("Clear every {obj} off the {src} and put them on the {tgt}.",),
+    ),
+    "close": (
+        (
+            "Close the {art}.",
+            "Please shut the {art}.",
+            "Could you close the {art} for me?",
+        ),
+        ("Someone left the {art} open; could you take care of it?",),
+    ),
+    "open": (
+        (
+            "Open the {art}.",
+            "Please open the {art}.",
+            "Could you open the {art} for me?",
+        ),
+        ("My hands are full and I need the {art} open.",),
+    ),
+    "go_to": (
+        (
+            "Go to the {tgt}.",
+            "Walk over to the {tgt}.",
+            "Head for the {tgt}.",
+            "Navigate to the {tgt}.",
+        ),
+        ("Please wait for me by the {tgt}.",),
+    ),
+    "find": (
+        (
+            "Find a {obj}.",
+            "Look for a {obj}.",
+            "Search the apartment for a {obj}.",
+            "Go and locate a {obj}.",
+        ),
+        ("Show me where a {obj} is.",),
+    ),
 }
-assert tuple(TEMPLATES) == INSTRUCTION_TYPES
+assert tuple(TEMPLATES) == INSTRUCTION_TYPES == tuple(LLARP_TYPES)
 assert tuple(REFERRING) == tuple(CONTEXT) == C.CATEGORIES
 assert len(KINDS) == C.N_RECEPTACLES
 

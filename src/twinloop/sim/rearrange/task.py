@@ -5,15 +5,23 @@ the simulator's state, so the same functions would score a real robot's skills. 
 instruction and goal are regenerated from the split and episode index that the measurement
 reports (:mod:`~twinloop.sim.rearrange.episodes`).
 
-Goal: atoms ``(category, receptacle, count)``; success when every atom holds (at least
-``count`` objects of the category on the receptacle) and the hand is empty [LLaRP]. The episode
+Goal: up to 3 atoms ``(category, place, count)`` (kinds in
+:mod:`~twinloop.sim.rearrange.episodes`): at least ``count`` objects of a category on a
+receptacle; none of a category on a receptacle (``count`` 0); one of a category on the
+receptacle the robot is at (place ``episodes.GOAL_HERE``); an articulated object open or
+closed (category ``episodes.GOAL_ARTICULATED``); the robot at a navigation target (category
+``episodes.GOAL_AT``). Success when every atom holds and the hand is empty [LLaRP]. The episode
 ends on success; it is truncated after ``max_steps`` (32) high-level actions.
 
 Reward terms (scales from the config; LLaRP's values): ``success`` 10 on success; ``subgoal``
 5 per completed subgoal; ``invalid`` -0.05 per action whose preconditions failed. Our reading
-of "subgoal": for each goal atom, the first time an object of its category is held, and each
-time the number of its objects on its receptacle first reaches 1, 2, ... up to its count
-(each paid once per episode). A single rearrangement thus pays 5 + 5 + 10.
+of "subgoal", each paid once per episode: for an atom "at least n of c on r", the first time
+an object of c is held, and each time the number of its objects on r first reaches 1, 2, ...
+up to n; for "none of c on r", the first time an object of c is held and the first time one
+lies on another receptacle; the atoms of the robot's location, of an articulated object's
+state and "one of c where the robot is" have none (one or two skills reach them: success pays
+them). A single rearrangement thus pays 5 + 5 + 10, a swap 4 x 5 + 10, a removal 5 + 5 + 10,
+"go to", "find", "open" and "close" 10.
 
 Observation (``observation_mode="symbolic"``, flat ``float32``; read fields by name through
 ``metadata["observation_layout"]``):
@@ -32,7 +40,7 @@ index    field                        meaning
 76-111   true/object_receptacle       per object slot, -1 held or empty
 112      true/scene                   apartment (0-49 train, 50-59 held out)
 113-123  true/receptacle_room         room of each receptacle in this apartment
-124-132  true/goal                    (3, 3): category, receptacle, count; -1 unused
+124-132  true/goal                    (3, 3): category, place, count; -1 unused
 =======  ===========================  =================================================
 
 The ``true/`` fields are the privileged symbolic world state (and the goal) that LLaRP's
@@ -90,7 +98,13 @@ def observation_layout(cfg: RearrangeConfig) -> Layout:
             Field("true/object_receptacle", (E.MAX_OBJECTS,), -1.0, C.N_RECEPTACLES - 1, ""),
             Field("true/scene", (), 0.0, E.N_SCENES - 1, "apartment"),
             Field("true/receptacle_room", (C.N_RECEPTACLES,), 0.0, len(C.ROOMS) - 1, ""),
-            Field("true/goal", (E.MAX_ATOMS, 3), -1.0, float(E.MAX_OBJECTS), "cat, rec, count"),
+            Field(
+                "true/goal",
+                (E.MAX_ATOMS, 3),
+                float(min(E.GOAL_AT, E.GOAL_ARTICULATED, E.GOAL_HERE)),
+                float(E.MAX_OBJECTS),
+                "category, place, count (codes: episodes module)",
+            ),
         ]
     )
 
@@ -176,6 +190,17 @@ def _count_on(m: np.ndarray, c: int, r: int) -> int:
 
 
 @njit(inline="always")
+def _count_off(m: np.ndarray, c: int, r: int) -> int:
+    """Objects of category ``c`` on receptacles other than ``r`` (not the held one)."""
+    n = 0
+    for j in range(E.MAX_OBJECTS):
+        rec = m[K.M_OBJ_REC + j]
+        if m[K.M_OBJ_CAT + j] == c and rec >= 0 and rec != r:
+            n += 1
+    return n
+
+
+@njit(inline="always")
 def task_step(
     m: np.ndarray, ti: np.ndarray, tp: np.ndarray, obs: np.ndarray
 ) -> tuple[bool, bool, bool, bool, int, float, float, float]:
@@ -193,9 +218,29 @@ def task_step(
         c = ti[E.SP_ATOMS + 3 * a]
         r = ti[E.SP_ATOMS + 3 * a + 1]
         need = ti[E.SP_ATOMS + 3 * a + 2]
+        if c == E.GOAL_ARTICULATED:
+            if m[K.M_ART + r] != need:
+                done = False
+            continue
+        if c == E.GOAL_AT:
+            if m[K.M_LOC] != r:
+                done = False
+            continue
+        if r == E.GOAL_HERE:
+            loc = int(m[K.M_LOC])
+            if not (0 <= loc < C.N_RECEPTACLES and _count_on(m, c, loc) >= need):
+                done = False
+            continue
         if held == c and ti[T_PICKED + a] == 0:
             ti[T_PICKED + a] = 1
             new += 1
+        if need == 0:  # none of c on r: the subgoal is one of c put somewhere else
+            if _count_off(m, c, r) > 0 and ti[T_PLACED + a] == 0:
+                ti[T_PLACED + a] = 1
+                new += 1
+            if _count_on(m, c, r) > 0:
+                done = False
+            continue
         n = min(_count_on(m, c, r), need)
         if n > ti[T_PLACED + a]:
             new += n - ti[T_PLACED + a]
