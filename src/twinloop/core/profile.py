@@ -49,6 +49,7 @@ PRIORS_FOR_CONFIG: dict[str, str] = {
     "twinloop.sim.locomotion.velocity_config:QuadrupedVelocityConfig": (
         "twinloop.sim.locomotion.profile:PRIORS"
     ),
+    "twinloop.hardware.skills.fake:SkillsDeviceConfig": "twinloop.sim.rearrange.profile:PRIORS",
 }
 
 #: Help text of ``--profile`` on every twin's command line.

@@ -17,6 +17,8 @@ import functools
 import logging
 import sys
 
+from twinloop.core.profile import PROFILE_HELP
+
 ENV_ID = "twinloop/LangRearrange-v0"
 
 
@@ -57,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="seed of the failure and perception draws (default: fresh entropy, never printed)",
     )
+    p.add_argument("--profile", default=None, metavar="random:SEED|FILE", help=PROFILE_HELP)
     p.add_argument("--latency-s", type=float, default=0.0, help="added to every reply (s)")
     p.add_argument("--jitter-s", type=float, default=0.0, help="plus U(0, this) per reply (s)")
     p.add_argument("--max-connections", type=int, default=16, help="open connections at most")
@@ -118,13 +121,24 @@ def main(args: argparse.Namespace) -> int:
         cfg = twinloop.make_config(ENV_ID, **dict(parse_assignment(cfg, a) for a in args.set))
         if args.hidden_seed is not None and not 0 <= args.hidden_seed < 2**63:
             raise ValueError(f"--hidden-seed must be in [0, 2^63), got {args.hidden_seed}")
+        rates = parse_failure_rates(args.failure_rate)
+        profile = None
+        if args.profile:
+            from twinloop.core.profile import parse_profile
+            from twinloop.hardware.skills.fake import SkillsDeviceConfig
+            from twinloop.sim.rearrange.profile import PRIORS
+
+            nominal = SkillsDeviceConfig.of(rates, args.perception_error)
+            profile = parse_profile(args.profile, nominal, PRIORS)
+            _say(f"device profile {profile.name!r} in force (its values stay hidden from clients)")
         with compiling("skills twin", report=_say):
             server = SkillsServer(
                 SimSkillsRobot(
                     cfg,
                     hidden_seed=args.hidden_seed,
-                    failure_rates=parse_failure_rates(args.failure_rate),
+                    failure_rates=rates,
                     perception_error=args.perception_error,
+                    profile=profile,
                 ),
                 host=args.host,
                 port=args.port,

@@ -21,10 +21,13 @@ the robot then equals the ``sim`` backend from the same seed and episodes).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
+from twinloop.core.config import ConfigSection, param
+from twinloop.core.profile import DeviceProfile
 from twinloop.core.rng import new_entropy
 from twinloop.hardware.skills.protocol import SKILLS, grounded_action
 from twinloop.sim.rearrange import catalog as C
@@ -36,6 +39,37 @@ from twinloop.sim.rearrange.env import RearrangeSimBackend
 
 #: Execution time of each skill kind (s; ours, of the order of a mobile manipulator's).
 SKILL_DURATION_S = {"nav": 6.0, "pick": 4.0, "place": 4.0, "open": 3.0, "close": 3.0, "noop": 0.5}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SkillsDeviceConfig(ConfigSection):
+    """The robot's imperfections: what a device profile (``--profile``) sets.
+
+    Nominal values come from the twin's command line (``--failure-rate``,
+    ``--perception-error``); :mod:`twinloop.sim.rearrange.profile` is their prior.
+    """
+
+    nav_failure: float = param(0.0, ge=0.0, le=1.0, doc="P(a nav fails although it could run)")
+    pick_failure: float = param(0.0, ge=0.0, le=1.0, doc="P(a pick fails)")
+    place_failure: float = param(0.0, ge=0.0, le=1.0, doc="P(a place fails)")
+    open_failure: float = param(0.0, ge=0.0, le=1.0, doc="P(an open fails)")
+    close_failure: float = param(0.0, ge=0.0, le=1.0, doc="P(a close fails)")
+    noop_failure: float = param(0.0, ge=0.0, le=1.0, doc="P(a noop is reported failed)")
+    perception_error: float = param(
+        0.0, ge=0.0, le=1.0, doc="P(a reported object's category is wrong), per report"
+    )
+
+    @classmethod
+    def of(cls, failure_rates: dict[str, float], perception_error: float) -> SkillsDeviceConfig:
+        """From failure rates by skill kind (checked by :func:`check_rates`)."""
+        rates = check_rates(failure_rates, perception_error)
+        return cls(
+            **{f"{k}_failure": v for k, v in rates.items()}, perception_error=perception_error
+        )
+
+    def rates(self) -> dict[str, float]:
+        """Failure rate by skill kind."""
+        return {k: float(getattr(self, f"{k}_failure")) for k in SKILLS}
 
 
 def check_rates(
@@ -67,6 +101,9 @@ class SimSkillsRobot:
             (None: fresh entropy).
         failure_rates: Probability that a skill of each kind fails (kinds of :data:`SKILLS`).
         perception_error: Probability that a reported object's category is wrong.
+        profile: The device's hidden imperfections (:class:`SkillsDeviceConfig` values,
+            :mod:`twinloop.core.profile`) over the nominal rates above; only its name is
+            shown (:meth:`identity`).
     """
 
     def __init__(
@@ -75,11 +112,16 @@ class SimSkillsRobot:
         hidden_seed: int | None = None,
         failure_rates: dict[str, float] | None = None,
         perception_error: float = 0.0,
+        profile: DeviceProfile | None = None,
     ) -> None:
         """Build the world and start an episode of the configured split (seed 0)."""
         self.cfg = cfg
-        self.failure_rates = check_rates(failure_rates, perception_error)
-        self.perception_error = float(perception_error)
+        device = SkillsDeviceConfig.of(failure_rates or {}, perception_error)
+        if profile is not None:
+            device = profile.apply(device)
+        self.profile = profile
+        self.failure_rates = device.rates()
+        self.perception_error = float(device.perception_error)
         self.hidden_seed = new_entropy() if hidden_seed is None else int(hidden_seed)
         self.sim = RearrangeSimBackend(cfg)
         self._tp = T.task_params(cfg)
@@ -169,5 +211,8 @@ class SimSkillsRobot:
         return R.render(self._row, px)
 
     def identity(self) -> dict[str, Any]:
-        """What this robot is."""
-        return {"kind": "sim-skills-robot", "world": "twinloop/LangRearrange-v0"}
+        """What this robot is (a profile by its name only: the values stay hidden)."""
+        out = {"kind": "sim-skills-robot", "world": "twinloop/LangRearrange-v0"}
+        if self.profile is not None:
+            out["profile"] = self.profile.name
+        return out
