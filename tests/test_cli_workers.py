@@ -73,6 +73,6 @@ def test_ray_without_the_extra_names_it(capsys, monkeypatch) -> None:
 
 def test_workers_refuse_a_device_backend_and_ray_needs_workers(capsys) -> None:
     assert main([*RUN, "--workers", "2", "--backend", "remote", "--port", "5555"]) == 2
-    assert "simulator only" in capsys.readouterr().err
+    assert "or a fleet of devices (--fleet FILE" in capsys.readouterr().err
     assert main([*RUN, "--ray", "auto"]) == 2
     assert "--ray needs --workers" in capsys.readouterr().err

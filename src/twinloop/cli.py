@@ -239,18 +239,37 @@ def _run_on_workers(
     from tqdm import tqdm
 
     import twinloop
-    from twinloop.eval.workers import RunSpec, merge_shards, run_workers, seed_ranges
+    from twinloop.eval.workers import RunSpec, load_fleet, merge_shards, run_workers, seed_ranges
 
-    if args.workers is None:
-        raise ValueError("--ray needs --workers N (tasks in flight at once)")
-    device = (args.address, args.host, args.port, args.token, args.token_file, args.timeout)
-    device += (args.robot, args.mapping, args.reset_hook)
     sim = twinloop.spec(args.env_id).backend_names[0]
-    if args.backend not in (None, sim) or any(v is not None for v in device):
-        raise ValueError(
-            "--workers runs the simulator only (one device per worker, a fleet, is not "
-            "supported yet); drop --backend and the device options"
-        )
+    fleet: tuple[dict[str, Any], ...] = ()
+    if args.fleet is not None:
+        if args.backend in (None, sim):
+            raise ValueError("--fleet lists devices: give their --backend (e.g. robot, remote)")
+        spec_b = twinloop.spec(args.env_id).backend(args.backend)
+        if "address" not in spec_b.options:
+            raise ValueError(f"--fleet: backend {args.backend!r} is not reached at an address")
+        one = (args.address, args.host, args.port, args.robot, args.mapping, args.reset_hook)
+        if any(v is not None for v in one):
+            raise ValueError("--fleet gives each device its address: drop --address/--host/--port")
+        token = read_token(args.token, args.token_file)
+        timeouts = [n for n in ("timeout_s", "connect_timeout_s") if n in spec_b.options]
+        extra: dict[str, Any] = {"token": token} if token else {}
+        if args.timeout is not None:
+            extra.update(dict.fromkeys(timeouts, float(args.timeout)))
+        fleet = tuple({**extra, **d} for d in load_fleet(args.fleet))
+        if args.workers is None:
+            args.workers = len(fleet)
+    else:
+        if args.workers is None:
+            raise ValueError("--ray needs --workers N (tasks in flight at once)")
+        device = (args.address, args.host, args.port, args.token, args.token_file, args.timeout)
+        device += (args.robot, args.mapping, args.reset_hook)
+        if args.backend not in (None, sim) or any(v is not None for v in device):
+            raise ValueError(
+                "--workers runs the simulator, or a fleet of devices (--fleet FILE, one "
+                "device per worker); drop --backend and the device options, or give --fleet"
+            )
     if getattr(args, "device_profile", None):
         raise ValueError("--device-profile describes a device: run it without --workers")
     spec = RunSpec(
@@ -261,6 +280,8 @@ def _run_on_workers(
         overrides=overrides,
         controller_options={"model": args.model} if args.model else {},
         n_envs=args.n_envs,
+        backend=args.backend if fleet else None,
+        devices=fleet,
     )
     shards = target = dataset_id = None
     tags: dict[str, Any] = {}
@@ -314,6 +335,9 @@ def _run_on_workers(
         )
     if not retried:
         report.append("retried: none")
+    if fleet:
+        for c, dev in zip(run.chunks, fleet, strict=True):
+            report.append(f"device {dev['name']} ({dev['address']}): seeds {seed_ranges(c.seeds)}")
     if target is not None:
         merged = merge_shards(run, target, dataset_id=dataset_id, mode=mode, tags=tags)
         report.append(
@@ -343,7 +367,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         raise ValueError("--plot draws the per-split figure: give it with --split")
     workers: dict[str, Any] | None = None
-    if args.workers is None and args.ray is None:
+    if args.workers is None and args.ray is None and args.fleet is None:
         results = _run_here(args, overrides)
     else:
         from twinloop.eval.workers import WorkersFailed
@@ -720,6 +744,14 @@ def _add_worker_arguments(s: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="run the workers as Ray tasks: 'auto' or host:port joins a cluster started with "
         "'ray start', 'local' starts Ray here; needs the ray extra (pip install 'twinloop[ray]')",
+    )
+    g.add_argument(
+        "--fleet",
+        default=None,
+        metavar="FILE",
+        help="a fleet of devices (JSON list of {name, address[, token_file, ...]}): one worker "
+        "per device, each running a contiguous share of the seeds on its own device with "
+        "--backend; results and captures say which device ran each episode",
     )
     g.add_argument(
         "--chunk-episodes",

@@ -84,6 +84,8 @@ def merge_datasets(
                 "episodes": len(ds),
                 "env_id": ds.metadata.get("twinloop", {}).get("env_id"),
                 "env_config": ds.metadata.get("twinloop", {}).get("env_config"),
+                # the device that recorded it (a fleet's member): its identity and address
+                "backend": ds.metadata.get("twinloop", {}).get("backend"),
             }
             for ds in opened
         ]

@@ -38,6 +38,7 @@ class EpisodeResult:
         time_s: The system's own clock at the end (microscope time for STEM), if reported.
         metrics: Per-episode metrics the env names in ``metadata["episode_metrics"]``, read
             from the last step's info (e.g. ``twr50`` of the balloon).
+        device: The device (fleet member) that ran it, when a run spans several ("": one).
     """
 
     episode: int
@@ -50,6 +51,7 @@ class EpisodeResult:
     truncated: bool
     time_s: float
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    device: str = ""
 
 
 def _failure_name(metadata: dict[str, Any], code: Any) -> str:

@@ -56,6 +56,10 @@ class RunSpec:
         overrides: Config overrides (``twinloop.make(env_id, **overrides)``).
         controller_options: Keyword arguments of ``make_controller`` (e.g. ``model``).
         n_envs: Rows of the kernel-batched vector env each worker runs (1: a single env).
+        backend: The backend every worker runs on (None: the env's simulator).
+        devices: A fleet: one entry per device, ``{"name": ..., <backend options>}`` (e.g.
+            ``address``, ``token``); the run is then split into one chunk per device, chunk
+            ``k`` runs on device ``k``, and each episode says its device. Empty: no fleet.
     """
 
     env_id: str
@@ -65,6 +69,48 @@ class RunSpec:
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     controller_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     n_envs: int = 1
+    backend: str | None = None
+    devices: tuple[Mapping[str, Any], ...] = ()
+
+
+def load_fleet(path: str | os.PathLike) -> tuple[dict[str, Any], ...]:
+    """A fleet file: a JSON list of devices, each ``{"name": str, "address": str, ...}``.
+
+    Every other key is a backend option (``token``, ``timeout_s`` ...); a ``token_file`` key
+    is read (its first line) into ``token``, so the file itself need hold no secret.
+
+    Raises:
+        ValueError: The file is not such a list, a name is missing or repeated, or a device
+            has no address.
+    """
+    import json
+
+    where = f"fleet file {path}"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{where}: cannot read it as JSON ({exc})") from exc
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{where}: must be a non-empty JSON list of devices")
+    fleet, names = [], set()
+    for k, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: device {k} is {type(entry).__name__}, not an object")
+        dev = dict(entry)
+        name = dev.get("name")
+        if not isinstance(name, str) or not name or name in names:
+            raise ValueError(f"{where}: device {k} needs a unique non-empty 'name', got {name!r}")
+        if not isinstance(dev.get("address"), str):
+            raise ValueError(f"{where}: device {name!r} needs an 'address' (e.g. tcp://h:5556)")
+        token_file = dev.pop("token_file", None)
+        if token_file is not None:
+            try:
+                dev["token"] = Path(token_file).read_text(encoding="utf-8").splitlines()[0]
+            except (OSError, IndexError) as exc:
+                raise ValueError(f"{where}: device {name!r}: cannot read {token_file}") from exc
+        names.add(name)
+        fleet.append(dev)
+    return tuple(fleet)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +218,12 @@ def split_seeds(episodes: int, seed: int, chunk_episodes: int) -> list[Chunk]:
     ]
 
 
+def fleet_chunks(episodes: int, seed: int, devices: int) -> list[Chunk]:
+    """One contiguous chunk per device, sizes differing by at most one episode."""
+    bounds = [episodes * k // devices for k in range(devices + 1)]
+    return [Chunk(k, bounds[k], bounds[k + 1] - bounds[k], seed) for k in range(devices)]
+
+
 def default_chunk_episodes(episodes: int, workers: int) -> int:
     """About four chunks per worker: a lost or retried chunk costs a quarter of a share."""
     return max(1, math.ceil(episodes / (4 * workers)))
@@ -207,8 +259,12 @@ def run_chunk(
     from twinloop.controllers import make_controller
 
     t0 = time.perf_counter()
+    device: dict[str, Any] = dict(spec.devices[chunk.index]) if spec.devices else {}
+    name = str(device.pop("name", ""))
     if spec.n_envs > 1:
         env: Any = twinloop.make_vec(spec.env_id, spec.n_envs, **spec.overrides)
+    elif spec.backend is not None:
+        env = twinloop.make(spec.env_id, backend=spec.backend, **device, **spec.overrides)
     else:
         env = twinloop.make(spec.env_id, **spec.overrides)
     shard = None
@@ -231,7 +287,9 @@ def run_chunk(
             results = run_single(env, controller, chunk.episodes, chunk.first_seed, progress)
     finally:
         env.close()
-    results = [dataclasses.replace(r, episode=chunk.start + r.episode) for r in results]
+    results = [
+        dataclasses.replace(r, episode=chunk.start + r.episode, device=name) for r in results
+    ]
     return ChunkResult(
         chunk, results, attempt, str(shard) if shard else None, time.perf_counter() - t0
     )
@@ -293,9 +351,20 @@ def run_workers(
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    chunks = split_seeds(
-        spec.episodes, spec.seed, chunk_episodes or default_chunk_episodes(spec.episodes, workers)
-    )
+    if spec.devices:
+        n_dev = len(spec.devices)
+        if spec.n_envs > 1:
+            raise ValueError("a fleet runs single envs (one per device): drop --n-envs")
+        if spec.episodes < n_dev:
+            raise ValueError(f"{spec.episodes} episodes cannot keep a fleet of {n_dev} busy")
+        chunks = fleet_chunks(spec.episodes, spec.seed, n_dev)
+        workers = n_dev  # one worker per device, each running its device's chunk
+    else:
+        chunks = split_seeds(
+            spec.episodes,
+            spec.seed,
+            chunk_episodes or default_chunk_episodes(spec.episodes, workers),
+        )
     shard_root: str | None = None
     if shards is not None:
         shard_root = str(shards)

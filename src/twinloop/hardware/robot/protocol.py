@@ -114,7 +114,10 @@ state:
     the reply to ``acquire``) after each accepted request of the owner: one that carries its
     session (``command``, ``reset``, ``clear_estop``) or its nonce (``acquire``); refused
     requests, open ones and
-    other peers' requests do not feed it. It ends on ``release`` (the joints are damped) or
+    other peers' requests do not feed it. After ``reset`` the robot stands holding its pose
+    and the lease lasts at least 10 s for the first ``command`` (a controller getting ready:
+    kernels to load, a capture to open); from the first command on, ``watchdog_s``. It ends
+    on ``release`` (the joints are damped) or
     when it is not fed for ``watchdog_s`` (the watchdog: the joints are damped, and the
     session is refused ``no_lease`` from then on; its owner acquires again, as a backend
     does on ``reset``). The robot is ``active`` only while a lease is held. ``release`` is

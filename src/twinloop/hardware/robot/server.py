@@ -107,6 +107,11 @@ def warm_up_requests(robot: SimRobot) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+#: After ``reset`` the robot stands and holds its pose, and the owner's lease lasts this long
+#: for the first command (a controller getting ready: kernels, a capture); then watchdog_s.
+FIRST_COMMAND_GRACE_S = 10.0
+
+
 @dataclasses.dataclass
 class Lease:
     """The robot's owner (contract point 9).
@@ -120,6 +125,7 @@ class Lease:
     session: str
     nonce: str
     fed_s: float
+    grace_until_s: float = 0.0  # after a reset, the lease cannot end before this (point 12)
 
 
 class Ownership:
@@ -149,11 +155,12 @@ class Ownership:
         """Seconds until the lease ends if its owner sends nothing more (0 without a lease)."""
         if self.lease is None:
             return 0.0
-        return max(0.0, self.lease_s - (now - self.lease.fed_s))
+        return max(0.0, self.lease_s - (now - self.lease.fed_s), self.lease.grace_until_s - now)
 
     def expire(self, now: float) -> bool:
         """End the lease if it was not fed for ``lease_s``; whether one ended."""
-        if self.lease is None or now - self.lease.fed_s <= self.lease_s:
+        lease = self.lease
+        if lease is None or now - lease.fed_s <= self.lease_s or now < lease.grace_until_s:
             return False
         self._end(now, f"it expired: no accepted request with it for {self.lease_s:g} s")
         return True
@@ -191,10 +198,15 @@ class Ownership:
             raise Refusal("owned_by_another", f"{op}: {self._owned(now)}; {yours}")
         raise Refusal("no_lease", f"{op}: {yours}; send acquire first")
 
-    def feed(self, session: str, now: float) -> None:
-        """An accepted request with ``session`` came: the lease lasts from now, if it holds it."""
+    def feed(self, session: str, now: float, grace_s: float = 0.0) -> None:
+        """An accepted request with ``session`` came: the lease lasts from now, if it holds it.
+
+        ``grace_s`` > 0 (a ``reset``): the lease also lasts that long for the first command;
+        any other request ends the grace.
+        """
         if self.lease is not None and hmac.compare_digest(self.lease.session, session):
             self.lease.fed_s = now
+            self.lease.grace_until_s = now + grace_s if grace_s > 0 else 0.0
 
     def release(self, session: str, now: float) -> bool:
         """End the lease if ``session`` holds it; whether it did (else nothing changes)."""
@@ -459,7 +471,8 @@ class RobotServer:
             result = self._execute(request, robot, owners, now)
             session = request.args.get("session")
             if session is not None:
-                owners.feed(session, now)
+                grace = FIRST_COMMAND_GRACE_S if request.op == "reset" else 0.0
+                owners.feed(session, now, grace)
             if robot is self.robot:
                 self.last_accepted_s = now
             return ok_reply(request.id, result)
