@@ -404,12 +404,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(line)
     if args.json:
         payload = {
-            "env_id": args.env_id,
-            "controller": args.controller,
-            "backend": args.backend or "sim",
-            "seed": args.seed,
+            **_run_payload(args, overrides),
             "n_envs": args.n_envs,
-            "overrides": overrides,
             "summary": summary,
             "episodes": [r.__dict__ for r in results],
         }
@@ -469,17 +465,24 @@ def _run_splits(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         print(f"figure: {plot_split_rows(rows, title, args.plot)}")
     if args.json:
         payload = {
-            "env_id": args.env_id,
-            "controller": args.controller,
-            "backend": args.backend or "sim",
-            "seed": args.seed,
-            "overrides": overrides,
+            **_run_payload(args, overrides),
             "splits": rows,
             "episodes": {k: [r.__dict__ for r in v] for k, v in results.items()},
         }
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2, default=_json_default)
     return 0
+
+
+def _run_payload(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What every ``twinloop run --json`` file starts with: the run's settings."""
+    return {
+        "env_id": args.env_id,
+        "controller": args.controller,
+        "backend": args.backend or "sim",
+        "seed": args.seed,
+        "overrides": overrides,
+    }
 
 
 def _json_default(obj: Any) -> Any:
