@@ -11,6 +11,9 @@ workers' start included, as ``twinloop run --workers N`` does it, and reports:
 The in-process baseline is ``run_single`` in this process after a warm-up (numba compiled).
 Prints a table and, with ``--json FILE``, writes the figures as JSON.
 
+Then a STEM capture on 2 pool workers into shards and its merge, timed apart (the merge runs
+on one process: on a cluster, the head node).
+
     NUMBA_CACHE_DIR=/tmp/nbcache python benchmarks/bench_workers.py [--scale 0.25]
 """
 
@@ -57,6 +60,45 @@ def _engines() -> list[tuple[str, str | None]]:
         return engines
     engines.append(("ray", "local"))
     return engines
+
+
+def bench_capture_merge(episodes: int, workers: int) -> dict[str, Any]:
+    """A STEM capture on ``workers`` pool workers into shards, then the merge, timed apart.
+
+    The merge runs on one process (the head node on a cluster): its episodes/s and MB/s are
+    what bounds a fleet's capture at scale.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from twinloop.eval.workers import merge_shards
+
+    env_id, controller, overrides, _ = CASES["stem"]
+    spec = RunSpec(env_id, controller, seed=0, episodes=episodes, overrides=overrides)
+    root = Path(tempfile.mkdtemp(prefix="bench_merge_"))
+    try:
+        t0 = time.perf_counter()
+        run = run_workers(spec, workers, shards=root / "shards")
+        capture_s = time.perf_counter() - t0
+        shard_bytes = sum(f.stat().st_size for f in (root / "shards").rglob("*") if f.is_file())
+        t0 = time.perf_counter()
+        merged = merge_shards(run, root / "out", dataset_id="bench/merge-v0", mode="create")
+        merge_s = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "episodes": episodes,
+        "steps": merged["steps"],
+        "workers": workers,
+        "shards": len(run.shards),
+        "capture_s": capture_s,
+        "capture_episodes_per_s": episodes / capture_s,
+        "merge_s": merge_s,
+        "merge_episodes_per_s": episodes / merge_s,
+        "merge_mb_per_s": shard_bytes / 1e6 / merge_s,
+        "shard_mb": shard_bytes / 1e6,
+    }
 
 
 def main() -> None:
@@ -131,7 +173,15 @@ def main() -> None:
             ("env", "engine", "workers", "episodes", "wall s", "episodes/s", "overhead ms/ep"),
         )
     )
-    payload = {"machine": machine, "rows": rows}
+    merge = bench_capture_merge(max(2, round(2000 * args.scale)), 2)
+    print(
+        f"capture + merge (STEM, {merge['episodes']} episodes, {merge['steps']} steps, "
+        f"{merge['shards']} shards, {merge['shard_mb']:.1f} MB): capture "
+        f"{merge['capture_episodes_per_s']:.0f} episodes/s on {merge['workers']} workers; merge "
+        f"{merge['merge_episodes_per_s']:.0f} episodes/s, {merge['merge_mb_per_s']:.1f} MB/s "
+        "on one process"
+    )
+    payload = {"machine": machine, "rows": rows, "capture_merge": merge}
     print(json.dumps(payload))
     if args.json:
         with open(args.json, "w") as fh:
