@@ -207,7 +207,9 @@ class KernelVectorEnv(gym.vector.VectorEnv):
 
     A subclass sets the class attributes ``State`` (its state bundle class, with the
     :data:`CORE_ROWS` fields), ``reset_kernel`` and ``step_kernel`` (see the module
-    docstring), and overrides :meth:`reset_options` if its reset takes options.
+    docstring), and overrides :meth:`reset_options` if its reset takes options. A system whose
+    step is not one numba kernel (MuJoCo's batch stepping, say) leaves the kernels ``None``
+    and overrides :meth:`reset_rows` and :meth:`step_rows` instead, with the same arguments.
 
     Args:
         n_envs: Batch size.
@@ -230,10 +232,10 @@ class KernelVectorEnv(gym.vector.VectorEnv):
     }
     #: The system's state bundle class (:mod:`twinloop.core.bundle`).
     State: ClassVar[type]
-    #: ``reset_kernel(state, params, mask, options, out: ResetOut)``.
-    reset_kernel: ClassVar[Callable[..., None]]
-    #: ``step_kernel(state, params, actions: Actions, out: StepOut)``.
-    step_kernel: ClassVar[Callable[..., None]]
+    #: ``reset_kernel(state, params, mask, options, out: ResetOut)`` (None: see reset_rows).
+    reset_kernel: ClassVar[Callable[..., None] | None]
+    #: ``step_kernel(state, params, actions: Actions, out: StepOut)`` (None: see step_rows).
+    step_kernel: ClassVar[Callable[..., None] | None]
 
     def __init__(
         self,
@@ -293,10 +295,23 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         self.config = config
         self.params = params
         self.state = allocate(self.State, self.num_envs, config)
-        self._reset_kernel = _Kernel(type(self).reset_kernel)
-        self._step_kernel = _Kernel(type(self).step_kernel)
+        kinds = type(self)
+        self._reset_kernel = _Kernel(kinds.reset_kernel) if kinds.reset_kernel else None
+        self._step_kernel = _Kernel(kinds.step_kernel) if kinds.step_kernel else None
 
-    # subclass hook -----------------------------------------------------------------------------
+    # subclass hooks ----------------------------------------------------------------------------
+    def reset_rows(
+        self, state: Any, params: Any, mask: np.ndarray, options: Any, out: ResetOut
+    ) -> None:
+        """Reset the rows in ``mask`` and write their first observations (default: the kernel)."""
+        assert self._reset_kernel is not None, "set reset_kernel or override reset_rows"
+        self._reset_kernel(state, params, mask, options, out)
+
+    def step_rows(self, state: Any, params: Any, actions: Actions, out: StepOut) -> None:
+        """Step every row, auto-resetting ended ones (default: the kernel)."""
+        assert self._step_kernel is not None, "set step_kernel or override step_rows"
+        self._step_kernel(state, params, actions, out)
+
     def reset_options(self, options: dict[str, Any]) -> Any:
         """The reset kernel's ``options`` argument from ``reset(options=...)`` (default: none).
 
@@ -356,7 +371,7 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         for i in np.flatnonzero(mask & (seeds != NO_SEED)):
             seed_streams(self.state.rng, int(i), int(seeds[i]))
         out = self._alloc_reset()
-        self._reset_kernel(self.state, self.params, mask, kernel_options, out)
+        self.reset_rows(self.state, self.params, mask, kernel_options, out)
         info_f, info_i, info_b = out.info_f, out.info_i, out.info_b
         obs = out.obs
         self._needs_reset = False
@@ -379,7 +394,7 @@ class KernelVectorEnv(gym.vector.VectorEnv):
         top_f, top_i, top_b, fin_f, fin_i, fin_b = out[5:]
         prev = swap_num_threads(self._thread_cap) if self._thread_cap else 0
         try:
-            self._step_kernel(self.state, self.params, Actions(actions, clipped), out)
+            self.step_rows(self.state, self.params, Actions(actions, clipped), out)
         finally:
             if prev:
                 swap_num_threads(prev)

@@ -204,16 +204,12 @@ def clip_batch(
         has_prev[i] = True
 
 
-def _not_a_kernel(*args: Any) -> None:
-    raise NotImplementedError("DmcVectorEnv steps MuJoCo data objects; see its methods")
-
-
 class DmcVectorEnv(KernelVectorEnv):
-    """``n_envs`` control-suite envs stepped on a thread pool (``SAME_STEP`` autoreset).
+    """``n_envs`` control-suite envs stepped on MuJoCo's thread pool (``SAME_STEP`` autoreset).
 
     The base class seeds the rows, validates actions and builds Gymnasium's infos; this
-    class replaces its numba kernels by :meth:`_reset_rows` and :meth:`_step_rows`, which
-    drive one :class:`~.kernel.Physics` per env.
+    class has no numba kernels: :meth:`reset_rows` and :meth:`step_rows` drive one
+    :class:`~.kernel.BatchPhysics` (``mujoco.batch``) for all envs.
 
     Args:
         cfg: The task's config (shared by all envs).
@@ -222,8 +218,8 @@ class DmcVectorEnv(KernelVectorEnv):
     """
 
     State = DmcState
-    reset_kernel = _not_a_kernel
-    step_kernel = _not_a_kernel
+    reset_kernel = None
+    step_kernel = None
 
     def __init__(self, cfg: DmcConfig, n_envs: int, env_id: str | None = None) -> None:
         """Load one model and data per env and start the thread pool."""
@@ -255,13 +251,12 @@ class DmcVectorEnv(KernelVectorEnv):
         threads = cfg.threads or os.cpu_count() or 1
         self.threads = max(1, min(threads, self.num_envs))
         self.physics = BatchPhysics(cfg.DOMAIN, cfg.TASK, self.num_envs, self.threads)
-        self._reset_kernel = self._reset_rows  # type: ignore[assignment]
-        self._step_kernel = self._step_rows  # type: ignore[assignment]
 
     # the kernels' replacements -----------------------------------------------------------------
-    def _reset_rows(
+    def reset_rows(
         self, state: Any, params: DmcParams, mask: np.ndarray, options: Any, out: ResetOut
     ) -> None:
+        """Reset the masked rows on the batch (a scratch physics draws each), then observe."""
         self._reset_physics(np.flatnonzero(mask))
         reward = np.empty(self.num_envs)
         T.observe_batch(state.meas, params.offsets, params.task, out.obs, reward)
@@ -272,7 +267,8 @@ class DmcVectorEnv(KernelVectorEnv):
         st.steps[rows] = 0
         st.has_prev[rows] = False
 
-    def _step_rows(self, state: Any, params: DmcParams, actions: Actions, out: StepOut) -> None:
+    def step_rows(self, state: Any, params: DmcParams, actions: Actions, out: StepOut) -> None:
+        """Clip, step every env on the batch, observe, score, auto-reset ended rows."""
         n = self.num_envs
         acts, action_clipped = actions.values, actions.clipped
         cmd_clipped = np.empty(n, dtype=np.bool_)

@@ -915,10 +915,6 @@ def info_layouts(drawn: Layout) -> tuple[Layout, Layout, Layout]:
     return floats, ints, Layout([Field("action_clipped"), Field("command_clipped")])
 
 
-def _not_a_kernel(*args: Any) -> None:
-    raise NotImplementedError("QuadrupedVectorEnv steps MuJoCo data objects; see its methods")
-
-
 class QuadrupedVectorEnv(KernelVectorEnv):
     """``n_envs`` quadrupeds stepped on a thread pool, task math batched (``SAME_STEP``).
 
@@ -929,8 +925,8 @@ class QuadrupedVectorEnv(KernelVectorEnv):
     """
 
     State = QuadrupedState
-    reset_kernel = _not_a_kernel
-    step_kernel = _not_a_kernel
+    reset_kernel = None
+    step_kernel = None
 
     def __init__(
         self, cfg: QuadrupedVelocityConfig, n_envs: int, env_id: str | None = None
@@ -955,8 +951,6 @@ class QuadrupedVectorEnv(KernelVectorEnv):
         self.physics = QuadrupedBatchPhysics(cfg, self.num_envs, self.threads)
         self.task = task_arrays(cfg, self.num_envs)
         self._low, self._high = joint_limits()
-        self._reset_kernel = self._reset_rows  # type: ignore[assignment]
-        self._step_kernel = self._step_rows  # type: ignore[assignment]
 
     def _reset_physics(self, rows: np.ndarray) -> None:
         st = self.state
@@ -974,9 +968,10 @@ class QuadrupedVectorEnv(KernelVectorEnv):
         n[:, 0] = p.action_delay[rows]
         n[:, 1] = self.task.odelay[rows]
 
-    def _reset_rows(
+    def reset_rows(
         self, state: Any, params: Any, mask: np.ndarray, options: Any, out: ResetOut
     ) -> None:
+        """Reset the masked rows on the batch (a scratch physics draws each), then observe."""
         rows = np.flatnonzero(mask)
         self._reset_physics(rows)
         task_reset_batch(rows, state.meas, self.task, state.rng, state.obs)
@@ -986,7 +981,8 @@ class QuadrupedVectorEnv(KernelVectorEnv):
         out.info_f[rows] = f
         out.info_i[rows] = n
 
-    def _step_rows(self, state: Any, params: Any, actions: Actions, out: StepOut) -> None:
+    def step_rows(self, state: Any, params: Any, actions: Actions, out: StepOut) -> None:
+        """Clip, step every env on the batch, observe, score, auto-reset ended rows."""
         n = self.num_envs
         acts, action_clipped = actions.values, actions.clipped
         targets = np.empty((n, NJ))
