@@ -1,8 +1,11 @@
 """Learner updates/s and env steps/s of each agent, and the share of wall time in the env.
 
 Runs each agent for a fixed number of env steps on a twinloop vector env (PPO on STEM with
-continuous actions, DQN, QR-DQN and BBF on the balloon with discrete ones), after a short warm-up
-run that compiles the jitted functions, and prints a table; ``--json`` also writes it::
+continuous actions, DQN, QR-DQN and BBF on the balloon with discrete ones, and image agents on
+LangRearrange's rgb observation at 64 px: DQN and PPO with the Nature CNN, DQN with the IMPALA
+ResNet, each with the GRU over the instruction), after a short warm-up run that compiles the
+jitted functions, and prints a table; ``--json`` also writes it; ``--only`` picks rows by a
+substring of their name (``--only rgb``)::
 
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/bench_agents.py --steps 20000 --json out.json
 """
@@ -19,17 +22,28 @@ import twinloop
 from twinloop.controllers.rl.train import train
 from twinloop.core.text import table
 
-#: (agent, env id, agent settings): CPU-sized defaults of each agent.
+LANG = "twinloop/LangRearrange-v0"
+#: LangRearrange's rgb observation: image (64 px), instruction tokens, is_holding.
+RGB64 = {"observation_mode": "rgb", "resolution": 64}
+#: Replay of 10k transitions of rgb observations: 2 x 12,349 bytes each, 247 MB.
+IMAGE_REPLAY = {"learning_starts": 0, "buffer_size": 10_000}
+
+#: (row name, agent, env id, agent settings, env settings): CPU-sized defaults of each agent.
 CASES = [
-    ("ppo", "twinloop/StemSteer-v0", {}),
-    ("dqn", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}),
-    ("qr-dqn", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}),
-    ("bbf", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}),
+    ("ppo", "ppo", "twinloop/StemSteer-v0", {}, {}),
+    ("dqn", "dqn", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}, {}),
+    ("qr-dqn", "qr-dqn", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}, {}),
+    ("bbf", "bbf", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}, {}),
+    ("dqn cnn rgb64", "dqn", LANG, IMAGE_REPLAY, RGB64),
+    ("dqn impala rgb64", "dqn", LANG, {**IMAGE_REPLAY, "image_encoder": "impala"}, RGB64),
+    ("ppo cnn rgb64", "ppo", LANG, {}, RGB64),
 ]
 
 
-def bench(agent: str, env_id: str, overrides: dict, steps: int, n_envs: int) -> dict:
-    env = twinloop.make_vec(env_id, n_envs)
+def bench(
+    name: str, agent: str, env_id: str, overrides: dict, env_kw: dict, steps: int, n_envs: int
+) -> dict:
+    env = twinloop.make_vec(env_id, n_envs, **env_kw)
     try:
         with tempfile.TemporaryDirectory() as warm:  # compile outside the timing
             train(env, agent, 2 * 128 * n_envs, 0, warm, overrides=overrides)
@@ -40,8 +54,9 @@ def bench(agent: str, env_id: str, overrides: dict, steps: int, n_envs: int) -> 
     finally:
         env.close()
     return {
+        "name": name,
         "agent": agent,
-        "env_id": env_id,
+        "env_id": env_id + "".join(f" {k}={v}" for k, v in env_kw.items()),
         "n_envs": n_envs,
         "env_steps": r.env_steps,
         "updates": r.updates,
@@ -58,10 +73,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20_000, help="env steps per agent")
     p.add_argument("--n-envs", type=int, default=8, help="rows of the vector env")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--only", default="", help="run the rows whose name contains this")
     args = p.parse_args()
-    results = [bench(a, e, o, args.steps, args.n_envs) for a, e, o in CASES]
+    cases = [c for c in CASES if args.only in c[0]]
+    results = [bench(*c, args.steps, args.n_envs) for c in cases]
     rows = [
-        (r["agent"], r["env_id"], r["env_steps"], r["updates"], f"{r['env_steps_per_s']:.0f}",
+        (r["name"], r["env_id"], r["env_steps"], r["updates"], f"{r['env_steps_per_s']:.0f}",
          f"{r['updates_per_s']:.0f}", f"{r['env_fraction']:.0%}", f"{r['agent_fraction']:.0%}")
         for r in results
     ]  # fmt: skip

@@ -69,3 +69,46 @@ class CartPoleTeacher(Controller):
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs)
         return (obs[:, 2] + 0.5 * obs[:, 3] + 0.05 * obs[:, 1] > 0).astype(np.int64)
+
+
+class BrightQuadrant(gym.Env):
+    """A one-step image task: a bright square lies in one of the four quadrants of a 12x12 frame.
+
+    The observation is a uint8 ``(12, 12, 1)`` image (dim noise everywhere, a 3x3 square of
+    200-255 at a random place inside one quadrant); the action names a quadrant (0: top left,
+    1: top right, 2: bottom left, 3: bottom right) and earns 1 if it is the square's, else 0;
+    every episode ends after that one step. A random policy earns 0.25 per episode; only an
+    encoder that looks at the image can do better.
+    """
+
+    metadata: dict[str, Any] = {}  # noqa: RUF012
+    SIZE = 12
+
+    def __init__(self) -> None:  # noqa: D107
+        self.observation_space = gym.spaces.Box(0, 255, (self.SIZE, self.SIZE, 1), np.uint8)
+        self.action_space = gym.spaces.Discrete(4)
+        self._quadrant = 0
+        self._image = np.zeros((self.SIZE, self.SIZE, 1), np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        self._quadrant = int(rng.integers(4))
+        half = self.SIZE // 2
+        img = rng.integers(0, 40, (self.SIZE, self.SIZE, 1)).astype(np.uint8)
+        y = (self._quadrant // 2) * half + int(rng.integers(0, half - 2))
+        x = (self._quadrant % 2) * half + int(rng.integers(0, half - 2))
+        img[y : y + 3, x : x + 3] = rng.integers(200, 256, (3, 3, 1))
+        self._image = img
+        return img.copy(), {}
+
+    def step(self, action):
+        reward = float(int(action) == self._quadrant)
+        return self._image.copy(), reward, True, False, {}
+
+
+def quadrant_vec(n_envs: int) -> gym.vector.VectorEnv:
+    """A SAME_STEP vector env of :class:`BrightQuadrant`."""
+    return gym.vector.SyncVectorEnv(
+        [BrightQuadrant for _ in range(n_envs)], autoreset_mode=AutoresetMode.SAME_STEP
+    )

@@ -6,12 +6,14 @@ Nothing here imports JAX until an agent is built or trained, so ``import twinloo
 runs as a controller on any backend (``twinloop run ID --controller agent:DIR``), with NumPy
 alone.
 
-Modules, each one idea: ``networks`` (MLP encoder, simplicial embedding), ``bbf`` (BBF's
-n-step schedule, SPR, resets), ``policy`` (the acting network, shared by JAX training and
-NumPy deployment), ``returns`` (n-step returns, GAE), ``losses`` (Huber, quantile Huber,
-target EMA, SPR's cosine, distillation), ``replay``, ``normalize``, ``agent`` (the shell every
-agent shares), ``dqn``, ``ppo``, ``checkpoint``, ``train`` (the loop that writes checkpoints,
-metrics and the learning curve; reincarnation from a teacher), ``controller``, ``cli``.
+Modules, each one idea: ``encoders`` (observation layouts; CNN, IMPALA ResNet, GRU / mean
+token encoders in NumPy and JAX), ``networks`` (the encoder's MLP torso, simplicial
+embedding), ``bbf`` (BBF's n-step schedule, SPR, resets), ``policy`` (the acting network,
+shared by JAX training and NumPy deployment), ``returns`` (n-step returns, GAE), ``losses``
+(Huber, quantile Huber, target EMA, SPR's cosine, distillation), ``replay``, ``normalize``,
+``agent`` (the shell every agent shares), ``dqn``, ``ppo``, ``checkpoint``, ``train`` (the
+loop that writes checkpoints, metrics and the learning curve; reincarnation from a teacher),
+``controller``, ``cli``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,13 @@ where ``next_obs`` is ``obs2`` with the final observation in the rows whose epis
 (``SAME_STEP`` auto-reset). :meth:`Agent.end_segment` tells the agent the trainer is about to
 reset every env (at a checkpoint), so pending episode fragments count as truncated.
 
+Observations are a Box (flat vectors, or an image) or a Dict of them (images, token ids,
+vectors): :class:`~twinloop.controllers.rl.encoders.ObsLayout` chooses an encoder for each
+part (settings ``obs_keys``, ``image_encoder``, ``text_encoder`` ...) and packs an observation
+into one stored row, uint8 for anything but a vector Box, so replay buffers and rollouts hold
+images as bytes. :meth:`Agent.flat` packs, :meth:`Agent.normalized` turns stored rows into
+the networks' input.
+
 The math lives in pure jitted functions of each agent's module; this shell only holds
 arrays between calls. :meth:`Agent.policy` is what a deployed controller needs;
 :meth:`Agent.state` is everything else, so a checkpoint continues a run exactly.
@@ -25,7 +32,14 @@ import gymnasium as gym
 import numpy as np
 
 from twinloop.controllers.rl.checkpoint import flatten, unflatten
-from twinloop.controllers.rl.networks import EncoderConfig, Params, flat_dim
+from twinloop.controllers.rl.encoders import (
+    IMAGE_ENCODERS,
+    PRIVILEGED_KEYS,
+    TEXT_ENCODERS,
+    ObsLayout,
+    parse_keys,
+)
+from twinloop.controllers.rl.networks import EncoderConfig, Params
 from twinloop.controllers.rl.normalize import RunningNorm
 from twinloop.controllers.rl.policy import PolicySpec, action_spec
 from twinloop.core.config import ConfigSection, param, to_dict
@@ -40,6 +54,23 @@ class AgentConfig(ConfigSection):
 
     hidden: tuple[int, ...] = param((128, 128), doc="widths of the encoder's hidden layers")
     activation: str = param("relu", choices=("relu", "tanh"), doc="hidden activation")
+    obs_keys: str = param(
+        "",
+        doc="comma-separated keys of a Dict observation the agent sees, e.g. "
+        f"image,instruction,is_holding (empty: all but {', '.join(PRIVILEGED_KEYS)})",
+    )
+    image_encoder: str = param(
+        "cnn", choices=IMAGE_ENCODERS, doc="images: Nature-DQN CNN or IMPALA ResNet"
+    )
+    cnn_channels: tuple[int, ...] = param((32, 64, 64), doc="cnn: channels of each conv layer")
+    cnn_kernels: tuple[int, ...] = param((8, 4, 3), doc="cnn: kernel size of each conv layer")
+    cnn_strides: tuple[int, ...] = param((4, 2, 1), doc="cnn: stride of each conv layer")
+    impala_channels: tuple[int, ...] = param((16, 32, 32), doc="impala: channels of each stage")
+    text_encoder: str = param(
+        "gru", choices=TEXT_ENCODERS, doc="token ids: a GRU, or the mean of the embeddings"
+    )
+    token_dim: int = param(32, ge=1, le=4096, doc="token ids: width of an embedding")
+    text_hidden: int = param(64, ge=1, le=4096, doc="token ids: width of the GRU's state")
     sem_simplices: int = param(
         0, ge=0, le=4096, doc="simplicial embedding: number L of simplices (0: none)"
     )
@@ -49,17 +80,27 @@ class AgentConfig(ConfigSection):
     adam_eps: float = param(1e-8, gt=0.0, le=1.0, doc="Adam epsilon")
     max_grad_norm: float = param(10.0, gt=0.0, doc="gradients clipped to this global norm")
     gamma: float = param(0.99, ge=0.0, le=1.0, doc="discount")
-    normalize_obs: bool = param(True, doc="normalise observations by running mean and std")
+    normalize_obs: bool = param(
+        True, doc="normalise vector observations by running mean and std (images: / 255)"
+    )
 
     @property
     def encoder(self) -> EncoderConfig:
-        """The encoder's shape."""
+        """The encoder's shape (its ``inputs`` are the agent's: :attr:`Agent.encoder`)."""
         return EncoderConfig(
             hidden=tuple(int(h) for h in self.hidden),
             activation=self.activation,
             sem_simplices=self.sem_simplices,
             sem_dim=self.sem_dim,
             sem_tau=self.sem_tau,
+            image_encoder=self.image_encoder,
+            cnn_channels=tuple(int(c) for c in self.cnn_channels),
+            cnn_kernels=tuple(int(c) for c in self.cnn_kernels),
+            cnn_strides=tuple(int(c) for c in self.cnn_strides),
+            impala_channels=tuple(int(c) for c in self.impala_channels),
+            text_encoder=self.text_encoder,
+            token_dim=self.token_dim,
+            text_hidden=self.text_hidden,
         )
 
 
@@ -67,7 +108,8 @@ class Agent:
     """Base of the agents: see the module docstring for the calls a trainer makes.
 
     Args:
-        observation_space: The env's single observation space (a Box; flattened).
+        observation_space: The env's single observation space: a Box, or a Dict of Box,
+            MultiBinary and Discrete (see :class:`~twinloop.controllers.rl.encoders.ObsLayout`).
         action_space: The env's single action space (``Discrete`` or ``Box``).
         n_envs: Rows of the vector env the agent trains on.
         total_steps: Env steps the run will take (schedules are fractions of it).
@@ -90,8 +132,8 @@ class Agent:
         seed: int,
     ) -> None:
         """Set up the shared pieces; subclasses build their networks after this."""
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise TypeError(f"agents need a Box observation space, not {observation_space}")
+        if not isinstance(observation_space, gym.spaces.Box | gym.spaces.Dict):
+            raise TypeError(f"agents need a Box or Dict observation space, not {observation_space}")
         if not isinstance(config, self.Config):
             raise TypeError(f"{self.name} needs a {self.Config.__name__}, not {type(config)}")
         if n_envs < 1:
@@ -99,8 +141,14 @@ class Agent:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.config = config
-        self.observation_shape = tuple(observation_space.shape)
-        self.obs_dim = flat_dim(self.observation_shape)
+        self.layout = ObsLayout(observation_space, parse_keys(config.obs_keys))
+        shape = observation_space.shape
+        #: The Box's shape (None for a Dict).
+        self.observation_shape = None if shape is None else tuple(shape)
+        #: Width of the encoder's vector input (the flat observation of a vector Box).
+        self.obs_dim = self.layout.in_dim
+        #: The encoder's shape, with this observation's images and token inputs.
+        self.encoder = dataclasses.replace(config.encoder, inputs=self.layout.inputs)
         self.action = action_spec(action_space)
         self.n_envs, self.total_steps, self.seed = int(n_envs), int(total_steps), int(seed)
         self.norm = RunningNorm(self.obs_dim)
@@ -156,19 +204,25 @@ class Agent:
         """The trainer resets every env next: count unfinished episodes as truncated."""
 
     # --- shared helpers ------------------------------------------------------------------
-    def flat(self, obs: np.ndarray) -> np.ndarray:
-        """A batch of observations as float32 rows ``(n, obs_dim)``."""
-        obs = np.asarray(obs, np.float32)
-        if obs.shape[1:] != self.observation_shape:
-            raise ValueError(
-                f"observations of shape {obs.shape[1:]} given to an agent trained on "
-                f"{self.observation_shape}"
-            )
-        return obs.reshape(obs.shape[0], self.obs_dim)
+    def flat(self, obs: Any) -> np.ndarray:
+        """A batch of observations as stored rows ``(n, width)``.
 
-    def normalized(self, flat_obs: np.ndarray) -> np.ndarray:
-        """Observations as the networks see them."""
-        return self.norm(flat_obs) if self.config.normalize_obs else flat_obs
+        Float32 flattened observations for a vector Box (``width == obs_dim``), packed
+        uint8 rows otherwise (:meth:`~twinloop.controllers.rl.encoders.ObsLayout.pack`).
+        """
+        return self.layout.pack(obs)
+
+    def update_norm(self, rows: np.ndarray) -> None:
+        """Merge stored rows' vector features into the normaliser (if it is on)."""
+        if self.config.normalize_obs:
+            self.norm.update(self.layout.vector(rows))
+
+    def normalized(self, rows: np.ndarray) -> Any:
+        """Stored rows ``(..., width)`` as the networks see them (normalised vectors)."""
+        vec = self.layout.vector(rows)
+        if self.config.normalize_obs:
+            vec = self.norm(vec)
+        return self.layout.net_inputs(rows, vec)
 
     # --- persistence ---------------------------------------------------------------------
     def policy(self) -> tuple[Json, Arrays]:
@@ -178,7 +232,10 @@ class Agent:
             "config": to_dict(self.config),
             "policy": self.spec.to_json(),
             "action": self.action,
-            "observation_shape": list(self.observation_shape),
+            "observation_shape": (
+                None if self.observation_shape is None else list(self.observation_shape)
+            ),
+            "observation": self.layout.to_json(),
             "normalize_obs": bool(self.config.normalize_obs),
         }
         arrays = flatten({"params": self.policy_params(), "norm": self.norm.arrays()})
@@ -203,10 +260,16 @@ class Agent:
         """Restore :meth:`state` output written by an agent of the same name and config."""
         if meta.get("agent") != self.name:
             raise ValueError(f"checkpoint holds a {meta.get('agent')!r} agent, not {self.name!r}")
-        if meta.get("config") != to_dict(self.config):
+        now = to_dict(self.config)
+        saved = dict(meta.get("config") or {})
+        defaults = to_dict(type(self.config)())
+        for k, v in now.items():  # settings added after the checkpoint was written
+            if k not in saved and v == defaults.get(k):
+                saved[k] = v
+        if saved != now:
             raise ValueError(
                 "checkpoint was written with another agent config; resume with the same "
-                f"--set values (saved: {meta.get('config')}, now: {to_dict(self.config)})"
+                f"--set values (saved: {meta.get('config')}, now: {now})"
             )
         self.set_learner_state(unflatten(self.learner_state(), arrays, "learner/"))
         self.norm.load_arrays(unflatten(self.norm.arrays(), arrays, "norm/"))

@@ -21,8 +21,9 @@ efficiency", put these on a value-based agent (the flags live in
   (Ash & Adams 2020), and the last layers (Q head, SPR projection and prediction) are
   re-initialised in full (:func:`reset_params`).
 
-Our encoders are MLPs over flat observations, so the dynamics model is a two-layer MLP over
-``[latent, one-hot action]`` rather than BBF's convolutional one.
+The dynamics model acts on the encoder's output (after the torso, for image observations
+too), so it is a two-layer MLP over ``[latent, one-hot action]`` rather than BBF's
+convolutional one over the CNN's feature map.
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ def spr_loss(params: Params, target: Params, batch: dict[str, Any], spec: Policy
     ``normalized_l2(prediction, target projection)``.
 
     ``params`` and ``target`` hold ``encoder`` and ``spr``; ``batch`` holds ``obs``
-    ``(B, D)`` and, from :meth:`ReplayBuffer.sample` with ``sequence=K``, ``seq_action``,
-    ``seq_next_obs`` (normalised) and ``seq_mask``.
+    (encoder inputs of ``B`` rows) and, from :meth:`ReplayBuffer.sample` with
+    ``sequence=K``, ``seq_action``, ``seq_next_obs`` (encoder inputs, ``(B, K, ...)``
+    leaves) and ``seq_mask``.
     """
     import jax
     import jax.numpy as jnp
@@ -103,7 +105,8 @@ def spr_loss(params: Params, target: Params, batch: dict[str, Any], spec: Policy
         pred = dense_apply(
             params["spr"]["prediction"], dense_apply(params["spr"]["projection"], latent)
         )
-        goal = encoder_apply(jnp, target["encoder"], spec.encoder, batch["seq_next_obs"][:, k])
+        nxt = jax.tree_util.tree_map(lambda a, k=k: a[:, k], batch["seq_next_obs"])
+        goal = encoder_apply(jnp, target["encoder"], spec.encoder, nxt)
         goal = jax.lax.stop_gradient(dense_apply(target["spr"]["projection"], goal))
         total = total + jnp.mean(batch["seq_mask"][:, k] * normalized_l2(pred, goal))
     return total
@@ -123,7 +126,7 @@ def fresh_params(
 
     Args:
         rng: Draws the weights.
-        obs_dim: Width of a flat observation.
+        obs_dim: Width of the encoder's vector input (a flat observation's).
         spec: The Q network's shape.
         spr: ``(hidden, proj_dim)`` of the SPR modules, or None without SPR.
     """

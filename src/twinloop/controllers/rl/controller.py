@@ -3,7 +3,9 @@
 Loads the policy of the newest checkpoint in a run folder (or of a checkpoint folder given
 directly) and acts greedily: the argmax of the Q values or of the quantiles' mean, the mode
 of a categorical policy, the mean of a Gaussian one. It runs on NumPy alone (no JAX), so a
-device machine needs only the base install. Acting is deterministic, so ``reset``'s seeds
+device machine needs only the base install (its convolutions are NumPy's im2col). It acts
+on the observations it was trained on: a Box, or a Dict (images, token ids, vectors) of
+which it reads the keys it was trained with. Acting is deterministic, so ``reset``'s seeds
 change nothing.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from twinloop.controllers.base import Controller
 from twinloop.controllers.rl.checkpoint import latest_checkpoint, read_part, unflatten
-from twinloop.controllers.rl.networks import flat_dim
+from twinloop.controllers.rl.encoders import ObsLayout, batch_one
 from twinloop.controllers.rl.normalize import RunningNorm
 from twinloop.controllers.rl.policy import (
     PolicySpec,
@@ -72,19 +74,14 @@ class AgentController(Controller):
         meta, arrays = read_part(self.checkpoint, "policy")
         self.meta = meta
         self.spec = PolicySpec.from_json(meta["policy"])
-        shape = tuple(meta["observation_shape"])
-        if tuple(observation_space.shape) != shape:
-            raise ValueError(
-                f"agent {self.checkpoint} was trained on observations of shape {shape}, "
-                f"this env's are {tuple(observation_space.shape)}"
-            )
+        self.layout = self._layout(observation_space, meta)
         self.action = action_spec(action_space)
         if self.action != meta["action"]:
             raise ValueError(
                 f"agent {self.checkpoint} was trained for actions {meta['action']}, "
                 f"this env's are {self.action}"
             )
-        obs_dim = flat_dim(shape)
+        obs_dim = self.layout.in_dim
         template: dict[str, Any] = {
             "params": policy_init(np.random.default_rng(0), obs_dim, self.spec, 1.0),
             "norm": RunningNorm(obs_dim).arrays(),
@@ -97,9 +94,38 @@ class AgentController(Controller):
         self.norm.load_arrays(loaded["norm"])
         self.normalize = bool(meta.get("normalize_obs", True))
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Greedy actions for a batch of observations."""
-        obs = np.asarray(obs, np.float32)
-        flat = obs.reshape(obs.shape[0], -1)
-        x = self.norm(flat) if self.normalize else flat
+    def _layout(self, space: gym.Space, meta: Mapping[str, Any]) -> ObsLayout:
+        """The layout of ``space`` the agent reads; it must be the one it was trained on."""
+        saved = meta.get("observation")
+        keys = () if saved is None or saved.get("keys") is None else tuple(saved["keys"])
+        try:
+            layout = ObsLayout(space, keys)  # the default keys for an agent of a Box
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"agent {self.checkpoint} cannot read this env's observations: {exc}"
+            ) from exc
+        if saved is None or saved["flat"]:  # a Box of vectors (saved is None: older agents)
+            shape = tuple(meta["observation_shape"])
+            if not layout.flat or layout.shape != shape:
+                theirs = space.shape if layout.flat else space
+                raise ValueError(
+                    f"agent {self.checkpoint} was trained on observations of shape {shape}, "
+                    f"this env's are {theirs}"
+                )
+        elif layout.to_json() != saved:
+            raise ValueError(
+                f"agent {self.checkpoint} was trained on observations {saved}, this env's "
+                f"are {layout.to_json()}"
+            )
+        return layout
+
+    def act(self, obs: Any) -> np.ndarray:
+        """Greedy actions for a batch of observations (arrays, or a Dict of batched arrays)."""
+        rows = self.layout.pack(obs)
+        vec = self.layout.vector(rows)
+        x = self.layout.net_inputs(rows, self.norm(vec) if self.normalize else vec)
         return to_env_action(self.action, greedy(np, self.params, self.spec, x))
+
+    def act_one(self, obs: Any) -> np.ndarray:
+        """Action for one observation (an array, or a Dict of arrays)."""
+        return self.act(batch_one(obs))[0]

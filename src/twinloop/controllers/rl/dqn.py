@@ -43,6 +43,7 @@ import optax
 
 from twinloop.controllers.rl.agent import Agent, AgentConfig, Arrays, Json
 from twinloop.controllers.rl.bbf import fresh_params, n_step_at, reset_params, spr_loss
+from twinloop.controllers.rl.encoders import ObsLayout
 from twinloop.controllers.rl.losses import (
     distillation_loss,
     ema_update,
@@ -84,7 +85,9 @@ class DQNConfig(AgentConfig):
         0.25, gt=0.0, le=1.0, doc="fraction of the run over which epsilon decays linearly"
     )
 
-    width_scale: int = param(1, ge=1, le=16, doc="multiplies the encoder's hidden widths (BBF)")
+    width_scale: int = param(
+        1, ge=1, le=16, doc="multiplies the encoder's hidden widths and CNN channels (BBF)"
+    )
     n_step_start: int = param(
         0, ge=0, le=100, doc="n-step annealed from this to n_step after each reset (0: fixed)"
     )
@@ -114,9 +117,19 @@ class DQNConfig(AgentConfig):
 
     @property
     def encoder(self) -> EncoderConfig:
-        """The encoder's shape, hidden widths multiplied by ``width_scale``."""
+        """The encoder's shape, hidden widths and CNN channels multiplied by ``width_scale``.
+
+        BBF scales the width of its IMPALA CNN by 4; the channels of both image encoders
+        scale here, so ``width_scale`` means the same for image and vector observations.
+        """
         base = super().encoder
-        return dataclasses.replace(base, hidden=tuple(h * self.width_scale for h in base.hidden))
+        k = self.width_scale
+        return dataclasses.replace(
+            base,
+            hidden=tuple(h * k for h in base.hidden),
+            cnn_channels=tuple(c * k for c in base.cnn_channels),
+            impala_channels=tuple(c * k for c in base.impala_channels),
+        )
 
     @property
     def window(self) -> int:
@@ -241,6 +254,17 @@ def make_optimizer(cfg: AgentConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
 
 
+def replay_buffer(capacity: int, n_envs: int, layout: ObsLayout, window: int) -> ReplayBuffer:
+    """A replay buffer whose observations are ``layout``'s stored rows.
+
+    Float32 rows for a vector Box; uint8 rows (every part's bytes) otherwise, so a 64-px
+    RGB frame takes 12,288 bytes per observation. Each transition stores its observation
+    and its next one: with LangRearrange's rgb observation at 64 px (image, instruction,
+    is_holding: 12,349 bytes), 100k transitions take 2.47 GB (float32 rows: 9.9 GB).
+    """
+    return ReplayBuffer(capacity, n_envs, layout.width, window, layout.dtype)
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled(spec: PolicySpec, cfg: DQNConfig) -> tuple[Any, Callable, Callable]:
     """Optimiser, jitted update and jitted greedy policy, shared by agents of one config."""
@@ -273,14 +297,14 @@ class DQNAgent(Agent):
             )
         cfg = config
         head = "quantiles" if cfg.quantiles else "q"
-        self._spec = PolicySpec(cfg.encoder, head, int(self.action["n"]), cfg.quantiles)
-        self._spr = (cfg.encoder.hidden[-1], cfg.spr_dim) if cfg.spr_steps else None
+        self._spec = PolicySpec(self.encoder, head, int(self.action["n"]), cfg.quantiles)
+        self._spr = (self.encoder.hidden[-1], cfg.spr_dim) if cfg.spr_steps else None
         params = self._fresh()
         optimizer, self._update, self._greedy = _compiled(self._spec, cfg)
         self._optimizer = optimizer
         self._state = {"params": params, "target": params, "opt": optimizer.init(params)}
         capacity = max(cfg.window, cfg.buffer_size // self.n_envs)
-        self.replay = ReplayBuffer(capacity, self.n_envs, self.obs_dim, cfg.window)
+        self.replay = replay_buffer(capacity, self.n_envs, self.layout, cfg.window)
         self._update_credit = 0.0  # fractional updates owed by the replay ratio
         self.teacher = False  # set by a trainer that reincarnates this agent from a teacher
 
@@ -368,9 +392,8 @@ class DQNAgent(Agent):
         """
         if data.sampleable == 0:
             raise ValueError("the teacher's data holds no transition to pretrain on")
-        if self.config.normalize_obs:
-            written = min(data.written, data.capacity)
-            self.norm.update(data.obs[:written].reshape(-1, self.obs_dim))
+        written = min(data.written, data.capacity)
+        self.update_norm(data.obs[:written].reshape(-1, data.obs.shape[-1]))
         self.teacher = True
         stats: list[dict] = []
         for i in range(updates):
@@ -388,8 +411,7 @@ class DQNAgent(Agent):
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Epsilon-greedy actions."""
         flat = self.flat(obs)
-        if self.config.normalize_obs:
-            self.norm.update(flat)
+        self.update_norm(flat)
         best = np.asarray(self._greedy(self._state["params"], self.normalized(flat)))
         explore = self.rng.random(flat.shape[0]) < self.epsilon()
         random = self.rng.integers(0, self.action["n"], size=flat.shape[0])
@@ -460,7 +482,9 @@ class BBFConfig(QRDQNConfig):
     and a fixed gamma (0.99; the gamma schedule is not implemented) to fit a CPU.
     """
 
-    width_scale: int = param(2, ge=1, le=16, doc="multiplies the encoder's hidden widths (BBF)")
+    width_scale: int = param(
+        2, ge=1, le=16, doc="multiplies the encoder's hidden widths and CNN channels (BBF)"
+    )
     n_step: int = param(3, ge=1, le=100, doc="n-step at the end of each anneal")
     n_step_start: int = param(
         10, ge=0, le=100, doc="n-step annealed from this to n_step after each reset (0: fixed)"

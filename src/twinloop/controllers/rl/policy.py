@@ -33,7 +33,6 @@ from twinloop.controllers.rl.networks import (
     encoder_apply,
     encoder_init,
 )
-from twinloop.core.config import from_dict
 
 HEADS = ("q", "quantiles", "logits", "gaussian")
 
@@ -108,12 +107,16 @@ class PolicySpec:
     def from_json(cls, data: dict[str, Any]) -> PolicySpec:
         """Inverse of :meth:`to_json`."""
         data = dict(data)
-        data["encoder"] = from_dict(EncoderConfig, data["encoder"])
+        data["encoder"] = EncoderConfig.from_json(data["encoder"])
         return cls(**data)
 
 
 def policy_init(rng: np.random.Generator, obs_dim: int, spec: PolicySpec, gain: float) -> Params:
-    """Parameters of a policy network (NumPy float32; the head's weights scaled by ``gain``)."""
+    """Parameters of a policy network (NumPy float32; the head's weights scaled by ``gain``).
+
+    ``obs_dim`` is the width of the encoder's vector input (the flat observation, or the
+    vector parts of a structured one: :attr:`~twinloop.controllers.rl.encoders.ObsLayout.in_dim`).
+    """
     return {
         "encoder": encoder_init(rng, obs_dim, spec.encoder),
         "head": dense_init(rng, spec.encoder.out_dim, spec.out_dim, gain),
@@ -121,12 +124,12 @@ def policy_init(rng: np.random.Generator, obs_dim: int, spec: PolicySpec, gain: 
 
 
 def head_apply(xp: Any, params: Params, spec: PolicySpec, obs: Any) -> Any:
-    """The head's raw output for a batch of normalised flat observations."""
+    """The head's raw output for a batch of encoder inputs (normalised observations)."""
     return dense_apply(params["head"], encoder_apply(xp, params["encoder"], spec.encoder, obs))
 
 
 def greedy(xp: Any, params: Params, spec: PolicySpec, obs: Any) -> Any:
-    """Greedy actions (agent units) of a batch of normalised flat observations."""
+    """Greedy actions (agent units) of a batch of encoder inputs (normalised observations)."""
     out = head_apply(xp, params, spec, obs)
     if spec.head == "quantiles":
         out = out.reshape(out.shape[0], spec.n_actions, spec.quantiles).mean(axis=-1)

@@ -12,6 +12,11 @@ Adam with ``eps = 1e-5`` and gradients clipped to norm 0.5.
   ``[-1, 1]`` units that :func:`~twinloop.controllers.rl.policy.to_env_action` clips and maps
   onto the Box's bounds; the log-probability is of the unclipped sample.
 
+Observations are stored in the rollout as the networks take them (normalised vectors;
+images as uint8, token ids as int32: :meth:`~twinloop.controllers.rl.encoders.ObsLayout.
+zeros_inputs`), so a rollout of 128 x 8 steps of 64-px frames holds 25 MB of observations
+(obs and next_obs). Actor and critic each have their own encoder (CNN included).
+
 A rollout of ``n_steps`` vector steps is collected, then :func:`make_update` runs all epochs
 and minibatches in one jitted call. Truncated episodes (time limits, or the trainer's reset at
 a checkpoint, which always falls on a rollout boundary) bootstrap from the value of their
@@ -34,6 +39,7 @@ import optax
 
 from twinloop.controllers.rl.agent import Agent, AgentConfig, Arrays, Json
 from twinloop.controllers.rl.dqn import make_optimizer
+from twinloop.controllers.rl.encoders import assign
 from twinloop.controllers.rl.networks import Params
 from twinloop.controllers.rl.policy import PolicySpec, head_apply, policy_init, to_env_action
 from twinloop.controllers.rl.returns import gae
@@ -141,7 +147,8 @@ def make_update(
     """The jitted update ``(state, rollout, key) -> (state, mean stats)`` of one rollout.
 
     ``rollout`` holds ``(T, N, ...)`` arrays ``obs``, ``action``, ``logp``, ``value``,
-    ``reward``, ``terminated``, ``truncated`` and ``next_obs`` (normalised observations).
+    ``reward``, ``terminated``, ``truncated`` and ``next_obs`` (encoder inputs: arrays, or
+    dicts of them for structured observations).
     """
 
     def update(
@@ -161,12 +168,12 @@ def make_update(
         }
         t, n = adv.shape
         size = t * n
-        flat = {k: v.reshape(size, *v.shape[2:]) for k, v in flat.items()}
+        flat = jax.tree_util.tree_map(lambda v: v.reshape(size, *v.shape[2:]), flat)
         mb = size // cfg.minibatches
 
         def minibatch(carry: Any, idx: jax.Array) -> tuple[Any, dict]:
             params, opt = carry
-            batch = {k: v[idx] for k, v in flat.items()}
+            batch = jax.tree_util.tree_map(lambda v: v[idx], flat)
             grads, stats = jax.grad(ppo_loss, has_aux=True)(params, batch, spec, vspec, cfg)
             changes, opt = optimizer.update(grads, opt, params)
             return (optax.apply_updates(params, changes), opt), stats
@@ -219,8 +226,8 @@ class PPOAgent(Agent):
             )
         discrete = self.action["kind"] == "discrete"
         n_out = int(self.action["n"]) if discrete else int(np.prod(self.action["shape"]))
-        self._spec = PolicySpec(cfg.encoder, "logits" if discrete else "gaussian", n_out)
-        self._vspec = PolicySpec(cfg.encoder, "q", 1)
+        self._spec = PolicySpec(self.encoder, "logits" if discrete else "gaussian", n_out)
+        self._vspec = PolicySpec(self.encoder, "q", 1)
         actor = policy_init(self.rng, self.obs_dim, self._spec, gain=0.01)
         if not discrete:
             actor["log_std"] = np.full(n_out, cfg.init_log_std, np.float32)
@@ -229,11 +236,11 @@ class PPOAgent(Agent):
         optimizer, self._update, self._sample = _compiled(self._spec, self._vspec, cfg)
         self._state = {"params": params, "opt": optimizer.init(params)}
         self._key = jax.random.PRNGKey(seed)
-        t, n, d = cfg.n_steps, self.n_envs, self.obs_dim
+        t, n = cfg.n_steps, self.n_envs
         action_shape = () if discrete else (n_out,)
         self._rollout = {
-            "obs": np.zeros((t, n, d), np.float32),
-            "next_obs": np.zeros((t, n, d), np.float32),
+            "obs": self.layout.zeros_inputs((t, n)),
+            "next_obs": self.layout.zeros_inputs((t, n)),
             "action": np.zeros((t, n, *action_shape), np.int32 if discrete else np.float32),
             "logp": np.zeros((t, n), np.float32),
             "value": np.zeros((t, n), np.float32),
@@ -277,14 +284,14 @@ class PPOAgent(Agent):
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Actions sampled from the policy (env units)."""
         flat = self.flat(obs)
-        if self.config.normalize_obs:
-            self.norm.update(flat)
+        self.update_norm(flat)
         o = self.normalized(flat)
         self._key, k = jax.random.split(self._key)
         action, logp, v = self._sample(self._state["params"], o, k)
         action = np.asarray(action)
         r, t = self._rollout, self._t
-        r["obs"][t], r["action"][t], r["logp"][t], r["value"][t] = o, action, logp, v
+        assign(r["obs"], t, o)
+        r["action"][t], r["logp"][t], r["value"][t] = action, logp, v
         return to_env_action(self.action, action)
 
     def observe(
@@ -298,7 +305,7 @@ class PPOAgent(Agent):
         """Store the step; update after every ``n_steps`` vector steps."""
         r, t = self._rollout, self._t
         r["reward"][t], r["terminated"][t], r["truncated"][t] = reward, terminated, truncated
-        r["next_obs"][t] = self.normalized(self.flat(next_obs))
+        assign(r["next_obs"], t, self.normalized(self.flat(next_obs)))
         self._t += 1
         self.env_steps += self.n_envs
         if self._t < self.config.n_steps:

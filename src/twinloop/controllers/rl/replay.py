@@ -34,16 +34,18 @@ class ReplayBuffer:
         n_step: Window length of the sampled returns.
     """
 
-    def __init__(self, capacity: int, n_envs: int, obs_dim: int, n_step: int) -> None:
-        """Allocate the ring."""
+    def __init__(
+        self, capacity: int, n_envs: int, obs_dim: int, n_step: int, obs_dtype: Any = np.float32
+    ) -> None:
+        """Allocate the ring (observations as ``obs_dtype`` rows: uint8 for packed images)."""
         if n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {n_step}")
         if capacity < n_step:
             raise ValueError(f"replay capacity {capacity} vector steps is below n_step={n_step}")
         self.capacity, self.n_envs, self.n_step = int(capacity), int(n_envs), int(n_step)
         c, n = self.capacity, self.n_envs
-        self.obs = np.zeros((c, n, obs_dim), np.float32)
-        self.next_obs = np.zeros((c, n, obs_dim), np.float32)
+        self.obs = np.zeros((c, n, obs_dim), obs_dtype)
+        self.next_obs = np.zeros((c, n, obs_dim), obs_dtype)
         self.action = np.zeros((c, n), np.int64)
         self.reward = np.zeros((c, n), np.float32)
         self.terminated = np.zeros((c, n), bool)

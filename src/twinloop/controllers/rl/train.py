@@ -199,6 +199,11 @@ def train(
             )
         if teacher_data is None:
             raise ValueError("a teacher needs its captured data (teacher_data)")
+        if not agent.layout.flat:
+            raise ValueError(
+                "reincarnation (--teacher) supports vector Box observations only, not "
+                f"{env.single_observation_space}"
+            )
     chunk = int(getattr(agent, "rollout_steps", n))
     total = _round_up(steps, chunk)
     segment = _round_up(checkpoint_every, chunk)
@@ -271,11 +276,7 @@ def train(
             obs2, reward, terminated, truncated, info = env.step(actions)
             t2 = time.perf_counter()
             ended = np.asarray(terminated) | np.asarray(truncated)
-            next_obs = obs2
-            if ended.any():
-                next_obs = np.array(obs2, copy=True)
-                for i in np.flatnonzero(ended):
-                    next_obs[i] = info["final_obs"][i]
+            next_obs = with_final_obs(obs2, info, ended)
             s = agent.observe(obs, reward, terminated, truncated, next_obs, **extra)
             if teacher is not None and ended.any():
                 teacher.reset(n, seeds, mask=ended)
@@ -329,6 +330,28 @@ def train(
         curve=curve,
         note=note,
     )
+
+
+def with_final_obs(obs: Any, info: Mapping[str, Any], ended: np.ndarray) -> Any:
+    """``obs`` with the final observation (``info["final_obs"]``) in the rows that ``ended``.
+
+    ``obs`` is a batch array or a Dict of batch arrays (each final observation then a dict);
+    it is returned unchanged (not copied) when no row ended.
+    """
+    if not ended.any():
+        return obs
+    rows = np.flatnonzero(ended)
+    final = info["final_obs"]
+    if isinstance(obs, Mapping):
+        out = {k: np.array(v, copy=True) for k, v in obs.items()}
+        for i in rows:
+            for k in out:
+                out[k][i] = final[i][k]
+        return out
+    out = np.array(obs, copy=True)
+    for i in rows:
+        out[i] = final[i]
+    return out
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
