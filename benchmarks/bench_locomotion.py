@@ -14,8 +14,9 @@ For each task, in one run and on one machine:
 * ``dm_control``: ``dm_control.suite.load(domain, task).step`` on the same model;
 * ``vector``: ``twinloop.make_vec(id, n_envs, threads=...)`` physics steps/s (resets
   included), against ``mujoco.rollout.rollout`` of ``n_envs`` rollouts (one MjData per thread),
-  same model, zero controls, 20 control steps per call; both with 1 thread as well, for the
-  scaling with threads (``xT``: rate at ``--threads`` over rate at 1);
+  same model, from the vector env's own mid-episode states with its random controls, 20
+  control steps per call; both with 1 thread as well, for the scaling with threads (``xT``:
+  rate at ``--threads`` over rate at 1);
 * ``QuadrupedVelocity-v0``: its plant's bare physics, the single env (all effects on), the
   vector env and the env over the robot twin on loopback (:func:`bench_quadruped`);
 * ``Ant-v5``: Gymnasium's MuJoCo Ant (``gymnasium[mujoco]``) against a bare loop of
@@ -80,18 +81,28 @@ def _median_ratio(rounds: list[dict[str, float]], a: str, b: str) -> float:
     return float(np.median([r[a] / r[b] for r in rounds]))
 
 
-def _rollout_rate(m: object, d: object, n_envs: int, threads: int, n_sub: int) -> Callable:
-    """A callable running one ``mujoco.rollout`` call of 20 control steps of ``n_envs`` envs."""
-    datas = [mujoco.MjData(m) for _ in range(threads)]
+def _rollout_rate(m: object, vec: object, vacts: np.ndarray, threads: int, n_sub: int) -> Callable:
+    """A callable running one ``mujoco.rollout`` call of 20 control steps of the vector env's envs.
+
+    The same comparison as the vector env's: its envs' current states (after a warm-up, so
+    mid-episode, with the contacts that brings) and its random controls, held for each
+    control step's ``n_sub`` physics steps.
+    """
+    n = vec.num_envs
+    for k in range(200):  # mid-episode states, as the vector env steps through them
+        vec.step(vacts[k % len(vacts)])
     sig = mujoco.mjtState.mjSTATE_FULLPHYSICS
-    state0 = np.empty(mujoco.mj_stateSize(m, sig))
-    mujoco.mj_getState(m, d, state0, sig)
-    init = np.tile(state0, (n_envs, 1))
+    init = np.empty((n, mujoco.mj_stateSize(m, sig)))
+    for i in range(n):
+        mujoco.mj_getState(m, vec.physics.batch.get_data(i), init[i], sig)
+    per_step = np.stack([vacts[k % len(vacts)] for k in range(ROLLOUT_CONTROL_STEPS)], axis=1)
+    control = np.repeat(per_step, n_sub, axis=1)  # (n, steps x n_sub, nu)
+    datas = [mujoco.MjData(m) for _ in range(threads)]
     r = rollout.Rollout(nthread=threads)
-    r.rollout([m] * n_envs, datas, init, nstep=ROLLOUT_CONTROL_STEPS * n_sub)  # warm up
+    r.rollout([m] * n, datas, init, control)  # warm up
 
     def call() -> None:
-        r.rollout([m] * n_envs, datas, init, nstep=ROLLOUT_CONTROL_STEPS * n_sub)
+        r.rollout([m] * n, datas, init, control)
 
     return call
 
@@ -152,7 +163,7 @@ def bench_task(
 
         vecs[t] = vec
         measures[f"vector_{t}"] = vstep
-        roll = _rollout_rate(m, d, n_envs, t, n_sub)
+        roll = _rollout_rate(m, vec, vacts, t, n_sub)
         measures[f"rollout_{t}"] = roll
     res = _interleaved(measures, seconds * len(measures), rounds)
     for vec in vecs.values():

@@ -516,8 +516,13 @@ class Physics:
         finally:
             m.opt.disableflags = flags
 
-    def reset(self, rng: np.ndarray, i: int) -> None:
+    def reset(self, rng: np.ndarray, i: int, settle: bool = True) -> None:
         """New episode: default state, initial state drawn from stream row ``i`` of ``rng``.
+
+        ``settle=False`` runs only the first of the domain's settling steps (cheetah's; the one
+        that acts on the position stage from before the draw, as dm_control's does) and leaves
+        the others to the caller (a batch runs them for many envs at once, then sets the time
+        back to 0).
 
         Raises:
             RuntimeError: No contact-free placement in :data:`MAX_PLACEMENT_TRIES` tries.
@@ -543,9 +548,11 @@ class Physics:
                     f"{self.facts.domain}: no contact-free joint draw in "
                     f"{MAX_PLACEMENT_TRIES} tries"
                 )
-        if self._settle:
+        if self._settle and settle:
             self._legacy_step(self._settle)
             d.time = 0.0
+        elif self._settle:
+            mj.mj_step2(m, d)  # the first settling step; the caller runs the rest
         self._forward_without_actuation()
         self._warnings_before = self._warnings.tobytes()
         self._unstable = False
@@ -702,6 +709,14 @@ class BatchPhysics:
         self._warnings_before = self._warnings.copy()
         self._control_dt = self.facts.timestep_s * self.facts.n_sub_steps
         self.unstable = np.zeros(n, dtype=np.bool_)
+        # cheetah settles 200 physics steps after its draw: on the batch's threads, unless the
+        # measurement reads a sensor of the acceleration stage (stale after mjSTAGE_VEL)
+        m = self.scratch.model
+        self._settle = SETTLE_STEPS[domain]
+        read = [k for _, attr, idx in self.facts.gather if attr == "sensordata" for k in idx]
+        owner = np.searchsorted(np.asarray(m.sensor_adr), read, side="right") - 1
+        late = bool(read) and bool(np.any(np.asarray(m.sensor_needstage)[owner] > self._vel))
+        self._settle_here = bool(self._settle) and not late
         b.reset()
         b.forward(stage=self._vel)
 
@@ -710,11 +725,20 @@ class BatchPhysics:
         if rows.size == 0:
             return
         s, st = self.scratch, self.batch.state
+        here = self._settle_here
         for i in rows:
-            s.reset(rng, int(i))
+            s.reset(rng, int(i), settle=not here)
             self._mj.mj_getState(s.model, s.data, st[i], self._spec)
-            s.measure(meas[i])
-        self.batch.forward(rows, stage=self._vel)
+            if not here:
+                s.measure(meas[i])
+        if here:  # Physics.reset's settling, for every row at once: n x mj_step, time to 0
+            self.batch.step(rows, nstep=self._settle - 1, stage=self._vel)
+            self._time[rows] = 0.0
+            for src, idx, cols in self._plan:
+                meas[np.ix_(rows, np.arange(cols.start, cols.stop))] = src[rows][:, idx]
+            meas[rows, self._n_take] = 0.0
+        else:
+            self.batch.forward(rows, stage=self._vel)
         self._warnings_before[rows] = self._warnings[rows]
         self.unstable[rows] = False
 
