@@ -7,6 +7,7 @@ one raises, one kills its process with ``os._exit``, one kills it only on the fi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -82,6 +83,14 @@ def test_one_and_two_workers_equal_one_process() -> None:
     _same_episodes(two.results, here)
     assert len({r.episode_return for r in here}) > 1  # the seeds do differ
     assert two.engine == "pool" and not two.retried and len(two.chunks) == 3
+
+
+def test_workers_with_vector_envs_equal_one_process() -> None:
+    """Each worker running a kernel-batched vector env of 2 rows: the same episodes again."""
+    here = _single_process()
+    two = run_workers(dataclasses.replace(SPEC, n_envs=2), 2, chunk_episodes=3)
+    assert len(two.chunks) == 2
+    _same_episodes(two.results, here)
 
 
 def test_merged_shards_equal_a_single_process_capture(tmp_path) -> None:
