@@ -469,15 +469,31 @@ class QuadrupedPhysics:
         self._plant_delay = round(cfg.plant.actuation_delay_ms / self._substep_ms)
         longest = (self._delay[1] + self._delay[2]) * self._dec + self._ms[1] + self._ms[2]
         longest += self._plant_delay
-        self._line = np.zeros((-(-longest // self._dec) + 1, NJ))
+        # the command side of a step is plant_commands_batch on a batch of one (the vector
+        # env's QuadrupedBatchPhysics runs the same function over all its rows)
+        self._lines = np.zeros((1, -(-longest // self._dec) + 1, NJ))
+        self._line = self._lines[0]
         r = cfg.randomization
-        self._push_every = max(1, round(r.push_interval_s / cfg.control_dt_s))
-        self._push = (bool(r.push_enabled), float(r.push_max_m_per_s))
+        push_every = max(1, round(r.push_interval_s / cfg.control_dt_s))
+        #: ``plant_commands_batch``'s ``jitter`` and ``push`` parameters.
+        self.jitter_params = np.array([self._delay[2], self._ms[2], self._dec], dtype=np.float64)
+        self.push_params = np.array([push_every, float(r.push_enabled), r.push_max_m_per_s])
         self._low, self._high = joint_limits()
         self._offset = self.drawn_layout.get(self.drawn, "motor_offset_rad")
+        self._offsets = self._offset.reshape(1, NJ)  # a view: follows every draw
         self._rng = new_streams(1)
         self._row = 0
-        self.steps = 0
+        self._delay_sub = np.zeros(1, dtype=np.int64)
+        self._steps = np.zeros(1, dtype=np.int64)
+        self._old, self._now = np.zeros((1, NJ)), np.zeros((1, NJ))
+        self._split = np.zeros(1, dtype=np.int64)
+        self._pushes = np.zeros((1, 2))
+        self._pushed = np.zeros(1, dtype=np.bool_)
+
+    @property
+    def steps(self) -> int:
+        """Control steps of this episode."""
+        return int(self._steps[0])
 
     def reset(self, rng: np.ndarray, i: int) -> None:
         """New episode: draw the plant (row ``i`` of ``rng``), pose the robot on the floor."""
@@ -491,6 +507,7 @@ class QuadrupedPhysics:
         lo_ms, hi_ms, _ = self._ms
         extra = int(draw_int(rng, i, STREAM_BACKEND, lo_ms, hi_ms)) if hi_ms > lo_ms else lo_ms
         self.action_delay_substeps = self.action_delay * self._dec + extra + self._plant_delay
+        self._delay_sub[0] = self.action_delay_substeps
         q = np.array(d.qpos)
         initial_pose(rng, i, DEFAULT_POSE, self._low, self._high, self.cfg.joint_noise_rad, q)
         d.qpos[:] = q
@@ -500,31 +517,25 @@ class QuadrupedPhysics:
         self._line[:] = DEFAULT_POSE
         d.ctrl[:] = DEFAULT_POSE + self._offset
         mj.mj_forward(m, d)
-        self.steps = 0
+        self._steps[0] = 0
 
     def step(self, target: np.ndarray) -> None:
         """One control step: the delay line, the motor offset, a push if due, the PD substeps."""
         mj, m, d = self._mj, self.model, self.data
         n = self._dec
-        delay = self.action_delay_substeps
-        if self._delay[2] > 0:
-            delay += n * int(draw_int(self._rng, self._row, STREAM_BACKEND, 0, self._delay[2]))
-        if self._ms[2] > 0:
-            delay += int(draw_int(self._rng, self._row, STREAM_BACKEND, 0, self._ms[2]))
-        # substep k applies the target of ceil((delay - k) / n) control steps ago: the older
-        # one for k < r, this one from k = r on
-        back, r = divmod(delay, n)
-        now = push_delayed(self._line, target, back) + self._offset
-        d.ctrl[:] = now if r == 0 else self._line[min(back + 1, len(self._line) - 1)] + self._offset
-        self.steps += 1
-        if self.steps % self._push_every == 0:
-            rng, i = self._rng, self._row
-            enabled, vmax = self._push
-            push = [vmax * (2.0 * uniform(rng, i, STREAM_BACKEND) - 1.0) for _ in range(2)]
-            if enabled:
-                d.qvel[0] += push[0]
-                d.qvel[1] += push[1]
-                mj.mj_step1(m, d)  # velocity-stage quantities of the pushed state
+        plant_commands_batch(
+            self._lines, target.reshape(1, NJ), self._offsets, self._delay_sub,
+            self.jitter_params, self._steps, self.push_params,
+            self._rng[self._row : self._row + 1], self._old, self._now, self._split,
+            self._pushes, self._pushed,
+        )  # fmt: skip
+        if self._pushed[0]:
+            d.qvel[0] += self._pushes[0, 0]
+            d.qvel[1] += self._pushes[0, 1]
+            mj.mj_step1(m, d)  # velocity-stage quantities of the pushed state
+        # the older target until physics step r, this control step's from r on
+        r = int(self._split[0])
+        d.ctrl[:] = self._old[0]
         mj.mj_step2(m, d)
         if r == 0:
             if n > 1:
@@ -532,7 +543,7 @@ class QuadrupedPhysics:
         else:
             if r > 1:
                 mj.mj_step(m, d, r - 1)
-            d.ctrl[:] = now
+            d.ctrl[:] = self._now[0]
             mj.mj_step(m, d, n - r)
         mj.mj_step1(m, d)
 
@@ -568,7 +579,9 @@ def plant_commands_batch(
     pushes: np.ndarray,
     pushed: np.ndarray,
 ) -> None:
-    """Every row's part of :meth:`QuadrupedPhysics.step` before the physics, batched.
+    """The command side of a control step, for every row: what the motors get and when.
+
+    :meth:`QuadrupedPhysics.step` runs it on a batch of one, the vector env on all its rows.
 
     The same draws in the same order from each row's stream: the delay jitter (control steps,
     then physics steps), then a push when one is due. ``jitter`` is ``(steps, physics steps,
@@ -679,9 +692,7 @@ class QuadrupedBatchPhysics:
         self._lines = np.zeros((n, *sc._line.shape))
         self._offsets = np.zeros((n, NJ))
         self._steps = np.zeros(n, dtype=np.int64)
-        dec = cfg.control.decimation
-        self._jitter = np.array([sc._delay[2], sc._ms[2], dec], dtype=np.float64)
-        self._push = np.array([sc._push_every, float(sc._push[0]), sc._push[1]])
+        self._jitter, self._push = sc.jitter_params, sc.push_params
         self._old, self._now = np.zeros((n, NJ)), np.zeros((n, NJ))
         self._split = np.zeros(n, dtype=np.int64)
         self._pushes = np.zeros((n, 2))
