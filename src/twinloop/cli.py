@@ -1,7 +1,8 @@
 """The ``twinloop`` command line.
 
-Verbs that mean the same for every env id: ``list``, ``info``, ``run``, ``serve``, ``data``
-(and, as they arrive, ``agent``, ``sysid`` and ``transfer``). Stages particular to one system
+Verbs that mean the same for every env id: ``list``, ``info``, ``run``, ``eval`` (controllers
+compared on the same seeds), ``serve``, ``data``, ``agent`` (and, as they arrive, ``sysid``
+and ``transfer``). Stages particular to one system
 live under a name that says what they do (``twinloop stem-rates capture | train | eval``, the
 STEM demo's stages: learn the Si transition rates and evaluate steering with them), so a new
 system adds one group instead of claiming top-level verbs. ``twinloop demo`` is the main job.
@@ -9,7 +10,8 @@ The CLI parses, renders progress and prints; the work is in the library.
 
 The command table of README.md is rendered from this parser (:func:`render_command_table`):
 ``twinloop --readme-table README.md`` rewrites it. Spellings of the previous release
-(``twinloop capture``, ``train``, ``eval``) still work, with a notice on stderr
+(``twinloop capture``, ``train``, and ``eval DATASET...``, which ``eval ID --controller``
+now tells apart by its arguments) still work, with a notice on stderr
 (:data:`DEPRECATED_COMMANDS`).
 """
 
@@ -38,12 +40,25 @@ def _space_text(space: Any) -> str:
     return type(space).__name__
 
 
-def _parse_overrides(env_id: str, assignments: Sequence[str]) -> dict[str, Any]:
+def _parse_overrides(
+    env_id: str, assignments: Sequence[str], config_file: str | None = None
+) -> dict[str, Any]:
+    """Config overrides from ``--config FILE`` (a JSON object), then ``--set`` (which wins).
+
+    The file has the format of a twin's ``--profile FILE`` and of what ``twinloop sysid``
+    writes: field names or dotted paths (or sections as objects) -> values.
+    """
     import twinloop
     from twinloop.core.config import parse_assignment
 
     cfg = twinloop.make_config(env_id)
-    return dict(parse_assignment(cfg, a) for a in assignments)
+    out: dict[str, Any] = {}
+    if config_file is not None:
+        from twinloop.core.profile import load_profile
+
+        out.update(load_profile(config_file, cfg, option="--config").values)
+    out.update(parse_assignment(cfg, a) for a in assignments)
+    return out
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -99,6 +114,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     s = twinloop.spec(args.env_id)
     overrides = _parse_overrides(args.env_id, args.set)
+    if args.backend not in (None, s.backend_names[0]):
+        return _info_device(args, overrides)
     env = twinloop.make(args.env_id, **overrides)
     print(f"{s.id}: {s.description}\n")
     rows = [
@@ -136,18 +153,48 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_here(
-    args: argparse.Namespace, overrides: dict[str, Any], split: str | None = None
-) -> list[Any]:
-    """``twinloop run`` in this process: one env (or one vector env) runs every episode.
+def _info_device(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """``twinloop info ID --backend B``: connect to the device and say what it is.
 
-    With ``split``, episode ``e`` is episode ``e`` of that split (its reset options pin it).
+    A twin running hidden physics (``--profile``) says only that a profile is in force and
+    its name; its values are never sent to a client.
     """
-    from tqdm import tqdm
-
     import twinloop
-    from twinloop.controllers import make_controller
-    from twinloop.eval.rollout import run_single, run_vector
+    from twinloop.datasets.writer import profile_name
+
+    env = twinloop.make(args.env_id, backend=args.backend, **_backend_options(args), **overrides)
+    try:
+        backend = env.unwrapped.backend
+        if not backend.connected:
+            backend.connect()
+        identity = backend.identity()
+    finally:
+        env.close()
+    print(f"{args.env_id} on backend {args.backend}:")
+
+    def rows(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                yield from rows(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", json.dumps(v, default=str)
+
+    print(table(list(rows(identity)), ("identity", "value")))
+    name = profile_name(identity)
+    if name is None:
+        print("device profile: none announced (nominal physics, or a real device)")
+    else:
+        print(
+            f"device profile: {name!r} is in force: the device's physics differ from the "
+            "simulator's nominal values, which stay hidden (identify them with 'twinloop sysid' "
+            "from a capture)"
+        )
+    return 0
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword options of ``--backend``'s constructor from the device options given."""
+    import twinloop
 
     backend_spec = twinloop.spec(args.env_id).backend(
         args.backend or twinloop.spec(args.env_id).backend_names[0]
@@ -177,6 +224,23 @@ def _run_here(
                     f"{name}; it is an option of backend 'lerobot'"
                 )
             backend_opts[name] = value
+    return backend_opts
+
+
+def _run_here(
+    args: argparse.Namespace, overrides: dict[str, Any], split: str | None = None
+) -> list[Any]:
+    """``twinloop run`` in this process: one env (or one vector env) runs every episode.
+
+    With ``split``, episode ``e`` is episode ``e`` of that split (its reset options pin it).
+    """
+    from tqdm import tqdm
+
+    import twinloop
+    from twinloop.controllers import make_controller
+    from twinloop.eval.rollout import run_single, run_vector
+
+    backend_opts = _backend_options(args)
     if args.n_envs > 1:
         if args.backend not in (None, twinloop.spec(args.env_id).backend_names[0]):
             raise SystemExit("--n-envs > 1 runs on the simulator kernel only; drop --backend")
@@ -359,7 +423,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run a controller for N episodes and print a summary table."""
     from twinloop.eval.rollout import summarize
 
-    overrides = _parse_overrides(args.env_id, args.set)
+    overrides = _parse_overrides(args.env_id, args.set, args.config)
     if args.split is not None:
         return _run_splits(args, overrides)
     if args.episodes is None:
@@ -411,6 +475,72 @@ def cmd_run(args: argparse.Namespace) -> int:
         }
         if workers is not None:
             payload["workers"] = {k: v for k, v in workers.items() if k != "report"}
+        with open(args.json, "w") as fh:
+            json.dump(payload, fh, indent=2, default=_json_default)
+    return 0
+
+
+def _takes_model(controller: str) -> bool:
+    """Whether controller ``controller``'s constructor takes a ``model`` (the rate model)."""
+    import inspect
+
+    from twinloop.controllers import CONTROLLERS
+    from twinloop.core.registry import load
+
+    if controller not in CONTROLLERS:
+        return False
+    return "model" in inspect.signature(load(CONTROLLERS[controller])).parameters
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run every controller on the same seeds and print the paired comparison."""
+    import copy
+
+    from twinloop.eval.compare import compare_controllers, format_comparison, plot_comparison
+
+    if len(set(args.controller)) != len(args.controller):
+        dup = sorted({c for c in args.controller if args.controller.count(c) > 1})
+        raise ValueError(f"--controller {', '.join(dup)} given twice: name each once")
+    if args.episodes is None:
+        args.episodes = DEFAULT_EPISODES
+    overrides = _parse_overrides(args.env_id, args.set, args.config)
+    results: dict[str, list[Any]] = {}
+    workers: dict[str, Any] = {}
+    for name in args.controller:
+        run_args = copy.copy(args)
+        run_args.controller = name
+        run_args.model = args.model if args.model and _takes_model(name) else None
+        if args.workers is None and args.ray is None and args.fleet is None:
+            results[name] = _run_here(run_args, overrides)
+        else:
+            from twinloop.eval.workers import WorkersFailed
+
+            try:
+                results[name], workers[name] = _run_on_workers(run_args, overrides)
+            except WorkersFailed as exc:
+                print(f"twinloop: error: {name}: {exc}", file=sys.stderr)
+                return 2
+    report = compare_controllers(results, n_resamples=args.resamples)
+    print(
+        f"{args.env_id}  backend={args.backend or 'sim'}  seeds {args.seed}..."
+        f"{args.seed + args.episodes - 1}  n_envs={args.n_envs}"
+    )
+    print(format_comparison(report))
+    for name, info in workers.items():
+        for line in info["report"]:
+            print(f"{name}: {line}")
+    if args.plot:
+        title = f"{args.env_id} on {args.backend or 'sim'}, {args.episodes} paired episodes"
+        print(f"figure: {plot_comparison(report, args.plot, title)}")
+    if args.json:
+        payload = {
+            "env_id": args.env_id,
+            "backend": args.backend or "sim",
+            "seed": args.seed,
+            "overrides": overrides,
+            "comparison": report,
+            "episodes": {k: [r.__dict__ for r in v] for k, v in results.items()},
+        }
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2, default=_json_default)
     return 0
@@ -592,9 +722,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="config override to show, e.g. --set beam_current_na=0.2 (repeatable)",
     )
+    _add_device_options(s, lerobot=False)
     s.set_defaults(func=cmd_info)
 
     _add_run(sub)
+    _add_eval(sub)
     _add_serve(sub)
     from twinloop.controllers.rl.cli import add_agent_parser
     from twinloop.datasets.cli import add_data_parser
@@ -627,27 +759,32 @@ def _add_run(sub: Any) -> None:
         help=f"controller name: {', '.join(CONTROLLERS)}; or agent:DIR, an agent saved by "
         "'twinloop agent train'",
     )
+    _add_episode_options(
+        s, f"number of episodes (default: {DEFAULT_EPISODES}; with --split, the whole split)"
+    )
+    s.add_argument("--json", default=None, help="also write the results to this JSON file")
     s.add_argument(
-        "--episodes",
-        type=_positive_int,
+        "--split",
         default=None,
-        metavar="N",
-        help=f"number of episodes (default: {DEFAULT_EPISODES}; with --split, the whole split)",
+        metavar="NAME|all",
+        help="run episodes 0..N-1 of an evaluation split (default N: the whole split) and print "
+        "success per split with 95%% intervals; 'all': every evaluation split, an 'overall' row "
+        "over the benchmark's, as in LLaRP's table (envs with splits: LangRearrange-v0)",
     )
     s.add_argument(
-        "--seed",
-        type=_non_negative_int,
-        default=0,
-        metavar="S",
-        help="seed of the first episode; episode e uses S+e (default: %(default)s)",
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="with --split: write the figure of success and return per split here",
     )
-    s.add_argument(
-        "--n-envs",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="run episodes in a kernel-batched vector env of this size (default: %(default)s)",
-    )
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_worker_arguments(s)
+    add_record_arguments(s)
+    s.set_defaults(func=cmd_run)
+
+
+def _add_device_options(s: argparse.ArgumentParser, lerobot: bool) -> None:
+    """``--backend`` and how to reach the device: address, token, timeout (and LeRobot's)."""
     s.add_argument("--backend", default=None, help="backend name (default: the simulator)")
     s.add_argument(
         "--address",
@@ -669,26 +806,6 @@ def _add_run(sub: Any) -> None:
         help=f"read the shared secret from this file (its first line); default: ${TOKEN_ENV}",
     )
     s.add_argument(
-        "--robot",
-        default=None,
-        metavar="MODULE:FACTORY",
-        help="backend 'lerobot': a function returning the robot object (LeRobot's Robot "
-        "interface), called with no arguments",
-    )
-    s.add_argument(
-        "--mapping",
-        default=None,
-        metavar="MODULE:ATTR",
-        help="backend 'lerobot': its LeRobotMapping, or a function returning one (default: "
-        "'<joint>.pos' keys in radians)",
-    )
-    s.add_argument(
-        "--reset-hook",
-        default=None,
-        metavar="MODULE:ATTR",
-        help="backend 'lerobot': hook(robot, seed) run at every reset (e.g. a scripted stand-up)",
-    )
-    s.add_argument(
         "--timeout",
         type=float,
         default=None,
@@ -696,6 +813,54 @@ def _add_run(sub: Any) -> None:
         help="seconds a network backend waits for the device's answer (its timeout_s, or "
         "connect_timeout_s and ack_timeout_s); raise it for a twin that is still starting",
     )
+    if lerobot:
+        s.add_argument(
+            "--robot",
+            default=None,
+            metavar="MODULE:FACTORY",
+            help="backend 'lerobot': a function returning the robot object (LeRobot's Robot "
+            "interface), called with no arguments",
+        )
+        s.add_argument(
+            "--mapping",
+            default=None,
+            metavar="MODULE:ATTR",
+            help="backend 'lerobot': its LeRobotMapping, or a function returning one (default: "
+            "'<joint>.pos' keys in radians)",
+        )
+        s.add_argument(
+            "--reset-hook",
+            default=None,
+            metavar="MODULE:ATTR",
+            help="backend 'lerobot': hook(robot, seed) run at every reset (e.g. a scripted "
+            "stand-up)",
+        )
+
+
+def _add_episode_options(s: argparse.ArgumentParser, episodes_help: str) -> None:
+    """The options ``run`` and ``eval`` share: episodes and seeds, backend and device, config."""
+    s.add_argument(
+        "--episodes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=episodes_help,
+    )
+    s.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        metavar="S",
+        help="seed of the first episode; episode e uses S+e (default: %(default)s)",
+    )
+    s.add_argument(
+        "--n-envs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run episodes in a kernel-batched vector env of this size (default: %(default)s)",
+    )
+    _add_device_options(s, lerobot=True)
     s.add_argument(
         "--set",
         action="append",
@@ -709,25 +874,60 @@ def _add_run(sub: Any) -> None:
         help="trained model for learned controllers (greedy-learned, planner), from "
         "'twinloop stem-rates train'",
     )
-    s.add_argument("--json", default=None, help="also write the results to this JSON file")
     s.add_argument(
-        "--split",
+        "--config",
         default=None,
-        metavar="NAME|all",
-        help="run episodes 0..N-1 of an evaluation split (default N: the whole split) and print "
-        "success per split with 95%% intervals; 'all': every evaluation split, an 'overall' row "
-        "over the benchmark's, as in LLaRP's table (envs with splits: LangRearrange-v0)",
+        metavar="FILE",
+        help="JSON object of config overrides (field names or dotted paths -> values), e.g. "
+        "what 'twinloop sysid' writes or a twin's --profile file; --set wins over it",
+    )
+
+
+def _add_eval(sub: Any) -> None:
+    from twinloop.controllers import CONTROLLERS
+
+    s = sub.add_parser(
+        "eval",
+        help="compare controllers on the same seeds: success, mean and IQM return with 95%% "
+        "intervals, and paired differences from the first controller",
+        description="Run every --controller on the same episodes (episode e uses seed S+e for "
+        "each) and compare them: success rate (Wilson interval), mean and IQM return "
+        "(bootstrap), the env's episode metrics, and each controller minus the first with a "
+        "paired bootstrap interval and the probability of improvement. Runs in this process, "
+        "on --workers, on Ray or on a device backend, as 'twinloop run' does.",
+    )
+    s.add_argument("env_id", metavar="ID", help="registered env id, e.g. twinloop/StemSteer-v0")
+    s.add_argument(
+        "--controller",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help=f"a controller to compare (repeat it; the first is the baseline): "
+        f"{', '.join(CONTROLLERS)}, or agent:DIR (an agent saved by 'twinloop agent train')",
+    )
+    _add_episode_options(
+        s, f"episodes per controller (default: {DEFAULT_EPISODES}); the same seeds for each"
+    )
+    s.add_argument(
+        "--json", default=None, metavar="FILE", help="also write the comparison to this JSON file"
     )
     s.add_argument(
         "--plot",
         default=None,
         metavar="PNG",
-        help="with --split: write the figure of success and return per split here",
+        help="write a figure: success and IQM return per controller, differences from the "
+        "first, with intervals",
+    )
+    s.add_argument(
+        "--resamples",
+        type=_positive_int,
+        default=5000,
+        metavar="B",
+        help="bootstrap resamples of every interval (default: %(default)s)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_worker_arguments(s)
-    add_record_arguments(s)
-    s.set_defaults(func=cmd_run)
+    s.set_defaults(func=cmd_eval, record=None, split=None)
 
 
 def _add_worker_arguments(s: argparse.ArgumentParser) -> None:
@@ -911,9 +1111,24 @@ DEPRECATED_COMMANDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _is_controller_eval(rest: Sequence[str]) -> bool:
+    """Whether ``twinloop eval REST`` is today's controller comparison (or asks for its help).
+
+    The previous release's ``twinloop eval DATASET...`` (now ``stem-rates eval``) takes dataset
+    folders; today's takes a registered env id and ``--controller`` options.
+    """
+    import twinloop
+
+    if not rest or rest[0] in ("-h", "--help") or "--controller" in rest:
+        return True
+    return rest[0] in twinloop.registry
+
+
 def modernize(argv: Sequence[str]) -> list[str]:
     """``argv`` with a deprecated command spelled today's way (a notice goes to stderr)."""
     argv = list(argv)
+    if argv[:1] == ["eval"] and _is_controller_eval(argv[1:]):
+        return argv  # today's 'twinloop eval ID --controller ...', not the old dataset form
     if argv and argv[0] in DEPRECATED_COMMANDS:
         new = DEPRECATED_COMMANDS[argv[0]]
         print(

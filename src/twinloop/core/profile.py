@@ -213,8 +213,11 @@ def draw_profile(cfg: C, seed: int, priors: Sequence[Prior] | None = None) -> De
     return profile
 
 
-def load_profile(path: str | Path, cfg: object) -> DeviceProfile:
+def load_profile(path: str | Path, cfg: object, option: str = "--profile") -> DeviceProfile:
     """Read a profile from a JSON file of config overrides; its name is the file's stem.
+
+    ``option`` is the command-line option that named the file, for the error messages
+    (``twinloop run --config FILE`` reads the same format).
 
     Raises:
         ValueError: The file is unreadable, not JSON, or not an object.
@@ -225,12 +228,12 @@ def load_profile(path: str | Path, cfg: object) -> DeviceProfile:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--profile {path}: cannot read it ({exc})") from exc
+        raise ValueError(f"{option} {path}: cannot read it ({exc})") from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--profile {path}: not JSON ({exc})") from exc
+        raise ValueError(f"{option} {path}: not JSON ({exc})") from exc
     if not isinstance(data, dict) or not data:
         raise ValueError(
-            f"--profile {path}: expected a non-empty JSON object of config overrides "
+            f"{option} {path}: expected a non-empty JSON object of config overrides "
             f"(name or dotted path -> value), got {type(data).__name__}"
         )
     values = _flatten(data)
@@ -238,7 +241,7 @@ def load_profile(path: str | Path, cfg: object) -> DeviceProfile:
     try:
         profile.apply(cfg)
     except ConfigError as exc:
-        raise ConfigError(f"--profile {path}: {exc}", fields=exc.fields) from None
+        raise ConfigError(f"{option} {path}: {exc}", fields=exc.fields) from None
     return profile
 
 

@@ -234,7 +234,7 @@ def describe_env(env: gym.Env | gym.vector.VectorEnv) -> dict[str, Any]:
     backend = getattr(u, "backend", None)
     if backend is not None and hasattr(backend, "identity"):
         out["backend"] = _json_safe(backend.identity())
-        name = _profile_name(out["backend"])
+        name = profile_name(out["backend"])
         if name is not None:  # a twin with hidden physics says only its profile's name
             out["device_profile"] = {"name": name}
     elif isinstance(u, gym.vector.VectorEnv):
@@ -246,14 +246,14 @@ def describe_env(env: gym.Env | gym.vector.VectorEnv) -> dict[str, Any]:
     return out
 
 
-def _profile_name(identity: Any) -> str | None:
+def profile_name(identity: Any) -> str | None:
     """The ``"profile"`` a backend's identity (or a server's, nested in it) names, or None."""
     if not isinstance(identity, dict):
         return None
     if isinstance(identity.get("profile"), str):
         return identity["profile"]
     for value in identity.values():
-        name = _profile_name(value)
+        name = profile_name(value)
         if name is not None:
             return name
     return None
