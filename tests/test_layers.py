@@ -63,7 +63,12 @@ SIBLING_IMPORTS = {("hardware", "sim"), ("cli", "demo")}
 #: Packages under twinloop/ that are layers of their own.
 PACKAGES = ("core", "sim", "hardware", "datasets", "controllers", "eval")
 #: Modules at the package root and their layer (anything new at the root must be placed here).
-ROOT_MODULES = {"twinloop": "core", "twinloop.envs": "core", "twinloop.demo": "demo"}
+ROOT_MODULES = {
+    "twinloop": "core",
+    "twinloop.envs": "core",
+    "twinloop.demo": "demo",
+    "twinloop.transfer": "demo",
+}
 
 
 @dataclass(frozen=True)

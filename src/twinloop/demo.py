@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import socket
 import subprocess
 import sys
@@ -37,6 +38,9 @@ CAPTURE_SETTINGS: dict[str, Any] = {
 }
 #: Controllers compared by the demo.
 CONTROLLERS = ("greedy-neighbor", "greedy-learned", "planner")
+#: The demo twin's device profile: of seeds 1-15 of the STEM prior, the device furthest from
+#: the nominal simulator (peak rate x0.62, optimum 0.25 A further out, knock-out x0.77).
+DEFAULT_PROFILE = "random:7"
 
 Progress = Callable[[str, int, int], None]
 
@@ -58,6 +62,14 @@ class DemoConfig:
     #: A running microscope twin for ``backend="remote"`` (e.g. ``tcp://127.0.0.1:5555``);
     #: None starts one on a free loopback port for the length of the demo.
     address: str | None = None
+    #: The hidden physics of the twin the demo starts (``--profile`` of ``twinloop serve
+    #: microscope``): a device that differs from the nominal simulator, so the sim-vs-device
+    #: gap is real. None: a nominal twin (the gap is then zero by construction). Ignored for
+    #: a twin at ``address`` and for other backends.
+    profile: str | None = DEFAULT_PROFILE
+    #: With a profile: fit the simulator's parameters to the capture (``twinloop.sysid``)
+    #: and run the controllers on the calibrated simulator too (backend ``sim-calibrated``).
+    calibrate: bool = True
 
 
 @contextlib.contextmanager
@@ -111,9 +123,14 @@ def capture(
     seed: int = 0,
     overwrite: bool = False,
     progress: Progress | None = None,
+    device_profile: Any = None,
     **overrides: Any,
 ) -> Path:
     """Record random-beam dwells until ``n_transitions`` steps are captured.
+
+    ``device_profile`` (a :class:`~twinloop.core.profile.DeviceProfile`): the profile the twin
+    was started with; its values go to the capture's privileged section, so that
+    identification from the capture can be scored (as ``twinloop run --device-profile``).
 
     Returns:
         The dataset directory.
@@ -131,6 +148,9 @@ def capture(
         mode="overwrite" if overwrite else "create",
         tags={"controller": "random", "backend": backend, "stage": "capture"},
     )
+    if device_profile is not None:
+        rec.writer.env_info["device_profile"] = {"name": device_profile.name}
+        rec.writer.env_info["privileged"] = {"device_profile": device_profile.privileged()}
     controller = make_controller("random", rec)
     steps, episode = 0, 0
     try:
@@ -188,27 +208,31 @@ def evaluate(
     goal_hops: int = 5,
     overwrite: bool = False,
     progress: Progress | None = None,
+    label: str | None = None,
     **overrides: Any,
 ) -> dict[str, Path]:
     """Run each controller for ``episodes`` episodes (episode ``e``: seed ``seed + e``).
 
     The same seeds give the same goals on every controller and backend. Each run is recorded
-    in its own dataset under ``directory/<backend>-<controller>``.
+    in its own dataset under ``directory/<label>-<controller>``, where ``label`` (default:
+    ``backend``) names the condition in the report, e.g. ``sim-calibrated`` for the simulator
+    with fitted ``overrides``.
     """
     from twinloop.controllers import make_controller
     from twinloop.datasets import RecordEpisodes
     from twinloop.eval.rollout import run_single
 
     out: dict[str, Path] = {}
+    label = label or backend
     for name in controllers:
         env = _make(backend, address, goal_hops=goal_hops, **overrides)
-        path = Path(directory) / f"{backend}-{name}"
+        path = Path(directory) / f"{label}-{name}"
         rec = RecordEpisodes(
             env,
             path,
-            dataset_id=f"twinloop/stem-{backend}-{name}-v0",
+            dataset_id=f"twinloop/stem-{label}-{name}-v0",
             mode="overwrite" if overwrite else "create",
-            tags={"controller": name, "backend": backend, "stage": "evaluate"},
+            tags={"controller": name, "backend": label, "stage": "evaluate"},
         )
         kwargs = {"model": str(model_path)} if name in ("greedy-learned", "planner") else {}
         controller = make_controller(name, rec, **kwargs)
@@ -218,11 +242,11 @@ def evaluate(
                 controller,
                 episodes,
                 seed,
-                (lambda d, n, name=name: progress(f"{backend} {name}", d, n)) if progress else None,
+                (lambda d, n, name=name: progress(f"{label} {name}", d, n)) if progress else None,
             )
         finally:
             rec.close()
-        out[f"{backend}/{name}"] = path
+        out[f"{label}/{name}"] = path
     return out
 
 
@@ -234,8 +258,13 @@ def report(
     capture_dir: str | Path | None = None,
     started: float | None = None,
     extra: dict[str, Any] | None = None,
+    device_profile: Any = None,
 ) -> dict[str, Any]:
-    """Write ``results.json``, ``report.md`` and ``figures/*.png``; return the results."""
+    """Write ``results.json``, ``report.md`` and ``figures/*.png``; return the results.
+
+    ``device_profile``: the hidden physics of the device the model was learned on; the model
+    is scored against that device's true rates (default: the nominal simulator's).
+    """
     import twinloop
     from twinloop.controllers.rates import RateModel
     from twinloop.datasets import open_dataset
@@ -260,6 +289,8 @@ def report(
     if model_path is not None:
         model = RateModel.load(model_path)
         cfg = twinloop.make_config(ENV_ID)
+        if device_profile is not None:
+            cfg = device_profile.apply(cfg)
         results["rate_model"] = {**rate_model_errors(model, cfg), "info": model.info}
         figs["rate_map"] = plot_rate_maps(model, cfg, figures / "rate_map.png")
     if started is not None:
@@ -312,6 +343,27 @@ def _markdown(
         ]
     if model_path:
         lines.append(f"\nModel: `{Path(model_path).relative_to(out)}`.")
+    dp = results.get("device_profile")
+    if dp:
+        cal = results.get("calibration", {})
+        lines += [
+            "",
+            "## The device",
+            "",
+            f"The microscope twin ran hidden physics (device profile `{dp['name']}`; its values "
+            "are never sent to a client, see `twinloop info ID --backend remote`). The backend "
+            "gaps below therefore measure a real sim-to-real gap: the nominal simulator against "
+            "a device it does not describe. The rate model above is scored against the "
+            "device's true rates.",
+        ]
+        if "overrides" in cal:
+            lines.append(
+                "\n`sim-calibrated` is the simulator with the parameters `twinloop sysid` fitted "
+                f"to the capture (`{Path(cal['file']).name}`); its gap to `remote` is what "
+                "remains after identification."
+            )
+        elif cal:
+            lines.append(f"\nNo calibrated simulator: {cal['skipped']}.")
     lines += [
         "",
         "## Controllers",
@@ -346,7 +398,15 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
     model_path = out / "model.npz"
     eval_root = out / "eval"
     start_twin = cfg.backend == "remote" and cfg.address is None
-    with microscope_twin() if start_twin else contextlib.nullcontext(cfg.address) as address:
+    profile = None
+    if start_twin and cfg.profile:
+        import twinloop
+        from twinloop.core.profile import parse_profile
+
+        profile = parse_profile(cfg.profile, twinloop.make_config(ENV_ID))
+    twin_args = ["--profile", cfg.profile] if profile is not None else []
+    twin = microscope_twin(twin_args) if start_twin else contextlib.nullcontext(cfg.address)
+    with twin as address:
         capture(
             cfg.backend,
             cfg.transitions,
@@ -355,6 +415,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
             seed=cfg.seed,
             overwrite=cfg.overwrite,
             progress=progress,
+            device_profile=profile,
         )
         info = train(
             capture_dir,
@@ -390,11 +451,57 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
                 progress=progress,
             )
         )
+    extra: dict[str, Any] = {"config": dataclasses.asdict(cfg), "training": info}
+    if profile is not None:
+        extra["device_profile"] = {"name": profile.name, "hidden_from_clients": True}
+        if cfg.calibrate:
+            extra["calibration"] = _calibrate(cfg, capture_dir, eval_root, model_path, eval_dirs,
+                                              progress)  # fmt: skip
     return report(
         out,
         eval_dirs,
         model_path=model_path,
         capture_dir=capture_dir,
         started=started,
-        extra={"config": dataclasses.asdict(cfg), "training": info},
+        extra=extra,
+        device_profile=profile,
     )
+
+
+def _calibrate(
+    cfg: DemoConfig,
+    capture_dir: Path,
+    eval_root: Path,
+    model_path: Path,
+    eval_dirs: dict[str, Path],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Fit the simulator to the device capture; rerun the controllers on it (``sim-calibrated``).
+
+    Returns:
+        The fitted overrides and where they were written, or why nothing was fitted.
+    """
+    try:
+        from twinloop.sysid import fit
+    except ImportError as exc:
+        return {"skipped": f"twinloop.sysid is not available ({exc})"}
+    fitted = fit(ENV_ID, [capture_dir])
+    overrides = fitted.overrides()
+    path = Path(cfg.out) / "sysid.json"
+    path.write_text(json.dumps(overrides, indent=2))
+    eval_dirs.update(
+        evaluate(
+            "sim",
+            CONTROLLERS,
+            cfg.episodes,
+            eval_root,
+            model_path=model_path,
+            seed=cfg.seed + 100_000,
+            goal_hops=cfg.goal_hops,
+            overwrite=cfg.overwrite,
+            progress=progress,
+            label="sim-calibrated",
+            **overrides,
+        )
+    )
+    return {"overrides": overrides, "file": str(path)}

@@ -57,7 +57,9 @@ def _backend_args(p: argparse.ArgumentParser, default: str, starts_twin: bool) -
 
 
 def add_parsers(sub: Any) -> None:
-    """Register ``twinloop demo`` and ``twinloop stem-rates capture | train | eval``."""
+    """Register ``twinloop demo``, ``transfer`` and ``stem-rates capture | train | eval``."""
+    from twinloop.demo import DEFAULT_PROFILE
+
     d = sub.add_parser(
         "demo",
         help="the main job: capture through a microscope twin, learn the Si rates, steer with "
@@ -110,8 +112,21 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="skip re-running the controllers on the simulator",
     )
+    d.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        metavar="random:SEED|FILE|nominal",
+        help="hidden physics of the twin the demo starts, so the sim-vs-device gap is real "
+        "('nominal': none; default: %(default)s)",
+    )
+    d.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip fitting the simulator to the capture and the calibrated-simulator runs",
+    )
     d.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     d.set_defaults(func=cmd_demo)
+    _add_transfer(sub)
 
     g = sub.add_parser(
         "stem-rates",
@@ -185,6 +200,121 @@ def add_parsers(sub: Any) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def _add_transfer(sub: Any) -> None:
+    from twinloop.transfer import CONTROLLERS
+
+    t = sub.add_parser(
+        "transfer",
+        help="the sim-to-real gap on a device twin with hidden physics, and how far "
+        "identification from a device capture closes it (STEM)",
+        description="Controllers built on the nominal simulator run on a microscope twin "
+        "started with --profile (hidden physics) and on the simulator, same seeds: the gap. "
+        "Then a capture on the device trains a rate model (and 'twinloop sysid' fits the "
+        "simulator's parameters): the controllers run again, on the device and on the "
+        "calibrated simulator. Writes results.json, report.md and a figure.",
+    )
+    t.add_argument(
+        "env_id", metavar="ID", help="env id; so far twinloop/StemSteer-v0 (the microscope)"
+    )
+    t.add_argument(
+        "--profile",
+        default="random:1",
+        metavar="random:SEED|FILE",
+        help="the device's hidden physics, as 'twinloop serve microscope --profile' takes "
+        "them (default: %(default)s)",
+    )
+    t.add_argument(
+        "--out", default="twinloop-transfer", help="report folder (default: %(default)s)"
+    )
+    t.add_argument(
+        "--address",
+        default=None,
+        help="a running microscope twin started with this --profile (default: start one on "
+        "loopback for the run)",
+    )
+    t.add_argument(
+        "--transitions",
+        type=int,
+        default=2000,
+        help="random-beam dwells in each capture, nominal simulator and device (default: "
+        "%(default)s)",
+    )
+    t.add_argument(
+        "--episodes",
+        type=int,
+        default=60,
+        help="episodes per controller and condition, the same seeds in each (default: %(default)s)",
+    )
+    t.add_argument(
+        "--goal-hops",
+        type=int,
+        default=5,
+        help="hops from the Si to its goal (default: %(default)s)",
+    )
+    t.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
+    t.add_argument(
+        "--train-steps",
+        type=int,
+        default=2000,
+        help="optimiser steps of each rate model (default: %(default)s)",
+    )
+    t.add_argument(
+        "--ensemble",
+        type=int,
+        default=5,
+        help="models per rate-model ensemble (default: %(default)s)",
+    )
+    t.add_argument(
+        "--controller",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"a controller to compare (repeatable; default: {', '.join(CONTROLLERS)})",
+    )
+    t.add_argument(
+        "--no-sysid",
+        action="store_true",
+        help="skip fitting the simulator's parameters (and the calibrated-simulator runs)",
+    )
+    t.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_transfer)
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """Run the transfer report and print its tables."""
+    from twinloop.transfer import CONTROLLERS, ENV_ID, TransferConfig, run_transfer
+
+    if args.env_id != ENV_ID:
+        raise ValueError(
+            f"transfer covers {ENV_ID} so far; {args.env_id!r} is not done yet (the balloon "
+            "and the robot have profiles, see 'twinloop serve balloon|robot --profile')"
+        )
+    cfg = TransferConfig(
+        profile=args.profile,
+        out=args.out,
+        transitions=args.transitions,
+        episodes=args.episodes,
+        goal_hops=args.goal_hops,
+        seed=args.seed,
+        train_steps=args.train_steps,
+        ensemble=args.ensemble,
+        controllers=tuple(args.controller or CONTROLLERS),
+        address=args.address,
+        sysid=not args.no_sysid,
+        overwrite=args.overwrite,
+    )
+    bars = _Bars(args.quiet)
+    try:
+        results = run_transfer(cfg, progress=bars)
+    finally:
+        bars.close()
+    report = (Path(args.out) / "report.md").read_text()
+    print(report.split("## Success per condition", 1)[1].split("![", 1)[0].strip())
+    print(f"\nreport: {Path(args.out) / 'report.md'} (wall time {results['wall_time_s']:.0f} s)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole loop and print where the report is."""
     from twinloop.demo import DemoConfig, run_demo
@@ -202,6 +332,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         compare_sim=not args.no_sim_comparison,
         overwrite=args.overwrite,
         address=args.address,
+        profile=None if args.profile == "nominal" else args.profile,
+        calibrate=not args.no_calibrate,
     )
     bars = _Bars(args.quiet)
     try:

@@ -1,0 +1,398 @@
+"""The transfer report: controllers built on the nominal simulator meet a device, then its data.
+
+``twinloop transfer twinloop/StemSteer-v0 --profile random:1 --out DIR`` answers the question
+sim-to-real work is about, on a microscope twin whose physics differ from the simulator's in
+ways the user is not told (a device profile, :mod:`twinloop.core.profile`)::
+
+    nominal   random dwells on the nominal simulator -> a rate model (what one would build
+              before touching the instrument)
+    gap       each controller on the simulator and on the device, same seeds (same goals)
+    identify  random dwells captured on the device -> a rate model learned from the device,
+              and (``twinloop.sysid``, when it is installed) the simulator's parameters fitted
+              to the same capture
+    closed    each controller on the device again, with the model learned from the device;
+              and on the simulator calibrated with the fitted parameters
+
+Every comparison is paired by seed (:func:`~twinloop.eval.compare.paired_difference`): the
+gap of a controller is its success on the device minus on the simulator, episode by episode.
+``greedy-neighbor`` uses no model, so its gap is the physics alone; ``greedy-learned`` and
+``planner`` aim the beam where the model puts the optimum, so a model of the wrong device
+costs them success, and a model of the right one gives it back.
+
+Files in ``DIR``: the two captures (``nominal-capture``, ``device-capture``: Minari layout, the
+device's profile values in the capture's privileged section so that identification can be
+scored), the two models, ``sysid.json`` (when fitted), ``results.json``, ``report.md`` and
+``figures/transfer.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twinloop.demo import ENV_ID, capture, microscope_twin, train
+
+#: Controllers the report compares.
+CONTROLLERS = ("greedy-neighbor", "greedy-learned", "planner")
+#: Controllers that take a rate model.
+MODEL_CONTROLLERS = ("greedy-learned", "planner")
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransferConfig:
+    """What the transfer report does (defaults: a few minutes on 2 cores).
+
+    Attributes:
+        profile: The device's hidden physics, as ``twinloop serve microscope --profile``
+            takes it (``random:SEED`` or a JSON file).
+        out: Output folder.
+        transitions: Random dwells in each capture (nominal simulator, device).
+        episodes: Episodes per controller and condition (episode ``e``: seed ``seed + e``).
+        goal_hops: Hops from the Si to its goal.
+        seed: Seed of captures, training and episodes.
+        train_steps: Optimiser steps of each rate model.
+        ensemble: Models in each rate-model ensemble.
+        controllers: Controllers compared.
+        address: A running twin started with this profile (None: start one on loopback).
+        sysid: Also fit the simulator's parameters to the device capture (``twinloop.sysid``)
+            and run the controllers on the calibrated simulator.
+        overwrite: Replace the contents of ``out``.
+    """
+
+    profile: str = "random:1"
+    out: str = "twinloop-transfer"
+    transitions: int = 2000
+    episodes: int = 60
+    goal_hops: int = 5
+    seed: int = 0
+    train_steps: int = 2000
+    ensemble: int = 5
+    controllers: tuple[str, ...] = CONTROLLERS
+    address: str | None = None
+    sysid: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the counts and names before anything runs."""
+        for name in ("transitions", "episodes", "goal_hops", "train_steps", "ensemble"):
+            value = getattr(self, name)
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        from twinloop.controllers import CONTROLLERS as KNOWN
+
+        unknown = [c for c in self.controllers if c not in KNOWN]
+        if unknown or not self.controllers:
+            raise ValueError(
+                f"controllers {unknown or '()'}: give at least one of {', '.join(KNOWN)}"
+            )
+
+
+def _episodes(
+    backend: str,
+    controller: str,
+    model: str | Path | None,
+    cfg: TransferConfig,
+    address: str | None,
+    overrides: Mapping[str, Any],
+    label: str,
+    progress: Progress | None,
+) -> list[Any]:
+    """``controller`` for ``cfg.episodes`` episodes on ``backend`` (seeds from ``cfg.seed``)."""
+    import twinloop
+    from twinloop.controllers import make_controller
+    from twinloop.eval.rollout import run_single
+
+    options = {"address": address} if backend == "remote" else {}
+    env = twinloop.make(ENV_ID, backend=backend, goal_hops=cfg.goal_hops, **options, **overrides)
+    try:
+        kwargs = {"model": str(model)} if controller in MODEL_CONTROLLERS else {}
+        ctrl = make_controller(controller, env, **kwargs)
+        report = (lambda d, n: progress(label, d, n)) if progress else None
+        return run_single(env, ctrl, cfg.episodes, cfg.seed + 100_000, report)
+    finally:
+        env.close()
+
+
+def _rate(results: Sequence[Any]) -> dict[str, Any]:
+    from twinloop.eval.bootstrap import bootstrap_ci
+    from twinloop.eval.rollout import wilson_interval
+
+    wins = sum(bool(r.success) for r in results)
+    lo, hi = wilson_interval(wins, len(results))
+    times = np.array([r.time_s for r in results], dtype=np.float64)
+    return {
+        "success_rate": wins / len(results),
+        "ci95": [lo, hi],
+        "mean_time_s": float(times.mean()),
+        "mean_time_ci95": list(bootstrap_ci(times)),
+        "episodes": len(results),
+    }
+
+
+def _paired(a: Sequence[Any], b: Sequence[Any]) -> dict[str, dict[str, float]]:
+    """``a`` minus ``b``, paired by seed, with 95 % bootstrap intervals.
+
+    Success (a fraction) and the microscope time an episode took (s): a device slower than
+    the simulator shows in time before it shows in success.
+    """
+    from twinloop.eval.compare import paired_difference
+
+    if [r.seed for r in a] != [r.seed for r in b]:
+        raise ValueError("a transfer comparison ran different seeds: this is a bug")
+    out = {}
+    for key, get in (("success", lambda r: float(r.success)), ("time_s", lambda r: r.time_s)):
+        i = paired_difference([get(r) for r in a], [get(r) for r in b])
+        out[key] = {"point": i.point, "low": i.low, "high": i.high}
+    return out
+
+
+def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Capture, learn, evaluate before and after identification, and report.
+
+    Returns:
+        What ``results.json`` holds: per condition and controller the success rate with its
+        Wilson interval, and the paired gaps (device minus simulator) before and after.
+
+    Raises:
+        FileExistsError: ``out`` holds files and ``overwrite`` is off.
+        ValueError: A bad profile (the message names it) or a bad setting.
+    """
+    import twinloop
+    from twinloop.core.profile import parse_profile
+    from twinloop.eval.stem import rate_model_errors
+
+    started = time.time()
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or --out DIR")
+    out.mkdir(parents=True, exist_ok=True)
+    nominal_cfg = twinloop.make_config(ENV_ID)
+    profile = parse_profile(cfg.profile, nominal_cfg)
+    device_cfg = profile.apply(nominal_cfg)
+
+    nominal_capture, device_capture = out / "nominal-capture", out / "device-capture"
+    nominal_model, device_model = out / "nominal-model.npz", out / "device-model.npz"
+    capture("sim", cfg.transitions, nominal_capture, seed=cfg.seed, overwrite=cfg.overwrite,
+            progress=progress)  # fmt: skip
+    train(nominal_capture, nominal_model, steps=cfg.train_steps, ensemble=cfg.ensemble,
+          seed=cfg.seed, progress=progress)  # fmt: skip
+
+    results: dict[str, Any] = {"profile": profile.name, "conditions": {}, "gaps": {}}
+    conditions = results["conditions"]
+    runs: dict[tuple[str, str], list[Any]] = {}
+    twin = microscope_twin(["--profile", cfg.profile]) if cfg.address is None else None
+    with twin if twin is not None else contextlib.nullcontext(cfg.address) as address:
+        for c in cfg.controllers:
+            runs["sim, nominal model", c] = _episodes(
+                "sim", c, nominal_model, cfg, None, {}, f"sim {c}", progress
+            )
+            runs["device, nominal model", c] = _episodes(
+                "remote", c, nominal_model, cfg, address, {}, f"device {c}", progress
+            )
+        capture("remote", cfg.transitions, device_capture, address=address,
+                seed=cfg.seed + 1, overwrite=cfg.overwrite, progress=progress,
+                device_profile=profile)  # fmt: skip
+        train(device_capture, device_model, steps=cfg.train_steps, ensemble=cfg.ensemble,
+              seed=cfg.seed, progress=progress)  # fmt: skip
+        for c in cfg.controllers:
+            if c in MODEL_CONTROLLERS:
+                runs["device, device model", c] = _episodes(
+                    "remote", c, device_model, cfg, address, {}, f"device {c} (learned)", progress
+                )
+    calibrated = _identify(cfg, device_capture, out, results)
+    if calibrated is not None:
+        for c in cfg.controllers:
+            model = device_model if c in MODEL_CONTROLLERS else None
+            runs["calibrated sim, device model", c] = _episodes(
+                "sim", c, model, cfg, None, calibrated, f"calibrated sim {c}", progress
+            )
+    for (condition, c), eps in runs.items():
+        conditions.setdefault(condition, {})[c] = _rate(eps)
+    for c in cfg.controllers:
+        device_nominal = runs["device, nominal model", c]
+        gaps = {"before": _paired(device_nominal, runs["sim, nominal model", c])}
+        if ("device, device model", c) in runs:
+            gaps["closed_by_device_model"] = _paired(runs["device, device model", c],
+                                                     device_nominal)  # fmt: skip
+        if ("calibrated sim, device model", c) in runs:
+            device = runs.get(("device, device model", c), device_nominal)
+            gaps["after_calibration"] = _paired(device, runs["calibrated sim, device model", c])
+        results["gaps"][c] = gaps
+    from twinloop.controllers.rates import RateModel
+
+    results["rate_models"] = {
+        name: rate_model_errors(RateModel.load(path), device_cfg)
+        for name, path in (("nominal", nominal_model), ("device", device_model))
+    }
+    results["wall_time_s"] = time.time() - started
+    results["config"] = dataclasses.asdict(cfg)
+    _write_report(out, results, runs)
+    return results
+
+
+def _identify(
+    cfg: TransferConfig, device_capture: Path, out: Path, results: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The simulator's parameters fitted to the device capture, or None (with the reason)."""
+    if not cfg.sysid:
+        results["sysid"] = {"skipped": "switched off (sysid=False)"}
+        return None
+    try:
+        from twinloop.sysid import fit
+    except ImportError as exc:  # the package lands with issue 18's identification
+        results["sysid"] = {"skipped": f"twinloop.sysid is not available ({exc})"}
+        return None
+    fitted = fit(ENV_ID, [device_capture])
+    overrides = fitted.overrides()
+    (out / "sysid.json").write_text(json.dumps(overrides, indent=2))
+    results["sysid"] = json.loads(fitted.to_json())
+    return overrides
+
+
+def _fmt_gap(g: Mapping[str, Mapping[str, float]]) -> str:
+    s, t = g["success"], g["time_s"]
+    return (
+        f"{s['point']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}]; "
+        f"{t['point']:+.0f} s [{t['low']:+.0f}, {t['high']:+.0f}]"
+    )
+
+
+def _write_report(out: Path, results: dict[str, Any], runs: Mapping[tuple[str, str], Any]) -> None:
+    from twinloop.core.text import table
+    from twinloop.eval.report import write_json
+
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    write_json(results, out / "results.json")
+    conditions = results["conditions"]
+    controllers = list(results["gaps"])
+    rows = []
+    for condition, per in conditions.items():
+        for c in controllers:
+            if c in per:
+                r = per[c]
+                lo, hi = r["ci95"]
+                t_lo, t_hi = r["mean_time_ci95"]
+                rows.append(
+                    (
+                        condition,
+                        c,
+                        f"{r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]",
+                        f"{r['mean_time_s']:.0f} [{t_lo:.0f}, {t_hi:.0f}]",
+                    )
+                )
+    success = table(
+        rows, ("condition", "controller", "success (95% Wilson)", "mean episode time, s (95% CI)")
+    )
+    gap_rows = []
+    for c, g in results["gaps"].items():
+        gap_rows.append(
+            (
+                c,
+                _fmt_gap(g["before"]),
+                _fmt_gap(g["closed_by_device_model"]) if "closed_by_device_model" in g else "-",
+                _fmt_gap(g["after_calibration"]) if "after_calibration" in g else "-",
+            )
+        )
+    gaps = table(
+        gap_rows,
+        ("controller", "device - sim (nominal)", "device model - nominal", "device - calib. sim"),
+    )
+    models = []
+    for name, e in results["rate_models"].items():
+        models.append(
+            (
+                name,
+                f"{e['optimum_error_angstrom']:.3f}",
+                f"{100 * e['rate_map_error']:.1f} %",
+                f"{e['peak_ratio']:.2f}",
+            )
+        )
+    model_table = table(models, ("rate model", "optimum error (A)", "rate-map error", "peak ratio"))
+    fig = _plot(results, figures / "transfer.png")
+    sysid = results.get("sysid", {})
+    sysid_text = (
+        f"Simulator parameters fitted to the device capture: `sysid.json`.\n\n```\n"
+        f"{json.dumps(sysid.get('parameters', sysid), indent=2)[:4000]}\n```"
+        if "skipped" not in sysid
+        else f"Simulator parameters were not fitted: {sysid['skipped']}."
+    )
+    text = f"""# twinloop transfer: nominal simulator -> device profile {results["profile"]!r}
+
+Wall time: {results["wall_time_s"]:.0f} s. Every controller ran the same seeds (the same
+goals) in every condition; success rates carry 95 % Wilson intervals and the gaps are paired
+differences (95 % bootstrap over episodes) of success and of the microscope time an episode
+took, written `success; time`. A gap interval without 0 is a real difference at this sample
+size.
+
+## Success per condition
+
+```
+{success}
+```
+
+## Gaps
+
+`device - sim (nominal)`: what the device costs a controller built on the nominal simulator.
+`device model - nominal`: on the device, the model learned from the device's capture minus
+the nominal model (the gap closed). `device - calib. sim`: the device minus the simulator
+calibrated with the fitted parameters (the residual sim-vs-device gap).
+
+```
+{gaps}
+```
+
+## Rate models against the device's true rates
+
+```
+{model_table}
+```
+
+{sysid_text}
+
+![transfer]({fig.relative_to(out)})
+"""
+    (out / "report.md").write_text(text)
+
+
+def _plot(results: Mapping[str, Any], path: Path) -> Path:
+    """Success rate per controller, one bar per condition, with Wilson intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = list(results["conditions"])
+    controllers = list(results["gaps"])
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / max(1, len(conditions))
+    for k, condition in enumerate(conditions):
+        per = results["conditions"][condition]
+        xs, ys, err = [], [], []
+        for i, c in enumerate(controllers):
+            if c in per:
+                r = per[c]
+                xs.append(i + (k - (len(conditions) - 1) / 2) * width)
+                ys.append(r["success_rate"])
+                err.append([r["success_rate"] - r["ci95"][0], r["ci95"][1] - r["success_rate"]])
+        e = np.clip(np.array(err).T, 0, None)
+        ax.bar(xs, ys, width=width, label=condition, alpha=0.8)
+        ax.errorbar(xs, ys, yerr=e, fmt="none", color="k", capsize=3)
+    ax.set_xticks(range(len(controllers)), controllers)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success rate (95% Wilson CI)")
+    ax.set_title(f"nominal simulator vs device profile {results['profile']!r}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,83 @@
+"""``twinloop transfer``: nominal simulator vs a device twin with hidden physics, then its data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("jax", reason="the 'learn' extra (jax, optax) trains the rate models")
+pytest.importorskip("matplotlib", reason="the 'plot' extra draws the report's figure")
+pytest.importorskip("zmq", reason="the 'microscope' extra runs the twin")
+
+from twinloop.cli import main
+from twinloop.transfer import TransferConfig, run_transfer
+
+TINY = dict(
+    transitions=120,
+    episodes=4,
+    goal_hops=2,
+    train_steps=40,
+    ensemble=1,
+    controllers=("greedy-neighbor", "planner"),
+    sysid=False,
+)
+
+
+def _strip(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k not in ("wall_time_s", "config")}
+
+
+def test_tiny_transfer_reports_gaps_paired_by_seed(tmp_path) -> None:
+    out = tmp_path / "t"
+    results = run_transfer(TransferConfig(out=str(out), profile="random:7", **TINY))
+    assert results["profile"] == "random:7"
+    conditions = results["conditions"]
+    assert set(conditions) == {
+        "sim, nominal model",
+        "device, nominal model",
+        "device, device model",
+    }
+    assert set(conditions["device, device model"]) == {"planner"}  # the model-free one has none
+    for per in conditions.values():
+        for r in per.values():
+            assert r["episodes"] == 4 and 0.0 <= r["success_rate"] <= 1.0
+            assert r["ci95"][0] <= r["success_rate"] <= r["ci95"][1]
+    gaps = results["gaps"]
+    assert set(gaps["planner"]) == {"before", "closed_by_device_model"}
+    assert set(gaps["greedy-neighbor"]) == {"before"}
+    g = gaps["planner"]["before"]["success"]
+    assert g["low"] <= g["point"] <= g["high"]
+    # the device capture carries the profile's values for scoring, in its privileged section
+    meta = json.loads((out / "device-capture" / "data" / "metadata.json").read_text())
+    assert meta["twinloop"]["privileged"]["device_profile"]
+    assert (
+        "privileged"
+        not in json.loads((out / "nominal-capture" / "data" / "metadata.json").read_text())[
+            "twinloop"
+        ]
+    )
+    assert set(results["rate_models"]) == {"nominal", "device"}
+    text = (out / "report.md").read_text()
+    assert "random:7" in text and "## Gaps" in text and "![transfer]" in text
+    assert (out / "figures" / "transfer.png").stat().st_size > 5_000
+
+
+@pytest.mark.slow
+def test_transfer_is_reproducible_from_its_seeds(tmp_path) -> None:
+    """Issue 18: "transfer report reproducible from seeds": two runs give the same results."""
+    a = run_transfer(TransferConfig(out=str(tmp_path / "a"), profile="random:3", **TINY))
+    b = run_transfer(TransferConfig(out=str(tmp_path / "b"), profile="random:3", **TINY))
+    assert json.dumps(_strip(a), sort_keys=True) == json.dumps(_strip(b), sort_keys=True)
+
+
+def test_transfer_refuses_bad_settings_before_running(tmp_path, capsys) -> None:
+    with pytest.raises(ValueError, match="episodes must be >= 1, got 0"):
+        TransferConfig(episodes=0)
+    with pytest.raises(ValueError, match="give at least one of"):
+        TransferConfig(controllers=("nope",))
+    assert main(["transfer", "twinloop/BalloonStationKeeping-v0", "--out", str(tmp_path / "x")]) == 2
+    assert "covers twinloop/StemSteer-v0 so far" in capsys.readouterr().err
+    bad = ["transfer", "twinloop/StemSteer-v0", "--profile", "random:x", "--out", str(tmp_path)]
+    assert main([*bad, "--quiet"]) == 2
+    assert "random:x" in capsys.readouterr().err
