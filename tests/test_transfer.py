@@ -11,7 +11,12 @@ pytest.importorskip("matplotlib", reason="the 'plot' extra draws the report's fi
 pytest.importorskip("zmq", reason="the 'microscope' extra runs the twin")
 
 from twinloop.cli import main
-from twinloop.transfer import TransferConfig, run_transfer
+from twinloop.transfer import (
+    BalloonTransferConfig,
+    TransferConfig,
+    run_balloon_transfer,
+    run_transfer,
+)
 
 TINY = dict(
     transitions=120,
@@ -76,8 +81,32 @@ def test_transfer_refuses_bad_settings_before_running(tmp_path, capsys) -> None:
         TransferConfig(episodes=0)
     with pytest.raises(ValueError, match="give at least one of"):
         TransferConfig(controllers=("nope",))
-    assert main(["transfer", "twinloop/BalloonStationKeeping-v0", "--out", str(tmp_path / "x")]) == 2
-    assert "covers twinloop/StemSteer-v0 so far" in capsys.readouterr().err
+    assert main(["transfer", "twinloop/QuadrupedVelocity-v0", "--out", str(tmp_path / "x")]) == 2
+    assert "is not done yet" in capsys.readouterr().err
+    balloon = ["transfer", "twinloop/BalloonStationKeeping-v0", "--out", str(tmp_path / "y")]
+    assert main([*balloon, "--train-steps", "5"]) == 2  # a STEM option on the balloon
+    assert "--train-steps: an option of the stem report" in capsys.readouterr().err
     bad = ["transfer", "twinloop/StemSteer-v0", "--profile", "random:x", "--out", str(tmp_path)]
     assert main([*bad, "--quiet"]) == 2
     assert "random:x" in capsys.readouterr().err
+
+
+def test_tiny_balloon_transfer_flies_every_condition_on_the_same_seeds(tmp_path) -> None:
+    """Sim (generative winds), sim (device winds), device over MAVLink: paired TWR50 gaps."""
+    pytest.importorskip("pymavlink", reason="the balloon twin needs twinloop[balloon]")
+    out = tmp_path / "b"
+    cfg = BalloonTransferConfig(
+        out=str(out), episodes=3, capture_episodes=2, max_steps=30, device_winds="generative"
+    )
+    results = run_balloon_transfer(cfg)
+    assert set(results["conditions"]) == {"sim, generative winds", "sim, device winds", "device"}
+    for per in results["conditions"].values():
+        assert set(per) == {"station-seeker", "altitude-hold"}
+        assert all(r["episodes"] == 3 and 0.0 <= r["twr50"] <= 1.0 for r in per.values())
+    # with generative winds on both sides the two sim conditions are the same flights
+    same = results["conditions"]["sim, generative winds"]
+    assert same == results["conditions"]["sim, device winds"]
+    with open(out / "device-capture" / "data" / "metadata.json") as fh:
+        meta = json.load(fh)["twinloop"]
+    assert meta["device_profile"] == {"name": "random:7"} and meta["privileged"]
+    assert "TWR50" in (out / "report.md").read_text()

@@ -201,116 +201,148 @@ def add_parsers(sub: Any) -> None:
 
 
 def _add_transfer(sub: Any) -> None:
-    from twinloop.transfer import CONTROLLERS
+    from twinloop.transfer import BALLOON_CONTROLLERS, BALLOON_ID, CONTROLLERS, ENV_ID
 
     t = sub.add_parser(
         "transfer",
         help="the sim-to-real gap on a device twin with hidden physics, and how far "
-        "identification from a device capture closes it (STEM)",
-        description="Controllers built on the nominal simulator run on a microscope twin "
-        "started with --profile (hidden physics) and on the simulator, same seeds: the gap. "
-        "Then a capture on the device trains a rate model (and 'twinloop sysid' fits the "
-        "simulator's parameters): the controllers run again, on the device and on the "
-        "calibrated simulator. Writes results.json, report.md and a figure.",
+        "identification from a device capture closes it (STEM, balloon)",
+        description="Controllers built on the nominal simulator run on a device twin started "
+        "with --profile (hidden physics) and on the simulator, the same seeds: the gap. Then a "
+        "capture on the device identifies it ('twinloop sysid'; for STEM also a rate model "
+        "learned from the capture) and the controllers run again. Writes results.json, "
+        "report.md and a figure.",
     )
-    t.add_argument(
-        "env_id", metavar="ID", help="env id; so far twinloop/StemSteer-v0 (the microscope)"
-    )
+    t.add_argument("env_id", metavar="ID", help=f"{ENV_ID} (the microscope) or {BALLOON_ID}")
     t.add_argument(
         "--profile",
-        default="random:1",
+        default="random:7",
         metavar="random:SEED|FILE",
-        help="the device's hidden physics, as 'twinloop serve microscope --profile' takes "
-        "them (default: %(default)s)",
+        help="the device's hidden physics, as 'twinloop serve microscope|balloon --profile' "
+        "takes them (default: %(default)s)",
     )
     t.add_argument(
         "--out", default="twinloop-transfer", help="report folder (default: %(default)s)"
     )
     t.add_argument(
-        "--address",
-        default=None,
-        help="a running microscope twin started with this --profile (default: start one on "
-        "loopback for the run)",
-    )
-    t.add_argument(
-        "--transitions",
-        type=int,
-        default=2000,
-        help="random-beam dwells in each capture, nominal simulator and device (default: "
-        "%(default)s)",
-    )
-    t.add_argument(
         "--episodes",
         type=int,
-        default=60,
-        help="episodes per controller and condition, the same seeds in each (default: %(default)s)",
-    )
-    t.add_argument(
-        "--goal-hops",
-        type=int,
-        default=5,
-        help="hops from the Si to its goal (default: %(default)s)",
+        default=None,
+        help="episodes per controller and condition, the same seeds in each (default: 60 for "
+        "STEM, 20 flights for the balloon)",
     )
     t.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
-    t.add_argument(
-        "--train-steps",
-        type=int,
-        default=2000,
-        help="optimiser steps of each rate model (default: %(default)s)",
-    )
-    t.add_argument(
-        "--ensemble",
-        type=int,
-        default=5,
-        help="models per rate-model ensemble (default: %(default)s)",
-    )
     t.add_argument(
         "--controller",
         action="append",
         default=None,
         metavar="NAME",
-        help=f"a controller to compare (repeatable; default: {', '.join(CONTROLLERS)})",
+        help=f"a controller to compare (repeatable; default: {', '.join(CONTROLLERS)} for "
+        f"STEM, {', '.join(BALLOON_CONTROLLERS)} for the balloon)",
     )
     t.add_argument(
         "--no-sysid",
         action="store_true",
         help="skip fitting the simulator's parameters (and the calibrated-simulator runs)",
     )
+    stem = t.add_argument_group("STEM")
+    stem.add_argument(
+        "--address",
+        default=None,
+        help="a running microscope twin started with this --profile (default: start one on "
+        "loopback for the run)",
+    )
+    stem.add_argument(
+        "--transitions",
+        type=int,
+        default=None,
+        help="random-beam dwells in each capture, nominal simulator and device (default: 2000)",
+    )
+    stem.add_argument(
+        "--goal-hops", type=int, default=None, help="hops from the Si to its goal (default: 5)"
+    )
+    stem.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="optimiser steps per rate model (default: 2000)",
+    )
+    stem.add_argument(
+        "--ensemble", type=int, default=None, help="models per rate-model ensemble (default: 5)"
+    )
+    balloon = t.add_argument_group("balloon")
+    balloon.add_argument(
+        "--device-winds",
+        default=None,
+        choices=("ble-vae", "generative"),
+        help="the device's atmosphere (default: ble-vae, BLE's wind model)",
+    )
+    balloon.add_argument(
+        "--max-steps", type=int, default=None, help="3-minute steps per flight (default: 960, 48 h)"
+    )
+    balloon.add_argument(
+        "--capture-episodes",
+        type=int,
+        default=None,
+        help="flights captured on the device for identification (default: 10)",
+    )
     t.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_transfer)
 
 
-def cmd_transfer(args: argparse.Namespace) -> int:
-    """Run the transfer report and print its tables."""
-    from twinloop.transfer import CONTROLLERS, ENV_ID, TransferConfig, run_transfer
+#: ``twinloop transfer`` options that belong to one system's report.
+_TRANSFER_OPTIONS = {
+    "stem": ("address", "transitions", "goal_hops", "train_steps", "ensemble"),
+    "balloon": ("device_winds", "max_steps", "capture_episodes"),
+}
 
-    if args.env_id != ENV_ID:
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """Run the transfer report of the env's system and print its tables."""
+    import dataclasses
+
+    from twinloop import transfer as T
+
+    systems = {T.ENV_ID: "stem", T.BALLOON_ID: "balloon"}
+    system = systems.get(args.env_id)
+    if system is None:
         raise ValueError(
-            f"transfer covers {ENV_ID} so far; {args.env_id!r} is not done yet (the balloon "
-            "and the robot have profiles, see 'twinloop serve balloon|robot --profile')"
+            f"transfer covers {' and '.join(systems)} so far; {args.env_id!r} is not done yet "
+            "(the robot and skills twins take --profile, see 'twinloop serve robot|skills -h')"
         )
-    cfg = TransferConfig(
-        profile=args.profile,
-        out=args.out,
-        transitions=args.transitions,
-        episodes=args.episodes,
-        goal_hops=args.goal_hops,
-        seed=args.seed,
-        train_steps=args.train_steps,
-        ensemble=args.ensemble,
-        controllers=tuple(args.controller or CONTROLLERS),
-        address=args.address,
-        sysid=not args.no_sysid,
-        overwrite=args.overwrite,
+    for other, names in _TRANSFER_OPTIONS.items():
+        given = [n for n in names if other != system and getattr(args, n) is not None]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise ValueError(f"{flags}: an option of the {other} report, not of {args.env_id}")
+    common = {
+        "profile": args.profile,
+        "out": args.out,
+        "seed": args.seed,
+        "sysid": not args.no_sysid,
+        "overwrite": args.overwrite,
+    }
+    if args.controller:
+        common["controllers"] = tuple(args.controller)
+    if args.episodes is not None:
+        common["episodes"] = args.episodes
+    own = {n: getattr(args, n) for n in _TRANSFER_OPTIONS[system] if getattr(args, n) is not None}
+    config_cls, run = (
+        (T.TransferConfig, T.run_transfer)
+        if system == "stem"
+        else (T.BalloonTransferConfig, T.run_balloon_transfer)
     )
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    cfg = config_cls(**{k: v for k, v in {**common, **own}.items() if k in fields})
     bars = _Bars(args.quiet)
     try:
-        results = run_transfer(cfg, progress=bars)
+        results = run(cfg, progress=bars)
     finally:
         bars.close()
     report = (Path(args.out) / "report.md").read_text()
-    print(report.split("## Success per condition", 1)[1].split("![", 1)[0].strip())
+    body = report.split("\n\n", 2)[2] if report.count("\n\n") >= 2 else report
+    print(body.split("![", 1)[0].strip())
     print(f"\nreport: {Path(args.out) / 'report.md'} (wall time {results['wall_time_s']:.0f} s)")
     return 0
 

@@ -1,6 +1,6 @@
 """The transfer report: controllers built on the nominal simulator meet a device, then its data.
 
-``twinloop transfer twinloop/StemSteer-v0 --profile random:1 --out DIR`` answers the question
+``twinloop transfer twinloop/StemSteer-v0 --profile random:7 --out DIR`` answers the question
 sim-to-real work is about, on a microscope twin whose physics differ from the simulator's in
 ways the user is not told (a device profile, :mod:`twinloop.core.profile`)::
 
@@ -68,7 +68,7 @@ class TransferConfig:
         overwrite: Replace the contents of ``out``.
     """
 
-    profile: str = "random:1"
+    profile: str = "random:7"
     out: str = "twinloop-transfer"
     transitions: int = 2000
     episodes: int = 60
@@ -208,7 +208,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> dict[
                 runs["device, device model", c] = _episodes(
                     "remote", c, device_model, cfg, address, {}, f"device {c} (learned)", progress
                 )
-    calibrated = _identify(cfg, device_capture, out, results)
+    calibrated = _identify_system(cfg.sysid, ENV_ID, device_capture, out, results)
     if calibrated is not None:
         for c in cfg.controllers:
             model = device_model if c in MODEL_CONTROLLERS else None
@@ -237,25 +237,6 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> dict[
     results["config"] = dataclasses.asdict(cfg)
     _write_report(out, results, runs)
     return results
-
-
-def _identify(
-    cfg: TransferConfig, device_capture: Path, out: Path, results: dict[str, Any]
-) -> dict[str, Any] | None:
-    """The simulator's parameters fitted to the device capture, or None (with the reason)."""
-    if not cfg.sysid:
-        results["sysid"] = {"skipped": "switched off (sysid=False)"}
-        return None
-    try:
-        from twinloop.sysid import fit
-    except ImportError as exc:  # the package lands with issue 18's identification
-        results["sysid"] = {"skipped": f"twinloop.sysid is not available ({exc})"}
-        return None
-    fitted = fit(ENV_ID, [device_capture])
-    overrides = fitted.overrides()
-    (out / "sysid.json").write_text(json.dumps(overrides, indent=2))
-    results["sysid"] = json.loads(fitted.to_json())
-    return overrides
 
 
 def _fmt_gap(g: Mapping[str, Mapping[str, float]]) -> str:
@@ -391,6 +372,290 @@ def _plot(results: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_ylabel("success rate (95% Wilson CI)")
     ax.set_title(f"nominal simulator vs device profile {results['profile']!r}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- the balloon ---------------------------------------------------------------------------------
+BALLOON_ID = "twinloop/BalloonStationKeeping-v0"
+#: Balloon controllers the report compares.
+BALLOON_CONTROLLERS = ("station-seeker", "altitude-hold")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BalloonTransferConfig:
+    """The balloon's transfer report: a controller tuned on generative winds meets a device.
+
+    Attributes:
+        profile: The vehicle's hidden physics (``twinloop serve balloon --profile``).
+        out: Output folder.
+        episodes: Flights per controller and condition (flight ``e``: seed ``seed + e``).
+        capture_episodes: Flights of ``station-seeker`` captured on the device for
+            identification.
+        max_steps: Steps of 3 minutes per flight (960: BLE's 48 h).
+        device_winds: The device's atmosphere: ``ble-vae`` (BLE's wind model, needs its
+            wheel) or ``generative``. The forecast the controller reads describes the
+            device's atmosphere, as a weather service's would.
+        seed: Seed of everything.
+        controllers: Controllers compared.
+        sysid: Fit the simulator's vehicle to the device capture and fly the calibrated one.
+        overwrite: Replace the contents of ``out``.
+    """
+
+    profile: str = "random:7"
+    out: str = "twinloop-transfer"
+    episodes: int = 20
+    capture_episodes: int = 10
+    max_steps: int = 960
+    device_winds: str = "ble-vae"
+    seed: int = 0
+    controllers: tuple[str, ...] = BALLOON_CONTROLLERS
+    sysid: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the counts, the winds and the controller names before anything runs."""
+        for name in ("episodes", "capture_episodes", "max_steps"):
+            value = getattr(self, name)
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.device_winds not in ("ble-vae", "generative"):
+            raise ValueError(
+                f"device_winds {self.device_winds!r}: give 'ble-vae' (BLE's wind model) or "
+                "'generative'"
+            )
+        from twinloop.controllers import CONTROLLERS as KNOWN
+
+        unknown = [c for c in self.controllers if c not in KNOWN]
+        if unknown or not self.controllers:
+            raise ValueError(
+                f"controllers {unknown or '()'}: give at least one of {', '.join(KNOWN)}"
+            )
+
+
+def _flights(
+    env: Any, controller: str, cfg: BalloonTransferConfig, label: str, progress: Progress | None
+) -> list[Any]:
+    from twinloop.controllers import make_controller
+    from twinloop.eval.rollout import run_single
+
+    try:
+        ctrl = make_controller(controller, env)
+        report = (lambda d, n: progress(label, d, n)) if progress else None
+        return run_single(env, ctrl, cfg.episodes, cfg.seed + 100_000, report)
+    finally:
+        env.close()
+
+
+def _twr(results: Sequence[Any]) -> dict[str, Any]:
+    from twinloop.eval.bootstrap import bootstrap_ci
+
+    twr = np.array([r.metrics.get("twr50", np.nan) for r in results], dtype=np.float64)
+    return {
+        "twr50": float(np.mean(twr)),
+        "twr50_ci95": list(bootstrap_ci(twr)),
+        "episodes": len(results),
+    }
+
+
+def _paired_twr(a: Sequence[Any], b: Sequence[Any]) -> dict[str, float]:
+    from twinloop.eval.compare import paired_difference
+
+    if [r.seed for r in a] != [r.seed for r in b]:
+        raise ValueError("a transfer comparison ran different seeds: this is a bug")
+    i = paired_difference([r.metrics["twr50"] for r in a], [r.metrics["twr50"] for r in b])
+    return {"point": i.point, "low": i.low, "high": i.high}
+
+
+def run_balloon_transfer(
+    cfg: BalloonTransferConfig, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Fly the controllers on the simulator, the device and (after identification) again.
+
+    Conditions, every one on the same seeds: ``sim, generative winds`` (what the controllers
+    were tuned on), ``sim, device winds`` (the device's atmosphere, the nominal vehicle: the
+    winds' share of the gap), ``device`` (the MAVLink twin with the profile's vehicle, reached
+    as a flight controller would be) and, when ``twinloop.sysid`` fits the balloon,
+    ``calibrated sim`` (the device's winds and the fitted vehicle). The gaps are paired
+    differences of TWR50.
+
+    Raises:
+        FileExistsError: ``out`` holds files and ``overwrite`` is off.
+        ValueError: A bad profile or setting.
+    """
+    import twinloop
+    from twinloop.core.profile import parse_profile
+    from twinloop.datasets import record
+    from twinloop.hardware.balloon.fake import running_twin
+
+    started = time.time()
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or --out DIR")
+    out.mkdir(parents=True, exist_ok=True)
+    steps = {"task.max_steps": cfg.max_steps}
+    winds = {**steps, "wind.source": cfg.device_winds}
+    device_base = twinloop.make_config(BALLOON_ID, **winds)
+    profile = parse_profile(cfg.profile, device_base)
+    runs: dict[tuple[str, str], list[Any]] = {}
+    for c in cfg.controllers:
+        runs["sim, generative winds", c] = _flights(
+            twinloop.make(BALLOON_ID, **steps), c, cfg, f"sim {c}", progress
+        )
+        runs["sim, device winds", c] = _flights(
+            twinloop.make(BALLOON_ID, **winds), c, cfg, f"sim+winds {c}", progress
+        )
+    capture_dir = out / "device-capture"
+    with running_twin(device_base, profile=profile) as (_, address):
+        for c in cfg.controllers:
+            env = twinloop.make(BALLOON_ID, backend="mavlink", address=address, **winds)
+            runs["device", c] = _flights(env, c, cfg, f"device {c}", progress)
+        env = twinloop.make(BALLOON_ID, backend="mavlink", address=address, **winds)
+        rec = record(env, capture_dir, dataset_id="twinloop/balloon-device-capture-v0",
+                     mode="overwrite" if cfg.overwrite else "create",
+                     tags={"controller": "station-seeker", "stage": "identify"})  # fmt: skip
+        rec.writer.env_info["device_profile"] = {"name": profile.name}
+        rec.writer.env_info["privileged"] = {"device_profile": profile.privileged()}
+        capture_cfg = dataclasses.replace(cfg, episodes=cfg.capture_episodes)
+        _flights(rec, "station-seeker", capture_cfg, "device capture", progress)
+    results: dict[str, Any] = {"system": BALLOON_ID, "profile": profile.name}
+    calibrated = _identify_system(cfg.sysid, BALLOON_ID, capture_dir, out, results)
+    if calibrated is not None:
+        for c in cfg.controllers:
+            env = twinloop.make(BALLOON_ID, **{**winds, **calibrated})
+            runs["calibrated sim", c] = _flights(env, c, cfg, f"calibrated {c}", progress)
+    results["conditions"] = {}
+    for (condition, c), eps in runs.items():
+        results["conditions"].setdefault(condition, {})[c] = _twr(eps)
+    results["gaps"] = {}
+    for c in cfg.controllers:
+        device = runs["device", c]
+        gaps = {
+            "device_minus_sim": _paired_twr(device, runs["sim, generative winds", c]),
+            "device_minus_sim_device_winds": _paired_twr(device, runs["sim, device winds", c]),
+        }
+        if ("calibrated sim", c) in runs:
+            gaps["device_minus_calibrated"] = _paired_twr(device, runs["calibrated sim", c])
+        results["gaps"][c] = gaps
+    results["wall_time_s"] = time.time() - started
+    results["config"] = dataclasses.asdict(cfg)
+    _write_balloon_report(out, results)
+    return results
+
+
+def _identify_system(
+    enabled: bool, env_id: str, capture_dir: Path, out: Path, results: dict[str, Any]
+) -> dict[str, Any] | None:
+    """``twinloop.sysid``'s fit of ``env_id`` to a capture, or None with the reason recorded."""
+    if not enabled:
+        results["sysid"] = {"skipped": "switched off (--no-sysid)"}
+        return None
+    try:
+        from twinloop.sysid import fit
+    except ImportError as exc:
+        results["sysid"] = {"skipped": f"twinloop.sysid is not available ({exc})"}
+        return None
+    try:
+        fitted = fit(env_id, [capture_dir])
+    except (NotImplementedError, KeyError, ValueError) as exc:
+        results["sysid"] = {"skipped": f"identification of {env_id} failed or is not built: {exc}"}
+        return None
+    overrides = fitted.overrides()
+    (out / "sysid.json").write_text(json.dumps(overrides, indent=2))
+    results["sysid"] = json.loads(fitted.to_json())
+    return overrides
+
+
+def _write_balloon_report(out: Path, results: dict[str, Any]) -> None:
+    from twinloop.core.text import table
+    from twinloop.eval.report import write_json
+
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    write_json(results, out / "results.json")
+    rows = []
+    for condition, per in results["conditions"].items():
+        for c, r in per.items():
+            lo, hi = r["twr50_ci95"]
+            rows.append((condition, c, f"{r['twr50']:.3f} [{lo:.3f}, {hi:.3f}]"))
+    twr = table(rows, ("condition", "controller", "TWR50 (95% bootstrap CI)"))
+
+    def fmt(g: Mapping[str, float] | None) -> str:
+        return "-" if g is None else f"{g['point']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+
+    gap_rows = [
+        (
+            c,
+            fmt(g["device_minus_sim"]),
+            fmt(g["device_minus_sim_device_winds"]),
+            fmt(g.get("device_minus_calibrated")),
+        )
+        for c, g in results["gaps"].items()
+    ]
+    gaps = table(
+        gap_rows, ("controller", "device - sim", "device - sim (device winds)", "device - calib.")
+    )
+    sysid = results.get("sysid", {})
+    sysid_text = (
+        f"Identification: {sysid['skipped']}."
+        if "skipped" in sysid
+        else "The vehicle fitted to the device capture: `sysid.json`."
+    )
+    fig = _plot_balloon(results, figures / "transfer.png")
+    title = f"the balloon, nominal simulator -> device profile {results['profile']!r}"
+    text = f"""# twinloop transfer: {title}
+
+Wall time: {results["wall_time_s"]:.0f} s. Every condition flew the same seeds. TWR50 (the
+fraction of the flight within 50 km of the station) carries a 95 % bootstrap interval; the gaps
+are paired differences of TWR50 (95 % bootstrap over flights; an interval without 0 is a real
+difference at this sample size). `device` is the MAVLink twin with the profile's vehicle and
+the device's winds, flown through the flight-controller protocol.
+
+```
+{twr}
+```
+
+`device - sim`: the whole gap against the simulator the controllers were tuned on.
+`device - sim (device winds)`: what is left once the simulator has the device's atmosphere (the
+vehicle's share). `device - calib.`: what is left after identification.
+
+```
+{gaps}
+```
+
+{sysid_text}
+
+![transfer]({fig.relative_to(out)})
+"""
+    (out / "report.md").write_text(text)
+
+
+def _plot_balloon(results: Mapping[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = list(results["conditions"])
+    controllers = list(results["gaps"])
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / max(1, len(conditions))
+    for k, condition in enumerate(conditions):
+        per = results["conditions"][condition]
+        xs = [i + (k - (len(conditions) - 1) / 2) * width for i in range(len(controllers))]
+        ys = [per[c]["twr50"] for c in controllers]
+        err = np.clip(
+            np.array([[y - per[c]["twr50_ci95"][0], per[c]["twr50_ci95"][1] - y]
+                      for c, y in zip(controllers, ys, strict=True)]).T, 0, None,
+        )  # fmt: skip
+        ax.bar(xs, ys, width=width, label=condition, alpha=0.8)
+        ax.errorbar(xs, ys, yerr=err, fmt="none", color="k", capsize=3)
+    ax.set_xticks(range(len(controllers)), controllers)
+    ax.set_ylabel("TWR50 (95% bootstrap CI)")
+    ax.set_title(f"balloon: simulator vs device profile {results['profile']!r}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
