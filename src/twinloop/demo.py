@@ -425,32 +425,9 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
             seed=cfg.seed,
             progress=progress,
         )
-        eval_dirs = evaluate(
-            cfg.backend,
-            CONTROLLERS,
-            cfg.episodes,
-            eval_root,
-            model_path=model_path,
-            address=address,
-            seed=cfg.seed + 100_000,
-            goal_hops=cfg.goal_hops,
-            overwrite=cfg.overwrite,
-            progress=progress,
-        )
+        eval_dirs = _evaluate_all(cfg, cfg.backend, eval_root, model_path, progress, address)
     if cfg.compare_sim and cfg.backend != "sim":
-        eval_dirs.update(
-            evaluate(
-                "sim",
-                CONTROLLERS,
-                cfg.episodes,
-                eval_root,
-                model_path=model_path,
-                seed=cfg.seed + 100_000,
-                goal_hops=cfg.goal_hops,
-                overwrite=cfg.overwrite,
-                progress=progress,
-            )
-        )
+        eval_dirs.update(_evaluate_all(cfg, "sim", eval_root, model_path, progress))
     extra: dict[str, Any] = {"config": dataclasses.asdict(cfg), "training": info}
     if profile is not None:
         extra["device_profile"] = {"name": profile.name, "hidden_from_clients": True}
@@ -465,6 +442,33 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
         started=started,
         extra=extra,
         device_profile=profile,
+    )
+
+
+def _evaluate_all(
+    cfg: DemoConfig,
+    backend: str,
+    eval_root: Path,
+    model_path: Path,
+    progress: Progress | None,
+    address: str | None = None,
+    label: str | None = None,
+    **overrides: Any,
+) -> dict[str, Path]:
+    """:func:`evaluate` of the demo's controllers on the demo's goals (seeds from 100000)."""
+    return evaluate(
+        backend,
+        CONTROLLERS,
+        cfg.episodes,
+        eval_root,
+        model_path=model_path,
+        address=address,
+        seed=cfg.seed + 100_000,
+        goal_hops=cfg.goal_hops,
+        overwrite=cfg.overwrite,
+        progress=progress,
+        label=label,
+        **overrides,
     )
 
 
@@ -490,18 +494,8 @@ def _calibrate(
     path = Path(cfg.out) / "sysid.json"
     path.write_text(json.dumps(overrides, indent=2))
     eval_dirs.update(
-        evaluate(
-            "sim",
-            CONTROLLERS,
-            cfg.episodes,
-            eval_root,
-            model_path=model_path,
-            seed=cfg.seed + 100_000,
-            goal_hops=cfg.goal_hops,
-            overwrite=cfg.overwrite,
-            progress=progress,
-            label="sim-calibrated",
-            **overrides,
+        _evaluate_all(
+            cfg, "sim", eval_root, model_path, progress, label="sim-calibrated", **overrides
         )
     )
     return {"overrides": overrides, "file": str(path)}

@@ -299,7 +299,8 @@ def _write_report(out: Path, results: dict[str, Any], runs: Mapping[tuple[str, s
             )
         )
     model_table = table(models, ("rate model", "optimum error (A)", "rate-map error", "peak ratio"))
-    fig = _plot(results, figures / "transfer.png")
+    fig = _plot(results, figures / "transfer.png", "success_rate", "ci95",
+                "success rate (95% Wilson CI)", "nominal simulator")  # fmt: skip
     sysid = results.get("sysid", {})
     sysid_text = (
         f"Simulator parameters fitted to the device capture: `sysid.json`.\n\n```\n"
@@ -345,8 +346,10 @@ calibrated with the fitted parameters (the residual sim-vs-device gap).
     (out / "report.md").write_text(text)
 
 
-def _plot(results: Mapping[str, Any], path: Path) -> Path:
-    """Success rate per controller, one bar per condition, with Wilson intervals."""
+def _plot(
+    results: Mapping[str, Any], path: Path, key: str, ci_key: str, ylabel: str, title: str
+) -> Path:
+    """One group of bars per controller, one bar per condition, with their intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -358,20 +361,16 @@ def _plot(results: Mapping[str, Any], path: Path) -> Path:
     width = 0.8 / max(1, len(conditions))
     for k, condition in enumerate(conditions):
         per = results["conditions"][condition]
-        xs, ys, err = [], [], []
-        for i, c in enumerate(controllers):
-            if c in per:
-                r = per[c]
-                xs.append(i + (k - (len(conditions) - 1) / 2) * width)
-                ys.append(r["success_rate"])
-                err.append([r["success_rate"] - r["ci95"][0], r["ci95"][1] - r["success_rate"]])
-        e = np.clip(np.array(err).T, 0, None)
+        shown = [(i, per[c]) for i, c in enumerate(controllers) if c in per]
+        xs = [i + (k - (len(conditions) - 1) / 2) * width for i, _ in shown]
+        ys = np.array([r[key] for _, r in shown])
+        ci = np.array([r[ci_key] for _, r in shown]).reshape(-1, 2)
         ax.bar(xs, ys, width=width, label=condition, alpha=0.8)
-        ax.errorbar(xs, ys, yerr=e, fmt="none", color="k", capsize=3)
+        err = np.clip([ys - ci[:, 0], ci[:, 1] - ys], 0, None)
+        ax.errorbar(xs, ys, yerr=err, fmt="none", color="k", capsize=3)
     ax.set_xticks(range(len(controllers)), controllers)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("success rate (95% Wilson CI)")
-    ax.set_title(f"nominal simulator vs device profile {results['profile']!r}", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} vs device profile {results['profile']!r}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -604,7 +603,8 @@ def _write_balloon_report(out: Path, results: dict[str, Any]) -> None:
         if "skipped" in sysid
         else "The vehicle fitted to the device capture: `sysid.json`."
     )
-    fig = _plot_balloon(results, figures / "transfer.png")
+    fig = _plot(results, figures / "transfer.png", "twr50", "twr50_ci95",
+                "TWR50 (95% bootstrap CI)", "balloon: simulator")  # fmt: skip
     title = f"the balloon, nominal simulator -> device profile {results['profile']!r}"
     text = f"""# twinloop transfer: {title}
 
@@ -631,33 +631,3 @@ vehicle's share). `device - calib.`: what is left after identification.
 ![transfer]({fig.relative_to(out)})
 """
     (out / "report.md").write_text(text)
-
-
-def _plot_balloon(results: Mapping[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    conditions = list(results["conditions"])
-    controllers = list(results["gaps"])
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    width = 0.8 / max(1, len(conditions))
-    for k, condition in enumerate(conditions):
-        per = results["conditions"][condition]
-        xs = [i + (k - (len(conditions) - 1) / 2) * width for i in range(len(controllers))]
-        ys = [per[c]["twr50"] for c in controllers]
-        err = np.clip(
-            np.array([[y - per[c]["twr50_ci95"][0], per[c]["twr50_ci95"][1] - y]
-                      for c, y in zip(controllers, ys, strict=True)]).T, 0, None,
-        )  # fmt: skip
-        ax.bar(xs, ys, width=width, label=condition, alpha=0.8)
-        ax.errorbar(xs, ys, yerr=err, fmt="none", color="k", capsize=3)
-    ax.set_xticks(range(len(controllers)), controllers)
-    ax.set_ylabel("TWR50 (95% bootstrap CI)")
-    ax.set_title(f"balloon: simulator vs device profile {results['profile']!r}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
