@@ -151,7 +151,18 @@ def test_help_renders_for_every_command(capsys) -> None:
 
 def test_generic_verbs_and_system_stages_sit_where_the_design_says() -> None:
     top = {path[0] for path, _, _ in iter_commands(build_parser())}
-    assert top == {"list", "info", "run", "eval", "serve", "data", "agent", "demo", "stem-rates"}
+    assert top == {
+        "list",
+        "info",
+        "run",
+        "eval",
+        "serve",
+        "data",
+        "agent",
+        "demo",
+        "transfer",
+        "stem-rates",
+    }
     stages = {
         p[1]
         for p, _, _ in iter_commands(build_parser())

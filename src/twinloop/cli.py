@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from twinloop.core.cliargs import non_negative_int, positive_int
 from twinloop.core.text import table
 
 
@@ -841,21 +842,21 @@ def _add_episode_options(s: argparse.ArgumentParser, episodes_help: str) -> None
     """The options ``run`` and ``eval`` share: episodes and seeds, backend and device, config."""
     s.add_argument(
         "--episodes",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help=episodes_help,
     )
     s.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="S",
         help="seed of the first episode; episode e uses S+e (default: %(default)s)",
     )
     s.add_argument(
         "--n-envs",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="run episodes in a kernel-batched vector env of this size (default: %(default)s)",
@@ -920,7 +921,7 @@ def _add_eval(sub: Any) -> None:
     )
     s.add_argument(
         "--resamples",
-        type=_positive_int,
+        type=positive_int,
         default=5000,
         metavar="B",
         help="bootstrap resamples of every interval (default: %(default)s)",
@@ -934,7 +935,7 @@ def _add_worker_arguments(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("workers (episodes split by seed: same results for any count)")
     g.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="run chunks of seeds on N worker processes (a local pool; with --ray, N Ray "
@@ -958,32 +959,18 @@ def _add_worker_arguments(s: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--chunk-episodes",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="K",
         help="episodes per chunk of seeds (default: about 4 chunks per worker)",
     )
     g.add_argument(
         "--max-retries",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=3,
         metavar="R",
         help="with --ray, how often a chunk whose worker died runs again (default: %(default)s)",
     )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 # --- the README's command table ---------------------------------------------------------------

@@ -9,33 +9,10 @@ generic verbs (``run``, ``data``, later ``sysid`` …) stay free for every syste
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-
-class _Bars:
-    """One tqdm bar per stage name, on stderr."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bars: dict[str, Any] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        bar = self.bars.get(stage)
-        if bar is None:
-            bar = self.bars[stage] = tqdm(
-                total=total, desc=stage, file=sys.stderr, disable=self.quiet, leave=True
-            )
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
+from twinloop.core.cliargs import StageBars
 
 
 def _backend_args(p: argparse.ArgumentParser, default: str, starts_twin: bool) -> None:
@@ -335,7 +312,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     )
     fields = {f.name for f in dataclasses.fields(config_cls)}
     cfg = config_cls(**{k: v for k, v in {**common, **own}.items() if k in fields})
-    bars = _Bars(args.quiet)
+    bars = StageBars(args.quiet)
     try:
         results = run(cfg, progress=bars)
     finally:
@@ -367,7 +344,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         profile=None if args.profile == "nominal" else args.profile,
         calibrate=not args.no_calibrate,
     )
-    bars = _Bars(args.quiet)
+    bars = StageBars(args.quiet)
     try:
         results = run_demo(cfg, progress=bars)
     finally:
@@ -386,7 +363,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     """Record random-beam dwells."""
     from twinloop.demo import capture
 
-    bars = _Bars(args.quiet)
+    bars = StageBars(args.quiet)
     try:
         path = capture(
             args.backend,
@@ -410,7 +387,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from twinloop.demo import ENV_ID, train
     from twinloop.eval.stem import rate_model_errors
 
-    bars = _Bars(args.quiet)
+    bars = StageBars(args.quiet)
     try:
         info = train(
             args.dataset,

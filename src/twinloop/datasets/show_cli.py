@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
+
+from twinloop.core.cliargs import StageBars
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +55,6 @@ def add_show_parser(sub: Any) -> None:
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_show)
-
-
-class _Bars:
-    """A tqdm bar per stage of ``show_dataset``'s progress (on stderr)."""
-
-    def __init__(self, disable: bool) -> None:
-        self.disable = disable
-        self.bar: Any = None
-        self.stage = ""
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if stage != self.stage or self.bar is None:
-            self.close()
-            self.stage = stage
-            self.bar = tqdm(desc=stage, total=total, file=sys.stderr, disable=self.disable)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _env_config(ds: Any) -> tuple[str | None, Any]:
@@ -174,7 +152,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.path} holds {len(found)} datasets; name one: {names}")
     ds = open_dataset(found[0])
     out = Path(args.out) if args.out else found[0].parent / "figures"
-    bars = _Bars(disable=args.quiet)
+    bars = StageBars(args.quiet)
     with ds:
         try:
             if len(ds) == 0:
