@@ -928,7 +928,7 @@ def _add_eval(sub: Any) -> None:
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_worker_arguments(s)
-    s.set_defaults(func=cmd_eval, record=None, split=None)
+    s.set_defaults(func=cmd_eval, record=None, split=None, overwrite=False, append=False)
 
 
 def _add_worker_arguments(s: argparse.ArgumentParser) -> None:

@@ -143,3 +143,16 @@ def test_run_config_file_errors_name_the_option_and_the_field(capsys, tmp_path) 
     bad.write_text("[1, 2]")
     assert main(argv) == 2
     assert "expected a non-empty JSON object" in capsys.readouterr().err
+
+
+def test_eval_on_two_workers_equals_one_process(capsys, tmp_path) -> None:
+    """Issue 19: ``eval --workers N`` splits each controller's seeds; the results do not move."""
+    base = ["eval", ID, "--controller", "random", "--controller", "greedy-neighbor"]
+    base += ["--episodes", "6", "--seed", "2", *SHORT]
+    here, pool = tmp_path / "here.json", tmp_path / "pool.json"
+    assert main([*base, "--json", str(here)]) == 0
+    assert main([*base, "--json", str(pool), "--workers", "2", "--chunk-episodes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "random: workers: 2 (process pool)" in out
+    a, b = json.loads(here.read_text()), json.loads(pool.read_text())
+    assert a["episodes"] == b["episodes"] and a["comparison"] == b["comparison"]
