@@ -1,9 +1,10 @@
 """Learner updates/s and env steps/s of each agent, and the share of wall time in the env.
 
 Runs each agent for a fixed number of env steps on a twinloop vector env (PPO on STEM with
-continuous actions, DQN, QR-DQN and BBF on the balloon with discrete ones, and image agents on
-LangRearrange's rgb observation at 64 px: DQN and PPO with the Nature CNN, DQN with the IMPALA
-ResNet, each with the GRU over the instruction), after a short warm-up run that compiles the
+continuous actions, feed-forward and with a GRU core, DQN, QR-DQN and BBF on the balloon with
+discrete ones, and image agents on LangRearrange's rgb observation at 64 px: DQN and PPO with
+the Nature CNN, DQN with the IMPALA ResNet, each with the GRU over the instruction), after a
+short warm-up run that compiles the
 jitted functions, and prints a table; ``--json`` also writes it; ``--only`` picks rows by a
 substring of their name (``--only rgb``)::
 
@@ -31,6 +32,7 @@ IMAGE_REPLAY = {"learning_starts": 0, "buffer_size": 10_000}
 #: (row name, agent, env id, agent settings, env settings): CPU-sized defaults of each agent.
 CASES = [
     ("ppo", "ppo", "twinloop/StemSteer-v0", {}, {}),
+    ("ppo gru", "ppo", "twinloop/StemSteer-v0", {"recurrent": "gru"}, {}),  # GRU of 64
     ("dqn", "dqn", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}, {}),
     ("qr-dqn", "qr-dqn", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}, {}),
     ("bbf", "bbf", "twinloop/BalloonStationKeeping-v0", {"learning_starts": 0}, {}),

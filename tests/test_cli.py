@@ -158,6 +158,7 @@ def test_generic_verbs_and_system_stages_sit_where_the_design_says() -> None:
         "eval",
         "serve",
         "data",
+        "sysid",
         "agent",
         "demo",
         "transfer",

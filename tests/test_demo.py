@@ -42,11 +42,20 @@ def test_tiny_demo_writes_a_complete_report(tmp_path, backend: str) -> None:
     saved = json.loads((out / "results.json").read_text())
     runs = saved["evaluation"]["runs"]
     assert {r["controller"] for r in runs} == {"greedy-neighbor", "greedy-learned", "planner"}
-    assert all(r["backend"] == backend and r["episodes"] == 3 for r in runs)
+    # through the twin: a device with hidden physics, and the simulator calibrated to it
+    backends = {backend, "sim-calibrated"} if backend == "remote" else {backend}
+    assert {r["backend"] for r in runs} == backends
+    assert all(r["episodes"] == 3 for r in runs)
     assert saved["rate_model"]["info"]["transitions"] > 50
     assert results["wall_time_s"] > 0
     text = (out / "report.md").read_text()
     assert "optimum location error" in text and "![controllers]" in text
+    if backend == "remote":
+        assert saved["device_profile"]["name"] == DemoConfig().profile
+        assert "device profile `random:7`" in text and "`sim-calibrated`" in text
+        assert json.loads((out / "sysid.json").read_text())  # the fitted overrides
+        gaps = {(g["controller"], g["a"], g["b"]) for g in saved["evaluation"]["backend_gaps"]}
+        assert ("planner", "remote", "sim-calibrated") in gaps
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_demo(cfg)
 

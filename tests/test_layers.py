@@ -16,7 +16,8 @@ Where each module sits, bottom to top:
   imports ``hardware``, ``controllers`` imports neither ``sim`` nor ``hardware``, and
   ``datasets`` knows nothing of any system (the system figures in ``sim/<system>/figures.py``
   take a dataset as an untyped object and import no ``twinloop.datasets``).
-* ``eval`` (2).
+* ``eval`` (2); ``sysid`` (2): fits a device's hidden physics to captures, importing
+  ``core``, ``sim`` and ``datasets``.
 * ``demo`` (3): ``twinloop/demo.py``, the main job as a library (callable from Python).
 * ``cli`` (3): every module named ``cli.py`` or ``*_cli.py``, wherever it lives
   (``twinloop/cli.py``, ``twinloop/demo_cli.py``, ``datasets/cli.py``,
@@ -55,13 +56,14 @@ RANK = {
     "datasets": 1,
     "controllers": 1,
     "eval": 2,
+    "sysid": 2,
     "demo": 3,
     "cli": 3,
 }
 #: Imports between different layers of one rank that the design allows (importer, imported).
 SIBLING_IMPORTS = {("hardware", "sim"), ("cli", "demo")}
 #: Packages under twinloop/ that are layers of their own.
-PACKAGES = ("core", "sim", "hardware", "datasets", "controllers", "eval")
+PACKAGES = ("core", "sim", "hardware", "datasets", "controllers", "eval", "sysid")
 #: Modules at the package root and their layer (anything new at the root must be placed here).
 ROOT_MODULES = {
     "twinloop": "core",

@@ -1,8 +1,9 @@
 """The ``twinloop`` command line.
 
 Verbs that mean the same for every env id: ``list``, ``info``, ``run``, ``eval`` (controllers
-compared on the same seeds), ``serve``, ``data``, ``agent`` (and, as they arrive, ``sysid``
-and ``transfer``). Stages particular to one system
+compared on the same seeds), ``serve``, ``data``, ``sysid`` (fit a device's hidden physics to
+its captures), ``agent`` and ``transfer`` (the sim-to-real gap and how far identification
+closes it). Stages particular to one system
 live under a name that says what they do (``twinloop stem-rates capture | train | eval``, the
 STEM demo's stages: learn the Si transition rates and evaluate steering with them), so a new
 system adds one group instead of claiming top-level verbs. ``twinloop demo`` is the main job.
@@ -732,8 +733,10 @@ def build_parser() -> argparse.ArgumentParser:
     from twinloop.controllers.rl.cli import add_agent_parser
     from twinloop.datasets.cli import add_data_parser
     from twinloop.demo_cli import add_parsers
+    from twinloop.sysid.commands import add_sysid_parser
 
     add_data_parser(sub)
+    add_sysid_parser(sub)
     add_agent_parser(sub)
     add_parsers(sub)
     return p

@@ -445,6 +445,29 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
     )
 
 
+def identify(
+    env_id: str, capture_dir: Path, out_file: Path
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Fit ``env_id``'s simulator to a device capture (``twinloop sysid``); write the overrides.
+
+    Returns:
+        The fitted config overrides (None when nothing could be fitted) and what to record:
+        the fit (:meth:`~twinloop.sysid.SysidResult.to_dict`), or ``{"skipped": reason}``
+        when the system has no fitter yet or the capture is too small to fit.
+    """
+    from twinloop.sysid import fit
+
+    try:
+        fitted = fit(env_id, [capture_dir])
+    except ValueError as exc:  # no fitter for this system, or too little data
+        return None, {"skipped": f"identification of {env_id} failed: {exc}"}
+    overrides = fitted.overrides()
+    if not overrides:
+        return None, {"skipped": "the capture identified no parameter (capture more)"}
+    out_file.write_text(json.dumps(overrides, indent=2))
+    return overrides, fitted.to_dict()
+
+
 def _evaluate_all(
     cfg: DemoConfig,
     backend: str,
@@ -485,14 +508,10 @@ def _calibrate(
     Returns:
         The fitted overrides and where they were written, or why nothing was fitted.
     """
-    try:
-        from twinloop.sysid import fit
-    except ImportError as exc:
-        return {"skipped": f"twinloop.sysid is not available ({exc})"}
-    fitted = fit(ENV_ID, [capture_dir])
-    overrides = fitted.overrides()
     path = Path(cfg.out) / "sysid.json"
-    path.write_text(json.dumps(overrides, indent=2))
+    overrides, record = identify(ENV_ID, capture_dir, path)
+    if overrides is None:
+        return record
     eval_dirs.update(
         _evaluate_all(
             cfg, "sim", eval_root, model_path, progress, label="sim-calibrated", **overrides

@@ -8,8 +8,7 @@ ways the user is not told (a device profile, :mod:`twinloop.core.profile`)::
               before touching the instrument)
     gap       each controller on the simulator and on the device, same seeds (same goals)
     identify  random dwells captured on the device -> a rate model learned from the device,
-              and (``twinloop.sysid``, when it is installed) the simulator's parameters fitted
-              to the same capture
+              and the simulator's parameters fitted to the same capture (``twinloop sysid``)
     closed    each controller on the device again, with the model learned from the device;
               and on the simulator calibrated with the fitted parameters
 
@@ -29,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from twinloop.demo import ENV_ID, capture, microscope_twin, train
+from twinloop.demo import ENV_ID, capture, identify, microscope_twin, train
 
 #: Controllers the report compares.
 CONTROLLERS = ("greedy-neighbor", "greedy-learned", "planner")
@@ -208,7 +206,11 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> dict[
                 runs["device, device model", c] = _episodes(
                     "remote", c, device_model, cfg, address, {}, f"device {c} (learned)", progress
                 )
-    calibrated = _identify_system(cfg.sysid, ENV_ID, device_capture, out, results)
+    calibrated = None
+    if cfg.sysid:
+        calibrated, results["sysid"] = identify(ENV_ID, device_capture, out / "sysid.json")
+    else:
+        results["sysid"] = {"skipped": "switched off (--no-sysid)"}
     if calibrated is not None:
         for c in cfg.controllers:
             model = device_model if c in MODEL_CONTROLLERS else None
@@ -301,13 +303,7 @@ def _write_report(out: Path, results: dict[str, Any], runs: Mapping[tuple[str, s
     model_table = table(models, ("rate model", "optimum error (A)", "rate-map error", "peak ratio"))
     fig = _plot(results, figures / "transfer.png", "success_rate", "ci95",
                 "success rate (95% Wilson CI)", "nominal simulator")  # fmt: skip
-    sysid = results.get("sysid", {})
-    sysid_text = (
-        f"Simulator parameters fitted to the device capture: `sysid.json`.\n\n```\n"
-        f"{json.dumps(sysid.get('parameters', sysid), indent=2)[:4000]}\n```"
-        if "skipped" not in sysid
-        else f"Simulator parameters were not fitted: {sysid['skipped']}."
-    )
+    sysid_text = _sysid_text(results.get("sysid", {}))
     text = f"""# twinloop transfer: nominal simulator -> device profile {results["profile"]!r}
 
 Wall time: {results["wall_time_s"]:.0f} s. Every controller ran the same seeds (the same
@@ -344,6 +340,29 @@ calibrated with the fitted parameters (the residual sim-vs-device gap).
 ![transfer]({fig.relative_to(out)})
 """
     (out / "report.md").write_text(text)
+
+
+def _sysid_text(sysid: Mapping[str, Any]) -> str:
+    """The identification section: each parameter's estimate, interval and true value."""
+    from twinloop.core.text import table
+
+    if "skipped" in sysid or not sysid:
+        return f"Simulator parameters were not fitted: {sysid.get('skipped', 'not asked')}."
+    rows = []
+    for e in sysid["estimates"]:
+        if not e["identified"]:
+            rows.append((e["path"], "not identified", "-", "-", e["note"][:60]))
+            continue
+        true = "-" if e["true"] is None else f"{e['true']:.4g}"
+        covers = {True: "yes", False: "NO", None: "-"}[e["covers"]]
+        interval = f"[{e['low']:.4g}, {e['high']:.4g}]"
+        rows.append((e["path"], f"{e['estimate']:.4g}", interval, true, covers))
+    header = ("parameter", "estimate", "95% interval", "true (profile)", "covered")
+    return (
+        f"Simulator parameters fitted to the device capture ({sysid['n_episodes']} episodes, "
+        f"{sysid['method'].split(':')[0]}), written to `sysid.json`:\n\n```\n"
+        f"{table(rows, header)}\n```"
+    )
 
 
 def _plot(
@@ -521,7 +540,11 @@ def run_balloon_transfer(
         capture_cfg = dataclasses.replace(cfg, episodes=cfg.capture_episodes)
         _flights(rec, "station-seeker", capture_cfg, "device capture", progress)
     results: dict[str, Any] = {"system": BALLOON_ID, "profile": profile.name}
-    calibrated = _identify_system(cfg.sysid, BALLOON_ID, capture_dir, out, results)
+    calibrated = None
+    if cfg.sysid:
+        calibrated, results["sysid"] = identify(BALLOON_ID, capture_dir, out / "sysid.json")
+    else:
+        results["sysid"] = {"skipped": "switched off (--no-sysid)"}
     if calibrated is not None:
         for c in cfg.controllers:
             env = twinloop.make(BALLOON_ID, **{**winds, **calibrated})
@@ -543,29 +566,6 @@ def run_balloon_transfer(
     results["config"] = dataclasses.asdict(cfg)
     _write_balloon_report(out, results)
     return results
-
-
-def _identify_system(
-    enabled: bool, env_id: str, capture_dir: Path, out: Path, results: dict[str, Any]
-) -> dict[str, Any] | None:
-    """``twinloop.sysid``'s fit of ``env_id`` to a capture, or None with the reason recorded."""
-    if not enabled:
-        results["sysid"] = {"skipped": "switched off (--no-sysid)"}
-        return None
-    try:
-        from twinloop.sysid import fit
-    except ImportError as exc:
-        results["sysid"] = {"skipped": f"twinloop.sysid is not available ({exc})"}
-        return None
-    try:
-        fitted = fit(env_id, [capture_dir])
-    except (NotImplementedError, KeyError, ValueError) as exc:
-        results["sysid"] = {"skipped": f"identification of {env_id} failed or is not built: {exc}"}
-        return None
-    overrides = fitted.overrides()
-    (out / "sysid.json").write_text(json.dumps(overrides, indent=2))
-    results["sysid"] = json.loads(fitted.to_json())
-    return overrides
 
 
 def _write_balloon_report(out: Path, results: dict[str, Any]) -> None:
@@ -597,12 +597,7 @@ def _write_balloon_report(out: Path, results: dict[str, Any]) -> None:
     gaps = table(
         gap_rows, ("controller", "device - sim", "device - sim (device winds)", "device - calib.")
     )
-    sysid = results.get("sysid", {})
-    sysid_text = (
-        f"Identification: {sysid['skipped']}."
-        if "skipped" in sysid
-        else "The vehicle fitted to the device capture: `sysid.json`."
-    )
+    sysid_text = _sysid_text(results.get("sysid", {}))
     fig = _plot(results, figures / "transfer.png", "twr50", "twr50_ci95",
                 "TWR50 (95% bootstrap CI)", "balloon: simulator")  # fmt: skip
     title = f"the balloon, nominal simulator -> device profile {results['profile']!r}"

@@ -12,7 +12,7 @@ import pytest
 jax = pytest.importorskip("jax", reason="the 'learn' extra (jax, optax) trains agents")
 jnp = jax.numpy
 
-from twinloop.controllers.rl.bbf import fresh_params, n_step_at, spr_loss  # noqa: E402
+from twinloop.controllers.rl.bbf import fresh_params, gamma_at, n_step_at, spr_loss  # noqa: E402
 from twinloop.controllers.rl.dqn import BBFConfig, DQNConfig, make_optimizer  # noqa: E402
 from twinloop.controllers.rl.losses import distillation_loss, normalized_l2  # noqa: E402
 from twinloop.controllers.rl.networks import (  # noqa: E402
@@ -59,6 +59,60 @@ def test_the_agents_n_restarts_at_every_reset() -> None:
         agent.updates = u
         seen.append(agent.n_step())
     assert seen == [10, 3, 3, 10, 3, 10]
+
+
+# --- gamma schedule ----------------------------------------------------------------------------
+def test_gamma_anneals_from_097_to_0997_exponentially_in_the_horizon_then_stays() -> None:
+    values = [gamma_at(u, 0.97, 0.997, 100) for u in range(0, 201, 10)]
+    assert values[0] == pytest.approx(0.97) and values[10] == pytest.approx(0.997)
+    assert set(values[10:]) == {values[10]}
+    assert all(a < b for a, b in itertools.pairwise(values[:11]))  # strictly rising
+    # halfway the horizon 1/(1-gamma) is the geometric mean of 33.3 and 333.3 steps
+    half = gamma_at(50, 0.97, 0.997, 100)
+    assert 1 / (1 - half) == pytest.approx((1 / 0.03 * 1 / 0.003) ** 0.5, rel=1e-9)
+    assert gamma_at(7, 0.0, 0.99, 100) == 0.99  # gamma_start 0: fixed gamma
+    with pytest.raises(ValueError, match=r"gamma < 1, got 1.0"):
+        gamma_at(7, 0.9, 1.0, 100)
+
+
+def test_the_agents_gamma_restarts_at_every_reset_and_bbf_uses_bbfs_values() -> None:
+    d = BBFConfig()
+    assert (d.gamma_start, d.gamma, d.n_step_anneal) == (0.97, 0.997, 10_000)
+    assert DQNConfig().gamma_start == 0.0  # dqn and qr-dqn keep a fixed gamma
+    agent = _agent(gamma_start=0.9, gamma=0.99, n_step_anneal=10, reset_interval=20)
+    seen = []
+    for u in (0, 5, 10, 19, 20, 25, 40):
+        agent.updates = u
+        seen.append(agent.gamma())
+    assert seen == pytest.approx([0.9, 1 - 0.1 * 0.1**0.5, 0.99, 0.99, 0.9, seen[1], 0.9])
+    with pytest.raises(ValueError, match=r"gamma_start=0.9 anneals towards gamma=1.0"):
+        _agent(gamma_start=0.9, gamma=1.0)
+
+
+def test_the_discount_of_each_sampled_batch_follows_the_gamma_schedule() -> None:
+    """The update sees gamma through the batch: one-step returns, no terminal step."""
+    agent = _agent(gamma_start=0.5, gamma=0.9, n_step=1, n_step_start=0, spr_steps=0,
+                   n_step_anneal=4, replay_ratio=1.0)  # fmt: skip
+    seen: list[tuple[int, np.ndarray]] = []
+    real = agent._update
+
+    def spy(state, batch, index, weight):
+        seen.append((int(index), np.asarray(batch["discount"])))
+        return real(state, batch, index, weight)
+
+    agent._update = spy
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(2, 3)).astype(np.float32)
+    for _ in range(4):
+        agent.act(obs)
+        nxt = rng.normal(size=(2, 3)).astype(np.float32)
+        agent.observe(obs, rng.normal(size=2), np.zeros(2, bool), np.zeros(2, bool), nxt)
+        obs = nxt
+    assert [i for i, _ in seen] == list(range(8))
+    for i, discount in seen:
+        want = np.float32(gamma_at(i, 0.5, 0.9, 4))
+        np.testing.assert_array_equal(discount, np.full(4, want), err_msg=f"update {i}")
+    assert seen[0][1][0] == np.float32(0.5) and seen[-1][1][0] == np.float32(0.9)
 
 
 # --- shrink and perturb, resets ----------------------------------------------------------------

@@ -8,7 +8,7 @@ alone.
 
 Modules, each one idea: ``encoders`` (observation layouts; CNN, IMPALA ResNet, GRU / mean
 token encoders in NumPy and JAX), ``networks`` (the encoder's MLP torso, simplicial
-embedding), ``bbf`` (BBF's n-step schedule, SPR, resets), ``policy`` (the acting network,
+embedding), ``bbf`` (BBF's n-step and gamma schedules, SPR, resets), ``policy`` (the acting network,
 shared by JAX training and NumPy deployment), ``returns`` (n-step returns, GAE), ``losses``
 (Huber, quantile Huber, target EMA, SPR's cosine, distillation), ``replay``, ``normalize``,
 ``agent`` (the shell every agent shares), ``dqn``, ``ppo``, ``checkpoint``, ``train`` (the

@@ -7,7 +7,10 @@ efficiency", put these on a value-based agent (the flags live in
 * a wider network (``width_scale`` multiplies the encoder's hidden widths; BBF scales its
   Impala CNN by 4);
 * the update horizon ``n`` annealed from 10 to 3 over the first updates after every reset,
-  exponentially (:func:`n_step_at`);
+  exponentially (:func:`n_step_at`), and over the same updates the discount ``gamma`` from
+  0.97 to 0.997, exponentially in the horizon ``1 / (1 - gamma)`` (:func:`gamma_at`; the
+  official code, google-research/bigger_better_faster ``BBF.gin``: ``min_gamma = 0.97``,
+  ``gamma = 0.997``, ``cycle_steps = 10_000``, one clock for both schedules);
 * a target network by EMA and AdamW weight decay (in :mod:`~twinloop.controllers.rl.dqn`);
 * self-predictive representations (SPR; Schwarzer et al. 2021): from the encoding of
   ``s_t`` a latent dynamics model rolls ``K`` steps forward with the actions taken; each
@@ -56,6 +59,30 @@ def n_step_at(updates_since_reset: int, n_start: int, n_end: int, anneal_updates
         return int(n_end)
     frac = min(1.0, max(0, updates_since_reset) / anneal_updates)
     return int(round(n_start * math.exp(frac * math.log(n_end / n_start))))
+
+
+def gamma_at(
+    updates_since_reset: int, gamma_start: float, gamma_end: float, anneal_updates: int
+) -> float:
+    """The discount ``gamma`` after ``updates_since_reset`` updates.
+
+    ``1 - gamma`` is interpolated geometrically from ``1 - gamma_start`` to ``1 - gamma_end``
+    over ``anneal_updates`` updates, then ``gamma_end``: the horizon ``1 / (1 - gamma)``
+    grows exponentially, from 33 to 333 steps for BBF's 0.97 -> 0.997 (Schwarzer et al.
+    2023; their ``exponential_decay_scheduler(..., reverse=True)``). With
+    ``gamma_start == 0`` or ``anneal_updates == 0`` it is ``gamma_end`` throughout.
+
+    Raises:
+        ValueError: An annealed gamma outside ``[0, 1)`` (a horizon must be finite).
+    """
+    if gamma_start <= 0 or anneal_updates <= 0:
+        return float(gamma_end)
+    for name, g in (("gamma_start", gamma_start), ("gamma", gamma_end)):
+        if not 0.0 <= g < 1.0:
+            raise ValueError(f"an annealed discount needs 0 <= {name} < 1, got {g}")
+    frac = min(1.0, max(0, updates_since_reset) / anneal_updates)
+    lo, hi = math.log(1.0 - gamma_start), math.log(1.0 - gamma_end)
+    return float(1.0 - math.exp(lo + frac * (hi - lo)))
 
 
 def spr_init(

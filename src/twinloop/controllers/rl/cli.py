@@ -11,25 +11,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from twinloop.controllers.rl import AGENTS
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+from twinloop.core.cliargs import non_negative_int, positive_int
 
 
 def add_agent_parser(sub: Any) -> None:
@@ -55,11 +44,11 @@ def add_agent_parser(sub: Any) -> None:
         help=f"agent: {', '.join(AGENTS)}",
     )  # fmt: skip
     s.add_argument(
-        "--steps", required=True, type=_positive_int, metavar="N",
+        "--steps", required=True, type=positive_int, metavar="N",
         help="env steps in all (rounded up to whole rollouts or vector steps)",
     )  # fmt: skip
     s.add_argument(
-        "--seed", type=_non_negative_int, default=0, metavar="S",
+        "--seed", type=non_negative_int, default=0, metavar="S",
         help="seed of the agent and of the envs (default: %(default)s)",
     )  # fmt: skip
     s.add_argument(
@@ -67,7 +56,7 @@ def add_agent_parser(sub: Any) -> None:
         help="run folder: checkpoints, metrics.csv/json, episodes.csv, learning_curve.png",
     )  # fmt: skip
     s.add_argument(
-        "--n-envs", type=_positive_int, default=8, metavar="N",
+        "--n-envs", type=positive_int, default=8, metavar="N",
         help="rows of the vector env (default: %(default)s)",
     )  # fmt: skip
     s.add_argument(
@@ -81,7 +70,7 @@ def add_agent_parser(sub: Any) -> None:
         "(repeatable)",
     )  # fmt: skip
     s.add_argument(
-        "--checkpoint-every", type=_positive_int, default=50_000, metavar="N",
+        "--checkpoint-every", type=positive_int, default=50_000, metavar="N",
         help="env steps between checkpoints; the envs are reset at each one, so keep it well "
         "above n-envs x an episode's length (default: %(default)s)",
     )  # fmt: skip
@@ -94,10 +83,11 @@ def add_agent_parser(sub: Any) -> None:
         "--teacher", default=None, metavar="CONTROLLER",
         help="reincarnate the agent (dqn, qr-dqn, bbf) from this controller or agent:DIR "
         "(QDagger): offline pretraining on its captured episodes, then online training "
-        "with a distillation term that decays to 0",
+        "with a distillation term that decays to 0 (linearly over distill_updates, or with "
+        "--set distill_decay=performance as the student's return nears the teacher's)",
     )  # fmt: skip
     s.add_argument(
-        "--teacher-episodes", type=_positive_int, default=20, metavar="N",
+        "--teacher-episodes", type=positive_int, default=20, metavar="N",
         help="episodes of the teacher to capture into DIR/teacher-data when --teacher-data "
         "is not given (default: %(default)s)",
     )  # fmt: skip
@@ -164,7 +154,14 @@ def _teacher(args: argparse.Namespace, env_overrides: dict[str, Any]) -> tuple[A
         if path.exists():  # captured by an earlier (interrupted) run of this command
             single.close()
         else:
-            capture_teacher(single, teacher, root, args.teacher_episodes, args.seed)
+            # captured under another name and renamed when complete, so a run killed during
+            # the capture leaves no partial teacher data for the next run to train on
+            partial = Path(args.out) / ".teacher-data.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            capture_teacher(single, teacher, partial, args.teacher_episodes, args.seed)
+            if root.exists():  # a folder without the dataset: nothing of ours to keep
+                shutil.rmtree(root)
+            os.replace(partial, root)
     with open_dataset(path) as data:
         return teacher, list(data)
 

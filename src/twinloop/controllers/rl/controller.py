@@ -7,6 +7,12 @@ device machine needs only the base install (its convolutions are NumPy's im2col)
 on the observations it was trained on: a Box, or a Dict (images, token ids, vectors) of
 which it reads the keys it was trained with. Acting is deterministic, so ``reset``'s seeds
 change nothing.
+
+A recurrent agent (PPO with ``recurrent=gru``) keeps its GRU state here, one row per env
+row: :meth:`AgentController.reset` zeroes the rows whose episodes start (every row without a
+mask), and each :meth:`~AgentController.act` advances it, exactly as in training (the NumPy
+step is :func:`~twinloop.controllers.rl.policy.policy_step`, the one JAX trains through). A
+batch of another size than the held state's starts from zeros.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from twinloop.controllers.rl.normalize import RunningNorm
 from twinloop.controllers.rl.policy import (
     PolicySpec,
     action_spec,
-    greedy,
+    greedy_action,
+    initial_state,
     policy_init,
+    policy_step,
     to_env_action,
 )
 
@@ -93,6 +101,25 @@ class AgentController(Controller):
         self.norm = RunningNorm(obs_dim)
         self.norm.load_arrays(loaded["norm"])
         self.normalize = bool(meta.get("normalize_obs", True))
+        #: The GRU state of each env row (recurrent agents; None until the first act).
+        self.state: np.ndarray | None = None
+
+    def reset(self, n_envs: int, seeds: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Start episodes in the rows of ``mask`` (all if None): their recurrent state is zeroed.
+
+        Raises:
+            ValueError: A mask whose length is not ``n_envs``.
+        """
+        super().reset(n_envs, seeds, mask)
+        if not self.spec.recurrent:
+            return
+        if mask is None or self.state is None or self.state.shape[0] != self.n_envs:
+            self.state = initial_state(self.spec, self.n_envs)
+            return
+        mask = np.asarray(mask, bool)
+        if mask.shape != (self.n_envs,):
+            raise ValueError(f"reset mask of shape {mask.shape} for {self.n_envs} env rows")
+        self.state[mask] = 0.0
 
     def _layout(self, space: gym.Space, meta: Mapping[str, Any]) -> ObsLayout:
         """The layout of ``space`` the agent reads; it must be the one it was trained on."""
@@ -119,12 +146,28 @@ class AgentController(Controller):
             )
         return layout
 
-    def act(self, obs: Any) -> np.ndarray:
-        """Greedy actions for a batch of observations (arrays, or a Dict of batched arrays)."""
+    def outputs(self, obs: Any) -> np.ndarray:
+        """The policy head's raw outputs for a batch (a recurrent agent's state advances).
+
+        ``(n, out_dim)``: Q values, quantiles, logits or Gaussian means (see
+        :mod:`~twinloop.controllers.rl.policy`).
+        """
         rows = self.layout.pack(obs)
         vec = self.layout.vector(rows)
         x = self.layout.net_inputs(rows, self.norm(vec) if self.normalize else vec)
-        return to_env_action(self.action, greedy(np, self.params, self.spec, x))
+        h = None
+        if self.spec.recurrent:
+            h = self.state
+            if h is None or h.shape[0] != rows.shape[0]:
+                h = initial_state(self.spec, rows.shape[0])
+        out, h = policy_step(np, self.params, self.spec, x, h)
+        if self.spec.recurrent:
+            self.state = np.asarray(h, np.float32)
+        return out
+
+    def act(self, obs: Any) -> np.ndarray:
+        """Greedy actions for a batch of observations (arrays, or a Dict of batched arrays)."""
+        return to_env_action(self.action, greedy_action(np, self.spec, self.outputs(obs)))
 
     def act_one(self, obs: Any) -> np.ndarray:
         """Action for one observation (an array, or a Dict of arrays)."""

@@ -16,13 +16,20 @@
   steps is 0.25), across all rows of the vector env.
 * BBF's further ingredients (Schwarzer et al. 2023; the pure pieces in
   :mod:`~twinloop.controllers.rl.bbf`): ``width_scale``, ``n_step_start`` (n annealed to
-  ``n_step`` after every reset), ``weight_decay`` (AdamW, Loshchilov & Hutter 2019),
+  ``n_step`` after every reset), ``gamma_start`` (gamma annealed to ``gamma`` over the same
+  updates), ``weight_decay`` (AdamW, Loshchilov & Hutter 2019),
   ``spr_steps`` (the self-predictive loss) and ``reset_interval`` (shrink-and-perturb plus
   last-layer resets). The ``bbf`` preset turns them all on.
 * Reincarnation (QDagger, Agarwal et al. 2022): with a teacher, ``pretrain`` runs offline
   updates on the teacher's captured transitions, then online updates add the distillation
   term :func:`~twinloop.controllers.rl.losses.distillation_loss` with a weight that decays
-  linearly to 0 over ``distill_updates`` online updates (:meth:`DQNAgent.distill_weight`).
+  to 0 (:meth:`DQNAgent.distill_weight`): linearly over ``distill_updates`` online updates
+  (``distill_decay="linear"``), or with the student's return relative to the teacher's
+  (``"performance"``, QDagger's own, cut off after ``distill_updates``).
+
+The discount enters the update only through the sampled batch (``returns`` and ``discount``
+are computed by :meth:`ReplayBuffer.sample` with :meth:`DQNAgent.gamma`), so an annealed
+gamma never retraces the jitted update.
 
 The math is :func:`total_loss` and :func:`make_update` (pure, jitted); :class:`DQNAgent`
 holds the arrays and the replay buffer between calls.
@@ -42,7 +49,13 @@ import numpy as np
 import optax
 
 from twinloop.controllers.rl.agent import Agent, AgentConfig, Arrays, Json
-from twinloop.controllers.rl.bbf import fresh_params, n_step_at, reset_params, spr_loss
+from twinloop.controllers.rl.bbf import (
+    fresh_params,
+    gamma_at,
+    n_step_at,
+    reset_params,
+    spr_loss,
+)
 from twinloop.controllers.rl.encoders import ObsLayout
 from twinloop.controllers.rl.losses import (
     distillation_loss,
@@ -55,6 +68,9 @@ from twinloop.controllers.rl.networks import EncoderConfig, Params
 from twinloop.controllers.rl.policy import PolicySpec, greedy, head_apply
 from twinloop.controllers.rl.replay import ReplayBuffer
 from twinloop.core.config import cross_check, param
+
+#: How the distillation weight decays during the online phase (:meth:`DQNAgent.distill_weight`).
+DISTILL_DECAYS = ("linear", "performance")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -114,6 +130,20 @@ class DQNConfig(AgentConfig):
     distill_temperature: float = param(
         0.1, gt=0.0, doc="reincarnation: temperature T of the student's softmax(Q / T)"
     )
+    distill_decay: str = param(
+        "linear",
+        choices=DISTILL_DECAYS,
+        doc="reincarnation: the weight decays linearly over distill_updates (linear) or as "
+        "max(0, 1 - student return / teacher return) until distill_updates (performance; "
+        "QDagger's, Agarwal et al. 2022)",
+    )
+    gamma_start: float = param(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        doc="gamma annealed from this to gamma over n_step_anneal updates after each reset, "
+        "exponentially in 1/(1-gamma) (BBF: 0.97 -> 0.997; 0: fixed gamma)",
+    )
 
     @property
     def encoder(self) -> EncoderConfig:
@@ -135,6 +165,15 @@ class DQNConfig(AgentConfig):
     def window(self) -> int:
         """Longest window the replay must sample: n-step returns and SPR sequences."""
         return max(self.n_step, self.n_step_start, self.spr_steps)
+
+    @cross_check
+    def _annealed_gamma_is_below_one(self) -> str | None:
+        if self.gamma_start > 0 and self.gamma >= 1.0:
+            return (
+                f"gamma_start={self.gamma_start} anneals towards gamma={self.gamma}: an "
+                "annealed gamma must be below 1 (a finite horizon 1/(1-gamma))"
+            )
+        return None
 
     @cross_check
     def _buffer_holds_a_batch(self) -> str | None:
@@ -307,6 +346,11 @@ class DQNAgent(Agent):
         self.replay = replay_buffer(capacity, self.n_envs, self.layout, cfg.window)
         self._update_credit = 0.0  # fractional updates owed by the replay ratio
         self.teacher = False  # set by a trainer that reincarnates this agent from a teacher
+        #: Mean return of the teacher's episodes (``distill_decay="performance"``).
+        self.teacher_return: float | None = None
+        #: The student's recent mean return, as last reported by :meth:`record_return`.
+        self.student_return: float | None = None
+        self._distill_factor = 1.0  # QDagger's max(0, 1 - G_S / G_T), latched at 0
 
     def _fresh(self) -> Params:
         """A new initialisation of the learner network (JAX arrays)."""
@@ -331,16 +375,26 @@ class DQNAgent(Agent):
         self._state = jax.tree_util.tree_map(jnp.asarray, tree)
 
     def extra_state(self) -> tuple[Json, Arrays]:
-        """The replay buffer, the owed updates and whether a teacher is distilled."""
-        return {"update_credit": self._update_credit, "teacher": self.teacher}, (
-            self.replay.arrays()
-        )
+        """The replay buffer, the owed updates, the teacher and the distillation decay."""
+        meta = {
+            "update_credit": self._update_credit,
+            "teacher": self.teacher,
+            "teacher_return": self.teacher_return,
+            "student_return": self.student_return,
+            "distill_factor": self._distill_factor,
+        }
+        return meta, self.replay.arrays()
 
     def load_extra_state(self, meta: Json, arrays: Arrays) -> None:
-        """Restore :meth:`extra_state` output."""
+        """Restore :meth:`extra_state` output (older checkpoints lack the decay's state)."""
         self.replay.load_arrays(arrays)
         self._update_credit = float(meta["update_credit"])
         self.teacher = bool(meta.get("teacher", False))
+        teacher_return = meta.get("teacher_return")
+        student_return = meta.get("student_return")
+        self.teacher_return = None if teacher_return is None else float(teacher_return)
+        self.student_return = None if student_return is None else float(student_return)
+        self._distill_factor = float(meta.get("distill_factor", 1.0))
 
     def n_step(self) -> int:
         """The update horizon now: annealed after each reset when ``n_step_start > 0``."""
@@ -348,15 +402,81 @@ class DQNAgent(Agent):
         since = self.updates % cfg.reset_interval if cfg.reset_interval else self.updates
         return n_step_at(since, cfg.n_step_start, cfg.n_step, cfg.n_step_anneal)
 
-    def distill_weight(self) -> float:
-        """Weight of the distillation term now (0 without a teacher).
+    def gamma(self) -> float:
+        """The discount now: annealed after each reset when ``gamma_start > 0`` (BBF)."""
+        cfg = self.config
+        since = self.updates % cfg.reset_interval if cfg.reset_interval else self.updates
+        return gamma_at(since, cfg.gamma_start, cfg.gamma, cfg.n_step_anneal)
 
-        ``distill_weight`` decaying linearly to 0 over ``distill_updates`` online updates.
+    def distill_weight(self) -> float:
+        """Weight ``lambda_t`` of the distillation term now (0 without a teacher).
+
+        With ``t`` the online updates so far and ``lambda_0 = distill_weight``:
+
+        * ``distill_decay="linear"``: ``lambda_0 * max(0, 1 - t / distill_updates)``.
+        * ``"performance"``: ``lambda_0 * max(0, 1 - G_S / G_T)`` while
+          ``t < distill_updates``, then 0, where ``G_T`` is the teacher's mean episode return
+          (:meth:`set_teacher_return`) and ``G_S`` the student's recent mean return
+          (:meth:`record_return`; ``G_S`` counts as 0 until the first report). This is
+          QDagger's decay (Agarwal et al. 2022; checked against their code,
+          google-research/reincarnating_rl ``QDaggerDQNAgent.record_score``, which latches
+          the factor at 0 once it gets there, as here, and cuts it after
+          ``distill_decay_period`` online steps). Differences: their ``G`` are evaluation
+          returns scored against a random policy's (Atari), ours the trainer's recent
+          training returns (:data:`~twinloop.controllers.rl.train.RECENT` episodes, with
+          exploration) against 0; the factor is clipped to ``[0, 1]`` so a negative
+          student return cannot raise the weight above ``lambda_0``; and their learning
+          rate, which they also decay with the factor, stays fixed here.
+
+        ``linear`` stays the default: the ratio needs a positive teacher return, which tasks
+        whose rewards are costs (negative) never give, and a noisy training return can latch
+        the weight at 0 on one lucky window; ``performance`` is the choice where returns are
+        positive and the teacher's is a fair bar.
         """
         cfg = self.config
         if not self.teacher:
             return 0.0
+        if cfg.distill_decay == "performance":
+            if self.updates >= cfg.distill_updates:
+                return 0.0
+            return cfg.distill_weight * self._distill_factor
         return cfg.distill_weight * max(0.0, 1.0 - self.updates / cfg.distill_updates)
+
+    def set_teacher_return(self, value: float) -> None:
+        """The teacher's mean episode return ``G_T`` (from its captured episodes).
+
+        Raises:
+            ValueError: ``value`` is not finite, or not positive while
+                ``distill_decay="performance"`` (the ratio ``G_S / G_T`` needs ``G_T > 0``).
+        """
+        value = float(value)
+        if not np.isfinite(value):
+            raise ValueError(f"the teacher's return must be finite, got {value}")
+        if self.config.distill_decay == "performance" and value <= 0:
+            raise ValueError(
+                f"distill_decay=performance needs a teacher whose mean episode return is "
+                f"> 0, got {value:.6g}; use --set distill_decay=linear"
+            )
+        self.teacher_return = value
+
+    def record_return(self, recent: float) -> None:
+        """Report the student's recent mean episode return ``G_S`` (NaN: none yet, ignored).
+
+        The trainer calls this after each vector step in which episodes ended. With
+        ``distill_decay="performance"`` and a teacher it updates the decay factor
+        ``max(0, 1 - G_S / G_T)``, which stays 0 once it reaches 0.
+        """
+        recent = float(recent)
+        if np.isnan(recent):
+            return
+        self.student_return = recent
+        if (
+            self.teacher
+            and self.teacher_return is not None
+            and self.config.distill_decay == "performance"
+            and self._distill_factor > 0
+        ):
+            self._distill_factor = min(1.0, max(0.0, 1.0 - recent / self.teacher_return))
 
     def reset_network(self) -> None:
         """BBF's reset (:func:`~twinloop.controllers.rl.bbf.reset_params`), fresh optimiser.
@@ -374,7 +494,7 @@ class DQNAgent(Agent):
     def _learn(self, replay: ReplayBuffer, weight: float, index: int) -> dict:
         """One update on a batch from ``replay``."""
         cfg = self.config
-        batch = replay.sample(self.rng, cfg.batch_size, cfg.gamma, self.n_step(), cfg.spr_steps)
+        batch = replay.sample(self.rng, cfg.batch_size, self.gamma(), self.n_step(), cfg.spr_steps)
         for key in ("obs", "next_obs", "seq_next_obs"):
             if key in batch:
                 batch[key] = self.normalized(batch[key])
@@ -477,9 +597,11 @@ class BBFConfig(QRDQNConfig):
     BBF (Schwarzer et al. 2023) on Atari: width scale 4, n 10 -> 3 and gamma 0.97 -> 0.997
     over 10k updates after each reset, EMA target tau 0.005, AdamW lr 1e-4 and weight decay
     0.1, SPR with K = 5 and weight 5, replay ratio 8, resets every 40k updates with alpha
-    0.5, batch 32, C51 as its distributional head. Here: quantile regression as the
-    distributional head (our family's), width scale 2 over the 128x128 MLP, replay ratio 2
-    and a fixed gamma (0.99; the gamma schedule is not implemented) to fit a CPU.
+    0.5, batch 32, C51 as its distributional head (the official ``BBF.gin``:
+    ``min_gamma = 0.97``, ``gamma = 0.997``, ``cycle_steps = 10_000`` for both schedules).
+    Here: the same n and gamma schedules (:mod:`~twinloop.controllers.rl.bbf`), quantile
+    regression as the distributional head (our family's), width scale 2 over the 128x128
+    MLP and replay ratio 2 to fit a CPU.
     """
 
     width_scale: int = param(
@@ -488,6 +610,14 @@ class BBFConfig(QRDQNConfig):
     n_step: int = param(3, ge=1, le=100, doc="n-step at the end of each anneal")
     n_step_start: int = param(
         10, ge=0, le=100, doc="n-step annealed from this to n_step after each reset (0: fixed)"
+    )
+    gamma: float = param(0.997, ge=0.0, le=1.0, doc="discount (at the end of each anneal)")
+    gamma_start: float = param(
+        0.97,
+        ge=0.0,
+        lt=1.0,
+        doc="gamma annealed from this to gamma over n_step_anneal updates after each reset, "
+        "exponentially in 1/(1-gamma) (BBF: 0.97 -> 0.997; 0: fixed gamma)",
     )
     double_q: bool = param(True, doc="double Q-learning: the online net picks the next action")
     target_ema_tau: float = param(

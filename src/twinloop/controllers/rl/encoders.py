@@ -524,18 +524,47 @@ def image_apply(xp: Any, params: Params, net: ImageNet, x: Any) -> Any:
 
 
 # --- token encoders ---------------------------------------------------------------------------
+# --- a GRU cell with a carried state (recurrent agents) ---------------------------------------
+def gru_init(rng: np.random.Generator, n_in: int, hidden: int) -> Params:
+    """A GRU's weights, laid out as :func:`tokens_init`'s ``gru`` (gates r, z, n in turn).
+
+    Input weights ``N(0, 1 / n_in)``, recurrent weights ``N(0, 1 / hidden)``, zero biases.
+    """
+    return {
+        "wx": _normal(rng, (n_in, 3 * hidden), 1.0 / math.sqrt(n_in)),
+        "wh": _normal(rng, (hidden, 3 * hidden), 1.0 / math.sqrt(hidden)),
+        "bx": np.zeros(3 * hidden, np.float32),
+        "bh": np.zeros(3 * hidden, np.float32),
+    }
+
+
+def gru_cell(xp: Any, g: Params, gx: Any, h: Any) -> Any:
+    """One GRU step (Cho et al. 2014; the reset gate applied after ``h @ wh`` as in cuDNN).
+
+    Args:
+        xp: ``numpy`` or ``jax.numpy``.
+        g: Weights of :func:`gru_init`.
+        gx: Input terms ``x @ wx + bx`` ``(B, 3H)`` (computed for every step at once).
+        h: State ``(B, H)``.
+
+    Returns:
+        The next state ``(B, H)``: the same math as :func:`tokens_apply`'s GRU.
+    """
+    hidden = g["wh"].shape[0]
+    gh = h @ g["wh"] + g["bh"]
+    r = _sigmoid(xp, gx[..., :hidden] + gh[..., :hidden])
+    z = _sigmoid(xp, gx[..., hidden : 2 * hidden] + gh[..., hidden : 2 * hidden])
+    n = xp.tanh(gx[..., 2 * hidden :] + r * gh[..., 2 * hidden :])
+    return (1.0 - z) * n + z * h
+
+
 def tokens_init(
     rng: np.random.Generator, vocab: int, encoder: str, token_dim: int, hidden: int
 ) -> Params:
     """Parameters of a token encoder: the embedding table (and the GRU's weights)."""
     params: Params = {"embed": _normal(rng, (vocab, token_dim), 1.0)}
     if encoder == "gru":
-        params["gru"] = {
-            "wx": _normal(rng, (token_dim, 3 * hidden), 1.0 / math.sqrt(token_dim)),
-            "wh": _normal(rng, (hidden, 3 * hidden), 1.0 / math.sqrt(hidden)),
-            "bx": np.zeros(3 * hidden, np.float32),
-            "bh": np.zeros(3 * hidden, np.float32),
-        }
+        params["gru"] = gru_init(rng, token_dim, hidden)
     return params
 
 
@@ -561,13 +590,8 @@ def tokens_apply(xp: Any, params: Params, encoder: str, ids: Any) -> Any:
     gx = emb @ g["wx"] + g["bx"]  # (B, T, 3H): input terms of every step at once
     h = xp.zeros((ids.shape[0], hidden), np.float32)
     for t in range(ids.shape[1]):
-        gh = h @ g["wh"] + g["bh"]
-        xr, xz, xn = gx[:, t, :hidden], gx[:, t, hidden : 2 * hidden], gx[:, t, 2 * hidden :]
-        r = _sigmoid(xp, xr + gh[:, :hidden])
-        z = _sigmoid(xp, xz + gh[:, hidden : 2 * hidden])
-        n = xp.tanh(xn + r * gh[:, 2 * hidden :])
         m = mask[:, t : t + 1]
-        h = m * ((1.0 - z) * n + z * h) + (1.0 - m) * h
+        h = m * gru_cell(xp, g, gx[:, t], h) + (1.0 - m) * h
     return h
 
 

@@ -21,8 +21,12 @@ return, losses), ``episodes.csv`` (every finished episode), ``metrics.json`` (bo
 summary) and ``learning_curve.png`` (when matplotlib is installed).
 
 Reincarnation (``teacher=``, value-based agents; :mod:`~twinloop.controllers.rl.reincarnate`):
-a fresh run first pretrains offline on the teacher's captured data, then the teacher's action
-on every state the student visits is stored with the transition for the distillation term.
+a fresh run first pretrains offline on the teacher's captured data (any observation the
+student encodes: vectors, images, Dicts), then the teacher's action on every state the
+student visits is stored with the transition for the distillation term. The agent is told
+the teacher's mean return once and the student's recent return (:data:`RECENT` episodes)
+after every step that ends an episode, for QDagger's performance-based decay; both are in
+its checkpointed state.
 The teacher is reset with the envs at each segment's start and per row when an episode ends,
 so a resumed run asks it the same questions.
 """
@@ -199,11 +203,6 @@ def train(
             )
         if teacher_data is None:
             raise ValueError("a teacher needs its captured data (teacher_data)")
-        if not agent.layout.flat:
-            raise ValueError(
-                "reincarnation (--teacher) supports vector Box observations only, not "
-                f"{env.single_observation_space}"
-            )
     chunk = int(getattr(agent, "rollout_steps", n))
     total = _round_up(steps, chunk)
     segment = _round_up(checkpoint_every, chunk)
@@ -236,11 +235,10 @@ def train(
         agent.load_state(meta, arrays)
         history = meta["trainer"]["history"]
     elif teacher is not None:
-        from twinloop.controllers.rl.reincarnate import teacher_replay
+        from twinloop.controllers.rl.reincarnate import teacher_replay, teacher_return
 
-        data = teacher_replay(
-            teacher_data, agent.observation_shape, agent.action, agent.config.window
-        )
+        data = teacher_replay(teacher_data, agent.layout, agent.action, agent.config.window)
+        agent.set_teacher_return(teacher_return(teacher_data))
         history["pretrain"] = agent.pretrain(data, agent.config.pretrain_updates)
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_text(run_dir / "run.json", json.dumps(run, indent=1))
@@ -255,6 +253,8 @@ def train(
     last_log_time, last_log_env_step = t_start, agent.env_steps
     returns = np.zeros(n)
     lengths = np.zeros(n, np.int64)
+    # the student's recent return, for a decay that follows it (QDagger's performance decay)
+    record_return = getattr(agent, "record_return", None)
     step = agent.env_steps
     while step < total:
         k = step // segment
@@ -290,6 +290,8 @@ def train(
             for i in np.flatnonzero(ended):
                 episodes.append([step, float(returns[i]), int(lengths[i])])
                 returns[i], lengths[i] = 0.0, 0
+            if record_return is not None and ended.any():
+                record_return(_recent(episodes))
             obs = obs2
             if step - last_log_step >= log_every or step >= total:
                 now = time.perf_counter()

@@ -1,0 +1,1034 @@
+"""STEM system identification: the device's rate model, failure ratios and drift from dwells.
+
+What a microscope records per step is enough (``twinloop/StemSteer-v0`` captures, the dwells
+of ``twinloop stem-rates capture``): the observation before and after (Si in the view, its
+three neighbour offsets, the goal's offset from the Si), the applied command (probe position
+in the view, dwell), the failure code and the step's elapsed microscope time; the instrument's
+settings (current, voltage, timing, field of view) come from the capture's recorded config.
+``true/...`` infos are never read. The device profile in a capture's privileged metadata is
+used by :mod:`twinloop.sysid.base` for scoring only.
+
+Reading a step (exact, no view-centre bookkeeping):
+
+* The observation holds the Si in the view ``s = S - F + n`` (``S`` the Si's site, ``F`` the
+  view centre, ``n`` the localisation noise) and the goal's offset ``g = G - S - n``. The goal
+  is fixed per episode, at the site nearest a point drawn around the *measured* start, so
+  ``G - S`` is a lattice vector plus the start's noise ``n0``. Snapping ``g`` to the lattice
+  of the measured neighbours removes ``n`` up to ``n0``: the Si in the view before each dwell
+  is known to ``n0`` (one 0.05 A error per episode at the default noise, which widens the
+  fitted probe by ~0.6 %, well inside its interval), the Si's displacement over a step is
+  exact (the change of the snapped ``G - S``), and ``F = G - g - s`` (``n`` cancels) gives
+  the view's drift exactly.
+* Drift (:mod:`twinloop.sim.stem.kernel`: per-episode velocity ``v``, plus a random walk
+  of variance ``2 D t`` per axis added once per step): between two measurements without a
+  re-centring, ``dF = v T + N(0, 2 D T)`` with ``T`` the elapsed time. ``v`` per episode and
+  ``D`` are estimated by weighted least squares; ``D`` has an exact chi-square interval. The
+  speeds are ``U(0, v_max)``: ``v_max`` is estimated from the largest speed ``M`` of ``n``
+  episodes by ``(n + 1) M / n`` with the exact pivot interval ``M / 0.975^(1/n) ..
+  M / 0.025^(1/n)``, widened by twice the speed's own noise.
+* Rates: during the dwell the beam sits at ``probe - (s - n) + v (settle + t)`` from the Si,
+  piecewise constant over the kernel's drift pieces. The likelihood of each step's outcome
+  (no hop; one hop to neighbour k; knock-out or loss, before or after one hop; an edge
+  reached; several hops) is exact for piecewise-constant rates with at most two events
+  (three-event paths, a few in 10^4 at most, are lumped with "several hops"), including the
+  uniform dose of the imaging frame. The rates come from the simulator itself: candidate
+  parameters are applied to the capture's config, packed by ``kernel.physics_params`` and
+  turned into a rate row by ``kernel.reset``, and evaluated by ``kernel.neighbor_rate``; no
+  formula is re-derived here.
+
+Limits: the drift and noise model is the ``sim`` backend's. Captures of the image backends
+(``sim-image``, ``remote`` twins, ``nion``) read the Si, the lattice and the view centre from
+frames, whose errors (alignment especially) enter ``dF`` and inflate the fitted diffusion;
+the rate fit is robust to them as long as the lattice is found (steps that are not one
+clean hop or none are classified "several hops" or dropped, and counted in the details).
+
+Intervals: ``boot = 0`` uses a Laplace approximation (the inverse Hessian of the negative
+log-likelihood in the fitted coordinates: log of positive parameters, the offset as is),
+``boot = N`` the percentile intervals of N refits on episodes resampled with replacement. The
+drift intervals are the exact ones above in both cases (the bootstrap resamples them too).
+
+Identifiability: the rate-model shape (optimum offset, probe width, peak rate / cross section)
+needs hops; the energy tails need captures at two or more beam energies; the knock-out and
+loss ratios need events of their kind; the detector parameters need images (not in these
+captures); the hand-set "prior" rate model's parameters are identified only when the device
+runs that model (and the physical model's then are not). What cannot be identified is
+reported with the reason and left out of the override file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from twinloop.core.config import ConfigError, field_param, from_dict, override
+from twinloop.core.jit import njit
+from twinloop.core.rng import new_streams
+from twinloop.sim.stem import kernel as K
+from twinloop.sim.stem.config import BOND_ANGSTROM, StemConfig
+from twinloop.sim.stem.profile import PRIORS
+from twinloop.sysid.base import ParameterEstimate, Progress, SysidResult
+
+# --- step outcome codes -------------------------------------------------------------------------
+STAY = 0  # no hop, no failure
+HOP = 1  # one hop to neighbour k, no failure
+EDGE_HOP = 2  # one hop to neighbour k, which is an edge site (the process stops there)
+KO_STAY = 3  # knock-out without a hop
+KO_HOP = 4  # knock-out after one hop to k
+LOST_STAY = 5
+LOST_HOP = 6
+MULTI = 7  # two or more hops
+#: Fewest events of a kind for its ratio to count as identified (fewer: a ratio fitted only
+#: when, by chance, many events were seen is biased high).
+MIN_EVENTS = 10
+#: Fewest single hops for the rate model to count as identified.
+MIN_HOPS = 10
+#: Fewest episodes with a drift estimate for the drift parameters.
+MIN_DRIFT_EPISODES = 3
+
+_Z975 = 1.959963984540054
+
+
+@dataclasses.dataclass
+class StemSteps:
+    """Every usable step of the captures, one row each, plus the drift data per episode.
+
+    Attributes:
+        dataset: ``(n,)`` index of the step's dataset (its settings).
+        episode: ``(n,)`` global episode index.
+        offset: ``(n, 2)`` beam minus true Si position at the command (A, view frame).
+        dwell_s: ``(n,)`` dwell.
+        cos: ``(n,)`` cosine of the lattice angle that puts neighbour 0 where it was seen.
+        sin: ``(n,)`` its sine.
+        nbrs: ``(n, 3, 2)`` neighbour offsets before the dwell (exact lattice vectors).
+        outcome: ``(n,)`` outcome code (``STAY`` ... ``MULTI``).
+        hop: ``(n,)`` neighbour hopped to (0-2), or -1.
+        drift_df: Per episode, ``(m, 2)`` view-centre changes of the steps without re-centring.
+        drift_t: Per episode, ``(m,)`` their elapsed times.
+        dropped: Steps left out, by reason.
+    """
+
+    dataset: np.ndarray
+    episode: np.ndarray
+    offset: np.ndarray
+    dwell_s: np.ndarray
+    cos: np.ndarray
+    sin: np.ndarray
+    nbrs: np.ndarray
+    outcome: np.ndarray
+    hop: np.ndarray
+    drift_df: list[np.ndarray]
+    drift_t: list[np.ndarray]
+    dropped: dict[str, int]
+
+    @property
+    def n_episodes(self) -> int:
+        """Episodes read."""
+        return len(self.drift_t)
+
+    def select(self, episodes: np.ndarray) -> StemSteps:
+        """The steps of ``episodes`` (global indices, repeats allowed), renumbered 0..k-1."""
+        rows, new_ep = [], []
+        by_ep: dict[int, np.ndarray] = {}
+        for e in np.unique(episodes):
+            by_ep[int(e)] = np.flatnonzero(self.episode == e)
+        for j, e in enumerate(episodes):
+            r = by_ep[int(e)]
+            rows.append(r)
+            new_ep.append(np.full(r.size, j, dtype=np.int64))
+        idx = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        return StemSteps(
+            dataset=self.dataset[idx],
+            episode=np.concatenate(new_ep) if new_ep else np.zeros(0, dtype=np.int64),
+            offset=self.offset[idx],
+            dwell_s=self.dwell_s[idx],
+            cos=self.cos[idx],
+            sin=self.sin[idx],
+            nbrs=self.nbrs[idx],
+            outcome=self.outcome[idx],
+            hop=self.hop[idx],
+            drift_df=[self.drift_df[int(e)] for e in episodes],
+            drift_t=[self.drift_t[int(e)] for e in episodes],
+            dropped=dict(self.dropped),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the instrument was set to in one capture (known to its user), and its config."""
+
+    cfg: StemConfig
+    settle_s: float
+    frame_s: float
+    drift_resolution_angstrom: float
+    beam_energy_kev: float
+
+
+# --- reading captures ---------------------------------------------------------------------------
+def settings_of(dataset: Any) -> Settings:
+    """The recorded config of a STEM capture and the timing the fit needs.
+
+    Raises:
+        ValueError: Not a STEM capture, or per-episode randomisation of the rate model
+            (the fit assumes one device, fixed physics).
+    """
+    tl = dataset.metadata.get("twinloop") or {}
+    raw = tl.get("env_config")
+    meta = tl.get("env_metadata") or {}
+    if meta.get("system") != "stem" or not isinstance(raw, dict):
+        raise ValueError(f"{dataset.path} is not a STEM capture (no STEM metadata and config)")
+    cfg = from_dict(StemConfig, raw)
+    ph = cfg.physics
+    if ph.cross_section_log_sd or ph.probe_fwhm_rel_sd or ph.optimum_offset_sd_angstrom:
+        raise ValueError(
+            f"{dataset.path}: captured with per-episode randomisation of the rate model "
+            "(cross_section_log_sd, probe_fwhm_rel_sd or optimum_offset_sd_angstrom > 0); a "
+            "device has one set of physics: capture with those at 0"
+        )
+    mi = cfg.microscope
+    return Settings(
+        cfg=cfg,
+        settle_s=mi.beam_settle_s,
+        frame_s=mi.frame_time_s,
+        drift_resolution_angstrom=mi.drift_resolution_angstrom,
+        beam_energy_kev=ph.beam_energy_kev,
+    )
+
+
+def _field(obs: np.ndarray, layout: dict[str, Any], name: str) -> np.ndarray:
+    entry = layout[name]
+    part = obs[:, entry["start"] : entry["stop"]].astype(np.float64)
+    return part.reshape(obs.shape[0], *entry["shape"])
+
+
+def snap_to_lattice(g: np.ndarray, nbrs: np.ndarray) -> np.ndarray:
+    """The lattice vector nearest each ``g``, on the lattice of an Si with neighbours ``nbrs``.
+
+    Sites relative to the Si are ``m u + l w`` (its own sublattice, ``u = b0 - b1``,
+    ``w = b0 - b2``) and ``b0 + m u + l w`` (the other); localisation noise of a few hundredths
+    of an angstrom leaves the rounding exact.
+
+    Args:
+        g: ``(n, 2)`` noisy vectors (A).
+        nbrs: ``(n, 3, 2)`` neighbour offsets ``b_k`` (A).
+    """
+    u = nbrs[:, 0] - nbrs[:, 1]
+    w = nbrs[:, 0] - nbrs[:, 2]
+    det = u[:, 0] * w[:, 1] - u[:, 1] * w[:, 0]
+    best = np.full(g.shape, np.nan)
+    best_d = np.full(g.shape[0], np.inf)
+    for shift in (np.zeros_like(g), nbrs[:, 0]):
+        r = g - shift
+        a = np.rint((r[:, 0] * w[:, 1] - r[:, 1] * w[:, 0]) / det)
+        b = np.rint((u[:, 0] * r[:, 1] - u[:, 1] * r[:, 0]) / det)
+        cand = shift + a[:, None] * u + b[:, None] * w
+        d = np.linalg.norm(cand - g, axis=1)
+        better = d < best_d
+        best[better] = cand[better]
+        best_d[better] = d[better]
+    return best
+
+
+def read_episode(
+    obs: np.ndarray,
+    command: np.ndarray,
+    failure: np.ndarray,
+    elapsed: np.ndarray,
+    layout: dict[str, Any],
+    settings: Settings,
+) -> dict[str, Any]:
+    """Turn one recorded episode into steps for the rate likelihood and drift data.
+
+    Args:
+        obs: ``(T + 1, D)`` observations.
+        command: ``(T, 3)`` applied commands: probe x, y in the view (A), dwell (s).
+        failure: ``(T,)`` failure code after each step.
+        elapsed: ``(T,)`` microscope time of each step (s).
+        layout: The env's observation layout (metadata).
+        settings: The capture's settings.
+
+    Returns:
+        A dict of per-step arrays (``offset``, ``dwell_s``, ``nbrs``, ``outcome``, ``hop``,
+        ``cos``, ``sin``, ``recentred``) and the drift data ``df`` (view-centre changes) and
+        ``t`` (their elapsed times), plus ``dropped`` counts.
+    """
+    n = command.shape[0]
+    if obs.shape[0] != n + 1:
+        raise ValueError(
+            f"an episode has one more observation than commands: got {obs.shape[0]} for {n}"
+        )
+    s = _field(obs, layout, "si_position_angstrom")
+    g = _field(obs, layout, "goal_offset_angstrom")
+    nb = _field(obs, layout, "neighbor_offsets_angstrom")
+    d = snap_to_lattice(g, nb)  # G - S, exact
+    true_si = s - d + g  # s - n, with n = d - g
+    view = -(g + s)  # F - G: the view centre up to a constant
+    before, after = slice(0, n), slice(1, n + 1)
+    disp = d[before] - d[after]  # S_after - S_before
+    nbr = nb[before]
+    dist_k = np.linalg.norm(disp[:, None, :] - nbr, axis=-1)
+    k = dist_k.argmin(axis=1)
+    one_hop = dist_k[np.arange(n), k] < 0.5 * BOND_ANGSTROM
+    stay = np.linalg.norm(disp, axis=1) < 0.5 * BOND_ANGSTROM
+    outcome = np.full(n, -1, dtype=np.int64)
+    drop: dict[str, int] = {"out_of_view_or_ambiguous": 0, "failure_after_several_hops": 0}
+    f = failure.astype(np.int64)
+    ok, ko, lost, edge = f == K.OK, f == K.KNOCKOUT, f == K.LOST, f == K.EDGE
+    outcome[ok & stay] = STAY
+    outcome[ok & one_hop] = HOP
+    outcome[ok & ~stay & ~one_hop] = MULTI
+    outcome[edge & one_hop] = EDGE_HOP
+    outcome[edge & ~one_hop & ~stay] = MULTI
+    outcome[ko & stay] = KO_STAY
+    outcome[ko & one_hop] = KO_HOP
+    outcome[lost & stay] = LOST_STAY
+    outcome[lost & one_hop] = LOST_HOP
+    drop["out_of_view_or_ambiguous"] = int(((f == K.OUT_OF_VIEW) | (f == K.AMBIGUOUS)).sum())
+    drop["failure_after_several_hops"] = int(((ko | lost) & ~stay & ~one_hop).sum())
+    dwell = command[:, 2].astype(np.float64)
+    expected_t = settings.settle_s + dwell + settings.frame_s
+    recentred = np.abs(elapsed - expected_t) > 1e-6 * np.maximum(1.0, expected_t)
+    drift_ok = ~recentred & (f != K.OUT_OF_VIEW) & (f != K.AMBIGUOUS)
+    keep = outcome >= 0
+    angle = np.arctan2(nbr[:, 0, 1], nbr[:, 0, 0]) - math.pi / 6.0  # bond_unit(0, s=0) at 30 deg
+    return {
+        "offset": (command[:, :2] - true_si[before])[keep],
+        "dwell_s": dwell[keep],
+        "nbrs": nbr[keep],
+        "outcome": outcome[keep],
+        "hop": np.where(one_hop, k, -1)[keep],
+        "cos": np.cos(angle)[keep],
+        "sin": np.sin(angle)[keep],
+        "df": (view[after] - view[before])[drift_ok],
+        "t": elapsed[drift_ok].astype(np.float64),
+        "dropped": drop,
+    }
+
+
+def read_captures(
+    datasets: Sequence[Any], max_episodes: int | None = None
+) -> tuple[StemSteps, list[Settings]]:
+    """Every step of every episode (the first ``max_episodes`` only, if given)."""
+    settings = [settings_of(ds) for ds in datasets]
+    parts: list[dict[str, Any]] = []
+    ds_index: list[int] = []
+    for j, ds in enumerate(datasets):
+        layout = ds.metadata["twinloop"]["env_metadata"]["observation_layout"]
+        for ep in ds.iterate_episodes():
+            if max_episodes is not None and len(parts) >= max_episodes:
+                break
+            if len(ep) == 0:
+                continue
+            infos = ep.infos
+            for key in ("applied_command", "failure", "elapsed_s"):
+                if key not in infos:
+                    raise ValueError(f"{ds.path}: episodes have no {key!r} info; cannot fit")
+            parts.append(
+                read_episode(
+                    np.asarray(ep.observations),
+                    np.asarray(infos["applied_command"])[1:],
+                    np.asarray(infos["failure"])[1:],
+                    np.asarray(infos["elapsed_s"])[1:],
+                    layout,
+                    settings[j],
+                )
+            )
+            ds_index.append(j)
+    if not parts:
+        raise ValueError("the captures hold no episodes with steps: record some first")
+    dropped: dict[str, int] = {}
+    for p in parts:
+        for key, v in p["dropped"].items():
+            dropped[key] = dropped.get(key, 0) + v
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([p[key] for p in parts])
+
+    steps = StemSteps(
+        dataset=np.concatenate(
+            [
+                np.full(p["dwell_s"].size, j, dtype=np.int64)
+                for p, j in zip(parts, ds_index, strict=True)
+            ]
+        ),
+        episode=np.concatenate(
+            [np.full(p["dwell_s"].size, e, dtype=np.int64) for e, p in enumerate(parts)]
+        ),
+        offset=cat("offset"),
+        dwell_s=cat("dwell_s"),
+        cos=cat("cos"),
+        sin=cat("sin"),
+        nbrs=cat("nbrs"),
+        outcome=cat("outcome"),
+        hop=cat("hop"),
+        drift_df=[p["df"] for p in parts],
+        drift_t=[p["t"] for p in parts],
+        dropped=dropped,
+    )
+    return steps, settings
+
+
+# --- drift --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class DriftFit:
+    """Per-episode drift velocities and the drift parameters with intervals."""
+
+    velocity: np.ndarray  # (n_episodes, 2), zero where an episode gave no estimate
+    diffusion: tuple[float, float, float]  # estimate, low, high (A^2/s)
+    speed_max: tuple[float, float, float]  # estimate, low, high (A/s)
+    n_episodes: int  # episodes with a velocity estimate
+    dof: int  # degrees of freedom of the diffusion estimate
+    ss: float  # sum of squared scaled residuals (2 D chi2_dof)
+    speeds: np.ndarray  # speeds of the episodes with an estimate
+    speed_sd: np.ndarray  # their noise
+
+
+def fit_drift(steps: StemSteps) -> DriftFit:
+    """Velocity per episode, diffusion (chi-square interval), top speed (pivot interval)."""
+    from scipy.stats import chi2
+
+    n_ep = steps.n_episodes
+    vel = np.zeros((n_ep, 2))
+    has = np.zeros(n_ep, dtype=bool)
+    total_t = np.zeros(n_ep)
+    ss, dof = 0.0, 0
+    for e in range(n_ep):
+        df, t = steps.drift_df[e], steps.drift_t[e]
+        if t.size == 0:
+            continue
+        v = df.sum(axis=0) / t.sum()
+        vel[e], has[e], total_t[e] = v, True, t.sum()
+        r = df - v * t[:, None]
+        ss += float((r**2 / t[:, None]).sum())
+        dof += 2 * (t.size - 1)
+    nan3 = (math.nan, math.nan, math.nan)
+    diffusion = nan3
+    if dof > 0:
+        diffusion = (
+            ss / (2.0 * dof),
+            ss / (2.0 * chi2.ppf(0.975, dof)),
+            ss / (2.0 * chi2.ppf(0.025, dof)),
+        )
+    speeds = np.linalg.norm(vel[has], axis=1)
+    d_hat = diffusion[0] if math.isfinite(diffusion[0]) else 0.0
+    speed_sd = np.sqrt(2.0 * d_hat / total_t[has])
+    speed_max = nan3
+    m = int(has.sum())
+    if m >= MIN_DRIFT_EPISODES:
+        top = int(np.argmax(speeds))
+        big, noise = float(speeds[top]), 2.0 * float(speed_sd[top])
+        speed_max = (
+            big * (m + 1) / m,
+            max(big - noise, 0.0) / 0.975 ** (1.0 / m),
+            (big + noise) / 0.025 ** (1.0 / m),
+        )
+    return DriftFit(vel, diffusion, speed_max, m, dof, ss, speeds, speed_sd)
+
+
+# --- the rate likelihood ------------------------------------------------------------------------
+@njit(inline="always")
+def _between(a: float, c: float, dt: float) -> float:
+    """``int_0^dt exp(-a s) exp(-c (dt - s)) ds``, stable for ``a`` near ``c``."""
+    x = (a - c) * dt
+    if abs(x) < 1e-9:
+        return dt * math.exp(-a * dt)
+    return math.exp(-c * dt) * (-math.expm1(-x)) / (a - c)
+
+
+@njit(inline="always")
+def _first(a: float, dt: float) -> float:
+    """``int_0^dt exp(-a s) ds``."""
+    if a * dt < 1e-12:
+        return dt
+    return -math.expm1(-a * dt) / a
+
+
+@njit
+def step_loglik(
+    rows: np.ndarray,
+    dataset: np.ndarray,
+    offset: np.ndarray,
+    velocity: np.ndarray,
+    episode: np.ndarray,
+    dwell_s: np.ndarray,
+    cos: np.ndarray,
+    sin: np.ndarray,
+    nbrs: np.ndarray,
+    outcome: np.ndarray,
+    hop: np.ndarray,
+    timing: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Log-likelihood of each step's outcome into ``out`` (see the module doc).
+
+    Args:
+        rows: ``(n_datasets, N_F)`` rate rows (``kernel.reset`` of the candidate physics).
+        dataset: ``(n,)`` dataset of each step.
+        offset: ``(n, 2)`` beam minus Si when the command was given (A).
+        velocity: ``(n_episodes, 2)`` drift velocity of each episode (A/s).
+        episode: ``(n,)`` episode of each step.
+        dwell_s: ``(n,)`` dwell.
+        cos: ``(n,)`` lattice cosine (neighbour 0 as measured, sublattice 0).
+        sin: ``(n,)`` lattice sine.
+        nbrs: ``(n, 3, 2)`` neighbour offsets.
+        outcome: ``(n,)`` outcome code.
+        hop: ``(n,)`` neighbour hopped to, or -1.
+        timing: ``(n_datasets, 3)`` settle (s), frame (s), drift resolution (A).
+        out: ``(n,)`` output.
+    """
+    f = np.empty(rows.shape[1])
+    lam0 = np.empty(3)
+    for i in range(outcome.size):
+        j = dataset[i]
+        f[:] = rows[j]
+        f[K.F_COS] = cos[i]
+        f[K.F_SIN] = sin[i]
+        ko, loss = f[K.F_KO], f[K.F_LOSS]
+        e_all = 1.0 + ko + loss
+        settle, frame, res = timing[j, 0], timing[j, 1], timing[j, 2]
+        vx, vy = velocity[episode[i], 0], velocity[episode[i], 1]
+        dwell = dwell_s[i]
+        speed = math.sqrt(vx * vx + vy * vy)
+        n_pieces = 1 + int(min(speed * dwell / res, 1000.0))
+        dt = dwell / n_pieces
+        h0 = 0.0  # cumulative hazard of any event at the start site (x e_all)
+        first = np.zeros(3)  # P(first event is a hop to k)
+        single = np.zeros(3)  # P(hop to k, then nothing)
+        # hazards at the new site over the remaining pieces: computed back to front
+        after = np.zeros((n_pieces + 1, 3))
+        for p in range(n_pieces - 1, -1, -1):
+            bx = offset[i, 0] + vx * (settle + (p + 0.5) * dt)
+            by = offset[i, 1] + vy * (settle + (p + 0.5) * dt)
+            for k in range(3):
+                tot = 0.0
+                for q in range(3):
+                    tot += K.neighbor_rate(q, nbrs[i, k, 0], nbrs[i, k, 1], 1, bx, by, f)
+                after[p, k] = after[p + 1, k] + e_all * tot * dt
+        r_img = f[K.F_IMG_RATE]
+        a_img = 3.0 * e_all * r_img
+        img_surv = math.exp(-a_img * frame)
+        for p in range(n_pieces):
+            bx = offset[i, 0] + vx * (settle + (p + 0.5) * dt)
+            by = offset[i, 1] + vy * (settle + (p + 0.5) * dt)
+            total = 0.0
+            for k in range(3):
+                lam0[k] = K.neighbor_rate(k, 0.0, 0.0, 0, bx, by, f)
+                total += lam0[k]
+            a = e_all * total
+            pre = math.exp(-h0)
+            for k in range(3):
+                c = (after[p, k] - after[p + 1, k]) / dt
+                first[k] += pre * lam0[k] * _first(a, dt)
+                single[k] += pre * lam0[k] * _between(a, c, dt) * math.exp(-after[p + 1, k])
+            h0 += a * dt
+        surv_dwell = math.exp(-h0)
+        for k in range(3):
+            single[k] *= img_surv
+            first[k] += surv_dwell * r_img * _first(a_img, frame)
+            single[k] += surv_dwell * r_img * frame * img_surv
+        p_stay = surv_dwell * img_surv
+        o, k = outcome[i], hop[i]
+        if o == STAY:
+            prob = p_stay
+        elif o == HOP:
+            prob = single[k]
+        elif o == EDGE_HOP:
+            prob = first[k]
+        elif o == KO_STAY:
+            prob = ko / e_all * (1.0 - p_stay)
+        elif o == KO_HOP:
+            prob = ko / e_all * (first[k] - single[k])
+        elif o == LOST_STAY:
+            prob = loss / e_all * (1.0 - p_stay)
+        elif o == LOST_HOP:
+            prob = loss / e_all * (first[k] - single[k])
+        else:  # MULTI
+            prob = (first[0] + first[1] + first[2] - single[0] - single[1] - single[2]) / e_all
+        out[i] = math.log(max(prob, 1e-300))
+
+
+# --- parameters ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Free:
+    """A fitted parameter: its path, whether it is fitted on a log scale, its bounds."""
+
+    path: str
+    log: bool
+    low: float
+    high: float
+
+    def to_u(self, x: float) -> float:
+        return math.log(x) if self.log else x
+
+    def from_u(self, u: np.ndarray | float) -> Any:
+        return np.exp(u) if self.log else u
+
+
+def _get(cfg: object, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _limits(cfg: object, path: str) -> tuple[float, float, str]:
+    """Numeric limits and units of a config field (infinite where none is declared)."""
+    *parents, name = path.split(".")
+    section = cfg
+    for part in parents:
+        section = getattr(section, part)
+    spec = None
+    for f in dataclasses.fields(section):  # type: ignore[arg-type]
+        if f.name == name:
+            spec = field_param(f)
+    if spec is None:
+        return -math.inf, math.inf, ""
+    (lo, lo_open), (hi, _) = spec.low, spec.high
+    lo_v = float(lo) if isinstance(lo, int | float) else -math.inf
+    hi_v = float(hi) if isinstance(hi, int | float) else math.inf
+    if lo_open:
+        lo_v = lo_v + 1e-9 * max(1.0, abs(lo_v))
+    return lo_v, hi_v, spec.units
+
+
+class RateModel:
+    """The likelihood of the captured steps as a function of the device's rate parameters.
+
+    Args:
+        steps: The captured steps.
+        settings: Each capture's settings.
+        velocity: ``(n_episodes, 2)`` drift velocities.
+        fixed: Dotted path -> value for parameters held fixed (not identified).
+    """
+
+    def __init__(
+        self,
+        steps: StemSteps,
+        settings: Sequence[Settings],
+        velocity: np.ndarray,
+        fixed: dict[str, float],
+    ) -> None:
+        """Prepare the arrays and a scratch kernel state for building rate rows."""
+        self.steps = steps
+        self.settings = list(settings)
+        self.velocity = np.ascontiguousarray(velocity, dtype=np.float64)
+        self.fixed = dict(fixed)
+        self.timing = np.array(
+            [[s.settle_s, s.frame_s, s.drift_resolution_angstrom] for s in self.settings]
+        )
+        self._state = K.new_state(1)
+        self._rng = new_streams(1)
+        self._out = np.zeros(steps.outcome.size)
+
+    def rows(self, values: dict[str, float]) -> np.ndarray:
+        """Rate rows of every capture with ``values`` applied over its config.
+
+        Raises:
+            ConfigError: A value outside its field's limits.
+        """
+        rows = np.zeros((len(self.settings), K.N_F))
+        st = self._state
+        for j, s in enumerate(self.settings):
+            cfg = override(s.cfg, **{**self.fixed, **values})
+            params = K.physics_params(cfg)
+            K.reset(0, st.f, st.i, st.holes, params, self._rng, st.meas)
+            rows[j] = st.f[0]
+        return rows
+
+    def loglik(self, values: dict[str, float], per_step: bool = False) -> Any:
+        """Total log-likelihood (or per step) of the captures under ``values``."""
+        s = self.steps
+        step_loglik(
+            self.rows(values),
+            s.dataset,
+            s.offset,
+            self.velocity,
+            s.episode,
+            s.dwell_s,
+            s.cos,
+            s.sin,
+            s.nbrs,
+            s.outcome,
+            s.hop,
+            self.timing,
+            self._out,
+        )
+        return self._out.copy() if per_step else float(self._out.sum())
+
+
+def _rate_paths(rate_model: str) -> tuple[tuple[str, bool], ...]:
+    """The rate-shape parameters of the model the device runs (path, fitted on a log scale)."""
+    if rate_model == "prior":
+        return (
+            ("physics.prior_optimum_bond_fraction", False),
+            ("physics.prior_sigma_angstrom", True),
+            ("physics.prior_peak_rate_per_s", True),
+        )
+    return (
+        ("physics.optimum_offset_angstrom", False),
+        ("physics.probe_fwhm_angstrom", True),
+        ("physics.cross_section_barn_60kv", True),
+    )
+
+
+def plan(steps: StemSteps, settings: Sequence[Settings]) -> tuple[list[_Free], dict[str, str]]:
+    """Which prior parameters these captures identify, and why the others are not.
+
+    Returns:
+        ``(free, reasons)``: the rate parameters to fit, and path -> reason for every prior
+        parameter that is not fitted here (drift parameters are handled by
+        :func:`fit_drift` and appear in neither).
+
+    Raises:
+        ValueError: Captures of different rate models, or too few hops for any rate fit.
+    """
+    models = {s.cfg.physics.rate_model for s in settings}
+    if len(models) != 1:
+        raise ValueError(
+            f"the captures mix rate models {sorted(models)}: fit each model's captures apart"
+        )
+    model = models.pop()
+    cfg0 = settings[0].cfg
+    o = steps.outcome
+    n_hops = int(np.isin(o, (HOP, EDGE_HOP, KO_HOP, LOST_HOP)).sum())
+    if n_hops < MIN_HOPS:
+        raise ValueError(
+            f"only {n_hops} single hops in {o.size} usable steps: at least {MIN_HOPS} are "
+            "needed to identify the rate model; capture more episodes, with the beam parked "
+            "near the neighbours (random offsets within ~3 A, dwells of 1-20 s, as 'twinloop "
+            "stem-rates capture' does)"
+        )
+    free: list[_Free] = []
+    reasons: dict[str, str] = {}
+    for path, log in _rate_paths(model):
+        lo, hi, _ = _limits(cfg0, path)
+        free.append(_Free(path, log, lo, hi))
+    other = _rate_paths("physical" if model == "prior" else "prior")
+    for path, _ in other:
+        reasons[path] = f"the device runs the {model!r} rate model: this one has no effect"
+    energies = sorted({round(s.beam_energy_kev, 6) for s in settings})
+    n_ko = int(np.isin(o, (KO_STAY, KO_HOP)).sum())
+    n_lost = int(np.isin(o, (LOST_STAY, LOST_HOP)).sum())
+    if len(energies) >= 2:
+        free.append(
+            _Free("physics.thermal_tail_ev", True, *_limits(cfg0, "physics.thermal_tail_ev")[:2])
+        )
+    else:
+        reasons["physics.thermal_tail_ev"] = (
+            f"captures at one beam energy ({energies[0]} kV): the energy dependence needs two "
+            "or more (record at another --set beam_energy_kev=...)"
+        )
+    if n_ko >= MIN_EVENTS:
+        free.append(
+            _Free(
+                "physics.knockout_ratio_60kv",
+                True,
+                *_limits(cfg0, "physics.knockout_ratio_60kv")[:2],
+            )
+        )
+        ko_energies = {
+            round(settings[j].beam_energy_kev, 6)
+            for j in np.unique(steps.dataset[np.isin(o, (KO_STAY, KO_HOP))])
+        }
+        if len(ko_energies) >= 2:
+            free.append(
+                _Free(
+                    "physics.knockout_tail_ev", True, *_limits(cfg0, "physics.knockout_tail_ev")[:2]
+                )
+            )
+        else:
+            reasons["physics.knockout_tail_ev"] = (
+                "knock-outs seen at one beam energy only: its energy dependence needs two or more"
+            )
+    else:
+        reasons["physics.knockout_ratio_60kv"] = (
+            f"{n_ko} knock-outs seen, {MIN_EVENTS} needed: capture more episodes"
+        )
+        reasons["physics.knockout_tail_ev"] = "needs the knock-out ratio first (too few knock-outs)"
+    if n_lost >= MIN_EVENTS:
+        free.append(_Free("physics.loss_ratio", True, *_limits(cfg0, "physics.loss_ratio")[:2]))
+    else:
+        reasons["physics.loss_ratio"] = (
+            f"{n_lost} losses seen, {MIN_EVENTS} needed: capture more episodes (a loss is rare: "
+            f"~{cfg0.physics.loss_ratio:g} per hop nominally)"
+        )
+    for prior in PRIORS:
+        if prior.path.startswith("imaging."):
+            reasons[prior.path] = (
+                "a detector parameter: these captures hold measurements, not images"
+            )
+    if len(energies) == 1 and abs(energies[0] - 60.0) > 1e-6:
+        note = (
+            f"; captures at {energies[0]} kV only: fitted with the energy tail at its nominal "
+            "value, so this is the 60 kV value that nominal tail implies"
+        )
+        reasons["_note_energy"] = note
+    return free, reasons
+
+
+def _minimize(model: RateModel, free: list[_Free], u0: np.ndarray) -> tuple[np.ndarray, float]:
+    from scipy.optimize import minimize
+
+    def values(u: np.ndarray) -> dict[str, float]:
+        return {p.path: float(p.from_u(x)) for p, x in zip(free, u, strict=True)}
+
+    def nll(u: np.ndarray) -> float:
+        try:
+            return -model.loglik(values(u))
+        except ConfigError:
+            return 1e300
+
+    bounds = []
+    for p in free:
+        lo = p.to_u(p.low) if (not p.log or p.low > 0) else None
+        hi = p.to_u(p.high) if math.isfinite(p.high) else None
+        bounds.append((lo if lo is not None and math.isfinite(lo) else None, hi))
+    res = minimize(nll, u0, method="L-BFGS-B", bounds=bounds, options={"maxiter": 500})
+    u = np.asarray(res.x, dtype=np.float64)
+    # polish: L-BFGS-B's finite differences stop early on flat directions
+    res2 = minimize(nll, u, method="Nelder-Mead", options={"xatol": 1e-5, "fatol": 1e-4})
+    if res2.fun < res.fun:
+        u = np.asarray(res2.x, dtype=np.float64)
+    return u, float(min(res.fun, res2.fun))
+
+
+def _hessian(fun: Any, u: np.ndarray, step: float = 1e-3) -> np.ndarray:
+    """Central-difference Hessian of ``fun`` at ``u``."""
+    n = u.size
+    h = np.zeros((n, n))
+    f0 = fun(u)
+    e = np.eye(n) * step
+    for i in range(n):
+        fp, fm = fun(u + e[i]), fun(u - e[i])
+        h[i, i] = (fp - 2.0 * f0 + fm) / step**2
+        for j in range(i):
+            fpp = fun(u + e[i] + e[j])
+            fpm = fun(u + e[i] - e[j])
+            fmp = fun(u - e[i] + e[j])
+            fmm = fun(u - e[i] - e[j])
+            h[i, j] = h[j, i] = (fpp - fpm - fmp + fmm) / (4.0 * step**2)
+    return h
+
+
+def fit_stem(
+    datasets: Sequence[Any],
+    *,
+    boot: int = 0,
+    seed: int = 0,
+    max_episodes: int | None = None,
+    progress: Progress | None = None,
+    n_samples: int = 2000,
+) -> SysidResult:
+    """Fit a STEM device's identifiable parameters to its captures (see the module doc).
+
+    Args:
+        datasets: Open STEM captures (:class:`twinloop.datasets.Dataset`), one device.
+        boot: 0 for Laplace intervals, else the number of bootstrap resamples of episodes.
+        seed: Seed of the samples and of the bootstrap.
+        max_episodes: Use the first N episodes only.
+        progress: ``progress(stage, done, total)``.
+        n_samples: Posterior samples drawn from the Laplace approximation.
+
+    Raises:
+        ValueError: Too little data or inconsistent captures (the message says what to do).
+    """
+    steps, settings = read_captures(datasets, max_episodes)
+    est, samples, paths, details = _fit_once(steps, settings, seed, n_samples, laplace=boot == 0)
+    method = (
+        "laplace: 95 % intervals from the inverse Hessian of the log-likelihood (log scale "
+        "for positive parameters); drift: exact chi-square (diffusion) and pivot (top speed)"
+    )
+    if boot:
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x5157,)))
+        reps = []
+        for b in range(boot):
+            pick = rng.integers(0, steps.n_episodes, steps.n_episodes)
+            sub = steps.select(pick)
+            try:
+                r, *_ = _fit_once(sub, settings, seed, 0, laplace=False, paths=paths)
+                reps.append([r[p][0] for p in paths])
+            except ValueError:
+                continue  # a resample with too few events of some kind
+            if progress:
+                progress("bootstrap", b + 1, boot)
+        if len(reps) < max(20, boot // 2):
+            raise ValueError(
+                f"only {len(reps)} of {boot} bootstrap resamples could be fitted: capture more "
+                "episodes, or use Laplace intervals (--boot 0)"
+            )
+        samples = np.asarray(reps, dtype=np.float64)
+        for k, p in enumerate(paths):
+            if p.startswith("microscope.drift"):
+                continue  # the exact drift intervals stand (a bootstrapped maximum is biased)
+            lo, hi = np.nanpercentile(samples[:, k], [2.5, 97.5])
+            est[p] = (est[p][0], float(lo), float(hi), f"bootstrap over episodes ({len(reps)})")
+        method = f"bootstrap: percentile 95 % intervals of {len(reps)} refits on resampled episodes"
+        details["bootstrap_fitted"] = len(reps)
+    estimates = _estimates(settings[0].cfg, est, details.pop("reasons"))
+    return SysidResult(
+        env_id="",
+        n_episodes=steps.n_episodes,
+        n_transitions=int(steps.outcome.size),
+        estimates=estimates,
+        samples=samples,
+        sample_paths=list(paths),
+        method=method,
+        details=details,
+    )
+
+
+def _fit_once(
+    steps: StemSteps,
+    settings: Sequence[Settings],
+    seed: int,
+    n_samples: int,
+    *,
+    laplace: bool,
+    paths: Sequence[str] | None = None,
+) -> tuple[dict[str, tuple[float, float, float, str]], np.ndarray, list[str], dict[str, Any]]:
+    """One fit: estimates (path -> estimate, low, high, note), samples, their paths, details."""
+    drift = fit_drift(steps)
+    free, reasons = plan(steps, settings)
+    if paths is not None:  # a bootstrap replicate must fit what the full data fitted
+        want = set(paths)
+        got = {p.path for p in free}
+        missing = (
+            want
+            - got
+            - {
+                "microscope.drift_speed_max_angstrom_per_s",
+                "microscope.drift_diffusion_angstrom2_per_s",
+            }
+        )
+        if missing:
+            raise ValueError(f"resample does not identify {sorted(missing)}")
+    fixed: dict[str, float] = {}
+    model = RateModel(steps, settings, drift.velocity, fixed)
+    cfg0 = settings[0].cfg
+    u0 = np.array([p.to_u(float(_get(cfg0, p.path))) for p in free])
+    u, nll = _minimize(model, free, u0)
+    est: dict[str, tuple[float, float, float, str]] = {}
+    cols: list[np.ndarray] = []
+    out_paths: list[str] = []
+    if laplace:
+
+        def f(x: np.ndarray) -> float:
+            try:
+                return -model.loglik(
+                    {p.path: float(p.from_u(v)) for p, v in zip(free, x, strict=True)}
+                )
+            except ConfigError:
+                return 1e300
+
+        h = _hessian(f, u)
+        try:
+            cov = np.linalg.inv(h)
+            ok = bool(np.all(np.linalg.eigvalsh(0.5 * (h + h.T)) > 0))
+        except np.linalg.LinAlgError:
+            cov, ok = np.full_like(h, np.nan), False
+        sd = np.sqrt(np.clip(np.diag(cov), 0.0, None)) if ok else np.full(u.size, np.nan)
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x5AB1,)))
+        draws = (
+            rng.multivariate_normal(u, cov, size=n_samples)
+            if ok and n_samples
+            else np.full((n_samples, u.size), np.nan)
+        )
+        for k, p in enumerate(free):
+            note = "laplace" if ok else "laplace failed: the likelihood is flat here"
+            est[p.path] = (
+                float(p.from_u(u[k])),
+                float(p.from_u(u[k] - _Z975 * sd[k])),
+                float(p.from_u(u[k] + _Z975 * sd[k])),
+                note + reasons.get("_note_energy", "")
+                if p.path.endswith(("barn_60kv", "peak_rate_per_s"))
+                else note,
+            )
+            cols.append(np.asarray(p.from_u(draws[:, k])))
+            out_paths.append(p.path)
+    else:
+        for k, p in enumerate(free):
+            v = float(p.from_u(u[k]))
+            est[p.path] = (v, math.nan, math.nan, "point estimate")
+            out_paths.append(p.path)
+    # drift: exact intervals; samples from the pivots
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0xD21F,)))
+    d_path = "microscope.drift_diffusion_angstrom2_per_s"
+    v_path = "microscope.drift_speed_max_angstrom_per_s"
+    if drift.dof > 0:
+        est[d_path] = (*drift.diffusion, f"chi-square, {drift.dof} degrees of freedom")
+        out_paths.append(d_path)
+        if laplace:
+            cols.append(drift.ss / (2.0 * rng.chisquare(drift.dof, n_samples)))
+    else:
+        reasons[d_path] = "no two steps of one episode without re-centring: capture longer episodes"
+    if math.isfinite(drift.speed_max[0]):
+        est[v_path] = (*drift.speed_max, f"pivot on the top speed of {drift.n_episodes} episodes")
+        out_paths.append(v_path)
+        if laplace:
+            m = drift.n_episodes
+            cols.append(float(drift.speeds.max()) / rng.uniform(0, 1, n_samples) ** (1.0 / m))
+    else:
+        reasons[v_path] = (
+            f"{drift.n_episodes} episodes with a drift estimate, {MIN_DRIFT_EPISODES} needed: "
+            "capture more episodes"
+        )
+    samples = np.column_stack(cols) if cols else np.zeros((0, len(out_paths)))
+    counts = {
+        name: int((steps.outcome == code).sum())
+        for name, code in (
+            ("stay", STAY),
+            ("hop", HOP),
+            ("edge_hop", EDGE_HOP),
+            ("knockout", KO_STAY),
+            ("knockout_after_hop", KO_HOP),
+            ("lost", LOST_STAY),
+            ("lost_after_hop", LOST_HOP),
+            ("several_hops", MULTI),
+        )
+    }
+    details = {
+        "outcomes": counts,
+        "dropped_steps": dict(steps.dropped),
+        "neg_log_likelihood": nll,
+        "drift_episodes": drift.n_episodes,
+        "reasons": reasons,
+    }
+    return est, samples, out_paths, details
+
+
+def _estimates(
+    cfg: StemConfig,
+    est: dict[str, tuple[float, float, float, str]],
+    reasons: dict[str, str],
+) -> list[ParameterEstimate]:
+    """One entry per prior parameter, in the prior's order."""
+    out = []
+    for prior in PRIORS:
+        nominal = float(_get(cfg, prior.path))
+        units = _limits(cfg, prior.path)[2]
+        if prior.path in est:
+            v, lo, hi, note = est[prior.path]
+            out.append(
+                ParameterEstimate(
+                    prior.path, v, lo, hi, nominal, None, units, True, note, prior.kind
+                )
+            )
+        else:
+            why = reasons.get(prior.path, "not identified by these captures")
+            out.append(
+                ParameterEstimate(
+                    prior.path,
+                    math.nan,
+                    math.nan,
+                    math.nan,
+                    nominal,
+                    None,
+                    units,
+                    False,
+                    why,
+                    prior.kind,
+                )
+            )
+    return out

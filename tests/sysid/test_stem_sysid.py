@@ -1,0 +1,200 @@
+"""``twinloop sysid`` on STEM: a fit recovers a known device from in-process captures.
+
+A "device" is the simulator run with a device profile (hidden physics) behind the nominal
+config, as ``twinloop serve microscope --profile`` runs it: the capture's recorded config is
+the nominal one and the profile's values sit only in the privileged metadata, which the fit
+uses for scoring, never for fitting. The controller parks the beam at random offsets for
+random dwells, as ``twinloop stem-rates capture`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twinloop.core.profile import DeviceProfile, load_profile
+from twinloop.core.registry import make_config
+from twinloop.demo import CAPTURE_SETTINGS
+from twinloop.sysid import fit
+from twinloop.sysid.commands import add_sysid_parser
+
+ENV_ID = "twinloop/StemSteer-v0"
+#: A device clearly off nominal (nominal: 0.6 A, 1.06 A, 0.03 barn, 0.15, 0.05 A/s,
+#: 0.0005 A^2/s), each inside the STEM prior's range.
+DEVICE = {
+    "physics.optimum_offset_angstrom": 0.85,
+    "physics.probe_fwhm_angstrom": 0.95,
+    "physics.cross_section_barn_60kv": 0.045,
+    "physics.knockout_ratio_60kv": 0.11,
+    "microscope.drift_speed_max_angstrom_per_s": 0.1,
+    "microscope.drift_diffusion_angstrom2_per_s": 0.001,
+}
+#: What random-beam dwells at one beam energy identify.
+IDENTIFIED = {
+    "physics.optimum_offset_angstrom",
+    "physics.probe_fwhm_angstrom",
+    "physics.cross_section_barn_60kv",
+    "physics.knockout_ratio_60kv",
+    "microscope.drift_speed_max_angstrom_per_s",
+    "microscope.drift_diffusion_angstrom2_per_s",
+}
+#: Off nominal by far more than the interval's half-width at 60 episodes.
+CLEARLY_OFF = (
+    "physics.optimum_offset_angstrom",
+    "physics.cross_section_barn_60kv",
+    "microscope.drift_speed_max_angstrom_per_s",
+    "microscope.drift_diffusion_angstrom2_per_s",
+)
+
+
+def capture(
+    directory: Path, profile: DeviceProfile, n_episodes: int, seed: int, **settings: float
+) -> Path:
+    """Record ``n_episodes`` of random-beam dwells on a simulated device with ``profile``."""
+    from twinloop.datasets import record
+    from twinloop.sim.stem.env import StemSimBackend, make_env
+
+    cfg = make_config(ENV_ID, **{**CAPTURE_SETTINGS, **settings})
+    env = make_env(cfg, backend=StemSimBackend(profile.apply(cfg)))
+    rec = record(env, directory, dataset_id="twinloop/stem-device-v0", mode="create")
+    rec.writer.env_info["privileged"] = {"device_profile": profile.privileged()}
+    rng = np.random.default_rng(seed)
+    low, high = rec.action_space.low, rec.action_space.high
+    try:
+        for e in range(n_episodes):
+            rec.reset(seed=seed * 100_000 + e)
+            while True:
+                action = rng.uniform(low, high).astype(np.float32)
+                _, _, term, trunc, _ = rec.step(action)
+                if term or trunc:
+                    break
+    finally:
+        rec.close()
+    return directory
+
+
+@pytest.fixture(scope="module")
+def device_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 episodes (~2000 dwells) of the DEVICE, its profile read from a JSON file."""
+    root = tmp_path_factory.mktemp("sysid")
+    spec = root / "device.json"
+    spec.write_text(json.dumps(DEVICE))
+    profile = load_profile(spec, make_config(ENV_ID, **CAPTURE_SETTINGS))
+    return capture(root / "capture", profile, 60, seed=1)
+
+
+def test_fit_recovers_device_and_override_round_trips(device_capture: Path, tmp_path: Path):
+    res = fit(ENV_ID, [device_capture])
+    assert res.profile_name == "device" and res.n_episodes == 60
+    assert {e.path for e in res.estimates if e.identified} == IDENTIFIED
+    for e in res.estimates:
+        if e.identified:
+            assert e.true == pytest.approx(DEVICE[e.path])
+            assert e.low <= e.true <= e.high, f"{e.path}: {e.true} not in [{e.low}, {e.high}]"
+            assert e.low < e.estimate < e.high
+        else:  # reported as such, with the reason, never a value
+            assert math.isnan(e.estimate) and e.note
+    for path in CLEARLY_OFF:
+        e = res.estimate(path)
+        assert not e.low <= e.nominal <= e.high, f"{path}: the fit did not move off nominal"
+    assert "beam energy" in res.estimate("physics.thermal_tail_ev").note
+    assert "images" in res.estimate("imaging.carbon_yield").note
+    assert "'physical' rate model" in res.estimate("physics.prior_sigma_angstrom").note
+    # posterior samples agree with the intervals
+    assert res.samples.shape[1] == len(res.sample_paths) == len(IDENTIFIED)
+    for k, path in enumerate(res.sample_paths):
+        e = res.estimate(path)
+        assert e.low < np.median(res.samples[:, k]) < e.high
+    # the override file is a --profile FILE: a config built from it holds the fitted values
+    out = res.write_overrides(tmp_path / "fit.json")
+    nominal = make_config(ENV_ID, **CAPTURE_SETTINGS)
+    fitted = load_profile(out, nominal).apply(nominal)
+    for path, value in res.overrides().items():
+        section, name = path.split(".")
+        assert getattr(getattr(fitted, section), name) == value
+    assert set(json.loads(out.read_text())) == IDENTIFIED
+
+
+def test_intervals_shrink_with_episodes_and_errors_name_the_fix(device_capture: Path):
+    few = fit(ENV_ID, [device_capture], max_episodes=10)
+    many = fit(ENV_ID, [device_capture])
+    for path in ("physics.optimum_offset_angstrom", "physics.probe_fwhm_angstrom"):
+        w_few = few.estimate(path).high - few.estimate(path).low
+        w_many = many.estimate(path).high - many.estimate(path).low
+        assert w_many < 0.7 * w_few, f"{path}: width {w_few} -> {w_many}"
+    with pytest.raises(ValueError, match="capture more episodes"):
+        fit(ENV_ID, [device_capture], max_episodes=1)
+    with pytest.raises(ValueError, match="is a capture of 'twinloop/StemSteer-v0'"):
+        fit("twinloop/BalloonStationKeeping-v0", [device_capture])
+    with pytest.raises(ValueError, match="boot"):
+        fit(ENV_ID, [device_capture], boot=5)
+
+
+def test_cli_writes_overrides_and_report(device_capture: Path, tmp_path: Path, capsys):
+    parser = argparse.ArgumentParser()
+    add_sysid_parser(parser.add_subparsers())
+    out, report = tmp_path / "o.json", tmp_path / "report"
+    argv = ["sysid", ENV_ID, "--data", str(device_capture.parent), "--out", str(out)]
+    args = parser.parse_args([*argv, "--report", str(report), "--quiet"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "physics.optimum_offset_angstrom" in printed and "not identified" in printed
+    values = json.loads(out.read_text())
+    assert set(values) == IDENTIFIED
+    summary = json.loads((report / "sysid.json").read_text())
+    curve = summary["learning_curve"]
+    assert [c["episodes"] for c in curve] == sorted(c["episodes"] for c in curve)
+    assert curve[-1]["episodes"] == 60 and curve[-1]["estimates"] is not None
+    assert "| `physics.probe_fwhm_angstrom` |" in (report / "sysid.md").read_text()
+    pytest.importorskip("matplotlib")
+    assert (report / "error_vs_episodes.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_interval_coverage_over_repeats(tmp_path: Path):
+    """20 devices drawn from the prior, 30 episodes each: the 95 % intervals cover.
+
+    With 20 repeats a parameter covers 19 times on average; 14 or more (70 %) fails by chance
+    with probability < 0.1 %, and >= 85 % of all intervals pooled (~120) likewise.
+    """
+    from twinloop.core.profile import draw_profile
+
+    nominal = make_config(ENV_ID, **CAPTURE_SETTINGS)
+    covers: dict[str, list[bool]] = {}
+    for seed in range(20):
+        profile = draw_profile(nominal, 500 + seed)
+        d = capture(tmp_path / f"d{seed}", profile, 30, seed=seed)
+        for e in fit(ENV_ID, [d]).estimates:
+            if e.identified:
+                covers.setdefault(e.path, []).append(bool(e.covers))
+    for path in IDENTIFIED - {"physics.knockout_ratio_60kv"}:
+        assert len(covers[path]) == 20, path
+    for path, hits in covers.items():
+        if len(hits) >= 10:
+            assert np.mean(hits) >= 0.7, f"{path}: {np.mean(hits):.2f} of {len(hits)}"
+    pooled = [h for hits in covers.values() for h in hits]
+    assert np.mean(pooled) >= 0.85, f"{np.mean(pooled):.2f} of {len(pooled)} intervals cover"
+
+
+@pytest.mark.slow
+def test_bootstrap_and_two_energies(tmp_path: Path):
+    """Bootstrap intervals cover; captures at 60 and 70 kV identify the energy tails."""
+    nominal = make_config(ENV_ID, **CAPTURE_SETTINGS)
+    values = {**DEVICE, "physics.thermal_tail_ev": 1.1}
+    profile = DeviceProfile("two-energies", values)
+    capture(tmp_path / "kv60" / "a", profile, 40, seed=3)
+    capture(tmp_path / "kv70" / "a", profile, 40, seed=4, beam_energy_kev=70.0)
+    res = fit(ENV_ID, [tmp_path], boot=30, seed=1)
+    assert res.method.startswith("bootstrap") and res.samples.shape[0] >= 20
+    tail = res.estimate("physics.thermal_tail_ev")
+    assert tail.identified and tail.low <= 1.1 <= tail.high
+    assert tail.high < nominal.physics.thermal_tail_ev * 10
+    assert res.estimate("physics.knockout_tail_ev").identified
+    # ~8 intervals at 95 %: two misses would happen by chance ~5 % of the time, one ~30 %
+    missed = [e.path for e in res.estimates if e.identified and not e.covers]
+    assert len(missed) <= 1, f"intervals miss the truth: {missed}"
