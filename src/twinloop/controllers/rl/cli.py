@@ -108,6 +108,9 @@ def add_agent_parser(sub: Any) -> None:
         "agent", metavar="NAME", choices=list(AGENTS), help=f"one of {', '.join(AGENTS)}"
     )
     s.set_defaults(func=cmd_settings)
+    from twinloop.controllers.rl.pretrain_cli import register_pretrain
+
+    register_pretrain(verbs)
 
 
 def capture_teacher(env: Any, teacher: Any, root: Any, episodes: int, seed: int) -> Path:

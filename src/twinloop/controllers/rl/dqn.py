@@ -144,6 +144,18 @@ class DQNConfig(AgentConfig):
         doc="gamma annealed from this to gamma over n_step_anneal updates after each reset, "
         "exponentially in 1/(1-gamma) (BBF: 0.97 -> 0.997; 0: fixed gamma)",
     )
+    init_encoder: str = param(
+        "",
+        doc="folder of 'twinloop agent pretrain': its encoder (and the captures' observation "
+        "normaliser) replaces the fresh one at the start of a run (empty: none)",
+    )
+    encoder_lr_scale: float = param(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        doc="multiplies the encoder's learning rate (SGI fine-tunes a pretrained encoder more "
+        "slowly; x0.3 hurt DQN on CartPole here)",
+    )
 
     @property
     def encoder(self) -> EncoderConfig:
@@ -290,7 +302,13 @@ def make_optimizer(cfg: AgentConfig) -> optax.GradientTransformation:
         opt = optax.adamw(cfg.lr, eps=cfg.adam_eps, weight_decay=decay)
     else:
         opt = optax.adam(cfg.lr, eps=cfg.adam_eps)
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
+    opt = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
+    scale = float(getattr(cfg, "encoder_lr_scale", 1.0))
+    if scale != 1.0:
+        from twinloop.controllers.rl.pretrain import encoder_lr_scaled
+
+        opt = encoder_lr_scaled(opt, scale)
+    return opt
 
 
 def replay_buffer(capacity: int, n_envs: int, layout: ObsLayout, window: int) -> ReplayBuffer:

@@ -224,6 +224,10 @@ def train(
         raise ValueError(
             f"{run_dir} already holds checkpoints ({found.name}); resume or use a new folder"
         )
+    if found is None and getattr(agent.config, "init_encoder", ""):
+        from twinloop.controllers.rl.pretrain import install_encoder, load_pretrained
+
+        install_encoder(agent, load_pretrained(agent.config.init_encoder))
     if found is not None:
         meta, arrays = read_part(found, "state")
         saved = meta["trainer"]["run"]
