@@ -342,6 +342,11 @@ calibrated with the fitted parameters (the residual sim-vs-device gap).
     (out / "report.md").write_text(text)
 
 
+def _g(value: float | None) -> str:
+    """A number in 4 significant digits, or ``-`` for a missing one (NaN is stored as null)."""
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _sysid_text(sysid: Mapping[str, Any]) -> str:
     """The identification section: each parameter's estimate, interval and true value."""
     from twinloop.core.text import table
@@ -353,10 +358,9 @@ def _sysid_text(sysid: Mapping[str, Any]) -> str:
         if not e["identified"]:
             rows.append((e["path"], "not identified", "-", "-", e["note"][:60]))
             continue
-        true = "-" if e["true"] is None else f"{e['true']:.4g}"
         covers = {True: "yes", False: "NO", None: "-"}[e["covers"]]
-        interval = f"[{e['low']:.4g}, {e['high']:.4g}]"
-        rows.append((e["path"], f"{e['estimate']:.4g}", interval, true, covers))
+        interval = f"[{_g(e['low'])}, {_g(e['high'])}]"
+        rows.append((e["path"], _g(e["estimate"]), interval, _g(e["true"]), covers))
     header = ("parameter", "estimate", "95% interval", "true (profile)", "covered")
     return (
         f"Simulator parameters fitted to the device capture ({sysid['n_episodes']} episodes, "
