@@ -464,6 +464,14 @@ class _Attempts:
         return self.counts[index]
 
 
+def on_driver_node(ray: Any) -> dict[str, Any]:
+    """Actor options that pin it to the driver's node (soft pinning let it spill elsewhere)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+
+
 def _ray_chunk(
     spec: RunSpec,
     chunk: Chunk,
@@ -495,7 +503,9 @@ def _run_ray(
         ray.init(address=None if address == "local" else address, log_to_driver=False)
         started = True
     try:
-        attempts = ray.remote(num_cpus=0)(_Attempts).remote()
+        # the counter lives on the driver's node: on any other it would die with that node,
+        # and every retried chunk with it (a lost worker node must cost only its chunks)
+        attempts = ray.remote(num_cpus=0)(_Attempts).options(**on_driver_node(ray)).remote()
         task = ray.remote(num_cpus=1, max_retries=max_retries)(_ray_chunk)
         done: dict[int, ChunkResult] = {}
         pending: list[Any] = []

@@ -109,8 +109,10 @@ def add_agent_parser(sub: Any) -> None:
     )
     s.set_defaults(func=cmd_settings)
     from twinloop.controllers.rl.pretrain_cli import register_pretrain
+    from twinloop.eval.sweep_cli import register_sweep
 
     register_pretrain(verbs)
+    register_sweep(verbs)
 
 
 def capture_teacher(env: Any, teacher: Any, root: Any, episodes: int, seed: int) -> Path:
