@@ -28,6 +28,7 @@ import numpy as np
 #: Config class (``"module:qualname"``) -> its system's fitter (``"module:function"``).
 FITTERS: dict[str, str] = {
     "twinloop.sim.stem.config:StemConfig": "twinloop.sysid.stem:fit_stem",
+    "twinloop.sim.balloon.config:BalloonConfig": "twinloop.sysid.balloon:fit_balloon",
 }
 
 #: ``progress(stage, done, total)``, rendered by the command line as a progress bar.
