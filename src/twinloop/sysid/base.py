@@ -29,6 +29,9 @@ import numpy as np
 FITTERS: dict[str, str] = {
     "twinloop.sim.stem.config:StemConfig": "twinloop.sysid.stem:fit_stem",
     "twinloop.sim.balloon.config:BalloonConfig": "twinloop.sysid.balloon:fit_balloon",
+    "twinloop.sim.locomotion.velocity_config:QuadrupedVelocityConfig": (
+        "twinloop.sysid.robot:fit_robot"
+    ),
 }
 
 #: ``progress(stage, done, total)``, rendered by the command line as a progress bar.
