@@ -198,3 +198,113 @@ def test_bootstrap_and_two_energies(tmp_path: Path):
     # ~8 intervals at 95 %: two misses would happen by chance ~5 % of the time, one ~30 %
     missed = [e.path for e in res.estimates if e.identified and not e.covers]
     assert len(missed) <= 1, f"intervals miss the truth: {missed}"
+
+
+def _finite(e) -> bool:
+    return all(math.isfinite(x) for x in (e.estimate, e.low, e.high))
+
+
+def test_a_fit_at_a_bound_or_on_a_flat_likelihood_is_not_identified(
+    device_capture: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """An optimum at a bound, or a Hessian not positive definite, is no estimate.
+
+    Such a parameter is reported not identified, with the reason, never with NaN intervals.
+    """
+    from twinloop.sysid import stem
+
+    ok_cov, ok = stem.laplace_covariance(np.array([[4.0, 1.0], [1.0, 2.0]]))
+    assert ok and np.allclose(ok_cov @ np.array([[4.0, 1.0], [1.0, 2.0]]), np.eye(2))
+    assert not stem.laplace_covariance(np.array([[1.0, 1.0], [1.0, 1.0]]))[1]  # singular
+    assert not stem.laplace_covariance(np.array([[1.0, 0.0], [0.0, -1.0]]))[1]  # saddle
+
+    real = stem._minimize
+    shape = ("physics.optimum_offset_angstrom", "physics.cross_section_barn_60kv")
+
+    def probe_at_bound(model, free, u0):  # as on twin captures before image-aware reading
+        u, nll = real(model, free, u0)
+        k = [p.path for p in free].index("physics.probe_fwhm_angstrom")
+        u = u.copy()
+        u[k] = free[k].to_u(free[k].high)
+        return u, nll
+
+    monkeypatch.setattr(stem, "_minimize", probe_at_bound)
+    res = fit(ENV_ID, [device_capture], max_episodes=20)
+    probe = res.estimate("physics.probe_fwhm_angstrom")
+    assert not probe.identified and "bound" in probe.note and math.isnan(probe.estimate)
+    for path in shape:  # they trade off with the probe: fitted at its bound, they mean nothing
+        e = res.estimate(path)
+        assert not e.identified and "at a bound" in e.note, (path, e.note)
+    assert res.estimate("microscope.drift_diffusion_angstrom2_per_s").identified
+    assert all(_finite(e) for e in res.estimates if e.identified)
+    assert set(res.sample_paths) == {e.path for e in res.estimates if e.identified}
+    assert res.samples.shape[1] == len(res.sample_paths)
+
+    monkeypatch.setattr(stem, "_minimize", real)
+    monkeypatch.setattr(stem, "_hessian", lambda fun, u, step=1e-3: -np.eye(u.size))
+    res = fit(ENV_ID, [device_capture], max_episodes=20)
+    for path in (*shape, "physics.probe_fwhm_angstrom"):
+        e = res.estimate(path)
+        assert not e.identified and "positive definite" in e.note, (path, e.note)
+    assert all(_finite(e) for e in res.estimates if e.identified)
+    assert res.overrides() and all(math.isfinite(v) for v in res.overrides().values())
+
+
+def test_fit_of_a_capture_through_a_microscope_twin(tmp_path: Path):
+    """Captures through a twin (frames, perception, frame-to-frame alignment) fit honestly.
+
+    The twin's view centre comes from aligning frames, which slips to another lattice match
+    on ~10 % of the steps at this device's drift; read as the ``sim`` backend's exact
+    measurements, those slips were hops (234 "several hops" of 1478 steps) and the fit went
+    to a bound with NaN intervals. Small frames (64 px) keep this fast (600 steps). The twin
+    is deterministic per seed; each 95 % interval misses by chance 5 % of the time (on other
+    seeds: 22 of 24 covered), so a miss here after a change is worth a look at other seeds.
+    """
+    pytest.importorskip("msgpack", reason="the 'microscope' extra is needed")
+    pytest.importorskip("zmq", reason="the 'microscope' extra is needed")
+    from twinloop.core.profile import parse_profile
+    from twinloop.datasets.reader import open_dataset
+    from twinloop.demo import capture as capture_through
+    from twinloop.hardware.microscope.fake import SimMicroscope
+    from twinloop.hardware.microscope.server import MicroscopeServer
+    from twinloop.sim.stem.profile import PRIORS
+
+    small = {"frame_pixels": 64}
+    cfg = make_config(ENV_ID, **small)
+    profile = parse_profile("random:7", cfg, PRIORS)
+    server = MicroscopeServer(SimMicroscope(cfg, profile), port=0).start()
+    try:
+        data = capture_through(
+            "remote",
+            600,
+            tmp_path / "twin",
+            address=server.address,
+            seed=100,
+            device_profile=profile,
+            **small,
+        )
+    finally:
+        server.stop()
+    res = fit(ENV_ID, [data])
+    outcomes, dropped = res.details["outcomes"], res.details["dropped_steps"]
+    ds = open_dataset(data)
+    try:  # single hops that really happened (true/... infos: scoring only)
+        true_hops = sum(
+            int((np.asarray(ep.infos["true/n_hops"])[1:] == 1).sum())
+            for ep in ds.iterate_episodes()
+        )
+    finally:
+        ds.close()
+    assert dropped["alignment_slip_drift_only"] > 0  # the slips are there, and caught
+    assert outcomes["several_hops"] <= 2
+    assert 0.6 * true_hops <= outcomes["hop"] <= 1.05 * true_hops, (outcomes, true_hops)
+    for e in res.estimates:
+        if e.identified:
+            assert _finite(e) and e.low < e.estimate < e.high, e
+        else:
+            assert math.isnan(e.estimate) and e.note
+    fitted = {e.path for e in res.estimates if e.identified}
+    assert fitted >= IDENTIFIED - {"physics.knockout_ratio_60kv"}, fitted  # few knock-outs
+    for path in fitted:
+        e = res.estimate(path)
+        assert e.covers, f"{path}: {e.true} not in [{e.low}, {e.high}]"

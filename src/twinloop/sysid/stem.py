@@ -37,15 +37,27 @@ Reading a step (exact, no view-centre bookkeeping):
   formula is re-derived here.
 
 Limits: the drift and noise model is the ``sim`` backend's. Captures of the image backends
-(``sim-image``, ``remote`` twins, ``nion``) read the Si, the lattice and the view centre from
-frames, whose errors (alignment especially) enter ``dF`` and inflate the fitted diffusion;
-the rate fit is robust to them as long as the lattice is found (steps that are not one
-clean hop or none are classified "several hops" or dropped, and counted in the details).
+(``sim-image``, ``remote`` twins, ``nion``; the capture's ``backend.kind``) are read by
+:func:`read_image_episode` instead: their view centre comes from aligning frames, which slips
+to another lattice match when the sample drifted by more than ~0.7 A between frames (a twin
+at 0.05 A/s: ~10 % of the steps), and the exact snapping above then reads the slips as hops
+(on ``random:7``, 1478 steps: 234 "several hops", the probe width at its bound of 5 A). There
+the Si's displacement comes from the frames and the drift line, the beam offset from the Si
+in the frame, and slips are dropped from the drift data. The frames' localisation error
+(~0.1 A per axis at 256 and 64 px on a twin) is not modelled: it blurs the beam offsets
+slightly; on ``random:7`` the intervals of 1500 steps (256 px) and of four captures of 600
+steps (64 px) covered the truth but for two of 24 (64 px, one episode set: the optimum
+offset and the knock-out ratio, which counted 12 knock-outs where the device's ratio implies
+~5, perhaps frames misread as four-fold).
 
 Intervals: ``boot = 0`` uses a Laplace approximation (the inverse Hessian of the negative
 log-likelihood in the fitted coordinates: log of positive parameters, the offset as is),
 ``boot = N`` the percentile intervals of N refits on episodes resampled with replacement. The
 drift intervals are the exact ones above in both cases (the bootstrap resamples them too).
+An optimum at a field's bound (:func:`at_bounds`) or a Hessian that is not positive definite
+(:func:`laplace_covariance`) gives no estimate: the parameter is reported not identified with
+the reason, and a rate-shape parameter at a bound takes the other shape parameters with it
+(they trade off, so their values at that bound mean nothing).
 
 Identifiability: the rate-model shape (optimum offset, probe width, peak rate / cross section)
 needs hops; the energy tails need captures at two or more beam energies; the knock-out and
@@ -81,6 +93,8 @@ KO_HOP = 4  # knock-out after one hop to k
 LOST_STAY = 5
 LOST_HOP = 6
 MULTI = 7  # two or more hops
+KO_ANY = 8  # knock-out, with or without one hop first (image captures: the Si is not seen)
+LOST_ANY = 9  # loss, with or without one hop first
 #: Fewest events of a kind for its ratio to count as identified (fewer: a ratio fitted only
 #: when, by chance, many events were seen is biased high).
 MIN_EVENTS = 10
@@ -165,6 +179,7 @@ class Settings:
     frame_s: float
     drift_resolution_angstrom: float
     beam_energy_kev: float
+    from_images: bool = False
 
 
 # --- reading captures ---------------------------------------------------------------------------
@@ -189,12 +204,14 @@ def settings_of(dataset: Any) -> Settings:
             "device has one set of physics: capture with those at 0"
         )
     mi = cfg.microscope
+    kind = (tl.get("backend") or {}).get("kind", "sim")
     return Settings(
         cfg=cfg,
         settle_s=mi.beam_settle_s,
         frame_s=mi.frame_time_s,
         drift_resolution_angstrom=mi.drift_resolution_angstrom,
         beam_energy_kev=ph.beam_energy_kev,
+        from_images=kind != "sim",
     )
 
 
@@ -260,6 +277,8 @@ def read_episode(
         raise ValueError(
             f"an episode has one more observation than commands: got {obs.shape[0]} for {n}"
         )
+    if settings.from_images:
+        return read_image_episode(obs, command, failure, elapsed, layout, settings)
     s = _field(obs, layout, "si_position_angstrom")
     g = _field(obs, layout, "goal_offset_angstrom")
     nb = _field(obs, layout, "neighbor_offsets_angstrom")
@@ -304,6 +323,114 @@ def read_episode(
         "sin": np.sin(angle)[keep],
         "df": (view[after] - view[before])[drift_ok],
         "t": elapsed[drift_ok].astype(np.float64),
+        "dropped": drop,
+    }
+
+
+#: Largest misfit (A) of a step of an image capture to a lattice vector (Si displacement
+#: read from the frames and the drift line) or of its view-centre change to the one the
+#: displacement implies. Alignment slips jump to another lattice match, >= ~0.7 A away;
+#: localisation (two frames, ~0.1 A each) and drift diffusion over a step stay near 0.2 A.
+IMAGE_TOLERANCE_ANGSTROM = 0.5
+
+
+def read_image_episode(
+    obs: np.ndarray,
+    command: np.ndarray,
+    failure: np.ndarray,
+    elapsed: np.ndarray,
+    layout: dict[str, Any],
+    settings: Settings,
+) -> dict[str, Any]:
+    """:func:`read_episode` for captures whose measurements come from frames.
+
+    An image backend (``sim-image``, ``remote`` twins, ``nion``) tracks the view centre by
+    aligning each frame to the previous one, so the goal offset carries the alignment's
+    errors and, when the sample drifted by more than ~0.7 A since the last frame, a slip to
+    another lattice match that persists (a twin at 0.05 A/s slips on ~10 % of the steps): the
+    exact snapping of :func:`read_episode` then reads phantom hops and wrong beam offsets.
+    Here nothing depends on the view estimate:
+
+    * the beam offset is the command minus the Si measured in the frame before the dwell;
+    * the episode's drift velocity ``v`` comes from the Si's own motion in the view (most
+      steps are no hop: the median of ``-ds / T``, then refined on the steps read);
+    * the Si's displacement over a step is ``ds + v T`` snapped to the lattice of the
+      measured neighbours; a step whose ``ds + v T`` is no lattice vector (within
+      :data:`IMAGE_TOLERANCE_ANGSTROM`) is dropped as ambiguous;
+    * the drift data are the view-centre changes of the steps whose change agrees with the
+      one the displacement implies (others are alignment slips, dropped from the drift only).
+
+    Re-centred steps are dropped (the Si's position before the shift is not recorded, so the
+    alignment across the shift cannot be checked), and so are steps that follow a frame
+    without the Si. A failed step reports the last good Si, so whether it hopped first is
+    unknown: its outcome is "knock-out (or loss), hop or not". An edge reported by a frame is
+    dropped too: it cannot tell which neighbour was reached, and on small frames (64 px) the
+    perception reports edges that are not there (a twin without holes: ~5 % of the steps).
+    """
+    n = command.shape[0]
+    s = _field(obs, layout, "si_position_angstrom")
+    g = _field(obs, layout, "goal_offset_angstrom")
+    nb = _field(obs, layout, "neighbor_offsets_angstrom")
+    view = -(g + s)  # estimated view centre minus the goal
+    before, after = slice(0, n), slice(1, n + 1)
+    f = failure.astype(np.int64)
+    ok, ko, lost, edge = f == K.OK, f == K.KNOCKOUT, f == K.LOST, f == K.EDGE
+    unseen = (f == K.OUT_OF_VIEW) | (f == K.AMBIGUOUS)
+    dwell = command[:, 2].astype(np.float64)
+    t = elapsed.astype(np.float64)
+    expected_t = settings.settle_s + dwell + settings.frame_s
+    recentred = np.abs(t - expected_t) > 1e-6 * np.maximum(1.0, expected_t)
+    seen_before = np.concatenate([[True], ok[:-1]])  # a failed frame keeps the last good Si
+    ds = s[after] - s[before]
+    nbr = nb[before]
+    usable = ~recentred & seen_before & ~unseen & (t > 0)
+    tracked = usable & ok  # the Si was seen after the step too
+    v = np.zeros(2)
+    if tracked.any():
+        v = np.median(-ds[tracked] / t[tracked, None], axis=0)
+    for _ in range(3):  # classify with v, refit v on the steps read
+        pred = ds + v * t[:, None]
+        snapped = snap_to_lattice(pred, nbr)
+        fits = tracked & (np.linalg.norm(pred - snapped, axis=1) < IMAGE_TOLERANCE_ANGSTROM)
+        if not fits.any():
+            break
+        v = (snapped[fits] - ds[fits]).sum(axis=0) / t[fits].sum()
+    pred = ds + v * t[:, None]
+    snapped = snap_to_lattice(pred, nbr)
+    on_lattice = np.linalg.norm(pred - snapped, axis=1) < IMAGE_TOLERANCE_ANGSTROM
+    dist_k = np.linalg.norm(snapped[:, None, :] - nbr, axis=-1)
+    k = dist_k.argmin(axis=1)
+    one_hop = dist_k[np.arange(n), k] < 0.5 * BOND_ANGSTROM
+    stay = np.linalg.norm(snapped, axis=1) < 0.5 * BOND_ANGSTROM
+    outcome = np.full(n, -1, dtype=np.int64)
+    outcome[ok & on_lattice & stay] = STAY
+    outcome[ok & on_lattice & one_hop] = HOP
+    outcome[ok & on_lattice & ~stay & ~one_hop] = MULTI
+    outcome[ko] = KO_ANY
+    outcome[lost] = LOST_ANY
+    df = view[after] - view[before]
+    slip = np.linalg.norm(df - (snapped - ds), axis=1) > IMAGE_TOLERANCE_ANGSTROM
+    drift_ok = tracked & ~slip  # not on_lattice: that would truncate the diffusion
+    keep = usable & (outcome >= 0)
+    drop = {
+        "out_of_view_or_ambiguous": int(unseen.sum()),
+        "edge_in_frame": int((edge & usable).sum()),
+        "recentred_image_capture": int((recentred & ~unseen).sum()),
+        "si_not_seen_before": int((~seen_before & ~recentred & ~unseen).sum()),
+        "off_lattice_displacement": int((tracked & ~on_lattice).sum()),
+        "alignment_slip_drift_only": int((tracked & slip).sum()),
+    }
+    angle = np.arctan2(nbr[:, 0, 1], nbr[:, 0, 0]) - math.pi / 6.0
+    return {
+        "offset": (command[:, :2] - s[before])[keep],
+        "dwell_s": dwell[keep],
+        "nbrs": nbr[keep],
+        "outcome": outcome[keep],
+        "hop": np.where(one_hop & ok, k, -1)[keep],
+        "cos": np.cos(angle)[keep],
+        "sin": np.sin(angle)[keep],
+        "df": df[drift_ok],
+        "t": t[drift_ok],
         "dropped": drop,
     }
 
@@ -545,6 +672,9 @@ def step_loglik(
             prob = loss / e_all * (1.0 - p_stay)
         elif o == LOST_HOP:
             prob = loss / e_all * (first[k] - single[k])
+        elif o in (KO_ANY, LOST_ANY):
+            hop_then = first[0] + first[1] + first[2] - single[0] - single[1] - single[2]
+            prob = (ko if o == KO_ANY else loss) / e_all * (1.0 - p_stay + hop_then)
         else:  # MULTI
             prob = (first[0] + first[1] + first[2] - single[0] - single[1] - single[2]) / e_all
         out[i] = math.log(max(prob, 1e-300))
@@ -709,8 +839,8 @@ def plan(steps: StemSteps, settings: Sequence[Settings]) -> tuple[list[_Free], d
     for path, _ in other:
         reasons[path] = f"the device runs the {model!r} rate model: this one has no effect"
     energies = sorted({round(s.beam_energy_kev, 6) for s in settings})
-    n_ko = int(np.isin(o, (KO_STAY, KO_HOP)).sum())
-    n_lost = int(np.isin(o, (LOST_STAY, LOST_HOP)).sum())
+    n_ko = int(np.isin(o, (KO_STAY, KO_HOP, KO_ANY)).sum())
+    n_lost = int(np.isin(o, (LOST_STAY, LOST_HOP, LOST_ANY)).sum())
     if len(energies) >= 2:
         free.append(
             _Free("physics.thermal_tail_ev", True, *_limits(cfg0, "physics.thermal_tail_ev")[:2])
@@ -730,7 +860,7 @@ def plan(steps: StemSteps, settings: Sequence[Settings]) -> tuple[list[_Free], d
         )
         ko_energies = {
             round(settings[j].beam_energy_kev, 6)
-            for j in np.unique(steps.dataset[np.isin(o, (KO_STAY, KO_HOP))])
+            for j in np.unique(steps.dataset[np.isin(o, (KO_STAY, KO_HOP, KO_ANY))])
         }
         if len(ko_energies) >= 2:
             free.append(
@@ -812,6 +942,45 @@ def _hessian(fun: Any, u: np.ndarray, step: float = 1e-3) -> np.ndarray:
     return h
 
 
+def at_bounds(free: Sequence[_Free], u: np.ndarray, tol: float = 1e-4) -> np.ndarray:
+    """Whether each fitted coordinate ``u`` sits at (within ``tol`` of) its parameter's bound.
+
+    ``tol`` is in the fitted coordinate: relative for log-scale parameters, in the field's
+    units otherwise.
+    """
+    out = np.zeros(len(free), dtype=bool)
+    for k, p in enumerate(free):
+        for bound in (p.low, p.high):
+            if not math.isfinite(bound) or (p.log and bound <= 0):
+                continue
+            if abs(u[k] - p.to_u(bound)) <= tol * max(1.0, abs(p.to_u(bound))):
+                out[k] = True
+    return out
+
+
+def _fmt_bound(p: _Free, u: float) -> str:
+    return f"{float(p.from_u(u)):.4g}"
+
+
+def laplace_covariance(h: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The inverse of a Hessian ``h`` of a negative log-likelihood, and whether it is valid.
+
+    Valid means finite and positive definite (every eigenvalue of the symmetrised ``h``
+    above ``1e-12`` of the largest); otherwise the returned matrix is NaN.
+    """
+    h = 0.5 * (h + h.T)
+    bad = np.full_like(h, np.nan)
+    if h.size == 0 or not np.all(np.isfinite(h)):
+        return bad, False
+    eig = np.linalg.eigvalsh(h)
+    if eig[0] <= 1e-12 * max(abs(eig[-1]), 1e-300):
+        return bad, False
+    cov = np.linalg.inv(h)
+    if not np.all(np.isfinite(cov)) or np.any(np.diag(cov) <= 0):
+        return bad, False
+    return cov, True
+
+
 def fit_stem(
     datasets: Sequence[Any],
     *,
@@ -867,6 +1036,11 @@ def fit_stem(
         method = f"bootstrap: percentile 95 % intervals of {len(reps)} refits on resampled episodes"
         details["bootstrap_fitted"] = len(reps)
     estimates = _estimates(settings[0].cfg, est, details.pop("reasons"))
+    identified = {e.path for e in estimates if e.identified}
+    keep = [k for k, p in enumerate(paths) if p in identified]
+    if len(keep) < len(paths):  # samples only of what is reported as identified
+        samples = samples[:, keep]
+        paths = [paths[k] for k in keep]
     return SysidResult(
         env_id="",
         n_episodes=steps.n_episodes,
@@ -912,45 +1086,69 @@ def _fit_once(
     est: dict[str, tuple[float, float, float, str]] = {}
     cols: list[np.ndarray] = []
     out_paths: list[str] = []
-    if laplace:
+    # an optimum at a bound is no estimate: the data push past what the field allows
+    stuck = at_bounds(free, u)
+    for p in (p for p, s in zip(free, stuck, strict=True) if s):
+        reasons[p.path] = (
+            f"the fit ends at the bound {_fmt_bound(p, u[free.index(p)])} of the field's range: "
+            "the captures do not constrain it (or the steps were misread; see the details)"
+        )
+    shape = {path for path, _ in _rate_paths(settings[0].cfg.physics.rate_model)}
+    stuck_shape = [p.path for p, s in zip(free, stuck, strict=True) if s and p.path in shape]
+    if stuck_shape:  # the shape parameters trade off: the others are fitted at a bound's value
+        for k, p in enumerate(free):
+            if p.path in shape and not stuck[k]:
+                stuck[k] = True
+                reasons[p.path] = (
+                    f"fitted with {', '.join(stuck_shape)} at a bound, so not identified either"
+                )
+    inner = [k for k, s in enumerate(stuck) if not s]
+    if laplace and inner:
 
         def f(x: np.ndarray) -> float:
+            full = u.copy()
+            full[inner] = x
             try:
                 return -model.loglik(
-                    {p.path: float(p.from_u(v)) for p, v in zip(free, x, strict=True)}
+                    {p.path: float(p.from_u(v)) for p, v in zip(free, full, strict=True)}
                 )
             except ConfigError:
                 return 1e300
 
-        h = _hessian(f, u)
-        try:
-            cov = np.linalg.inv(h)
-            ok = bool(np.all(np.linalg.eigvalsh(0.5 * (h + h.T)) > 0))
-        except np.linalg.LinAlgError:
-            cov, ok = np.full_like(h, np.nan), False
-        sd = np.sqrt(np.clip(np.diag(cov), 0.0, None)) if ok else np.full(u.size, np.nan)
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x5AB1,)))
-        draws = (
-            rng.multivariate_normal(u, cov, size=n_samples)
-            if ok and n_samples
-            else np.full((n_samples, u.size), np.nan)
-        )
-        for k, p in enumerate(free):
-            note = "laplace" if ok else "laplace failed: the likelihood is flat here"
-            est[p.path] = (
-                float(p.from_u(u[k])),
-                float(p.from_u(u[k] - _Z975 * sd[k])),
-                float(p.from_u(u[k] + _Z975 * sd[k])),
-                note + reasons.get("_note_energy", "")
-                if p.path.endswith(("barn_60kv", "peak_rate_per_s"))
-                else note,
+        cov, ok = laplace_covariance(_hessian(f, u[inner]))
+        if not ok:
+            why = (
+                "the likelihood's curvature at the optimum is not positive definite (flat or "
+                "saddle), so no interval can be given: capture more episodes"
             )
-            cols.append(np.asarray(p.from_u(draws[:, k])))
-            out_paths.append(p.path)
-    else:
-        for k, p in enumerate(free):
-            v = float(p.from_u(u[k]))
-            est[p.path] = (v, math.nan, math.nan, "point estimate")
+            for k in inner:
+                reasons[free[k].path] = why
+        else:
+            sd = np.sqrt(np.diag(cov))
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x5AB1,)))
+            draws = rng.multivariate_normal(u[inner], cov, size=n_samples)
+            for j, k in enumerate(inner):
+                p = free[k]
+                note = "laplace"
+                if any(s.from_images for s in settings) and p.path in shape:
+                    note += (
+                        "; beam offsets read from frames (their localisation error is not modelled)"
+                    )
+                if p.path.endswith(("barn_60kv", "peak_rate_per_s")):
+                    note += reasons.get("_note_energy", "")
+                est[p.path] = (
+                    float(p.from_u(u[k])),
+                    float(p.from_u(u[k] - _Z975 * sd[j])),
+                    float(p.from_u(u[k] + _Z975 * sd[j])),
+                    note,
+                )
+                cols.append(np.asarray(p.from_u(draws[:, j])))
+                out_paths.append(p.path)
+    elif not laplace:
+        # a bootstrap replicate keeps a value at a bound: it is one draw of the percentiles
+        for k in inner if paths is None else range(len(free)):
+            p = free[k]
+            est[p.path] = (float(p.from_u(u[k])), math.nan, math.nan, "point estimate")
             out_paths.append(p.path)
     # drift: exact intervals; samples from the pivots
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0xD21F,)))
@@ -985,6 +1183,8 @@ def _fit_once(
             ("knockout_after_hop", KO_HOP),
             ("lost", LOST_STAY),
             ("lost_after_hop", LOST_HOP),
+            ("knockout_hop_unseen", KO_ANY),
+            ("lost_hop_unseen", LOST_ANY),
             ("several_hops", MULTI),
         )
     }
@@ -1008,7 +1208,7 @@ def _estimates(
     for prior in PRIORS:
         nominal = float(_get(cfg, prior.path))
         units = _limits(cfg, prior.path)[2]
-        if prior.path in est:
+        if prior.path in est and all(math.isfinite(x) for x in est[prior.path][:3]):
             v, lo, hi, note = est[prior.path]
             out.append(
                 ParameterEstimate(
@@ -1017,6 +1217,8 @@ def _estimates(
             )
         else:
             why = reasons.get(prior.path, "not identified by these captures")
+            if prior.path in est:  # a value without a finite interval is no estimate
+                why = f"no finite 95 % interval ({est[prior.path][3]})"
             out.append(
                 ParameterEstimate(
                     prior.path,
