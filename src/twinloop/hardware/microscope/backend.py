@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 #: Border band of a frame whose lattice sites are not judged for holes (A): an atom there is
 #: partly outside the frame (its peak is cut), and the flyback bends the first ~0.6 A of a line.
 HOLE_MARGIN_ANGSTROM = 1.0
+#: Memory of the drift estimate (s of microscope time): an alignment over ``dt`` seconds
+#: weighs ``dt / (dt + DRIFT_MEMORY_S)`` against the estimate so far (drift is a steady
+#: velocity plus a random walk, so recent frames count most, long baselines most of all).
+DRIFT_MEMORY_S = 20.0
 
 
 @dataclasses.dataclass
@@ -141,6 +145,12 @@ class MicroscopeBackend(BaseBackend):
         self._pixels = cfg.imaging.frame_pixels
         self._pixel_time = cfg.pixel_time_s
         self._view = np.zeros(2)  # estimated view centre in the sample frame (A)
+        # the view's drift against the sample (A/s), from consecutive alignments: it predicts
+        # the next frame's shift, so that a long dwell's drift does not slip the alignment
+        # onto another lattice match (it locks within ~0.7 A of the guess)
+        self._drift = np.zeros(2)
+        self._drift_known = False
+        self._frame_clock: float | None = None  # microscope clock at the last frame
         self._atoms = np.zeros((0, 2))
         self._meas = np.zeros(K.N_MEAS)
         self.last_frame: Any = None
@@ -212,7 +222,8 @@ class MicroscopeBackend(BaseBackend):
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> np.ndarray:
         """New sample on a twin (re-seeded); on an instrument, just image the current state.
 
-        With ``n_holes > 0`` the hole map is cleared and the neighbourhood surveyed
+        Two frames are taken (the second one measures the drift, see :meth:`_image`). With
+        ``n_holes > 0`` the hole map is cleared and the neighbourhood surveyed
         (:meth:`_survey`). The first measurement reports ``elapsed_s = 0``. Any fault tries
         to blank the beam before it propagates.
         """
@@ -225,12 +236,18 @@ class MicroscopeBackend(BaseBackend):
     def _reset(self, seed: int | None) -> np.ndarray:
         self.microscope.reset_sample(seed)
         self._view[:] = 0.0
+        self._drift[:] = 0.0
+        self._drift_known = False
+        self._frame_clock = None
         self._atoms = np.zeros((0, 2))
         self.holes = []
         self.last_holes = None
         self.survey_s, self.survey_frames = 0.0, 0
         start = self.microscope.clock_s
-        det = self._image(first=True)
+        self._image(first=True)
+        # a second frame one frame time later measures the drift before the first dwell: a
+        # dwell of 20 s at 0.05 A/s drifts 1 A, past what an unpredicted alignment can lock onto
+        det = self._image()
         if self.cfg.physics.n_holes:
             det = self._survey(det)
         self._write(det, self.microscope.clock_s - start)
@@ -299,12 +316,19 @@ class MicroscopeBackend(BaseBackend):
     def _image(
         self, first: bool = False, expected_shift: np.ndarray | None = None, reimage: bool = True
     ) -> P.Detection:
-        """Acquire and analyse a frame, re-imaging while the Si is ambiguous; align it."""
+        """Acquire and analyse a frame, re-imaging while the Si is ambiguous; align it.
+
+        The alignment's guess is the commanded view shift plus the drift expected since the
+        last frame (:attr:`_drift` times the microscope time between the frames); each
+        alignment without a commanded shift updates the drift estimate (an average weighted by
+        time, :data:`DRIFT_MEMORY_S`).
+        """
         self.reimages = 0
-        guess = np.zeros(2) if expected_shift is None else expected_shift
+        commanded = np.zeros(2) if expected_shift is None else np.asarray(expected_shift, float)
         fov = self.cfg.microscope.fov_angstrom
         while True:
             frame = self.microscope.acquire(self._pixels, self._pixel_time)
+            now = self.microscope.clock_s
             det = P.analyse(
                 frame.image,
                 float(frame.metadata.get("fov_angstrom", fov)),
@@ -313,10 +337,18 @@ class MicroscopeBackend(BaseBackend):
             )
             carbon = det.positions_angstrom[~det.is_si]
             if not first:
-                shift, _ = P.align(self._atoms, carbon, guess)
+                dt = now - self._frame_clock if self._frame_clock is not None else 0.0
+                shift, _ = P.align(self._atoms, carbon, commanded + self._drift_guess(dt))
                 self._view += shift
-                guess = np.zeros(2)
+                # only frames without a commanded shift measure the drift: a shift's own error
+                # (the stage's, not the sample's) divided by one frame time would swamp it
+                if dt > 0.0 and not commanded.any():
+                    a = dt / (dt + DRIFT_MEMORY_S) if self._drift_known else 1.0
+                    self._drift += a * (shift / dt - self._drift)
+                    self._drift_known = True
+                commanded = np.zeros(2)
             first = False
+            self._frame_clock = now
             self._atoms = carbon
             self.last_frame, self.last_detection = frame, det
             if self.cfg.physics.n_holes:
@@ -326,6 +358,10 @@ class MicroscopeBackend(BaseBackend):
             if self.reimages >= self.cfg.imaging.max_reimages:
                 return det
             self.reimages += 1
+
+    def _drift_guess(self, dt: float) -> np.ndarray:
+        """The view's expected drift over ``dt`` seconds (A): part of the alignment's guess."""
+        return self._drift * dt
 
     def _map_holes(self, det: P.Detection, fov: float) -> None:
         """Find the holes of a frame and merge them into the map (sample frame)."""
