@@ -22,25 +22,12 @@ pytest.importorskip("scipy", reason="scipy is needed")
 
 from twinloop.core.profile import DeviceProfile, load_profile
 from twinloop.core.registry import make_config
+from twinloop.sim.locomotion.velocity_config import RANDOM_EFFECT_SWITCHES
 
 ENV_ID = "twinloop/QuadrupedVelocity-v0"
 #: The capture's config: randomisation (hidden on a twin, absent on a real robot) off.
 CAPTURE = {
-    **dict.fromkeys(
-        (
-            "randomization.friction_enabled",
-            "randomization.mass_scale_enabled",
-            "randomization.added_mass_enabled",
-            "randomization.com_enabled",
-            "randomization.motor_strength_enabled",
-            "randomization.motor_offset_enabled",
-            "randomization.joint_friction_enabled",
-            "randomization.gains_enabled",
-            "randomization.push_enabled",
-            "latency.action_enabled",
-        ),
-        False,
-    ),
+    **dict.fromkeys(RANDOM_EFFECT_SWITCHES, False),
 }
 #: A robot clearly off nominal (nominal: 1.0, 0 kg, 1.0, 0 ms), inside the prior's range.
 DEVICE = {

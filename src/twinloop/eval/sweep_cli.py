@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twinloop.core.cliargs import non_negative_int, positive_int
+from twinloop.core.cliargs import add_training_options, non_negative_int, positive_int
 from twinloop.eval.sweep import (
     SweepFailed,
     SweepSpec,
@@ -37,15 +37,7 @@ def register_sweep(verbs: Any) -> None:
         "from its newest one), then aggregate: OUT/report.md, report.json, curves.png, "
         "profiles.png. The same command again skips finished runs and resumes the others.",
     )
-    s.add_argument("env_id", metavar="ID", help="registered env id, e.g. twinloop/StemSteer-v0")
-    s.add_argument(
-        "--agent", required=True, choices=list(AGENTS), metavar="NAME",
-        help=f"agent: {', '.join(AGENTS)}",
-    )  # fmt: skip
-    s.add_argument(
-        "--steps", required=True, type=positive_int, metavar="N",
-        help="env steps of each run (rounded up to whole rollouts or vector steps)",
-    )  # fmt: skip
+    add_training_options(s, list(AGENTS), each_run=True)
     s.add_argument(
         "--seeds", type=positive_int, default=10, metavar="N",
         help="seeds per config: --first-seed .. --first-seed + N - 1 (default: %(default)s)",
@@ -59,26 +51,9 @@ def register_sweep(verbs: Any) -> None:
         help="sweep folder: sweep.json, one run folder per config and seed, the report",
     )  # fmt: skip
     s.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="agent setting shared by every config, as 'agent train --set' (repeatable)",
-    )  # fmt: skip
-    s.add_argument(
         "--grid", action="append", default=[], metavar="NAME=V1,V2",
         help="agent setting to sweep; several --grid give their cartesian product; a tuple "
         "value goes in brackets: --grid hidden=[16],[32,32] (repeatable)",
-    )  # fmt: skip
-    s.add_argument(
-        "--env-set", action="append", default=[], metavar="NAME=VALUE",
-        help="env config override of every run, e.g. --env-set max_steps=50 (repeatable)",
-    )  # fmt: skip
-    s.add_argument(
-        "--n-envs", type=positive_int, default=8, metavar="N",
-        help="rows of each run's vector env (default: %(default)s)",
-    )  # fmt: skip
-    s.add_argument(
-        "--checkpoint-every", type=positive_int, default=50_000, metavar="N",
-        help="env steps between a run's checkpoints (a retried run redoes at most this "
-        "many); the envs are reset at each one (default: %(default)s)",
     )  # fmt: skip
     s.add_argument(
         "--log-every", type=positive_int, default=None, metavar="N",

@@ -64,21 +64,11 @@ from typing import Any
 import numpy as np
 
 from twinloop.core.config import from_dict, override
+from twinloop.sim.locomotion.velocity_config import RANDOM_EFFECT_SWITCHES
 from twinloop.sysid.base import ParameterEstimate, Progress, SysidResult
 
 #: Config switches of the simulator's per-episode randomisation: off in the fit's model.
-RANDOM_SWITCHES = (
-    "randomization.friction_enabled",
-    "randomization.mass_scale_enabled",
-    "randomization.added_mass_enabled",
-    "randomization.com_enabled",
-    "randomization.motor_strength_enabled",
-    "randomization.motor_offset_enabled",
-    "randomization.joint_friction_enabled",
-    "randomization.gains_enabled",
-    "randomization.push_enabled",
-    "latency.action_enabled",
-)
+RANDOM_SWITCHES = RANDOM_EFFECT_SWITCHES
 #: The continuous parameters the fit moves: path, log scale?
 CONTINUOUS = (
     ("plant.motor_strength", True),

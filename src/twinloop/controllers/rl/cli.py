@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from twinloop.controllers.rl import AGENTS
-from twinloop.core.cliargs import non_negative_int, positive_int
+from twinloop.core.cliargs import add_training_options, non_negative_int, positive_int
 
 
 def add_agent_parser(sub: Any) -> None:
@@ -38,15 +38,7 @@ def add_agent_parser(sub: Any) -> None:
         "DIR every --checkpoint-every env steps; a run resumes from DIR's newest checkpoint "
         "and then continues exactly as an uninterrupted run would.",
     )
-    s.add_argument("env_id", metavar="ID", help="registered env id, e.g. twinloop/StemSteer-v0")
-    s.add_argument(
-        "--agent", required=True, choices=list(AGENTS), metavar="NAME",
-        help=f"agent: {', '.join(AGENTS)}",
-    )  # fmt: skip
-    s.add_argument(
-        "--steps", required=True, type=positive_int, metavar="N",
-        help="env steps in all (rounded up to whole rollouts or vector steps)",
-    )  # fmt: skip
+    add_training_options(s, list(AGENTS))
     s.add_argument(
         "--seed", type=non_negative_int, default=0, metavar="S",
         help="seed of the agent and of the envs (default: %(default)s)",
@@ -54,25 +46,6 @@ def add_agent_parser(sub: Any) -> None:
     s.add_argument(
         "--out", required=True, metavar="DIR",
         help="run folder: checkpoints, metrics.csv/json, episodes.csv, learning_curve.png",
-    )  # fmt: skip
-    s.add_argument(
-        "--n-envs", type=positive_int, default=8, metavar="N",
-        help="rows of the vector env (default: %(default)s)",
-    )  # fmt: skip
-    s.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="agent setting, e.g. --set lr=1e-3 or --set hidden=64,64 (repeatable; "
-        "'twinloop agent settings NAME' lists them)",
-    )  # fmt: skip
-    s.add_argument(
-        "--env-set", action="append", default=[], metavar="NAME=VALUE",
-        help="env config override, as 'twinloop run --set', e.g. --env-set max_steps=50 "
-        "(repeatable)",
-    )  # fmt: skip
-    s.add_argument(
-        "--checkpoint-every", type=positive_int, default=50_000, metavar="N",
-        help="env steps between checkpoints; the envs are reset at each one, so keep it well "
-        "above n-envs x an episode's length (default: %(default)s)",
     )  # fmt: skip
     s.add_argument(
         "--resume", action="store_true",

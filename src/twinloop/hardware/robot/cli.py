@@ -26,21 +26,11 @@ import sys
 from typing import Any
 
 from twinloop.core.profile import PROFILE_HELP
+from twinloop.sim.locomotion.velocity_config import RANDOM_EFFECT_SWITCHES
 
 ENV_ID = "twinloop/QuadrupedVelocity-v0"
 #: Config switches of the hidden effects (``--no-hidden-effects`` turns them all off).
-HIDDEN_SWITCHES = (
-    "randomization.friction_enabled",
-    "randomization.mass_scale_enabled",
-    "randomization.added_mass_enabled",
-    "randomization.com_enabled",
-    "randomization.motor_strength_enabled",
-    "randomization.motor_offset_enabled",
-    "randomization.joint_friction_enabled",
-    "randomization.gains_enabled",
-    "randomization.push_enabled",
-    "latency.action_enabled",
-)
+HIDDEN_SWITCHES = RANDOM_EFFECT_SWITCHES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -21,6 +21,22 @@ import dataclasses
 from twinloop.core.config import ConfigSection, cross_check, param
 from twinloop.core.safety import SafetyConfig
 
+#: Config switches of every per-episode effect drawn at reset (domain randomisation, pushes,
+#: action latency): a twin with ``--no-hidden-effects`` and an identification's replay model
+#: turn them all off.
+RANDOM_EFFECT_SWITCHES = (
+    "randomization.friction_enabled",
+    "randomization.mass_scale_enabled",
+    "randomization.added_mass_enabled",
+    "randomization.com_enabled",
+    "randomization.motor_strength_enabled",
+    "randomization.motor_offset_enabled",
+    "randomization.joint_friction_enabled",
+    "randomization.gains_enabled",
+    "randomization.push_enabled",
+    "latency.action_enabled",
+)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class VelocityCommandConfig(ConfigSection):
