@@ -247,6 +247,13 @@ def _add_transfer(sub: Any) -> None:
     stem.add_argument(
         "--ensemble", type=int, default=None, help="models per rate-model ensemble (default: 5)"
     )
+    stem.add_argument(
+        "--sim-backend",
+        default=None,
+        choices=("sim", "sim-image"),
+        help="the simulator's measurements: sim (exact, fast; the default) or sim-image "
+        "(frames and perception, as the twin reports them)",
+    )
     balloon = t.add_argument_group("balloon")
     balloon.add_argument(
         "--device-winds",
@@ -270,7 +277,7 @@ def _add_transfer(sub: Any) -> None:
 
 #: ``twinloop transfer`` options that belong to one system's report.
 _TRANSFER_OPTIONS = {
-    "stem": ("address", "transitions", "goal_hops", "train_steps", "ensemble"),
+    "stem": ("address", "transitions", "goal_hops", "train_steps", "ensemble", "sim_backend"),
     "balloon": ("device_winds", "max_steps", "capture_episodes"),
 }
 

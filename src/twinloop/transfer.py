@@ -61,6 +61,8 @@ class TransferConfig:
         ensemble: Models in each rate-model ensemble.
         controllers: Controllers compared.
         address: A running twin started with this profile (None: start one on loopback).
+        sim_backend: The simulator the controllers run on: ``sim`` (exact measurements,
+            fast) or ``sim-image`` (frames and perception, as the device's twin reports).
         sysid: Also fit the simulator's parameters to the device capture (``twinloop.sysid``)
             and run the controllers on the calibrated simulator.
         overwrite: Replace the contents of ``out``.
@@ -76,11 +78,14 @@ class TransferConfig:
     ensemble: int = 5
     controllers: tuple[str, ...] = CONTROLLERS
     address: str | None = None
+    sim_backend: str = "sim"
     sysid: bool = True
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         """Check the counts and names before anything runs."""
+        if self.sim_backend not in ("sim", "sim-image"):
+            raise ValueError(f"sim_backend {self.sim_backend!r}: give 'sim' or 'sim-image'")
         for name in ("transitions", "episodes", "goal_hops", "train_steps", "ensemble"):
             value = getattr(self, name)
             if int(value) < 1:
@@ -191,7 +196,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> dict[
     with twin if twin is not None else contextlib.nullcontext(cfg.address) as address:
         for c in cfg.controllers:
             runs["sim, nominal model", c] = _episodes(
-                "sim", c, nominal_model, cfg, None, {}, f"sim {c}", progress
+                cfg.sim_backend, c, nominal_model, cfg, None, {}, f"sim {c}", progress
             )
             runs["device, nominal model", c] = _episodes(
                 "remote", c, nominal_model, cfg, address, {}, f"device {c}", progress
@@ -215,7 +220,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> dict[
         for c in cfg.controllers:
             model = device_model if c in MODEL_CONTROLLERS else None
             runs["calibrated sim, device model", c] = _episodes(
-                "sim", c, model, cfg, None, calibrated, f"calibrated sim {c}", progress
+                cfg.sim_backend, c, model, cfg, None, calibrated, f"calibrated sim {c}", progress
             )
     for (condition, c), eps in runs.items():
         conditions.setdefault(condition, {})[c] = _rate(eps)
