@@ -19,7 +19,7 @@ import pytest
 from twinloop.core.profile import DeviceProfile, load_profile, parse_profile
 from twinloop.core.registry import make_config
 from twinloop.datasets import open_dataset
-from twinloop.sysid.balloon import POWER_PATHS, fit_balloon
+from twinloop.sysid.balloon import FORECAST_ERROR_PATH, POWER_PATHS, fit_balloon
 from twinloop.sysid.base import true_profile
 
 ENV_ID = "twinloop/BalloonStationKeeping-v0"
@@ -105,9 +105,11 @@ def test_power_budget_recovered_within_intervals(device_capture: Path) -> None:
         assert e.low <= true[path] <= e.high, (path, e.low, e.estimate, e.high, true[path])
         assert not e.low <= e.nominal <= e.high, (path, e.nominal, e.low, e.high)
         assert (e.high - e.low) / e.estimate < 0.03, (path, e.low, e.high)
-    # what the captures cannot show is reported as such, with the reason
-    fe = result.estimate("wind.forecast_error_rms_m_per_s")
+    # what the captures cannot show is reported as such, with the reason: this flight's start
+    # wind table is both truth and forecast, so it says nothing about the forecast error
+    fe = result.estimate(FORECAST_ERROR_PATH)
     assert not fe.identified and math.isnan(fe.estimate) and "forecast" in fe.note
+    assert result.details["forecast_error"]["dropped"] == {"start_wind_table": 1}
     assert not result.estimate("vehicle.helium_mol").identified
     assert set(result.sample_paths) == set(POWER_PATHS)
     assert result.samples.shape[1] == len(POWER_PATHS)
@@ -143,6 +145,29 @@ def test_override_file_round_trips(
             _no_down(ds)
     finally:
         ds.close()
+
+
+def test_forecast_error_recovered_within_interval(tmp_path: Path) -> None:
+    """The forecast error of a device at 1.5 x nominal: the interval covers it, not nominal.
+
+    30 one-hour episodes from random starts (their own winds): the forecast is rebuilt from
+    each episode's seed and compared with the in-situ wind.
+    """
+    true_rms = 1.5 * make_config(ENV_ID).wind.forecast_error_rms_m_per_s
+    profile = DeviceProfile("windy", {FORECAST_ERROR_PATH: true_rms})
+    d = capture(tmp_path / "ds", profile, 30, seed=7, **{"task.max_steps": 20})
+    out = scored(d)
+    result, true = out["result"], out["true"]
+    e = result.estimate(FORECAST_ERROR_PATH)
+    assert e.identified, e.note
+    assert true[FORECAST_ERROR_PATH] == pytest.approx(true_rms)
+    assert e.low <= true_rms <= e.high, (e.low, e.estimate, e.high)
+    assert not e.low <= e.nominal <= e.high, (e.nominal, e.low, e.high)
+    assert e.high / e.low < 1.6, (e.low, e.high)
+    assert result.details["forecast_error"] == {"episodes": 30, "steps": 600, "dropped": {}}
+    column = result.sample_paths.index(FORECAST_ERROR_PATH)
+    lo, hi = np.percentile(result.samples[:, column], [2.5, 97.5])
+    assert lo == pytest.approx(e.low, rel=0.03) and hi == pytest.approx(e.high, rel=0.03)
 
 
 def _no_down(ds: object) -> None:

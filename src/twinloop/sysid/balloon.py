@@ -38,13 +38,35 @@ common to the four parameters (95 % half-width :data:`SCALE_ERROR_REL`) and one 
 (:data:`PARAM_ERROR_REL`); the coverage test checks the result. Steps with a term whose
 parameter is not fitted (too few steps of its kind) are left out of the fit.
 
+Forecast error (``wind.forecast_error_rms_m_per_s``, generative winds only): the forecast a
+controller reads is the operator's own service, so it is rebuilt, not observed: for each
+episode a kernel row of the capture's recorded config is reset with the episode's seed (the
+capture's episode metadata), as :class:`twinloop.hardware.balloon.backend.ForecastService`
+does; the forecast field is drawn before the error field from the same stream, so it does not
+depend on the error's scale. The in-situ wind reported after step ``t`` is the true wind at the
+state that began it (the kernel holds it over the step), so the residual of step ``t`` is
+``wind_measured[t + 1] - forecast(x[t], y[t], p[t], time_s[t])`` (kernel's
+:func:`~twinloop.sim.balloon.kernel.wind_at`; the position from the distance and direction to
+the station). Under the model the truth minus the forecast is an error field with vector RMS
+``r`` at its knots; linear interpolation between correlated knots (levels and times) shrinks
+its variance at a point by the known factor ``f = (w0^2 + w1^2 + 2 w0 w1 rho)`` per axis, so
+``E|res|^2 = r^2 f_level f_time``. Per episode ``m = mean(|res|^2 / f)``; the estimate is
+``sqrt(mean over episodes of m)``. Interval: chi-square with ``2 E`` degrees of freedom for
+``E`` episodes (each episode's field is an independent draw: its two components count as two
+samples; the steps of one episode are strongly correlated along the track and are counted as
+no more, which is conservative for episodes longer than the field's correlation). Episodes
+flown in a start wind table (``reset(options=...)``: the table is both truth and forecast)
+carry no information; captures do not record reset options, so such an episode is recognised
+only by its constant in-situ wind (a constant table) and left out and counted. A table that
+varies with pressure is not recognised: fit the forecast error to captures of drawn winds.
+
 Not identified (reported with the reason, left out of the override file): the envelope, lift
 gas and drag (the captured pressure trace constrains a buoyancy combination of volume, helium
 and mass that no single config field states, and the vertical rate also depends on the gas
 temperature, which a device does not report), the compressor efficiency and the valve
 discharge (their effect is the ballonet air, seen only through the same unreported gas
-temperature; not fitted by this version), and the winds' forecast error and BLE noise (the
-observation holds the in-situ wind but not the forecast at the measurement point).
+temperature; not fitted by this version), the BLE noise (not fitted by this version), and the
+forecast error of gridded or BLE winds or of captures without a usable episode.
 """
 
 from __future__ import annotations
@@ -58,6 +80,7 @@ import numpy as np
 
 from twinloop.core.config import field_param, from_dict, override
 from twinloop.sim.balloon import kernel as K
+from twinloop.sim.balloon import wind as W
 from twinloop.sim.balloon.config import BalloonConfig
 from twinloop.sim.balloon.profile import PRIORS
 from twinloop.sysid.base import ParameterEstimate, Progress, SysidResult
@@ -111,15 +134,17 @@ _REASONS = {
         "not fitted by this version: the compressor's mass flow is seen only through the "
         "superpressure, which also moves with the unreported gas temperature"
     ),
-    "wind.forecast_error_rms_m_per_s": (
-        "not identified: the observation holds the in-situ wind but not the forecast at the "
-        "measurement point (the wind column holds only normalised features)"
-    ),
     "wind.ble_noise_variance_m2_per_s2": (
-        "not identified: the observation holds the in-situ wind but not the forecast it "
-        "differs from"
+        "not fitted by this version: applies to BLE's winds (source='ble-vae') only"
     ),
 }
+#: The parameter of the forecast-error fit.
+FORECAST_ERROR_PATH = "wind.forecast_error_rms_m_per_s"
+#: Fewest usable episodes for the forecast error (each is one independent draw of the field).
+MIN_FORECAST_EPISODES = 3
+#: In-situ wind varying by less than this (m/s) over an episode: it flew in a constant start
+#: wind table, which is both truth and forecast.
+TABLE_WIND_SPREAD_M_PER_S = 1e-9
 
 
 @dataclasses.dataclass
@@ -301,6 +326,136 @@ def read_captures(datasets: Sequence[Any], max_episodes: int | None = None) -> P
     )
 
 
+# --- the forecast error -------------------------------------------------------------------------
+@dataclasses.dataclass
+class ForecastResiduals:
+    """In-situ wind minus the rebuilt forecast, per usable episode (see the module doc).
+
+    Attributes:
+        per_episode: ``(E,)`` mean over the episode's steps of ``|residual|^2 / f``, where
+            ``f`` is the variance factor of the error field's interpolation at the step.
+        n_steps: Residual steps used in all.
+        dropped: Episodes left out, by reason.
+    """
+
+    per_episode: np.ndarray
+    n_steps: int
+    dropped: dict[str, int]
+
+
+def interpolation_factor(weight: float, rho: float) -> float:
+    """Variance of a unit-variance field linearly interpolated between two knots.
+
+    Args:
+        weight: Weight of the upper knot (0-1), as the kernel's ``uniform_level`` returns it.
+        rho: Correlation of the two knots.
+
+    Returns:
+        ``w0^2 + w1^2 + 2 w0 w1 rho`` (1 at a knot).
+    """
+    w0 = 1.0 - weight
+    return w0 * w0 + weight * weight + 2.0 * w0 * weight * rho
+
+
+def forecast_residuals(
+    datasets: Sequence[Any], max_episodes: int | None = None
+) -> ForecastResiduals:
+    """Rebuild each episode's forecast from its seed and compare it with the in-situ wind.
+
+    Raises:
+        ValueError: A capture is not a balloon capture, its wind is not generative, or an
+            episode has no seed or no ``time_s`` info.
+    """
+    from twinloop.sim.balloon.env import BalloonSimBackend
+
+    per_ep: list[float] = []
+    n_steps = 0
+    dropped: dict[str, int] = {}
+    n_ep = 0
+    for ds in datasets:
+        cfg = config_of(ds)
+        if cfg.wind.source != "generative":
+            raise ValueError(
+                f"{ds.path}: wind source {cfg.wind.source!r}; the forecast error is fitted for "
+                "source='generative' only"
+            )
+        w = cfg.wind
+        layout = ds.metadata["twinloop"]["env_metadata"]["observation_layout"]
+        shadow = BalloonSimBackend(cfg)
+        horizon = w.horizon_h * 3600.0
+        n_lev = w.n_wind_levels
+        for ep in ds.iterate_episodes():
+            if max_episodes is not None and n_ep >= max_episodes:
+                break
+            n_ep += 1
+            seed = (getattr(ep, "metadata", None) or {}).get("seed")
+            if seed is None:
+                raise ValueError(f"{ds.path}: episode {ep.id} has no seed in its metadata")
+            if "time_s" not in ep.infos:
+                raise ValueError(f"{ds.path}: episode {ep.id} has no time_s info")
+            obs = np.asarray(ep.observations)
+            if obs.shape[0] < 3:  # one step cannot be told from a constant start wind
+                dropped["under_2_steps"] = dropped.get("under_2_steps", 0) + 1
+                continue
+            ts = np.asarray(ep.infos["time_s"], dtype=np.float64).reshape(-1)
+            dist = _field(obs, layout, "distance_km")[:, 0] * 1000.0
+            direction = _field(obs, layout, "station_direction")
+            p = _field(obs, layout, "pressure_pa")[:, 0]
+            measured = _field(obs, layout, "wind_measured_m_per_s")
+            shadow.reset(seed=int(seed))
+            f, _, wind, work, _params, wp, grid, levels = shadow.kernel_args()
+            t_offset = float(f[0, K.F_T_OFFSET])
+            res = np.empty((obs.shape[0] - 1, 2))
+            fac = np.empty(obs.shape[0] - 1)
+            for t in range(obs.shape[0] - 1):
+                # the balloon sits at -distance * (unit vector to the station)
+                x, y = -dist[t] * direction[t, 0], -dist[t] * direction[t, 1]
+                fu, fv = K.wind_at(
+                    0, x, y, p[t], ts[t] + t_offset, ts[t], False, wind, work, wp, grid, levels
+                )
+                res[t] = measured[t + 1, 0] - fu, measured[t + 1, 1] - fv
+                # the kernel's weights: levels in pressure, knots in time
+                _, wl = W.uniform_level(p[t], w.min_pressure_pa, w.max_pressure_pa, n_lev)
+                _, wt = W.uniform_level(ts[t], 0.0, horizon, w.n_wind_times)
+                fac[t] = interpolation_factor(wl, w.error_level_correlation) * (
+                    interpolation_factor(wt, w.error_time_correlation)
+                )
+            if np.all(np.ptp(measured[1:], axis=0) < TABLE_WIND_SPREAD_M_PER_S):
+                # a constant start wind: both truth and forecast, drawn fields unused
+                dropped["start_wind_table"] = dropped.get("start_wind_table", 0) + 1
+                continue
+            per_ep.append(float(np.mean((res**2).sum(axis=1) / fac)))
+            n_steps += res.shape[0]
+    return ForecastResiduals(np.asarray(per_ep, dtype=np.float64), n_steps, dropped)
+
+
+def fit_forecast_error(
+    residuals: ForecastResiduals, rng: np.random.Generator, n_samples: int
+) -> tuple[float, float, float, np.ndarray]:
+    """Estimate, 95 % interval and samples of the forecast error's vector RMS (m/s).
+
+    Chi-square with two degrees of freedom per episode (see the module doc).
+
+    Raises:
+        ValueError: Fewer than :data:`MIN_FORECAST_EPISODES` usable episodes.
+    """
+    from scipy import stats
+
+    m = residuals.per_episode
+    if m.size < MIN_FORECAST_EPISODES:
+        raise ValueError(
+            f"{m.size} usable episodes for the forecast error, fewer than "
+            f"{MIN_FORECAST_EPISODES} (episodes in a start wind table carry none)"
+        )
+    dof = 2 * m.size
+    total = 2.0 * float(m.sum())  # ~ r^2 chi2(dof)
+    est = math.sqrt(float(m.mean()))
+    lo = math.sqrt(total / stats.chi2.ppf(0.975, dof))
+    hi = math.sqrt(total / stats.chi2.ppf(0.025, dof))
+    samples = np.sqrt(total / rng.chisquare(dof, n_samples))
+    return est, lo, hi, samples
+
+
 # --- the fit ------------------------------------------------------------------------------------
 def _counts(steps: PowerSteps) -> dict[str, int]:
     d = steps.design
@@ -436,6 +591,24 @@ def fit_balloon(
     fitted = {p: (float(est[j]), float(lo[j]), float(hi[j]), note) for j, p in enumerate(paths)}
     counts = _counts(steps)
     reasons = dict(_REASONS)
+    forecast: dict[str, Any] = {}
+    try:
+        fres = forecast_residuals(datasets, max_episodes)
+        forecast = {"episodes": int(fres.per_episode.size), "steps": fres.n_steps}
+        forecast["dropped"] = dict(fres.dropped)
+        fe, fe_lo, fe_hi, fe_samples = fit_forecast_error(fres, rng, samples.shape[0])
+    except ValueError as exc:
+        reasons[FORECAST_ERROR_PATH] = f"not identified: {exc}"
+    else:
+        fitted[FORECAST_ERROR_PATH] = (
+            fe,
+            fe_lo,
+            fe_hi,
+            f"chi-square, 2 dof per episode ({fres.per_episode.size}): in-situ wind minus the "
+            "forecast rebuilt from each episode's seed",
+        )
+        samples = np.column_stack([samples, fe_samples])
+        paths = [*paths, FORECAST_ERROR_PATH]
     for k, name in enumerate(counts):
         if k not in cols:
             reasons[POWER_PATHS[k]] = (
@@ -446,6 +619,7 @@ def fit_balloon(
         **counts,
         "dropped": dict(steps.dropped),
         "residual_sd_wh": float(math.sqrt(s2) * est[cols.index(3)]),
+        "forecast_error": forecast,
     }
     return SysidResult(
         env_id="",
