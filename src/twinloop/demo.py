@@ -149,8 +149,7 @@ def capture(
         tags={"controller": "random", "backend": backend, "stage": "capture"},
     )
     if device_profile is not None:
-        rec.writer.env_info["device_profile"] = {"name": device_profile.name}
-        rec.writer.env_info["privileged"] = {"device_profile": device_profile.privileged()}
+        rec.writer.note_device_profile(device_profile)
     controller = make_controller("random", rec)
     steps, episode = 0, 0
     try:

@@ -141,18 +141,25 @@ def _rate(results: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _paired(a: Sequence[Any], b: Sequence[Any]) -> dict[str, dict[str, float]]:
-    """``a`` minus ``b``, paired by seed, with 95 % bootstrap intervals.
+#: What the STEM gaps compare, per episode: success (a fraction) and the microscope time an
+#: episode took (s): a device slower than the simulator shows in time before it shows in
+#: success.
+STEM_MEASURES: dict[str, Callable[[Any], float]] = {
+    "success": lambda r: float(r.success),
+    "time_s": lambda r: r.time_s,
+}
 
-    Success (a fraction) and the microscope time an episode took (s): a device slower than
-    the simulator shows in time before it shows in success.
-    """
+
+def _paired(
+    a: Sequence[Any], b: Sequence[Any], measures: Mapping[str, Callable[[Any], float]]
+) -> dict[str, dict[str, float]]:
+    """``a`` minus ``b`` in each of ``measures``, paired by seed, with 95 % bootstrap intervals."""
     from twinloop.eval.compare import paired_difference
 
     if [r.seed for r in a] != [r.seed for r in b]:
         raise ValueError("a transfer comparison ran different seeds: this is a bug")
     out = {}
-    for key, get in (("success", lambda r: float(r.success)), ("time_s", lambda r: r.time_s)):
+    for key, get in measures.items():
         i = paired_difference([get(r) for r in a], [get(r) for r in b])
         out[key] = {"point": i.point, "low": i.low, "high": i.high}
     return out
@@ -226,13 +233,16 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> dict[
         conditions.setdefault(condition, {})[c] = _rate(eps)
     for c in cfg.controllers:
         device_nominal = runs["device, nominal model", c]
-        gaps = {"before": _paired(device_nominal, runs["sim, nominal model", c])}
+        gaps = {"before": _paired(device_nominal, runs["sim, nominal model", c], STEM_MEASURES)}
         if ("device, device model", c) in runs:
-            gaps["closed_by_device_model"] = _paired(runs["device, device model", c],
-                                                     device_nominal)  # fmt: skip
+            gaps["closed_by_device_model"] = _paired(
+                runs["device, device model", c], device_nominal, STEM_MEASURES
+            )
         if ("calibrated sim, device model", c) in runs:
             device = runs.get(("device, device model", c), device_nominal)
-            gaps["after_calibration"] = _paired(device, runs["calibrated sim, device model", c])
+            gaps["after_calibration"] = _paired(
+                device, runs["calibrated sim, device model", c], STEM_MEASURES
+            )
         results["gaps"][c] = gaps
     from twinloop.controllers.rates import RateModel
 
@@ -489,12 +499,7 @@ def _twr(results: Sequence[Any]) -> dict[str, Any]:
 
 
 def _paired_twr(a: Sequence[Any], b: Sequence[Any]) -> dict[str, float]:
-    from twinloop.eval.compare import paired_difference
-
-    if [r.seed for r in a] != [r.seed for r in b]:
-        raise ValueError("a transfer comparison ran different seeds: this is a bug")
-    i = paired_difference([r.metrics["twr50"] for r in a], [r.metrics["twr50"] for r in b])
-    return {"point": i.point, "low": i.low, "high": i.high}
+    return _paired(a, b, {"twr50": lambda r: r.metrics["twr50"]})["twr50"]
 
 
 def run_balloon_transfer(
@@ -544,8 +549,7 @@ def run_balloon_transfer(
         rec = record(env, capture_dir, dataset_id="twinloop/balloon-device-capture-v0",
                      mode="overwrite" if cfg.overwrite else "create",
                      tags={"controller": "station-seeker", "stage": "identify"})  # fmt: skip
-        rec.writer.env_info["device_profile"] = {"name": profile.name}
-        rec.writer.env_info["privileged"] = {"device_profile": profile.privileged()}
+        rec.writer.note_device_profile(profile)
         capture_cfg = dataclasses.replace(cfg, episodes=cfg.capture_episodes)
         _flights(rec, "station-seeker", capture_cfg, "device capture", progress)
     results: dict[str, Any] = {"system": BALLOON_ID, "profile": profile.name}

@@ -1,4 +1,4 @@
-"""Plain-text tables for every command line (``twinloop``, ``twinloop data``, the demo).
+"""Plain-text tables for every command line, and values made ready for strict JSON.
 
 It sits in core, below every command-line module, so that two CLIs share it without one
 importing the other (an upward import that used to close a circle between ``twinloop.cli`` and
@@ -7,8 +7,11 @@ importing the other (an upward import that used to close a circle between ``twin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -35,3 +38,20 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` as strict JSON takes it: NaN and infinities as None, NumPy scalars as Python.
+
+    Mappings (keys as strings), lists and tuples are converted recursively; anything else is
+    returned as it is (``json.dumps`` raises on what it cannot write).
+    """
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

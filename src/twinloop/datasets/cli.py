@@ -96,8 +96,7 @@ def wrap_for_recording(
     except DatasetError as exc:
         raise ValueError(str(exc)) from exc
     if profile is not None:
-        wrapped.writer.env_info["device_profile"] = {"name": profile.name}
-        wrapped.writer.env_info["privileged"] = {"device_profile": profile.privileged()}
+        wrapped.writer.note_device_profile(profile)
     return wrapped
 
 

@@ -570,6 +570,16 @@ class DatasetWriter:
         """Whether :meth:`begin` has fixed the schema and opened the file."""
         return self.fields is not None
 
+    def note_device_profile(self, profile: Any) -> None:
+        """Record the device profile the captured twin ran (a ``core.profile.DeviceProfile``).
+
+        Its name goes with the provenance; its values go only to the privileged section
+        (``twinloop.privileged``, strip it before sharing), so that identification from the
+        capture can be scored.
+        """
+        self.env_info["device_profile"] = {"name": profile.name}
+        self.env_info["privileged"] = {"device_profile": profile.privileged()}
+
     def begin(self, info_fields: Sequence[FieldSpec]) -> None:
         """Fix the schema (spaces + ``info_fields``) and create or reopen the HDF5 file.
 

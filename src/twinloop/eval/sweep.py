@@ -39,7 +39,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from twinloop.eval.workers import import_ray, on_driver_node
+from twinloop.core.text import json_ready
+from twinloop.eval.workers import on_driver_node, ray_session
 
 #: Format of ``OUT/sweep.json``.
 MANIFEST_VERSION = 1
@@ -436,18 +437,8 @@ class _Manifest:
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(".sweep.json.tmp")
-        tmp.write_text(json.dumps(_finite(self.data), indent=1, allow_nan=False))
+        tmp.write_text(json.dumps(json_ready(self.data), indent=1, allow_nan=False))
         os.replace(tmp, self.path)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class _Tracker:
@@ -740,12 +731,7 @@ def _run_ray(
     hook: RunHook | None,
 ) -> None:
     """Runs as Ray tasks (``max_retries``: Ray retries a task whose worker or node died)."""
-    ray = import_ray()
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, log_to_driver=False)
-        started = True
-    try:
+    with ray_session(address) as ray:
         # on the driver's node, so that losing another node costs only the runs on it
         board = ray.remote(num_cpus=0)(_Board).options(**on_driver_node(ray)).remote()
         task = ray.remote(num_cpus=1, max_retries=max_retries)(_ray_run)
@@ -778,9 +764,6 @@ def _run_ray(
                     tracker.fail(r.key, _ray_reason(exc))
                 else:
                     tracker.finish(outcome)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _ray_reason(exc: BaseException) -> str:
@@ -923,7 +906,7 @@ def sweep_report(
         if why:
             notes.append(why)
     tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(_finite(report), indent=1, allow_nan=False))
+    tmp.write_text(json.dumps(json_ready(report), indent=1, allow_nan=False))
     os.replace(tmp, out / "report.json")
     (out / "report.md").write_text(report_markdown(report))
     return report

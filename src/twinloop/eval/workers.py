@@ -24,13 +24,14 @@ names the lost seeds and the shards kept; under Ray the task is retried (``max_r
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import math
 import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -472,6 +473,25 @@ def on_driver_node(ray: Any) -> dict[str, Any]:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
 
 
+@contextlib.contextmanager
+def ray_session(address: str) -> Iterator[Any]:
+    """The ``ray`` module, connected for the length of a ``with`` block.
+
+    Joins ``address`` (``"local"``: starts Ray here) unless Ray is already initialised in this
+    process, and shuts down only what it started.
+    """
+    ray = import_ray()
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, log_to_driver=False)
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def _ray_chunk(
     spec: RunSpec,
     chunk: Chunk,
@@ -497,12 +517,7 @@ def _run_ray(
     address: str,
     max_retries: int,
 ) -> dict[int, ChunkResult]:
-    ray = import_ray()
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, log_to_driver=False)
-        started = True
-    try:
+    with ray_session(address) as ray:
         # the counter lives on the driver's node: on any other it would die with that node,
         # and every retried chunk with it (a lost worker node must cost only its chunks)
         attempts = ray.remote(num_cpus=0)(_Attempts).options(**on_driver_node(ray)).remote()
@@ -520,9 +535,6 @@ def _run_ray(
             if progress is not None:
                 progress(sum(d.chunk.episodes for d in done.values()), spec.episodes)
         return done
-    finally:
-        if started:
-            ray.shutdown()
 
 
 # --- capture ------------------------------------------------------------------------------------

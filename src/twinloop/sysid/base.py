@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from twinloop.core.text import json_ready
+
 #: Config class (``"module:qualname"``) -> its system's fitter (``"module:function"``).
 FITTERS: dict[str, str] = {
     "twinloop.sim.stem.config:StemConfig": "twinloop.sysid.stem:fit_stem",
@@ -140,7 +142,7 @@ class SysidResult:
             "estimates": [e.to_dict() for e in self.estimates],
             "n_samples": int(self.samples.shape[0]),
             "sample_paths": list(self.sample_paths),
-            "details": _json_safe(self.details),
+            "details": json_ready(self.details),
         }
 
     def to_json(self) -> str:
@@ -317,15 +319,3 @@ def fit(
 
 def _as_float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -67,8 +67,6 @@ from twinloop.core.config import from_dict, override
 from twinloop.sim.locomotion.velocity_config import RANDOM_EFFECT_SWITCHES
 from twinloop.sysid.base import ParameterEstimate, Progress, SysidResult
 
-#: Config switches of the simulator's per-episode randomisation: off in the fit's model.
-RANDOM_SWITCHES = RANDOM_EFFECT_SWITCHES
 #: The continuous parameters the fit moves: path, log scale?
 CONTINUOUS = (
     ("plant.motor_strength", True),
@@ -201,7 +199,7 @@ def capture_of(dataset: Any) -> Capture:
             f"{cfg.latency.observation_jitter_steps}; the fit needs a fixed observation delay "
             "per episode (capture with it at 0)"
         )
-    cfg = override(cfg, **dict.fromkeys(RANDOM_SWITCHES, False))
+    cfg = override(cfg, **dict.fromkeys(RANDOM_EFFECT_SWITCHES, False))
     noise = cfg.noise
     level = noise.level if noise.enabled else 0.0
     # uniform noise U(-h, h) has standard deviation h / sqrt(3)

@@ -10,16 +10,16 @@ import msgpack
 import numpy as np
 
 import twinloop
-from twinloop.hardware.robot.cli import HIDDEN_SWITCHES
 from twinloop.hardware.robot.fake import SimRobot
 from twinloop.hardware.robot.protocol import PROTOCOL_VERSION
 from twinloop.hardware.robot.remote import RemoteRobot
 from twinloop.hardware.robot.server import RobotServer
+from twinloop.sim.locomotion.velocity_config import RANDOM_EFFECT_SWITCHES
 
 ID = "twinloop/QuadrupedVelocity-v0"
 TOKEN = "r0b\u00f6t-\u2713"  # not ASCII on purpose
 #: Config overrides that turn every hidden effect of the plant off (parity with ``sim``).
-NO_HIDDEN: dict[str, Any] = dict.fromkeys(HIDDEN_SWITCHES, False)
+NO_HIDDEN: dict[str, Any] = dict.fromkeys(RANDOM_EFFECT_SWITCHES, False)
 LOGGERS = ("twinloop.hardware.robot.server", "twinloop.hardware.zmtp")
 KP, KD = 30.0, 0.6
 #: A well-formed session id that no twin issued (they issue 32 hex digits).

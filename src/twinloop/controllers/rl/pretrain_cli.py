@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from twinloop.controllers.rl import AGENTS
 from twinloop.core.cliargs import non_negative_int, positive_int
+from twinloop.core.text import json_ready
 
 
 def register_pretrain(verbs: Any) -> None:
@@ -198,7 +198,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                        "objectives": list(pre_cfg.objectives), "settings": list(args.set)},
                "log": history}  # fmt: skip
     tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(_finite(metrics), indent=1, allow_nan=False))
+    tmp.write_text(json.dumps(json_ready(metrics), indent=1, allow_nan=False))
     os.replace(tmp, out / "metrics.json")
     curve, note = write_loss_curve(out, history, f"{args.agent} encoder on {args.env_id}")
     last = history[-1]
@@ -216,13 +216,3 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"--set init_encoder={out} (with the same encoder --set values)"
     )
     return 0
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -29,8 +29,6 @@ from twinloop.core.profile import PROFILE_HELP
 from twinloop.sim.locomotion.velocity_config import RANDOM_EFFECT_SWITCHES
 
 ENV_ID = "twinloop/QuadrupedVelocity-v0"
-#: Config switches of the hidden effects (``--no-hidden-effects`` turns them all off).
-HIDDEN_SWITCHES = RANDOM_EFFECT_SWITCHES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
         token = read_token(args.token, args.token_file)
         cfg = twinloop.make_config(ENV_ID)
         overrides: dict[str, Any] = (
-            dict.fromkeys(HIDDEN_SWITCHES, False) if args.no_hidden_effects else {}
+            dict.fromkeys(RANDOM_EFFECT_SWITCHES, False) if args.no_hidden_effects else {}
         )
         overrides.update(dict(parse_assignment(cfg, a) for a in args.set))
         cfg = twinloop.make_config(ENV_ID, **overrides)
