@@ -151,11 +151,32 @@ def _plot_curves(curves: dict, path: Path, args: argparse.Namespace) -> None:
 
 EXPERIMENTS = {"reincarnation": reincarnation}
 
+#: Sibling modules that add experiments: each defines ``EXPERIMENTS`` (name -> function of the
+#: parsed arguments returning the result dict) and may define ``add_arguments(parser)``.
+EXPERIMENT_MODULES = ("exp_agents_stem", "exp_agents_resets", "exp_agents_tasks")
+
+
+def _modules() -> list:
+    """The experiment modules beside this script that exist."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    found = []
+    for name in EXPERIMENT_MODULES:
+        if (Path(__file__).resolve().parent / f"{name}.py").exists():
+            found.append(importlib.import_module(name))
+    return found
+
 
 def main() -> None:
     """Run one experiment and write its JSON."""
+    experiments = dict(EXPERIMENTS)
+    modules = _modules()
+    for module in modules:
+        experiments.update(module.EXPERIMENTS)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=list(EXPERIMENTS), help="which experiment to run")
+    p.add_argument("experiment", choices=list(experiments), help="which experiment to run")
     p.add_argument("--seeds", type=int, default=5, help="training seeds per arm (default: 5)")
     p.add_argument("--steps", type=int, default=20_000, help="env steps per run (default: 20000)")
     p.add_argument("--n-envs", type=int, default=8, help="rows of the vector env (default: 8)")
@@ -167,8 +188,11 @@ def main() -> None:
         "--pretrain-updates", type=int, default=2000, help="offline updates (default: 2000)"
     )
     p.add_argument("--work", default=None, help="folder for runs (default: a temporary one)")
+    for module in modules:
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(p)
     args = p.parse_args()
-    result = EXPERIMENTS[args.experiment](args)
+    result = experiments[args.experiment](args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"exp_agents_{args.experiment}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
