@@ -131,6 +131,39 @@ def test_reward_terms_from_a_known_state() -> None:
     assert off["tracking_lin_vel"] == pytest.approx(np.exp(-0.25 / 0.25))
 
 
+def test_tracking_errors_are_the_episode_mean_distance_from_the_command() -> None:
+    """The episode metrics: mean |v_cmd - v| in the plane and mean |w_cmd - w_z|, true values."""
+    cfg = QuadrupedVelocityConfig()
+    ta = V.task_arrays(cfg, 1)
+    ta.ts[0, V.TS_CMD : V.TS_CMD + 3] = (0.5, 0.0, 0.2)
+    rng = np.zeros((1, 3, 2), dtype=np.uint64)
+    obs = np.zeros((1, V.observation_layout(cfg).size), dtype=np.float32)
+    terms, reward, term = np.zeros((1, V.N_TERMS)), np.zeros(1), np.zeros(1, dtype=np.bool_)
+    for vx, vy, wz in ((0.5, 0.0, 0.2), (0.2, 0.4, 0.0)):  # on the command, then off by 0.5
+        m = _upright(M_LINVEL=vx)
+        m[V.M_LINVEL + 1], m[V.M_GYRO + 2] = vy, wz
+        V.task_step_batch(m[None], np.zeros((1, 12)), ta, rng, obs, terms, reward, term)
+    np.testing.assert_allclose(V.tracking_errors(ta.ts)[0], [0.25, 0.1])
+
+
+def test_tracking_errors_reach_run_results_and_agree_between_single_and_vector_envs() -> None:
+    from twinloop.controllers import make_controller
+    from twinloop.eval.rollout import run_single, run_vector
+
+    single = twinloop.make(ENV_ID, max_steps=30)
+    vec = twinloop.make_vec(ENV_ID, 2, max_steps=30)
+    try:
+        a = run_single(single, make_controller("stand", single), 2, 4)
+        b = run_vector(vec, make_controller("stand", vec), 2, 4)
+    finally:
+        single.close()
+        vec.close()
+    for ra, rb in zip(a, sorted(b, key=lambda r: r.episode), strict=True):
+        assert set(ra.metrics) == set(V.TRACKING_METRICS)
+        assert ra.metrics == pytest.approx(rb.metrics, rel=1e-9)
+        assert ra.metrics["lin_vel_error_m_per_s"] > 0.0  # a standing robot misses the command
+
+
 def test_falls_terminate() -> None:
     on_side = _upright()
     on_side[V.M_GRAV + 1], on_side[V.M_GRAV + 2] = -1.0, 0.0

@@ -117,7 +117,11 @@ TP_SIGMA, TP_AIR, TP_DT, TP_COS_TILT, TP_TRUNK, TP_OD_MIN, TP_OD_MAX, TP_OD_JIT 
 TP_CMD = 8  # x min, x max, y min, y max, yaw min, yaw max
 N_TP = 14
 TS_CMD, TS_ACT, TS_AIR, TS_CONTACT = 0, 3, 15, 19
-N_TS = 23
+TS_ERR_LIN, TS_ERR_YAW, TS_ERR_N = 23, 24, 25  # tracking errors summed over the episode's steps
+N_TS = 26
+#: Episode metrics (``info`` keys, the mean over the episode's steps so far; 0 at reset): the
+#: true trunk velocity's distance from the command in the plane, and the yaw rate's.
+TRACKING_METRICS = ("lin_vel_error_m_per_s", "yaw_rate_error_rad_per_s")
 
 
 def measurement_layout() -> Layout:
@@ -218,6 +222,12 @@ class TaskArrays(NamedTuple):
     odelay: np.ndarray  # (n,) observation delay drawn at reset
     ring: np.ndarray  # (n, max delay + 1, FRAME) frames, newest first
     hist: np.ndarray  # (n, history_steps, ENTRY)
+
+
+def tracking_errors(ts: np.ndarray) -> np.ndarray:
+    """``(n, 2)``: each row's mean linear-velocity and yaw-rate errors so far (0 before a step)."""
+    n = np.maximum(ts[:, TS_ERR_N], 1.0)
+    return np.stack([ts[:, TS_ERR_LIN] / n, ts[:, TS_ERR_YAW] / n], axis=1)
 
 
 def task_arrays(cfg: QuadrupedVelocityConfig, n: int) -> TaskArrays:
@@ -328,6 +338,9 @@ def task_reset_batch(
         for f in range(4):
             ts[TS_AIR + f] = 0.0
             ts[TS_CONTACT + f] = meas[i, M_FEET + f]
+        ts[TS_ERR_LIN] = 0.0
+        ts[TS_ERR_YAW] = 0.0
+        ts[TS_ERR_N] = 0.0
         _observe(i, meas[i], ta, rng, obs[i], True)
 
 
@@ -352,6 +365,9 @@ def task_step_batch(
         ew = ts[TS_CMD + 2] - m[M_GYRO + 2]
         r[0] = math.exp(-(ex * ex + ey * ey) / sigma)
         r[1] = math.exp(-(ew * ew) / sigma)
+        ts[TS_ERR_LIN] += math.sqrt(ex * ex + ey * ey)
+        ts[TS_ERR_YAW] += abs(ew)
+        ts[TS_ERR_N] += 1.0
         r[2] = m[M_LINVEL + 2] ** 2
         r[3] = m[M_GYRO] ** 2 + m[M_GYRO + 1] ** 2
         r[4] = m[M_GRAV] ** 2 + m[M_GRAV + 1] ** 2
@@ -835,7 +851,12 @@ class VelocityTask:
         self._steps = 0
 
     def _info(self) -> dict[str, Any]:
-        return {"true/observation_delay_steps": int(self._ta.odelay[0])}
+        lin, yaw = tracking_errors(self._ta.ts[:1])[0]
+        return {
+            "true/observation_delay_steps": int(self._ta.odelay[0]),
+            TRACKING_METRICS[0]: float(lin),
+            TRACKING_METRICS[1]: float(yaw),
+        }
 
     def reset(
         self, measurement: np.ndarray, seed: int | None, options: dict[str, Any] | None
@@ -879,6 +900,7 @@ def metadata(cfg: QuadrupedVelocityConfig, layout: Layout) -> dict[str, Any]:
         "reward_terms": REWARD_TERMS,
         "joint_names": JOINT_NAMES,
         "default_pose_rad": DEFAULT_POSE.tolist(),
+        "episode_metrics": TRACKING_METRICS,
     }
 
 
@@ -921,6 +943,7 @@ def info_layouts(drawn: Layout) -> tuple[Layout, Layout, Layout]:
         + [Field("applied_action", (NJ,)), Field("applied_command", (NJ,))]
         + [Field(f"true/{f.name}", f.shape) for f in drawn]
         + [Field("true/action_delay_ms")]
+        + [Field(name) for name in TRACKING_METRICS]
     )
     ints = Layout([Field("true/action_delay_steps"), Field("true/observation_delay_steps")])
     return floats, ints, Layout([Field("action_clipped"), Field("command_clipped")])
@@ -1020,6 +1043,9 @@ class QuadrupedVectorEnv(KernelVectorEnv):
         rows_f[:, :N_TERMS] = terms * self.task.scales[None, :]
         rows_f[:, fl.slice("applied_action")] = acts
         rows_f[:, fl.slice("applied_command")] = state.cmd
+        errors = tracking_errors(self.task.ts)
+        for k, name in enumerate(TRACKING_METRICS):
+            rows_f[:, fl.slice(name)] = errors[:, k : k + 1]
         self._truth_rows(all_rows, rows_f, rows_i)
         rows_b = np.stack([action_clipped, cmd_clipped], axis=1)
         live = ~ended
