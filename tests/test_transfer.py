@@ -13,6 +13,7 @@ pytest.importorskip("zmq", reason="the 'microscope' extra runs the twin")
 from twinloop.cli import main
 from twinloop.transfer import (
     BalloonTransferConfig,
+    RobotTransferConfig,
     TransferConfig,
     run_balloon_transfer,
     run_transfer,
@@ -81,8 +82,13 @@ def test_transfer_refuses_bad_settings_before_running(tmp_path, capsys) -> None:
         TransferConfig(episodes=0)
     with pytest.raises(ValueError, match="give at least one of"):
         TransferConfig(controllers=("nope",))
-    assert main(["transfer", "twinloop/QuadrupedVelocity-v0", "--out", str(tmp_path / "x")]) == 2
+    assert main(["transfer", "twinloop/LangRearrange-v0", "--out", str(tmp_path / "x")]) == 2
     assert "is not done yet" in capsys.readouterr().err
+    robot = ["transfer", "twinloop/QuadrupedVelocity-v0", "--out", str(tmp_path / "z")]
+    assert main([*robot, "--device-winds", "generative"]) == 2  # a balloon option on the robot
+    assert "--device-winds: an option of the balloon report" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="agent:DIR"):
+        RobotTransferConfig(controllers=("nope",))
     balloon = ["transfer", "twinloop/BalloonStationKeeping-v0", "--out", str(tmp_path / "y")]
     assert main([*balloon, "--train-steps", "5"]) == 2  # a STEM option on the balloon
     assert "--train-steps: an option of the stem report" in capsys.readouterr().err
@@ -110,3 +116,52 @@ def test_tiny_balloon_transfer_flies_every_condition_on_the_same_seeds(tmp_path)
         meta = json.load(fh)["twinloop"]
     assert meta["device_profile"] == {"name": "random:7"} and meta["privileged"]
     assert "TWR50" in (out / "report.md").read_text()
+
+
+def _robot_transfer(tmp_path, profile: str, **kwargs):
+    pytest.importorskip("mujoco", reason="the robot needs twinloop[locomotion]")
+    pytest.importorskip("zmq", reason="the robot twin needs pyzmq and msgpack")
+    from twinloop.transfer import RobotTransferConfig, run_robot_transfer
+
+    cfg = RobotTransferConfig(out=str(tmp_path / "r"), profile=profile, **kwargs)
+    return run_robot_transfer(cfg)
+
+
+def test_tiny_robot_transfer_pairs_sim_and_twin_and_sees_the_hidden_plant(tmp_path) -> None:
+    """Sim vs the robot twin over its joint protocol, same seeds: a nominal robot has no gap.
+
+    The twin runs the simulator's own plant (parity tests in tests/hardware/robot), so a profile
+    that changes nothing leaves every paired difference 0 (to rounding), and a profile that changes
+    the plant (a weaker, heavier robot) moves the trot's tracking.
+    """
+    nominal = tmp_path / "nominal.json"
+    nominal.write_text(json.dumps({"plant.motor_strength": 1.0}))  # the nominal value
+    kw = {"episodes": 2, "max_steps": 40, "capture_episodes": 1, "capture_steps": 20}
+    same = _robot_transfer(tmp_path / "a", str(nominal), sysid=False, **kw)
+    assert set(same["conditions"]) == {"sim", "device"}
+    for c in ("trot", "stand"):
+        gap = same["gaps"][c]["device_minus_sim"]
+        for v in gap.values():  # equal up to the rounding of the return's sum
+            assert max(abs(x) for x in v.values()) < 1e-9, (c, gap)
+    heavy = tmp_path / "heavy.json"
+    heavy.write_text(json.dumps({"plant.motor_strength": 0.7, "plant.added_base_mass_kg": 3.0}))
+    off = _robot_transfer(tmp_path / "b", str(heavy), sysid=False, **kw)
+    assert off["gaps"]["trot"]["device_minus_sim"]["return"]["point"] != 0.0
+    assert off["conditions"]["sim"] == same["conditions"]["sim"]
+    out = tmp_path / "b" / "r"
+    with open(out / "device-capture" / "data" / "metadata.json") as fh:
+        meta = json.load(fh)["twinloop"]
+    assert meta["device_profile"] == {"name": "heavy"} and meta["privileged"]
+    assert "velocity error" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_robot_transfer_identifies_the_plant_and_runs_the_calibrated_simulator(tmp_path) -> None:
+    """With a capture of standing excitation the fit covers the identified plant values."""
+    res = _robot_transfer(tmp_path, "random:7", episodes=3, max_steps=100, capture_episodes=6)
+    assert set(res["conditions"]) == {"sim", "device", "calibrated sim"}
+    fitted = {e["path"]: e for e in res["sysid"]["estimates"] if e["identified"]}
+    assert {"plant.motor_strength", "plant.actuation_delay_ms"} <= set(fitted)
+    assert sum(bool(e["covers"]) for e in fitted.values()) >= len(fitted) - 1
+    assert "device_minus_calibrated" in res["gaps"]["trot"]
+    assert json.loads((tmp_path / "r" / "sysid.json").read_text())

@@ -178,19 +178,30 @@ def add_parsers(sub: Any) -> None:
 
 
 def _add_transfer(sub: Any) -> None:
-    from twinloop.transfer import BALLOON_CONTROLLERS, BALLOON_ID, CONTROLLERS, ENV_ID
+    from twinloop.transfer import (
+        BALLOON_CONTROLLERS,
+        BALLOON_ID,
+        CONTROLLERS,
+        ENV_ID,
+        ROBOT_CONTROLLERS,
+        ROBOT_ID,
+    )
 
     t = sub.add_parser(
         "transfer",
         help="the sim-to-real gap on a device twin with hidden physics, and how far "
-        "identification from a device capture closes it (STEM, balloon)",
+        "identification from a device capture closes it (STEM, balloon, quadruped)",
         description="Controllers built on the nominal simulator run on a device twin started "
         "with --profile (hidden physics) and on the simulator, the same seeds: the gap. Then a "
         "capture on the device identifies it ('twinloop sysid'; for STEM also a rate model "
         "learned from the capture) and the controllers run again. Writes results.json, "
         "report.md and a figure.",
     )
-    t.add_argument("env_id", metavar="ID", help=f"{ENV_ID} (the microscope) or {BALLOON_ID}")
+    t.add_argument(
+        "env_id",
+        metavar="ID",
+        help=f"{ENV_ID} (the microscope), {BALLOON_ID} or {ROBOT_ID} (the robot)",
+    )
     t.add_argument(
         "--profile",
         default="random:7",
@@ -206,7 +217,7 @@ def _add_transfer(sub: Any) -> None:
         type=int,
         default=None,
         help="episodes per controller and condition, the same seeds in each (default: 60 for "
-        "STEM, 20 flights for the balloon)",
+        "STEM, 20 flights for the balloon, 10 for the robot)",
     )
     t.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
     t.add_argument(
@@ -215,7 +226,8 @@ def _add_transfer(sub: Any) -> None:
         default=None,
         metavar="NAME",
         help=f"a controller to compare (repeatable; default: {', '.join(CONTROLLERS)} for "
-        f"STEM, {', '.join(BALLOON_CONTROLLERS)} for the balloon)",
+        f"STEM, {', '.join(BALLOON_CONTROLLERS)} for the balloon, "
+        f"{', '.join(ROBOT_CONTROLLERS)} for the robot; agent:DIR for the robot too)",
     )
     t.add_argument(
         "--no-sysid",
@@ -254,7 +266,7 @@ def _add_transfer(sub: Any) -> None:
         help="the simulator's measurements: sim (exact, fast; the default) or sim-image "
         "(frames and perception, as the twin reports them)",
     )
-    balloon = t.add_argument_group("balloon")
+    balloon = t.add_argument_group("balloon and robot")
     balloon.add_argument(
         "--device-winds",
         default=None,
@@ -262,23 +274,29 @@ def _add_transfer(sub: Any) -> None:
         help="the device's atmosphere (default: ble-vae, BLE's wind model)",
     )
     balloon.add_argument(
-        "--max-steps", type=int, default=None, help="3-minute steps per flight (default: 960, 48 h)"
+        "--max-steps",
+        type=int,
+        default=None,
+        help="steps per episode: 3-minute steps per flight (default: 960, 48 h); 20-ms control "
+        "steps per robot episode (default: 250, 5 s)",
     )
     balloon.add_argument(
         "--capture-episodes",
         type=int,
         default=None,
-        help="flights captured on the device for identification (default: 10)",
+        help="episodes captured on the device for identification (default: 10 flights of "
+        "station-seeker; 8 episodes of standing joint excitation on the robot)",
     )
     t.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_transfer)
 
 
-#: ``twinloop transfer`` options that belong to one system's report.
+#: ``twinloop transfer`` options that belong to some systems' reports only.
 _TRANSFER_OPTIONS = {
     "stem": ("address", "transitions", "goal_hops", "train_steps", "ensemble", "sim_backend"),
     "balloon": ("device_winds", "max_steps", "capture_episodes"),
+    "robot": ("max_steps", "capture_episodes"),
 }
 
 
@@ -288,15 +306,16 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     from twinloop import transfer as T
 
-    systems = {T.ENV_ID: "stem", T.BALLOON_ID: "balloon"}
+    systems = {T.ENV_ID: "stem", T.BALLOON_ID: "balloon", T.ROBOT_ID: "robot"}
     system = systems.get(args.env_id)
     if system is None:
         raise ValueError(
-            f"transfer covers {' and '.join(systems)} so far; {args.env_id!r} is not done yet "
-            "(the robot and skills twins take --profile, see 'twinloop serve robot|skills -h')"
+            f"transfer covers {', '.join(systems)} so far; {args.env_id!r} is not done yet "
+            "(the skills twin takes --profile, see 'twinloop serve skills -h')"
         )
+    own_names = set(_TRANSFER_OPTIONS[system])
     for other, names in _TRANSFER_OPTIONS.items():
-        given = [n for n in names if other != system and getattr(args, n) is not None]
+        given = [n for n in names if n not in own_names and getattr(args, n) is not None]
         if given:
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
             raise ValueError(f"{flags}: an option of the {other} report, not of {args.env_id}")
@@ -312,11 +331,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     if args.episodes is not None:
         common["episodes"] = args.episodes
     own = {n: getattr(args, n) for n in _TRANSFER_OPTIONS[system] if getattr(args, n) is not None}
-    config_cls, run = (
-        (T.TransferConfig, T.run_transfer)
-        if system == "stem"
-        else (T.BalloonTransferConfig, T.run_balloon_transfer)
-    )
+    config_cls, run = {
+        "stem": (T.TransferConfig, T.run_transfer),
+        "balloon": (T.BalloonTransferConfig, T.run_balloon_transfer),
+        "robot": (T.RobotTransferConfig, T.run_robot_transfer),
+    }[system]
     fields = {f.name for f in dataclasses.fields(config_cls)}
     cfg = config_cls(**{k: v for k, v in {**common, **own}.items() if k in fields})
     bars = StageBars(args.quiet)
