@@ -13,6 +13,7 @@ pytest.importorskip("zmq", reason="the 'microscope' extra runs the twin")
 from twinloop.cli import main
 from twinloop.transfer import (
     BalloonTransferConfig,
+    RearrangeTransferConfig,
     RobotTransferConfig,
     TransferConfig,
     run_balloon_transfer,
@@ -82,8 +83,13 @@ def test_transfer_refuses_bad_settings_before_running(tmp_path, capsys) -> None:
         TransferConfig(episodes=0)
     with pytest.raises(ValueError, match="give at least one of"):
         TransferConfig(controllers=("nope",))
-    assert main(["transfer", "twinloop/LangRearrange-v0", "--out", str(tmp_path / "x")]) == 2
-    assert "is not done yet" in capsys.readouterr().err
+    assert main(["transfer", "twinloop/dmc-walker-walk-v0", "--out", str(tmp_path / "x")]) == 2
+    assert "has no device twin" in capsys.readouterr().err
+    skills = ["transfer", "twinloop/LangRearrange-v0", "--out", str(tmp_path / "w")]
+    assert main([*skills, "--max-steps", "3"]) == 2  # a robot/balloon option on the skills robot
+    assert "--max-steps: an option of the balloon report" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="split 'nope'"):
+        RearrangeTransferConfig(split="nope")
     robot = ["transfer", "twinloop/QuadrupedVelocity-v0", "--out", str(tmp_path / "z")]
     assert main([*robot, "--device-winds", "generative"]) == 2  # a balloon option on the robot
     assert "--device-winds: an option of the balloon report" in capsys.readouterr().err
@@ -165,3 +171,25 @@ def test_robot_transfer_identifies_the_plant_and_runs_the_calibrated_simulator(t
     assert sum(bool(e["covers"]) for e in fitted.values()) >= len(fitted) - 1
     assert "device_minus_calibrated" in res["gaps"]["trot"]
     assert json.loads((tmp_path / "r" / "sysid.json").read_text())
+
+
+def test_skills_transfer_shows_the_gap_of_a_robot_whose_grasps_fail(tmp_path) -> None:
+    """Skills twin vs sim: no gap for a faultless robot, a large one if picks fail."""
+    pytest.importorskip("zmq", reason="the skills twin needs pyzmq and msgpack")
+    from twinloop.transfer import run_rearrange_transfer
+
+    results = {}
+    for name, values in (("faultless", {"pick_failure": 0.0}), ("clumsy", {"pick_failure": 1.0})):
+        spec = tmp_path / f"{name}.json"
+        spec.write_text(json.dumps(values))
+        cfg = RearrangeTransferConfig(out=str(tmp_path / name), profile=str(spec), episodes=4)
+        results[name] = run_rearrange_transfer(cfg)
+    for c in ("oracle", "scripted"):
+        same = results["faultless"]["gaps"][c]["device_minus_sim"]
+        assert all(v == {"point": 0.0, "low": 0.0, "high": 0.0} for v in same.values()), c
+        assert results["faultless"]["conditions"]["sim"][c]["success_rate"] == 1.0
+        clumsy = results["clumsy"]["conditions"]["device"][c]["success_rate"]
+        assert clumsy <= 0.5  # only tasks that need no pick (open/close) can succeed
+        assert results["clumsy"]["gaps"][c]["device_minus_sim"]["success"]["point"] == clumsy - 1
+    report = (tmp_path / "clumsy" / "report.md").read_text()
+    assert "no fitter for the skills robot" in report

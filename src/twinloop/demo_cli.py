@@ -183,6 +183,8 @@ def _add_transfer(sub: Any) -> None:
         BALLOON_ID,
         CONTROLLERS,
         ENV_ID,
+        REARRANGE_CONTROLLERS,
+        REARRANGE_ID,
         ROBOT_CONTROLLERS,
         ROBOT_ID,
     )
@@ -190,7 +192,7 @@ def _add_transfer(sub: Any) -> None:
     t = sub.add_parser(
         "transfer",
         help="the sim-to-real gap on a device twin with hidden physics, and how far "
-        "identification from a device capture closes it (STEM, balloon, quadruped)",
+        "identification from a device capture closes it (STEM, balloon, quadruped, skills robot)",
         description="Controllers built on the nominal simulator run on a device twin started "
         "with --profile (hidden physics) and on the simulator, the same seeds: the gap. Then a "
         "capture on the device identifies it ('twinloop sysid'; for STEM also a rate model "
@@ -200,7 +202,8 @@ def _add_transfer(sub: Any) -> None:
     t.add_argument(
         "env_id",
         metavar="ID",
-        help=f"{ENV_ID} (the microscope), {BALLOON_ID} or {ROBOT_ID} (the robot)",
+        help=f"{ENV_ID} (the microscope), {BALLOON_ID}, {ROBOT_ID} (the robot) or "
+        f"{REARRANGE_ID} (the skills robot)",
     )
     t.add_argument(
         "--profile",
@@ -217,7 +220,7 @@ def _add_transfer(sub: Any) -> None:
         type=int,
         default=None,
         help="episodes per controller and condition, the same seeds in each (default: 60 for "
-        "STEM, 20 flights for the balloon, 10 for the robot)",
+        "STEM, 20 flights for the balloon, 10 for the robot, 40 for the skills robot)",
     )
     t.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
     t.add_argument(
@@ -227,7 +230,8 @@ def _add_transfer(sub: Any) -> None:
         metavar="NAME",
         help=f"a controller to compare (repeatable; default: {', '.join(CONTROLLERS)} for "
         f"STEM, {', '.join(BALLOON_CONTROLLERS)} for the balloon, "
-        f"{', '.join(ROBOT_CONTROLLERS)} for the robot; agent:DIR for the robot too)",
+        f"{', '.join(ROBOT_CONTROLLERS)} for the robot, {', '.join(REARRANGE_CONTROLLERS)} for "
+        "the skills robot; agent:DIR for the robots too)",
     )
     t.add_argument(
         "--no-sysid",
@@ -287,6 +291,12 @@ def _add_transfer(sub: Any) -> None:
         help="episodes captured on the device for identification (default: 10 flights of "
         "station-seeker; 8 episodes of standing joint excitation on the robot)",
     )
+    skills = t.add_argument_group("skills robot")
+    skills.add_argument(
+        "--split",
+        default=None,
+        help="the rearrangement split episodes are drawn from (default: train)",
+    )
     t.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_transfer)
@@ -297,6 +307,7 @@ _TRANSFER_OPTIONS = {
     "stem": ("address", "transitions", "goal_hops", "train_steps", "ensemble", "sim_backend"),
     "balloon": ("device_winds", "max_steps", "capture_episodes"),
     "robot": ("max_steps", "capture_episodes"),
+    "rearrange": ("split",),
 }
 
 
@@ -306,12 +317,17 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     from twinloop import transfer as T
 
-    systems = {T.ENV_ID: "stem", T.BALLOON_ID: "balloon", T.ROBOT_ID: "robot"}
+    systems = {
+        T.ENV_ID: "stem",
+        T.BALLOON_ID: "balloon",
+        T.ROBOT_ID: "robot",
+        T.REARRANGE_ID: "rearrange",
+    }
     system = systems.get(args.env_id)
     if system is None:
         raise ValueError(
-            f"transfer covers {', '.join(systems)} so far; {args.env_id!r} is not done yet "
-            "(the skills twin takes --profile, see 'twinloop serve skills -h')"
+            f"transfer covers {', '.join(systems)}; {args.env_id!r} has no device twin (see "
+            "'twinloop list' for each env's backends)"
         )
     own_names = set(_TRANSFER_OPTIONS[system])
     for other, names in _TRANSFER_OPTIONS.items():
@@ -335,6 +351,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         "stem": (T.TransferConfig, T.run_transfer),
         "balloon": (T.BalloonTransferConfig, T.run_balloon_transfer),
         "robot": (T.RobotTransferConfig, T.run_robot_transfer),
+        "rearrange": (T.RearrangeTransferConfig, T.run_rearrange_transfer),
     }[system]
     fields = {f.name for f in dataclasses.fields(config_cls)}
     cfg = config_cls(**{k: v for k, v in {**common, **own}.items() if k in fields})

@@ -473,9 +473,10 @@ class BalloonTransferConfig:
             )
 
 
-def _flights(
-    env: Any, controller: str, cfg: BalloonTransferConfig, label: str, progress: Progress | None
+def _run_controller(
+    env: Any, controller: str, cfg: Any, label: str, progress: Progress | None
 ) -> list[Any]:
+    """``controller`` for ``cfg.episodes`` episodes of ``env`` (seeds from ``cfg.seed``), closed."""
     from twinloop.controllers import make_controller
     from twinloop.eval.rollout import run_single
 
@@ -534,24 +535,24 @@ def run_balloon_transfer(
     profile = parse_profile(cfg.profile, device_base)
     runs: dict[tuple[str, str], list[Any]] = {}
     for c in cfg.controllers:
-        runs["sim, generative winds", c] = _flights(
+        runs["sim, generative winds", c] = _run_controller(
             twinloop.make(BALLOON_ID, **steps), c, cfg, f"sim {c}", progress
         )
-        runs["sim, device winds", c] = _flights(
+        runs["sim, device winds", c] = _run_controller(
             twinloop.make(BALLOON_ID, **winds), c, cfg, f"sim+winds {c}", progress
         )
     capture_dir = out / "device-capture"
     with running_twin(device_base, profile=profile) as (_, address):
         for c in cfg.controllers:
             env = twinloop.make(BALLOON_ID, backend="mavlink", address=address, **winds)
-            runs["device", c] = _flights(env, c, cfg, f"device {c}", progress)
+            runs["device", c] = _run_controller(env, c, cfg, f"device {c}", progress)
         env = twinloop.make(BALLOON_ID, backend="mavlink", address=address, **winds)
         rec = record(env, capture_dir, dataset_id="twinloop/balloon-device-capture-v0",
                      mode="overwrite" if cfg.overwrite else "create",
                      tags={"controller": "station-seeker", "stage": "identify"})  # fmt: skip
         rec.writer.note_device_profile(profile)
         capture_cfg = dataclasses.replace(cfg, episodes=cfg.capture_episodes)
-        _flights(rec, "station-seeker", capture_cfg, "device capture", progress)
+        _run_controller(rec, "station-seeker", capture_cfg, "device capture", progress)
     results: dict[str, Any] = {"system": BALLOON_ID, "profile": profile.name}
     calibrated = None
     if cfg.sysid:
@@ -561,7 +562,7 @@ def run_balloon_transfer(
     if calibrated is not None:
         for c in cfg.controllers:
             env = twinloop.make(BALLOON_ID, **{**winds, **calibrated})
-            runs["calibrated sim", c] = _flights(env, c, cfg, f"calibrated {c}", progress)
+            runs["calibrated sim", c] = _run_controller(env, c, cfg, f"calibrated {c}", progress)
     results["conditions"] = {}
     for (condition, c), eps in runs.items():
         results["conditions"].setdefault(condition, {})[c] = _twr(eps)
@@ -705,20 +706,6 @@ class RobotTransferConfig:
             )
 
 
-def _robot_episodes(
-    env: Any, controller: str, cfg: RobotTransferConfig, label: str, progress: Progress | None
-) -> list[Any]:
-    from twinloop.controllers import make_controller
-    from twinloop.eval.rollout import run_single
-
-    try:
-        report = (lambda d, n: progress(label, d, n)) if progress else None
-        ctrl = make_controller(controller, env)
-        return run_single(env, ctrl, cfg.episodes, cfg.seed + 100_000, report)
-    finally:
-        env.close()
-
-
 def _tracking(results: Sequence[Any]) -> dict[str, Any]:
     from twinloop.eval.bootstrap import bootstrap_ci
     from twinloop.eval.rollout import wilson_interval
@@ -798,9 +785,8 @@ def run_robot_transfer(
     profile = parse_profile(cfg.profile, base)
     runs: dict[tuple[str, str], list[Any]] = {}
     for c in cfg.controllers:
-        runs["sim", c] = _robot_episodes(
-            twinloop.make(ROBOT_ID, **fixed), c, cfg, f"sim {c}", progress
-        )
+        env = twinloop.make(ROBOT_ID, **fixed)
+        runs["sim", c] = _run_controller(env, c, cfg, f"sim {c}", progress)
     token = secrets.token_hex(16)
     server = RobotServer(SimRobot(base, profile=profile), port=0, token=token).start()
     capture_dir = out / "device-capture"
@@ -813,7 +799,7 @@ def run_robot_transfer(
             )
 
         for c in cfg.controllers:
-            runs["device", c] = _robot_episodes(device(), c, cfg, f"device {c}", progress)
+            runs["device", c] = _run_controller(device(), c, cfg, f"device {c}", progress)
         env = device(max_steps=cfg.capture_steps)
         try:
             _robot_capture(env, cfg, capture_dir, profile, progress)
@@ -830,7 +816,7 @@ def run_robot_transfer(
     if calibrated is not None:
         for c in cfg.controllers:
             env = twinloop.make(ROBOT_ID, **{**fixed, **calibrated})
-            runs["calibrated sim", c] = _robot_episodes(env, c, cfg, f"calibrated {c}", progress)
+            runs["calibrated sim", c] = _run_controller(env, c, cfg, f"calibrated {c}", progress)
     results["conditions"] = {}
     for (condition, c), eps in runs.items():
         results["conditions"].setdefault(condition, {})[c] = _tracking(eps)
@@ -908,6 +894,197 @@ identification from a standing-excitation capture on the device.
 ```
 
 {_sysid_text(results.get("sysid", {}))}
+
+![transfer]({fig.relative_to(out)})
+"""
+    (out / "report.md").write_text(text)
+
+
+# --- the mobile manipulator (language rearrangement) ---------------------------------------------
+REARRANGE_ID = "twinloop/LangRearrange-v0"
+#: Rearrangement controllers the report compares.
+REARRANGE_CONTROLLERS = ("oracle", "scripted")
+
+#: What the rearrangement gaps compare, per episode: success, the return, the actions taken.
+REARRANGE_MEASURES: dict[str, Callable[[Any], float]] = {
+    "success": lambda r: float(r.success),
+    "return": lambda r: r.episode_return,
+    "steps": lambda r: float(r.steps),
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RearrangeTransferConfig:
+    """The skills robot's transfer report: controllers built on the simulator meet a robot.
+
+    The device is the skills twin with a profile (:mod:`twinloop.sim.rearrange.profile`):
+    skills that fail although their preconditions hold, and a detector that mislabels objects.
+    The simulator has no model of either (they exist on the twin only), so there is nothing to
+    calibrate and ``twinloop sysid`` has no fitter for this system: the report shows the gap.
+
+    Attributes:
+        profile: The robot's hidden imperfections (``twinloop serve skills --profile``).
+        out: Output folder.
+        episodes: Episodes per controller and condition (episode ``e``: seed ``seed + e``).
+        split: The split episodes are drawn from.
+        seed: Seed of everything.
+        controllers: Controllers compared (names, or ``agent:DIR``).
+        overwrite: Replace the contents of ``out``.
+    """
+
+    profile: str = "random:7"
+    out: str = "twinloop-transfer"
+    episodes: int = 40
+    split: str = "train"
+    seed: int = 0
+    controllers: tuple[str, ...] = REARRANGE_CONTROLLERS
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the count, the split and the controller names before anything runs."""
+        from twinloop.controllers import AGENT_PREFIX
+        from twinloop.controllers import CONTROLLERS as KNOWN
+        from twinloop.sim.rearrange.episodes import SPLITS
+
+        if int(self.episodes) < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split {self.split!r}: give one of {', '.join(SPLITS)}")
+        unknown = [c for c in self.controllers if c not in KNOWN and not c.startswith(AGENT_PREFIX)]
+        if unknown or not self.controllers:
+            raise ValueError(
+                f"controllers {unknown or '()'}: give at least one of {', '.join(KNOWN)} or "
+                f"{AGENT_PREFIX}DIR"
+            )
+
+
+def _outcomes(results: Sequence[Any]) -> dict[str, Any]:
+    from twinloop.eval.bootstrap import bootstrap_ci
+    from twinloop.eval.rollout import wilson_interval
+
+    wins = sum(bool(r.success) for r in results)
+    ret = np.array([r.episode_return for r in results], dtype=np.float64)
+    return {
+        "success_rate": wins / len(results),
+        "ci95": list(wilson_interval(wins, len(results))),
+        "return": float(ret.mean()),
+        "return_ci95": list(bootstrap_ci(ret)),
+        "mean_steps": float(np.mean([r.steps for r in results])),
+        "episodes": len(results),
+    }
+
+
+def run_rearrange_transfer(
+    cfg: RearrangeTransferConfig, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Run the controllers on the simulator and on the skills twin, same episodes.
+
+    Conditions: ``sim`` (the simulator the controllers were built on) and ``device`` (the
+    skills twin with the profile's imperfections, over the robot-skill protocol). The gaps are
+    paired differences of success, return and actions taken.
+
+    Raises:
+        FileExistsError: ``out`` holds files and ``overwrite`` is off.
+        ValueError: A bad profile or setting.
+    """
+    import secrets
+
+    import twinloop
+    from twinloop.core.profile import parse_profile
+    from twinloop.hardware.skills.fake import SimSkillsRobot, SkillsDeviceConfig
+    from twinloop.hardware.skills.server import SkillsServer
+    from twinloop.sim.rearrange.profile import PRIORS
+
+    started = time.time()
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or --out DIR")
+    out.mkdir(parents=True, exist_ok=True)
+    profile = parse_profile(cfg.profile, SkillsDeviceConfig.of({}, 0.0), PRIORS)
+    task = {"split": cfg.split}
+    runs: dict[tuple[str, str], list[Any]] = {}
+    for c in cfg.controllers:
+        env = twinloop.make(REARRANGE_ID, **task)
+        runs["sim", c] = _run_controller(env, c, cfg, f"sim {c}", progress)
+    token = secrets.token_hex(16)
+    robot = SimSkillsRobot(twinloop.make_config(REARRANGE_ID, **task), profile=profile)
+    server = SkillsServer(robot, port=0, token=token).start()
+    try:
+        for c in cfg.controllers:
+            env = twinloop.make(
+                REARRANGE_ID, backend="skills", address=server.address, token=token, **task
+            )
+            runs["device", c] = _run_controller(env, c, cfg, f"device {c}", progress)
+    finally:
+        server.stop()
+    results: dict[str, Any] = {
+        "system": REARRANGE_ID,
+        "profile": profile.name,
+        "sysid": {
+            "skipped": "the simulator has no model of skill failures or mislabels to calibrate, "
+            "so twinloop sysid has no fitter for the skills robot"
+        },
+        "conditions": {},
+        "gaps": {},
+    }
+    for (condition, c), eps in runs.items():
+        results["conditions"].setdefault(condition, {})[c] = _outcomes(eps)
+    for c in cfg.controllers:
+        results["gaps"][c] = {
+            "device_minus_sim": _paired(runs["device", c], runs["sim", c], REARRANGE_MEASURES)
+        }
+    results["wall_time_s"] = time.time() - started
+    results["config"] = dataclasses.asdict(cfg)
+    _write_rearrange_report(out, results)
+    return results
+
+
+def _write_rearrange_report(out: Path, results: dict[str, Any]) -> None:
+    from twinloop.core.text import table
+    from twinloop.eval.report import write_json
+
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    write_json(results, out / "results.json")
+    rows = []
+    for condition, per in results["conditions"].items():
+        for c, r in per.items():
+            lo, hi = r["ci95"]
+            rows.append((condition, c, f"{r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]",
+                         f"{r['return']:.2f}", f"{r['mean_steps']:.1f}"))  # fmt: skip
+    conditions = table(rows, ("condition", "controller", "success (95% CI)", "return", "actions"))
+    gap_rows = []
+    for c, g in results["gaps"].items():
+        d = g["device_minus_sim"]
+        gap_rows.append((c, *(
+            f"{d[k]['point']:+.2f} [{d[k]['low']:+.2f}, {d[k]['high']:+.2f}]"
+            for k in ("success", "return", "steps")
+        )))  # fmt: skip
+    gaps = table(gap_rows, ("controller", "success", "return", "actions"))
+    fig = _plot(results, figures / "transfer.png", "success_rate", "ci95",
+                "success rate (95% Wilson CI)", "skills robot: simulator")  # fmt: skip
+    split = results["config"]["split"]
+    title = f"the skills robot, simulator -> device profile {results['profile']!r}"
+    text = f"""# twinloop transfer: {title}
+
+Wall time: {results["wall_time_s"]:.0f} s. Every condition ran the same episodes of the
+`{split}` split (same seeds, so the same scenes and instructions). `device` is the skills twin
+with the profile's imperfections (skills that fail although their preconditions hold, a
+detector that mislabels objects), driven over the robot-skill protocol. Success carries a
+Wilson interval.
+
+```
+{conditions}
+```
+
+Gaps (device - sim), paired per episode (95 % bootstrap over episodes; an interval without 0
+is a real difference at this sample size):
+
+```
+{gaps}
+```
+
+{_sysid_text(results["sysid"])}
 
 ![transfer]({fig.relative_to(out)})
 """
