@@ -86,17 +86,7 @@ class TransferConfig:
         """Check the counts and names before anything runs."""
         if self.sim_backend not in ("sim", "sim-image"):
             raise ValueError(f"sim_backend {self.sim_backend!r}: give 'sim' or 'sim-image'")
-        for name in ("transitions", "episodes", "goal_hops", "train_steps", "ensemble"):
-            value = getattr(self, name)
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        from twinloop.controllers import CONTROLLERS as KNOWN
-
-        unknown = [c for c in self.controllers if c not in KNOWN]
-        if unknown or not self.controllers:
-            raise ValueError(
-                f"controllers {unknown or '()'}: give at least one of {', '.join(KNOWN)}"
-            )
+        _check_settings(self, ("transitions", "episodes", "goal_hops", "train_steps", "ensemble"))
 
 
 def _episodes(
@@ -165,6 +155,44 @@ def _paired(
     return out
 
 
+def _check_settings(cfg: Any, counts: Sequence[str], agents: bool = False) -> None:
+    """Every field in ``counts`` is >= 1 and every controller is known (``agent:DIR`` too)."""
+    from twinloop.controllers import AGENT_PREFIX
+    from twinloop.controllers import CONTROLLERS as KNOWN
+
+    for name in counts:
+        value = getattr(cfg, name)
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    unknown = [
+        c for c in cfg.controllers if c not in KNOWN and not (agents and c.startswith(AGENT_PREFIX))
+    ]
+    if unknown or not cfg.controllers:
+        also = f" or {AGENT_PREFIX}DIR" if agents else ""
+        raise ValueError(
+            f"controllers {unknown or '()'}: give at least one of {', '.join(KNOWN)}{also}"
+        )
+
+
+def _out_dir(cfg: Any) -> Path:
+    """``cfg.out``, created; refused when it holds files and ``cfg.overwrite`` is off."""
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or --out DIR")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _conditions(
+    runs: Mapping[tuple[str, str], Sequence[Any]], summary: Callable[[Sequence[Any]], Any]
+) -> dict[str, dict[str, Any]]:
+    """``{condition: {controller: summary(episodes)}}`` in the order the runs were made."""
+    out: dict[str, dict[str, Any]] = {}
+    for (condition, c), eps in runs.items():
+        out.setdefault(condition, {})[c] = summary(eps)
+    return out
+
+
 def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Capture, learn, evaluate before and after identification, and report.
 
@@ -181,10 +209,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> dict[
     from twinloop.eval.stem import rate_model_errors
 
     started = time.time()
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or --out DIR")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(cfg)
     nominal_cfg = twinloop.make_config(ENV_ID)
     profile = parse_profile(cfg.profile, nominal_cfg)
     device_cfg = profile.apply(nominal_cfg)
@@ -455,22 +480,12 @@ class BalloonTransferConfig:
 
     def __post_init__(self) -> None:
         """Check the counts, the winds and the controller names before anything runs."""
-        for name in ("episodes", "capture_episodes", "max_steps"):
-            value = getattr(self, name)
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
         if self.device_winds not in ("ble-vae", "generative"):
             raise ValueError(
                 f"device_winds {self.device_winds!r}: give 'ble-vae' (BLE's wind model) or "
                 "'generative'"
             )
-        from twinloop.controllers import CONTROLLERS as KNOWN
-
-        unknown = [c for c in self.controllers if c not in KNOWN]
-        if unknown or not self.controllers:
-            raise ValueError(
-                f"controllers {unknown or '()'}: give at least one of {', '.join(KNOWN)}"
-            )
+        _check_settings(self, ("episodes", "capture_episodes", "max_steps"))
 
 
 def _run_controller(
@@ -525,10 +540,7 @@ def run_balloon_transfer(
     from twinloop.hardware.balloon.fake import running_twin
 
     started = time.time()
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or --out DIR")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(cfg)
     steps = {"task.max_steps": cfg.max_steps}
     winds = {**steps, "wind.source": cfg.device_winds}
     device_base = twinloop.make_config(BALLOON_ID, **winds)
@@ -563,9 +575,7 @@ def run_balloon_transfer(
         for c in cfg.controllers:
             env = twinloop.make(BALLOON_ID, **{**winds, **calibrated})
             runs["calibrated sim", c] = _run_controller(env, c, cfg, f"calibrated {c}", progress)
-    results["conditions"] = {}
-    for (condition, c), eps in runs.items():
-        results["conditions"].setdefault(condition, {})[c] = _twr(eps)
+    results["conditions"] = _conditions(runs, _twr)
     results["gaps"] = {}
     for c in cfg.controllers:
         device = runs["device", c]
@@ -691,19 +701,9 @@ class RobotTransferConfig:
 
     def __post_init__(self) -> None:
         """Check the counts and the controller names before anything runs."""
-        for name in ("episodes", "capture_episodes", "max_steps", "capture_steps"):
-            value = getattr(self, name)
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        from twinloop.controllers import AGENT_PREFIX
-        from twinloop.controllers import CONTROLLERS as KNOWN
-
-        unknown = [c for c in self.controllers if c not in KNOWN and not c.startswith(AGENT_PREFIX)]
-        if unknown or not self.controllers:
-            raise ValueError(
-                f"controllers {unknown or '()'}: give at least one of {', '.join(KNOWN)} or "
-                f"{AGENT_PREFIX}DIR"
-            )
+        _check_settings(
+            self, ("episodes", "capture_episodes", "max_steps", "capture_steps"), agents=True
+        )
 
 
 def _tracking(results: Sequence[Any]) -> dict[str, Any]:
@@ -776,10 +776,7 @@ def run_robot_transfer(
     from twinloop.sim.locomotion.velocity_config import RANDOM_EFFECT_SWITCHES
 
     started = time.time()
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or --out DIR")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(cfg)
     fixed = {**dict.fromkeys(RANDOM_EFFECT_SWITCHES, False), "max_steps": cfg.max_steps}
     base = twinloop.make_config(ROBOT_ID, **fixed)
     profile = parse_profile(cfg.profile, base)
@@ -817,9 +814,7 @@ def run_robot_transfer(
         for c in cfg.controllers:
             env = twinloop.make(ROBOT_ID, **{**fixed, **calibrated})
             runs["calibrated sim", c] = _run_controller(env, c, cfg, f"calibrated {c}", progress)
-    results["conditions"] = {}
-    for (condition, c), eps in runs.items():
-        results["conditions"].setdefault(condition, {})[c] = _tracking(eps)
+    results["conditions"] = _conditions(runs, _tracking)
     results["gaps"] = {}
     for c in cfg.controllers:
         gaps = {"device_minus_sim": _paired(runs["device", c], runs["sim", c], ROBOT_MEASURES)}
@@ -942,20 +937,11 @@ class RearrangeTransferConfig:
 
     def __post_init__(self) -> None:
         """Check the count, the split and the controller names before anything runs."""
-        from twinloop.controllers import AGENT_PREFIX
-        from twinloop.controllers import CONTROLLERS as KNOWN
         from twinloop.sim.rearrange.episodes import SPLITS
 
-        if int(self.episodes) < 1:
-            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.split not in SPLITS:
             raise ValueError(f"split {self.split!r}: give one of {', '.join(SPLITS)}")
-        unknown = [c for c in self.controllers if c not in KNOWN and not c.startswith(AGENT_PREFIX)]
-        if unknown or not self.controllers:
-            raise ValueError(
-                f"controllers {unknown or '()'}: give at least one of {', '.join(KNOWN)} or "
-                f"{AGENT_PREFIX}DIR"
-            )
+        _check_settings(self, ("episodes",), agents=True)
 
 
 def _outcomes(results: Sequence[Any]) -> dict[str, Any]:
@@ -996,10 +982,7 @@ def run_rearrange_transfer(
     from twinloop.sim.rearrange.profile import PRIORS
 
     started = time.time()
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or --out DIR")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(cfg)
     profile = parse_profile(cfg.profile, SkillsDeviceConfig.of({}, 0.0), PRIORS)
     task = {"split": cfg.split}
     runs: dict[tuple[str, str], list[Any]] = {}
@@ -1024,11 +1007,9 @@ def run_rearrange_transfer(
             "skipped": "the simulator has no model of skill failures or mislabels to calibrate, "
             "so twinloop sysid has no fitter for the skills robot"
         },
-        "conditions": {},
+        "conditions": _conditions(runs, _outcomes),
         "gaps": {},
     }
-    for (condition, c), eps in runs.items():
-        results["conditions"].setdefault(condition, {})[c] = _outcomes(eps)
     for c in cfg.controllers:
         results["gaps"][c] = {
             "device_minus_sim": _paired(runs["device", c], runs["sim", c], REARRANGE_MEASURES)
