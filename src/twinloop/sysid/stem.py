@@ -36,19 +36,53 @@ Reading a step (exact, no view-centre bookkeeping):
   turned into a rate row by ``kernel.reset``, and evaluated by ``kernel.neighbor_rate``; no
   formula is re-derived here.
 
-Limits: the drift and noise model is the ``sim`` backend's. Captures of the image backends
-(``sim-image``, ``remote`` twins, ``nion``; the capture's ``backend.kind``) are read by
-:func:`read_image_episode` instead: their view centre comes from aligning frames, which slips
-to another lattice match when the sample drifted by more than ~0.7 A between frames (a twin
-at 0.05 A/s: ~10 % of the steps), and the exact snapping above then reads the slips as hops
-(on ``random:7``, 1478 steps: 234 "several hops", the probe width at its bound of 5 A). There
-the Si's displacement comes from the frames and the drift line, the beam offset from the Si
-in the frame, and slips are dropped from the drift data. The frames' localisation error
-(~0.1 A per axis at 256 and 64 px on a twin) is not modelled: it blurs the beam offsets
-slightly; on ``random:7`` the intervals of 1500 steps (256 px) and of four captures of 600
-steps (64 px) covered the truth but for two of 24 (64 px, one episode set: the optimum
-offset and the knock-out ratio, which counted 12 knock-outs where the device's ratio implies
-~5, perhaps frames misread as four-fold).
+Image captures: the drift and noise model above is the ``sim`` backend's. Captures of the
+image backends (``sim-image``, ``remote`` twins, ``nion``; the capture's ``backend.kind``) are
+read by :func:`read_image_episode` instead: their view centre comes from aligning frames,
+which slips to another lattice match when the sample drifted by more than ~0.7 A between
+frames (a twin at 0.05 A/s without drift prediction: ~10 % of the steps), and the exact
+snapping above then reads the slips as hops (on ``random:7``, 1478 steps: 234 "several hops",
+the probe width at its bound of 5 A). There the Si's displacement comes from the frames and
+the drift line, the beam offset from the Si in the frame, and slips are dropped from the drift
+data. Four more things differ from ``sim`` captures, and the likelihood models them:
+
+* Neighbour order: perception lists an Si's neighbours in its own order, the likelihood needs
+  the kernel's (bond ``k`` at ``30 + 120 k`` degrees from the lattice angle taken from
+  neighbour 0; :func:`kernel_order`). Read as they came (neighbours 1 and 2 swapped on about
+  half the steps), a hop was scored with the other neighbour's rate: this, not the offsets'
+  error, was the bias on image captures (12 random devices, 256 px, ~1000 steps each: the
+  cross section 23 % low, covered 3 times of 12; the probe width 25 % wide on average, two
+  fits at 3.4 and 4.6 A).
+* Scan lag: the Si is seen when the scan passes its row (row 0, the smallest y, first), and
+  the view drifts on for the rest of the frame: the beam offset at the command is the
+  measured one plus ``v frame_s (1/2 - y / fov)`` (up to 0.15 A at 0.05 A/s).
+* The beam offset's error (:func:`fit_blur`): the frame's localisation error ``s_loc`` and the
+  drift's random walk between the frame and the dwell (a twin adds a frame's walk after its
+  scan, then the settle's) make the true offset ``N(measured, s^2)`` per axis with
+  ``s^2 = s_loc^2 + 2 D (frame_s + settle_s)``. ``D`` comes from the drift fit, ``s_loc`` from
+  the steps read as "no hop": their displacement less the drift is two frames' errors plus
+  the walk, ``E r^2 = 2 s_loc^2 + 2 D t`` per axis. Each step's probability is averaged over
+  the error with a degree-5 cubature (:data:`BLUR_NODES`). On a twin at 256 px, ``s`` is
+  0.06-0.09 A, mostly the walk (``s_loc`` 0-0.03 A); for a Gaussian probe it acts as a wider
+  one, ``FWHM^2 + 8 ln 2 s^2``, so the width's bias it removes is 1-2 %. ``s`` is plugged
+  in, not fitted with the rates: a Gaussian error on a Gaussian probe gives exactly the rate
+  of a wider probe with the same cross section, so hops cannot tell them apart; its own
+  error (~0.005 A) moves the width by < 0.5 %.
+* Re-centred steps are dropped (the Si's position before the shift is not recorded), and a
+  hop makes a re-centring likelier (the Si moves 1.4 A towards the edge of the central box):
+  on the 12 devices 3 % of the stays and 11 % of the hops were dropped, which biased the
+  cross section low. A kept step's likelihood is conditional on its being kept: divided by
+  ``P(kept) = P(failure) + sum over landings P(landing) P(Si seen inside the box | landing)``,
+  each landing's position predicted from the Si before the step and the drift, with sd
+  ``sqrt(2 s_loc^2 + 2 D t)`` per axis (several hops taken to land where no hop would).
+
+Measured on those 12 devices (``random:1..13`` without 7, 40 episodes each, in-process
+``sim-image``; mean error over devices +- its standard error; log ratio for the width and
+the cross section): before, the optimum offset -0.070 +- 0.048 A, the width +0.25 +- 0.14, the
+cross section -0.26 +- 0.02 (covered 12, 9 and 3 times of 12); with the four changes
++0.008 +- 0.013 A, +0.008 +- 0.016 and -0.066 +- 0.032 (covered 12, 11 and 11 times). Fitted
+with the true beam offsets (scoring only): +0.009 A, +0.003 and -0.093 without the box
+correction, so what is left of the cross section's bias is not the offsets' error.
 
 Intervals: ``boot = 0`` uses a Laplace approximation (the inverse Hessian of the negative
 log-likelihood in the fitted coordinates: log of positive parameters, the offset as is),
@@ -113,7 +147,12 @@ class StemSteps:
     Attributes:
         dataset: ``(n,)`` index of the step's dataset (its settings).
         episode: ``(n,)`` global episode index.
-        offset: ``(n, 2)`` beam minus true Si position at the command (A, view frame).
+        offset: ``(n, 2)`` beam minus Si position at the command (A, view frame): exact on
+            ``sim`` captures, as read from the frame before the dwell on image captures.
+        lead_s: ``(n,)`` time from the Si's measurement to the frame's end (image captures:
+            the part of the frame scanned after the Si's row; 0 on ``sim`` captures).
+        box_mu: ``(n, 2)`` where the Si would be seen after the step without a hop (image
+            captures: a step whose Si leaves the central box is re-centred and dropped).
         dwell_s: ``(n,)`` dwell.
         cos: ``(n,)`` cosine of the lattice angle that puts neighbour 0 where it was seen.
         sin: ``(n,)`` its sine.
@@ -122,12 +161,17 @@ class StemSteps:
         hop: ``(n,)`` neighbour hopped to (0-2), or -1.
         drift_df: Per episode, ``(m, 2)`` view-centre changes of the steps without re-centring.
         drift_t: Per episode, ``(m,)`` their elapsed times.
+        loc_r: Per episode, ``(m, 2)`` the Si's measured displacement over each step read as
+            "no hop", less the episode's drift (image captures; empty on ``sim`` captures).
+        loc_t: Per episode, ``(m,)`` their elapsed times.
         dropped: Steps left out, by reason.
     """
 
     dataset: np.ndarray
     episode: np.ndarray
     offset: np.ndarray
+    lead_s: np.ndarray
+    box_mu: np.ndarray
     dwell_s: np.ndarray
     cos: np.ndarray
     sin: np.ndarray
@@ -136,6 +180,8 @@ class StemSteps:
     hop: np.ndarray
     drift_df: list[np.ndarray]
     drift_t: list[np.ndarray]
+    loc_r: list[np.ndarray]
+    loc_t: list[np.ndarray]
     dropped: dict[str, int]
 
     @property
@@ -158,6 +204,8 @@ class StemSteps:
             dataset=self.dataset[idx],
             episode=np.concatenate(new_ep) if new_ep else np.zeros(0, dtype=np.int64),
             offset=self.offset[idx],
+            lead_s=self.lead_s[idx],
+            box_mu=self.box_mu[idx],
             dwell_s=self.dwell_s[idx],
             cos=self.cos[idx],
             sin=self.sin[idx],
@@ -166,6 +214,8 @@ class StemSteps:
             hop=self.hop[idx],
             drift_df=[self.drift_df[int(e)] for e in episodes],
             drift_t=[self.drift_t[int(e)] for e in episodes],
+            loc_r=[self.loc_r[int(e)] for e in episodes],
+            loc_t=[self.loc_t[int(e)] for e in episodes],
             dropped=dict(self.dropped),
         )
 
@@ -315,6 +365,9 @@ def read_episode(
     angle = np.arctan2(nbr[:, 0, 1], nbr[:, 0, 0]) - math.pi / 6.0  # bond_unit(0, s=0) at 30 deg
     return {
         "offset": (command[:, :2] - true_si[before])[keep],
+        "lead_s": np.zeros(int(keep.sum())),
+        "box_mu": np.zeros((int(keep.sum()), 2)),
+        "step": np.flatnonzero(keep),
         "dwell_s": dwell[keep],
         "nbrs": nbr[keep],
         "outcome": outcome[keep],
@@ -323,6 +376,8 @@ def read_episode(
         "sin": np.sin(angle)[keep],
         "df": (view[after] - view[before])[drift_ok],
         "t": elapsed[drift_ok].astype(np.float64),
+        "loc_r": np.zeros((0, 2)),
+        "loc_t": np.zeros(0),
         "dropped": drop,
     }
 
@@ -332,6 +387,26 @@ def read_episode(
 #: displacement implies. Alignment slips jump to another lattice match, >= ~0.7 A away;
 #: localisation (two frames, ~0.1 A each) and drift diffusion over a step stay near 0.2 A.
 IMAGE_TOLERANCE_ANGSTROM = 0.5
+
+
+def kernel_order(nbrs: np.ndarray) -> np.ndarray:
+    """Neighbour offsets reordered as the kernel numbers an Si's bonds.
+
+    The kernel's bond ``k`` of an Si on sublattice 0 points at ``30 + 120 k`` degrees from the
+    lattice angle (:func:`twinloop.sim.stem.kernel.bond_unit`); the fit takes the lattice
+    angle from neighbour 0, so neighbours 1 and 2 must follow at +120 and +240 degrees.
+    Perception lists them in another order on about half of the frames; read as they come, a
+    hop towards one neighbour was scored with the other one's rate.
+
+    Args:
+        nbrs: ``(n, 3, 2)`` neighbour offsets, neighbour 0 first.
+    """
+    a0 = np.arctan2(nbrs[:, 0, 1], nbrs[:, 0, 0])
+    want1 = np.stack([np.cos(a0 + 2.0 * math.pi / 3.0), np.sin(a0 + 2.0 * math.pi / 3.0)], -1)
+    swap = (nbrs[:, 2] * want1).sum(-1) > (nbrs[:, 1] * want1).sum(-1)
+    out = nbrs.copy()
+    out[swap, 1], out[swap, 2] = nbrs[swap, 2], nbrs[swap, 1]
+    return out
 
 
 def read_image_episode(
@@ -370,7 +445,7 @@ def read_image_episode(
     n = command.shape[0]
     s = _field(obs, layout, "si_position_angstrom")
     g = _field(obs, layout, "goal_offset_angstrom")
-    nb = _field(obs, layout, "neighbor_offsets_angstrom")
+    nb = kernel_order(_field(obs, layout, "neighbor_offsets_angstrom"))
     view = -(g + s)  # estimated view centre minus the goal
     before, after = slice(0, n), slice(1, n + 1)
     f = failure.astype(np.int64)
@@ -421,8 +496,17 @@ def read_image_episode(
         "alignment_slip_drift_only": int((tracked & slip).sum()),
     }
     angle = np.arctan2(nbr[:, 0, 1], nbr[:, 0, 0]) - math.pi / 6.0
+    # the frame is scanned bottom row first (row 0 at the smallest y, as the perception reads
+    # it): the Si was seen when the scan passed its row, and the view drifts on until the
+    # frame's end, after which the probe is parked
+    fov = settings.cfg.microscope.fov_angstrom
+    lead = settings.frame_s * np.clip(0.5 - s[before, 1] / fov, 0.0, 1.0)
+    still = tracked & on_lattice & stay  # localisation: two frames' errors plus diffusion
     return {
         "offset": (command[:, :2] - s[before])[keep],
+        "lead_s": lead[keep],
+        "box_mu": (s[before] - v * t[:, None])[keep],
+        "step": np.flatnonzero(keep),
         "dwell_s": dwell[keep],
         "nbrs": nbr[keep],
         "outcome": outcome[keep],
@@ -431,6 +515,8 @@ def read_image_episode(
         "sin": np.sin(angle)[keep],
         "df": df[drift_ok],
         "t": t[drift_ok],
+        "loc_r": pred[still],
+        "loc_t": t[still],
         "dropped": drop,
     }
 
@@ -485,6 +571,8 @@ def read_captures(
             [np.full(p["dwell_s"].size, e, dtype=np.int64) for e, p in enumerate(parts)]
         ),
         offset=cat("offset"),
+        lead_s=cat("lead_s"),
+        box_mu=cat("box_mu"),
         dwell_s=cat("dwell_s"),
         cos=cat("cos"),
         sin=cat("sin"),
@@ -493,6 +581,8 @@ def read_captures(
         hop=cat("hop"),
         drift_df=[p["df"] for p in parts],
         drift_t=[p["t"] for p in parts],
+        loc_r=[p["loc_r"] for p in parts],
+        loc_t=[p["loc_t"] for p in parts],
         dropped=dropped,
     )
     return steps, settings
@@ -555,6 +645,62 @@ def fit_drift(steps: StemSteps) -> DriftFit:
     return DriftFit(vel, diffusion, speed_max, m, dof, ss, speeds, speed_sd)
 
 
+# --- the beam offset's error on image captures --------------------------------------------------
+@dataclasses.dataclass
+class BlurFit:
+    """Per capture, the error of the beam offsets read from frames (image captures only).
+
+    Attributes:
+        sd: ``(n_datasets,)`` sd per axis of the Gaussian error of a beam offset (A); 0 for a
+            ``sim`` capture (its offsets are exact).
+        localisation_sd: ``(n_datasets,)`` the frames' own part of it (A; NaN for ``sim``).
+        n_still: ``(n_datasets,)`` steps read as "no hop" that measured the localisation.
+        diffusion: The drift's diffusion used (A^2/s).
+    """
+
+    sd: np.ndarray
+    localisation_sd: np.ndarray
+    n_still: np.ndarray
+    diffusion: float = 0.0
+
+
+def fit_blur(steps: StemSteps, settings: Sequence[Settings], diffusion: float) -> BlurFit:
+    """The error of the beam offsets of each image capture (see the module doc).
+
+    Over a step read as "no hop" the Si's measured displacement less the drift is the
+    difference of two frames' localisation errors plus the random walk over the step, so per
+    axis ``E r^2 = 2 s_loc^2 + 2 D t``; with ``D`` from the drift fit,
+    ``s_loc^2 = max(0, mean(|r|^2 / 2 - 2 D t) / 2)``. Between the frame that measured the Si
+    and the dwell the view walks on for the rest of the frame and the beam's settle (the
+    twin applies a frame's walk after its scan: ``frame_s + settle_s``), so a beam offset's
+    error has ``s^2 = s_loc^2 + 2 D (frame_s + settle_s)`` per axis.
+
+    Args:
+        steps: The captured steps.
+        settings: Each capture's settings.
+        diffusion: The drift's diffusion ``D`` (A^2/s; NaN: taken as 0, so the walk over
+            the stills is counted as localisation).
+    """
+    n_ds = len(settings)
+    d = diffusion if math.isfinite(diffusion) else 0.0
+    ep_ds = np.full(steps.n_episodes, -1, dtype=np.int64)
+    ep_ds[steps.episode] = steps.dataset
+    sd, loc, n_still = np.zeros(n_ds), np.full(n_ds, math.nan), np.zeros(n_ds, dtype=np.int64)
+    for j, st in enumerate(settings):
+        if not st.from_images:
+            continue
+        eps = np.flatnonzero(ep_ds == j)
+        r = np.concatenate([steps.loc_r[e] for e in eps] or [np.zeros((0, 2))])
+        t = np.concatenate([steps.loc_t[e] for e in eps] or [np.zeros(0)])
+        n_still[j] = t.size
+        s2 = 0.0
+        if t.size:
+            s2 = max(0.0, float(np.mean(0.5 * (r**2).sum(axis=1) - 2.0 * d * t)) / 2.0)
+        loc[j] = math.sqrt(s2)
+        sd[j] = math.sqrt(s2 + 2.0 * d * (st.frame_s + st.settle_s))
+    return BlurFit(sd, loc, n_still, d)
+
+
 # --- the rate likelihood ------------------------------------------------------------------------
 @njit(inline="always")
 def _between(a: float, c: float, dt: float) -> float:
@@ -573,6 +719,122 @@ def _first(a: float, dt: float) -> float:
     return -math.expm1(-a * dt) / a
 
 
+#: A degree-5 cubature of the standard bivariate normal (Stroud's 7-point rule): the centre
+#: with weight 1/2 and six points at radius 2 every 60 degrees with weight 1/12 each. It
+#: integrates every polynomial of degree <= 5 exactly; the beam-offset error it averages over
+#: (~0.1 A) is a quarter of the rate profile's width, so the next term is ~(1/4)^6 of it.
+BLUR_NODES = np.array(
+    [[0.0, 0.0]]
+    + [[2.0 * math.cos(k * math.pi / 3.0), 2.0 * math.sin(k * math.pi / 3.0)] for k in range(6)]
+)
+BLUR_WEIGHTS = np.array([0.5] + [1.0 / 12.0] * 6)
+
+
+@njit
+def _step_prob(
+    f: np.ndarray,
+    ox: float,
+    oy: float,
+    vx: float,
+    vy: float,
+    lead: float,
+    dwell: float,
+    nbrs: np.ndarray,
+    o: int,
+    k: int,
+    settle: float,
+    frame: float,
+    res: float,
+    box: np.ndarray,
+) -> tuple[float, float]:
+    """Probability of one step's outcome ``o`` (hop to ``k``) with the beam offset ``ox, oy``.
+
+    Also the probability that the step is kept (1 unless ``box[3] > 0``): an image capture
+    drops a step whose Si, seen after it, left the central box of half-width ``box[3]``
+    (re-centred); ``box[:2]`` is where the Si would be seen without a hop, ``box[2]`` the sd
+    of that per axis. Every failure is kept (the view is not re-centred on one).
+    """
+    lam0 = np.empty(3)
+    ko, loss = f[K.F_KO], f[K.F_LOSS]
+    e_all = 1.0 + ko + loss
+    speed = math.sqrt(vx * vx + vy * vy)
+    n_pieces = 1 + int(min(speed * dwell / res, 1000.0))
+    dt = dwell / n_pieces
+    t0 = lead + settle
+    h0 = 0.0  # cumulative hazard of any event at the start site (x e_all)
+    first = np.zeros(3)  # P(first event is a hop to k)
+    single = np.zeros(3)  # P(hop to k, then nothing)
+    # hazards at the new site over the remaining pieces: computed back to front
+    after = np.zeros((n_pieces + 1, 3))
+    for p in range(n_pieces - 1, -1, -1):
+        bx = ox + vx * (t0 + (p + 0.5) * dt)
+        by = oy + vy * (t0 + (p + 0.5) * dt)
+        for q in range(3):
+            tot = 0.0
+            for r in range(3):
+                tot += K.neighbor_rate(r, nbrs[q, 0], nbrs[q, 1], 1, bx, by, f)
+            after[p, q] = after[p + 1, q] + e_all * tot * dt
+    r_img = f[K.F_IMG_RATE]
+    a_img = 3.0 * e_all * r_img
+    img_surv = math.exp(-a_img * frame)
+    for p in range(n_pieces):
+        bx = ox + vx * (t0 + (p + 0.5) * dt)
+        by = oy + vy * (t0 + (p + 0.5) * dt)
+        total = 0.0
+        for q in range(3):
+            lam0[q] = K.neighbor_rate(q, 0.0, 0.0, 0, bx, by, f)
+            total += lam0[q]
+        a = e_all * total
+        pre = math.exp(-h0)
+        for q in range(3):
+            c = (after[p, q] - after[p + 1, q]) / dt
+            first[q] += pre * lam0[q] * _first(a, dt)
+            single[q] += pre * lam0[q] * _between(a, c, dt) * math.exp(-after[p + 1, q])
+        h0 += a * dt
+    surv_dwell = math.exp(-h0)
+    for q in range(3):
+        single[q] *= img_surv
+        first[q] += surv_dwell * r_img * _first(a_img, frame)
+        single[q] += surv_dwell * r_img * frame * img_surv
+    p_stay = surv_dwell * img_surv
+    hop_then = first[0] + first[1] + first[2] - single[0] - single[1] - single[2]
+    kept = 1.0
+    if box[3] > 0.0:  # several hops: taken to land where no hop would
+        still = _in_box(box[0], box[1], box[2], box[3])
+        kept = (ko + loss) / e_all * (1.0 - p_stay + hop_then)
+        kept += (p_stay + hop_then / e_all) * still
+        for q in range(3):
+            kept += single[q] * _in_box(box[0] + nbrs[q, 0], box[1] + nbrs[q, 1], box[2], box[3])
+    if o == STAY:
+        prob = p_stay
+    elif o == HOP:
+        prob = single[k]
+    elif o == EDGE_HOP:
+        prob = first[k]
+    elif o == KO_STAY:
+        prob = ko / e_all * (1.0 - p_stay)
+    elif o == KO_HOP:
+        prob = ko / e_all * (first[k] - single[k])
+    elif o == LOST_STAY:
+        prob = loss / e_all * (1.0 - p_stay)
+    elif o == LOST_HOP:
+        prob = loss / e_all * (first[k] - single[k])
+    elif o in (KO_ANY, LOST_ANY):
+        prob = (ko if o == KO_ANY else loss) / e_all * (1.0 - p_stay + hop_then)
+    else:  # MULTI
+        prob = hop_then / e_all
+    return prob, kept
+
+
+@njit(inline="always")
+def _in_box(x: float, y: float, sd: float, half: float) -> float:
+    """P(|x + e| <= half and |y + e'| <= half) for independent ``e, e' ~ N(0, sd^2)``."""
+    z = 1.0 / (math.sqrt(2.0) * max(sd, 1e-9))
+    px = 0.5 * (math.erf((half - x) * z) + math.erf((half + x) * z))
+    py = 0.5 * (math.erf((half - y) * z) + math.erf((half + y) * z))
+    return px * py
+
+
 @njit
 def step_loglik(
     rows: np.ndarray,
@@ -580,6 +842,9 @@ def step_loglik(
     offset: np.ndarray,
     velocity: np.ndarray,
     episode: np.ndarray,
+    lead_s: np.ndarray,
+    blur_sd: np.ndarray,
+    box: np.ndarray,
     dwell_s: np.ndarray,
     cos: np.ndarray,
     sin: np.ndarray,
@@ -594,9 +859,14 @@ def step_loglik(
     Args:
         rows: ``(n_datasets, N_F)`` rate rows (``kernel.reset`` of the candidate physics).
         dataset: ``(n,)`` dataset of each step.
-        offset: ``(n, 2)`` beam minus Si when the command was given (A).
+        offset: ``(n, 2)`` beam minus Si when the Si was measured (A).
         velocity: ``(n_episodes, 2)`` drift velocity of each episode (A/s).
         episode: ``(n,)`` episode of each step.
+        lead_s: ``(n,)`` time from the Si's measurement to the end of its frame (s).
+        blur_sd: ``(n,)`` sd per axis of the Gaussian error of ``offset`` (A): the step's
+            likelihood is averaged over it (:data:`BLUR_NODES`); 0 takes ``offset`` as exact.
+        box: ``(n, 4)`` the re-centring box of image captures (see :func:`_step_prob`): the
+            likelihood is conditional on the step being kept; ``box[:, 3] = 0``: no box.
         dwell_s: ``(n,)`` dwell.
         cos: ``(n,)`` lattice cosine (neighbour 0 as measured, sublattice 0).
         sin: ``(n,)`` lattice sine.
@@ -607,77 +877,37 @@ def step_loglik(
         out: ``(n,)`` output.
     """
     f = np.empty(rows.shape[1])
-    lam0 = np.empty(3)
     for i in range(outcome.size):
         j = dataset[i]
         f[:] = rows[j]
         f[K.F_COS] = cos[i]
         f[K.F_SIN] = sin[i]
-        ko, loss = f[K.F_KO], f[K.F_LOSS]
-        e_all = 1.0 + ko + loss
-        settle, frame, res = timing[j, 0], timing[j, 1], timing[j, 2]
         vx, vy = velocity[episode[i], 0], velocity[episode[i], 1]
-        dwell = dwell_s[i]
-        speed = math.sqrt(vx * vx + vy * vy)
-        n_pieces = 1 + int(min(speed * dwell / res, 1000.0))
-        dt = dwell / n_pieces
-        h0 = 0.0  # cumulative hazard of any event at the start site (x e_all)
-        first = np.zeros(3)  # P(first event is a hop to k)
-        single = np.zeros(3)  # P(hop to k, then nothing)
-        # hazards at the new site over the remaining pieces: computed back to front
-        after = np.zeros((n_pieces + 1, 3))
-        for p in range(n_pieces - 1, -1, -1):
-            bx = offset[i, 0] + vx * (settle + (p + 0.5) * dt)
-            by = offset[i, 1] + vy * (settle + (p + 0.5) * dt)
-            for k in range(3):
-                tot = 0.0
-                for q in range(3):
-                    tot += K.neighbor_rate(q, nbrs[i, k, 0], nbrs[i, k, 1], 1, bx, by, f)
-                after[p, k] = after[p + 1, k] + e_all * tot * dt
-        r_img = f[K.F_IMG_RATE]
-        a_img = 3.0 * e_all * r_img
-        img_surv = math.exp(-a_img * frame)
-        for p in range(n_pieces):
-            bx = offset[i, 0] + vx * (settle + (p + 0.5) * dt)
-            by = offset[i, 1] + vy * (settle + (p + 0.5) * dt)
-            total = 0.0
-            for k in range(3):
-                lam0[k] = K.neighbor_rate(k, 0.0, 0.0, 0, bx, by, f)
-                total += lam0[k]
-            a = e_all * total
-            pre = math.exp(-h0)
-            for k in range(3):
-                c = (after[p, k] - after[p + 1, k]) / dt
-                first[k] += pre * lam0[k] * _first(a, dt)
-                single[k] += pre * lam0[k] * _between(a, c, dt) * math.exp(-after[p + 1, k])
-            h0 += a * dt
-        surv_dwell = math.exp(-h0)
-        for k in range(3):
-            single[k] *= img_surv
-            first[k] += surv_dwell * r_img * _first(a_img, frame)
-            single[k] += surv_dwell * r_img * frame * img_surv
-        p_stay = surv_dwell * img_surv
-        o, k = outcome[i], hop[i]
-        if o == STAY:
-            prob = p_stay
-        elif o == HOP:
-            prob = single[k]
-        elif o == EDGE_HOP:
-            prob = first[k]
-        elif o == KO_STAY:
-            prob = ko / e_all * (1.0 - p_stay)
-        elif o == KO_HOP:
-            prob = ko / e_all * (first[k] - single[k])
-        elif o == LOST_STAY:
-            prob = loss / e_all * (1.0 - p_stay)
-        elif o == LOST_HOP:
-            prob = loss / e_all * (first[k] - single[k])
-        elif o in (KO_ANY, LOST_ANY):
-            hop_then = first[0] + first[1] + first[2] - single[0] - single[1] - single[2]
-            prob = (ko if o == KO_ANY else loss) / e_all * (1.0 - p_stay + hop_then)
-        else:  # MULTI
-            prob = (first[0] + first[1] + first[2] - single[0] - single[1] - single[2]) / e_all
-        out[i] = math.log(max(prob, 1e-300))
+        settle, frame, res = timing[j, 0], timing[j, 1], timing[j, 2]
+        sd = blur_sd[i]
+        n_nodes = BLUR_WEIGHTS.size if sd > 0.0 else 1
+        prob, kept = 0.0, 0.0
+        for q in range(n_nodes):
+            w = BLUR_WEIGHTS[q] if sd > 0.0 else 1.0
+            p_o, p_kept = _step_prob(
+                f,
+                offset[i, 0] + sd * BLUR_NODES[q, 0],
+                offset[i, 1] + sd * BLUR_NODES[q, 1],
+                vx,
+                vy,
+                lead_s[i],
+                dwell_s[i],
+                nbrs[i],
+                outcome[i],
+                hop[i],
+                settle,
+                frame,
+                res,
+                box[i],
+            )
+            prob += w * p_o
+            kept += w * p_kept
+        out[i] = math.log(max(prob, 1e-300)) - math.log(max(kept, 1e-300))
 
 
 # --- parameters ---------------------------------------------------------------------------------
@@ -731,6 +961,8 @@ class RateModel:
         settings: Each capture's settings.
         velocity: ``(n_episodes, 2)`` drift velocities.
         fixed: Dotted path -> value for parameters held fixed (not identified).
+        blur: The error of each capture's beam offsets (:func:`fit_blur`); None: the
+            offsets are exact and no step was dropped for its outcome.
     """
 
     def __init__(
@@ -739,6 +971,7 @@ class RateModel:
         settings: Sequence[Settings],
         velocity: np.ndarray,
         fixed: dict[str, float],
+        blur: BlurFit | None = None,
     ) -> None:
         """Prepare the arrays and a scratch kernel state for building rate rows."""
         self.steps = steps
@@ -748,6 +981,22 @@ class RateModel:
         self.timing = np.array(
             [[s.settle_s, s.frame_s, s.drift_resolution_angstrom] for s in self.settings]
         )
+        n = steps.outcome.size
+        self.blur_sd = np.zeros(n)
+        self.box = np.zeros((n, 4))
+        if blur is not None:
+            ds = steps.dataset
+            self.blur_sd = np.ascontiguousarray(blur.sd[ds], dtype=np.float64)
+            img = np.array([s.from_images for s in self.settings])[ds]
+            half = np.array(
+                [0.5 * s.cfg.microscope.recentre_fraction * s.cfg.microscope.fov_angstrom
+                 for s in self.settings]
+            )[ds]  # fmt: skip
+            t = self.timing[ds, 0] + steps.dwell_s + self.timing[ds, 1]
+            loc = np.nan_to_num(blur.localisation_sd[ds])
+            self.box[:, :2] = steps.box_mu
+            self.box[:, 2] = np.sqrt(2.0 * loc**2 + 2.0 * blur.diffusion * t)
+            self.box[:, 3] = np.where(img, half, 0.0)
         self._state = K.new_state(1)
         self._rng = new_streams(1)
         self._out = np.zeros(steps.outcome.size)
@@ -776,6 +1025,9 @@ class RateModel:
             s.offset,
             self.velocity,
             s.episode,
+            s.lead_s,
+            self.blur_sd,
+            self.box,
             s.dwell_s,
             s.cos,
             s.sin,
@@ -958,6 +1210,15 @@ def at_bounds(free: Sequence[_Free], u: np.ndarray, tol: float = 1e-4) -> np.nda
     return out
 
 
+def _fmt_sd(sd: np.ndarray) -> str:
+    """The image captures' offset errors, as ``0.095`` or ``0.09-0.11``."""
+    vals = sd[sd > 0]
+    if not vals.size:
+        return "0"
+    lo, hi = float(vals.min()), float(vals.max())
+    return f"{lo:.2g}" if f"{lo:.2g}" == f"{hi:.2g}" else f"{lo:.2g}-{hi:.2g}"
+
+
 def _fmt_bound(p: _Free, u: float) -> str:
     return f"{float(p.from_u(u)):.4g}"
 
@@ -1079,7 +1340,8 @@ def _fit_once(
         if missing:
             raise ValueError(f"resample does not identify {sorted(missing)}")
     fixed: dict[str, float] = {}
-    model = RateModel(steps, settings, drift.velocity, fixed)
+    blur = fit_blur(steps, settings, drift.diffusion[0])
+    model = RateModel(steps, settings, drift.velocity, fixed, blur)
     cfg0 = settings[0].cfg
     u0 = np.array([p.to_u(float(_get(cfg0, p.path))) for p in free])
     u, nll = _minimize(model, free, u0)
@@ -1132,7 +1394,8 @@ def _fit_once(
                 note = "laplace"
                 if any(s.from_images for s in settings) and p.path in shape:
                     note += (
-                        "; beam offsets read from frames (their localisation error is not modelled)"
+                        "; beam offsets read from frames, their error integrated out (sd "
+                        f"{_fmt_sd(blur.sd)} A per axis)"
                     )
                 if p.path.endswith(("barn_60kv", "peak_rate_per_s")):
                     note += reasons.get("_note_energy", "")
@@ -1190,6 +1453,13 @@ def _fit_once(
     }
     details = {
         "outcomes": counts,
+        "beam_offset_error": {  # image captures: what the rate likelihood averages over
+            "sd_angstrom": [float(x) for x in blur.sd],
+            "localisation_sd_angstrom": [
+                None if math.isnan(x) else float(x) for x in blur.localisation_sd
+            ],
+            "still_steps": [int(x) for x in blur.n_still],
+        },
         "dropped_steps": dict(steps.dropped),
         "neg_log_likelihood": nll,
         "drift_episodes": drift.n_episodes,
