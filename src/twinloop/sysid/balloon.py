@@ -1,4 +1,4 @@
-"""Balloon system identification: the power budget from the battery's charge trace.
+"""Balloon system identification: power budget, forecast error, vertical physics, BLE's noise.
 
 What a flight controller reports per control step, and a capture of
 ``twinloop/BalloonStationKeeping-v0`` holds, is enough: the observation before and after the
@@ -60,13 +60,31 @@ carry no information; captures do not record reset options, so such an episode i
 only by its constant in-situ wind (a constant table) and left out and counted. A table that
 varies with pressure is not recognised: fit the forecast error to captures of drawn winds.
 
-Not identified (reported with the reason, left out of the override file): the envelope, lift
-gas and drag (the captured pressure trace constrains a buoyancy combination of volume, helium
-and mass that no single config field states, and the vertical rate also depends on the gas
-temperature, which a device does not report), the compressor efficiency and the valve
-discharge (their effect is the ballonet air, seen only through the same unreported gas
-temperature; not fitted by this version), the BLE noise (not fitted by this version), and the
-forecast error of gridded or BLE winds or of captures without a usable episode.
+Envelope, lift gas, drag and altitude control (the seven of
+:data:`twinloop.sysid.balloon_vertical.VERTICAL_PATHS`): each replayable episode (its start
+drawn from its recorded seed) is flown again with the kernel under the applied commands and
+the reported winds, and the replayed pressure and superpressure are fitted to the reported
+ones over their float32 rounding; see :mod:`twinloop.sysid.balloon_vertical`. The
+compressor's efficiency is a multiplier of its whole table: its estimate is the table's
+mean, and the override file gets the whole fitted table (``details["table_overrides"]``).
+These intervals are always Laplace (``boot`` applies to the power budget only).
+
+BLE's wind noise (``wind.ble_noise_variance_m2_per_s2``, ``source="ble-vae"`` only): the
+forecast is rebuilt from each episode's seed as above (BLE's decoder at the drawn latent),
+and so is the noise field: its harmonics' seeds and offsets are drawn from the same stream,
+and the field scales with the noise's sd, so the residual (in-situ wind minus forecast) is
+``sd g`` with ``g`` the kernel's :func:`~twinloop.sim.balloon.wind.ble_noise` of sd 1 at the
+same point. The sd is the least-squares slope of the residuals on ``g`` (both components,
+every step), its interval the slope's normal interval from the regression's residual
+variance (floored at the winds' float32 rounding), both squared. A chi-square interval as
+for the forecast error would need the field's variance at a point, which the harmonic sum
+sets only approximately; the regression needs neither.
+
+Not identified (reported with the reason, left out of the override file): a vertical fit
+that did not reach the telemetry's rounding (all seven), or whose interval is wide against
+the prior; captures without a replayable episode (every start set by reset options); BLE's
+noise for other wind sources; and the forecast error of gridded or BLE winds or of captures
+without a usable episode.
 """
 
 from __future__ import annotations
@@ -83,6 +101,7 @@ from twinloop.sim.balloon import kernel as K
 from twinloop.sim.balloon import wind as W
 from twinloop.sim.balloon.config import BalloonConfig
 from twinloop.sim.balloon.profile import PRIORS
+from twinloop.sysid import balloon_vertical as V
 from twinloop.sysid.base import ParameterEstimate, Progress, SysidResult
 
 #: The parameters of the power fit, in the order of the columns of ``(S, H_night, H_day, A)``.
@@ -109,37 +128,17 @@ MIN_BOOT_EPISODES = 5
 SOC_MARGIN = 1e-3
 
 _REASONS = {
-    "vehicle.envelope_volume_base_m3": (
-        "not identified: envelope volume, helium and envelope mass trade off in the lift; "
-        "the pressure trace constrains only their buoyancy combination, which no single "
-        "config field states"
-    ),
-    "vehicle.envelope_dv_dp_m3_per_pa": (
-        "not identified: the film stiffness acts through the envelope volume, which also "
-        "depends on the gas temperature, and a device does not report it"
-    ),
-    "vehicle.envelope_mass_kg": (
-        "not identified: trades off with envelope volume and helium in the lift"
-    ),
-    "vehicle.helium_mol": ("not identified: trades off with envelope volume and mass in the lift"),
-    "vehicle.drag_coefficient": (
-        "not identified: the vertical rate depends on drag and on the unreported gas "
-        "temperature and lift together"
-    ),
-    "vehicle.valve_discharge_coefficient": (
-        "not fitted by this version: the vent changes the ballonet air, seen only through the "
-        "superpressure, which also moves with the unreported gas temperature"
-    ),
-    "vehicle.acs_efficiency_kg_per_wh": (
-        "not fitted by this version: the compressor's mass flow is seen only through the "
-        "superpressure, which also moves with the unreported gas temperature"
-    ),
     "wind.ble_noise_variance_m2_per_s2": (
-        "not fitted by this version: applies to BLE's winds (source='ble-vae') only"
+        "not identified: applies to BLE's winds (source='ble-vae') only; these captures fly "
+        "another wind source"
     ),
 }
 #: The parameter of the forecast-error fit.
 FORECAST_ERROR_PATH = "wind.forecast_error_rms_m_per_s"
+#: BLE's wind noise (``source="ble-vae"`` only).
+BLE_NOISE_PATH = "wind.ble_noise_variance_m2_per_s2"
+#: Floor of the residual sd of the noise regression (m/s): the float32 rounding of winds.
+BLE_WIND_ROUNDING_SD = 1e-6
 #: Fewest usable episodes for the forecast error (each is one independent draw of the field).
 MIN_FORECAST_EPISODES = 3
 #: In-situ wind varying by less than this (m/s) over an episode: it flew in a constant start
@@ -456,6 +455,112 @@ def fit_forecast_error(
     return est, lo, hi, samples
 
 
+# --- BLE's wind noise ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class BleNoiseResiduals:
+    """In-situ wind minus the rebuilt forecast, and BLE's noise of unit sd there, per step.
+
+    Attributes:
+        residual: ``(n, 2)`` in-situ wind minus the forecast (m/s).
+        unit_noise: ``(n, 2)`` the episode's noise field evaluated with sd 1 at the same point.
+        n_episodes: Episodes used.
+        dropped: Episodes left out, by reason.
+    """
+
+    residual: np.ndarray
+    unit_noise: np.ndarray
+    n_episodes: int
+    dropped: dict[str, int]
+
+
+def ble_noise_residuals(
+    datasets: Sequence[Any], max_episodes: int | None = None
+) -> BleNoiseResiduals:
+    """Rebuild each episode's BLE forecast and noise field from its seed (see the module doc).
+
+    Raises:
+        ValueError: A capture whose wind is not BLE's, or an episode without seed or time_s.
+    """
+    from twinloop.sim.balloon.env import BalloonSimBackend
+
+    res: list[np.ndarray] = []
+    unit: list[np.ndarray] = []
+    dropped: dict[str, int] = {}
+    n_ep = used = 0
+    for ds in datasets:
+        cfg = config_of(ds)
+        if cfg.wind.source != "ble-vae":
+            raise ValueError(
+                f"{ds.path}: wind source {cfg.wind.source!r}; BLE's noise applies to "
+                "source='ble-vae' only"
+            )
+        layout = ds.metadata["twinloop"]["env_metadata"]["observation_layout"]
+        shadow = BalloonSimBackend(cfg)
+        for ep in ds.iterate_episodes():
+            if max_episodes is not None and n_ep >= max_episodes:
+                break
+            n_ep += 1
+            seed = (getattr(ep, "metadata", None) or {}).get("seed")
+            if seed is None or "time_s" not in ep.infos:
+                raise ValueError(f"{ds.path}: episode {ep.id} has no seed or no time_s info")
+            obs = np.asarray(ep.observations)
+            measured = _field(obs, layout, "wind_measured_m_per_s")
+            if obs.shape[0] < 3 or np.all(np.ptp(measured[1:], axis=0) < TABLE_WIND_SPREAD_M_PER_S):
+                dropped["start_wind_table_or_short"] = (
+                    dropped.get("start_wind_table_or_short", 0) + 1
+                )
+                continue
+            ts = np.asarray(ep.infos["time_s"], dtype=np.float64).reshape(-1)
+            dist = _field(obs, layout, "distance_km")[:, 0] * 1000.0
+            direction = _field(obs, layout, "station_direction")
+            p = _field(obs, layout, "pressure_pa")[:, 0]
+            shadow.reset(seed=int(seed))
+            f, _, wind, work, _params, wp, grid, levels = shadow.kernel_args()
+            t_offset = float(f[0, K.F_T_OFFSET])
+            noise_at = W.TABLE_SIZE + W.VAE_PSI_SIZE
+            for t in range(obs.shape[0] - 1):
+                x, y = -dist[t] * direction[t, 0], -dist[t] * direction[t, 1]
+                fu, fv = K.wind_at(
+                    0, x, y, p[t], ts[t] + t_offset, ts[t], False, wind, work, wp, grid, levels
+                )
+                res.append(measured[t + 1] - np.array([fu, fv]))
+                unit.append(np.array(W.ble_noise(wind[0], noise_at, x, y, p[t], ts[t], 1.0)))
+            used += 1
+    return BleNoiseResiduals(
+        np.asarray(res, dtype=np.float64).reshape(-1, 2),
+        np.asarray(unit, dtype=np.float64).reshape(-1, 2),
+        used,
+        dropped,
+    )
+
+
+def fit_ble_noise(
+    noise: BleNoiseResiduals, rng: np.random.Generator, n_samples: int
+) -> tuple[float, float, float, np.ndarray]:
+    """Estimate, 95 % interval and samples of BLE's noise variance (m^2/s^2).
+
+    Least squares of the residual on the unit noise field (one slope, the noise's sd); the
+    interval is the slope's normal interval from the residual variance, squared.
+
+    Raises:
+        ValueError: Fewer than :data:`MIN_FORECAST_EPISODES` usable episodes.
+    """
+    if noise.n_episodes < MIN_FORECAST_EPISODES:
+        raise ValueError(
+            f"{noise.n_episodes} usable episodes for BLE's noise, fewer than "
+            f"{MIN_FORECAST_EPISODES} (episodes in a start wind table carry none)"
+        )
+    g = noise.unit_noise.ravel()
+    r = noise.residual.ravel()
+    gg = float(g @ g)
+    sd = float(g @ r) / gg
+    e = r - sd * g
+    se = math.sqrt(max(float(e @ e) / max(r.size - 1, 1), BLE_WIND_ROUNDING_SD**2) / gg)
+    draws = sd + se * rng.standard_normal(n_samples)
+    lo, hi = sd - _Z975 * se, sd + _Z975 * se
+    return sd * sd, max(lo, 0.0) ** 2, hi * hi, draws * draws
+
+
 # --- the fit ------------------------------------------------------------------------------------
 def _counts(steps: PowerSteps) -> dict[str, int]:
     d = steps.design
@@ -514,7 +619,7 @@ def fit_balloon(
     progress: Progress | None = None,
     n_samples: int = 4000,
 ) -> SysidResult:
-    """Fit a balloon's power budget to its captures (see the module doc).
+    """Fit a balloon's power budget, winds and vertical physics to its captures (module doc).
 
     Args:
         datasets: Open captures of ``twinloop/BalloonStationKeeping-v0`` of one device.
@@ -592,6 +697,7 @@ def fit_balloon(
     counts = _counts(steps)
     reasons = dict(_REASONS)
     forecast: dict[str, Any] = {}
+    table_overrides: dict[str, list[float]] = {}
     try:
         fres = forecast_residuals(datasets, max_episodes)
         forecast = {"episodes": int(fres.per_episode.size), "steps": fres.n_steps}
@@ -609,6 +715,46 @@ def fit_balloon(
         )
         samples = np.column_stack([samples, fe_samples])
         paths = [*paths, FORECAST_ERROR_PATH]
+    vertical: dict[str, Any] = {}
+    try:
+        vdata = V.read_vertical(datasets, max_episodes)
+        vertical = {"episodes": len(vdata.episodes), "dropped": dict(vdata.dropped)}
+        vfit = V.fit_vertical(vdata, rng, progress)
+    except ValueError as exc:
+        reasons.update({p: f"not identified: {exc}" for p in V.VERTICAL_PATHS})
+    else:
+        v_fitted, v_reasons, v_samples, v_paths = V.estimates(vfit, cfg, rng, samples.shape[0])
+        fitted.update(v_fitted)
+        reasons.update(v_reasons)
+        samples = np.column_stack([samples, v_samples])
+        paths = [*paths, *v_paths]
+        vertical.update(
+            observations=vdata.n_observations,
+            residual_rms=vfit.rms,
+            starts=vfit.starts,
+            replays=vfit.evaluations,
+        )
+        if V.ACS_PATH in v_fitted:
+            table_overrides[V.ACS_PATH] = V.fitted_table(cfg, vfit)
+    ble: dict[str, Any] = {}
+    if cfg.wind.source == "ble-vae":
+        try:
+            bres = ble_noise_residuals(datasets, max_episodes)
+            ble = {"episodes": bres.n_episodes, "steps": int(bres.residual.shape[0])}
+            ble["dropped"] = dict(bres.dropped)
+            bn, bn_lo, bn_hi, bn_samples = fit_ble_noise(bres, rng, samples.shape[0])
+        except ValueError as exc:
+            reasons[BLE_NOISE_PATH] = f"not identified: {exc}"
+        else:
+            fitted[BLE_NOISE_PATH] = (
+                bn,
+                bn_lo,
+                bn_hi,
+                f"least squares over {ble['steps']} steps: in-situ wind minus the forecast "
+                "rebuilt from each episode's seed, on the noise field of unit sd rebuilt alike",
+            )
+            samples = np.column_stack([samples, bn_samples])
+            paths = [*paths, BLE_NOISE_PATH]
     for k, name in enumerate(counts):
         if k not in cols:
             reasons[POWER_PATHS[k]] = (
@@ -620,6 +766,9 @@ def fit_balloon(
         "dropped": dict(steps.dropped),
         "residual_sd_wh": float(math.sqrt(s2) * est[cols.index(3)]),
         "forecast_error": forecast,
+        "vertical": vertical,
+        "ble_noise": ble,
+        "table_overrides": table_overrides,
     }
     return SysidResult(
         env_id="",

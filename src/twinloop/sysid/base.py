@@ -115,9 +115,18 @@ class SysidResult:
     profile_name: str | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def overrides(self) -> dict[str, float]:
-        """Dotted path -> fitted value, for the identified parameters only."""
-        return {e.path: float(e.estimate) for e in self.estimates if e.identified}
+    def overrides(self) -> dict[str, Any]:
+        """Dotted path -> fitted value, for the identified parameters only.
+
+        A table parameter (its estimate is the table's mean) takes the whole fitted table
+        from ``details["table_overrides"]`` when the fitter gives it there.
+        """
+        tables = self.details.get("table_overrides") or {}
+        return {
+            e.path: list(tables[e.path]) if e.path in tables else float(e.estimate)
+            for e in self.estimates
+            if e.identified
+        }
 
     def estimate(self, path: str) -> ParameterEstimate:
         """The entry of ``path``.
@@ -318,4 +327,7 @@ def fit(
 
 
 def _as_float(value: Any) -> float | None:
+    """A scalar, or a table's mean (a table's estimate is its mean), else None."""
+    if isinstance(value, tuple | list) and value and all(isinstance(v, int | float) for v in value):
+        return float(np.mean(value))
     return float(value) if isinstance(value, int | float) else None
