@@ -48,6 +48,13 @@ CLEARLY_OFF = (
     "plant.joint_friction_scale",
     "plant.actuation_delay_ms",
 )
+#: How close the estimates come at 6 episodes of 1.6 s (measured: 0.8 %, 0.10 kg, 0.4 %; with
+#: the floor's friction held at nominal they were 7 %, 0.98 kg and 19 % off).
+CLOSE = {
+    "plant.motor_strength": 0.04 * 0.85,
+    "plant.added_base_mass_kg": 0.5,
+    "plant.joint_friction_scale": 0.1 * 1.6,
+}
 
 
 def capture(
@@ -117,7 +124,8 @@ def device_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_fit_recovers_the_robots_plant_within_its_intervals(device_capture: Path) -> None:
     res, name, truth = _fit(device_capture)
     assert name == "device" and res.n_episodes == 6 and res.n_transitions == 480
-    assert {e.path for e in res.estimates if e.identified} == IDENTIFIED
+    identified = {e.path for e in res.estimates if e.identified}
+    assert IDENTIFIED <= identified <= IDENTIFIED | {"plant.floor_friction"}
     for e in res.estimates:
         if e.identified:
             t = truth[e.path]
@@ -125,17 +133,21 @@ def test_fit_recovers_the_robots_plant_within_its_intervals(device_capture: Path
             assert e.low <= e.estimate <= e.high
         else:  # reported as such, with the reason, never a value
             assert np.isnan(e.estimate) and e.note
-    # clearly off nominal: the interval excludes the simulator's value (the motor strength and
-    # the payload trade off against each other along one direction: their joint effect shows)
+    # the estimates come close to the robot (the floor's friction fitted with them: held at
+    # nominal, the feet's creep biased them); clearly off nominal: the interval excludes the
+    # simulator's value
+    for path, tol in CLOSE.items():
+        assert abs(res.estimate(path).estimate - truth[path]) < tol, path
     for path in CLEARLY_OFF:
         e = res.estimate(path)
         assert not e.low <= e.nominal <= e.high, f"{path}: did not move off nominal"
-    assert res.estimate("plant.motor_strength").estimate < 0.95
-    assert "slip" in res.estimate("plant.floor_friction").note
+    floor = res.estimate("plant.floor_friction")
+    assert floor.identified or "slip" in floor.note
     assert "one factor" in res.estimate("plant.mass_scale").note
     # the delay sits on the simulator's physics-step grid
     assert res.estimate("plant.actuation_delay_ms").estimate == pytest.approx(10.0)
-    assert res.samples.shape == (2000, 4) and res.sample_paths[-1] == "plant.actuation_delay_ms"
+    assert res.samples.shape == (2000, len(identified))
+    assert res.sample_paths[-1] == "plant.actuation_delay_ms"
     for k, path in enumerate(res.sample_paths):
         e = res.estimate(path)
         assert e.low <= np.median(res.samples[:, k]) <= e.high
@@ -177,42 +189,44 @@ def test_fit_refuses_captures_its_replay_does_not_follow(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_intervals_cover_random_robots_over_repeats(tmp_path: Path) -> None:
-    """Six robots drawn from the prior (every plant value off nominal): coverage per parameter.
+    """24 robots drawn from the prior (every plant value off nominal): coverage per parameter.
 
-    Measured (these seeds, 10 episodes of 2 s each): 20 of 24 intervals hold the truth
-    (motor strength 4/6, added mass 5/6, delay 5/6, joint friction 6/6), short of the nominal
-    95 %: the motor strength trades off against the payload and, one grid step off, against
-    the delay, and the local (curvature) intervals do not see that far. This guards against
-    regressions below that, not a proof of nominal coverage.
+    Measured (these seeds, 10 episodes of 2 s each; ~20 s of CPU per robot): 91 of 96
+    intervals hold the truth (motor strength 24/24, added mass 21/24, joint friction 23/24,
+    delay 23/24), every parameter identified; the floor's friction identified for 20 robots,
+    20/20 covered. Before the floor's friction was fitted and the variance made cluster-robust:
+    50 of 64 over 16 of these robots (20 of 24 over the first 6). 96 intervals cannot tell
+    95 % from 90 % apart: this guards at 90 %, not a proof of nominal coverage.
     """
     from twinloop.core.profile import parse_profile
     from twinloop.sim.locomotion.profile import PRIORS
 
     cfg = make_config(ENV_ID, **CAPTURE)
     hits = dict.fromkeys(IDENTIFIED, 0)
-    repeats = 6
+    repeats = 24
     for r in range(repeats):
         profile = parse_profile(f"random:{100 + r}", cfg, PRIORS)
         root = capture(tmp_path / f"c{r}", profile, 10, seed=10 + r)
         res, _, truth = _fit(root)
         for path in IDENTIFIED:
             e = res.estimate(path)
-            hits[path] += bool(e.low <= truth[path] <= e.high)
+            hits[path] += bool(e.low <= truth[path] <= e.high)  # not identified: a miss
             print(
                 f"repeat {r} {path}: true {truth[path]:.4g} est {e.estimate:.4g} "
                 f"[{e.low:.4g}, {e.high:.4g}]"
             )
-    assert all(h >= repeats - 2 for h in hits.values()), hits
-    assert sum(hits.values()) >= 19, hits
+    assert all(h >= repeats - 4 for h in hits.values()), hits
+    assert sum(hits.values()) >= 0.9 * len(IDENTIFIED) * repeats, hits
 
 
 @pytest.mark.slow
 def test_intervals_shrink_with_more_episodes(tmp_path: Path) -> None:
     """6 vs 24 episodes of one robot: every interval narrows, the estimates stay near the truth.
 
-    Measured: at 24 episodes the added mass comes out 2.34 kg [2.01, 2.70] for a true 2.0 (a
-    bias along the strength-payload ridge that more data does not remove), so closeness is
-    asserted within the interval's full width, not coverage.
+    Measured: at 24 episodes the added mass comes out 2.43 kg [2.02, 2.86] for a true 2.0 and
+    the joint friction 1.73 [1.53, 1.94] for 1.6 (a bias along the strength-payload ridge that
+    more data does not remove; before the floor's friction was fitted: 2.34 kg [2.01, 2.70]),
+    so closeness is asserted within the interval's full width, not coverage.
     """
     root = capture(tmp_path / "c", device_profile(tmp_path, DEVICE), 24, seed=3)
     few, _, truth = _fit(root, max_episodes=6)
