@@ -14,9 +14,27 @@ Implemented so far:
    the IQM and a 95 % stratified bootstrap interval over seeds (rliable's definitions,
    :mod:`twinloop.eval.metrics`), and the learning curves (recent training return) with
    bands. CPU-sized: the published agents train for days on many cores.
+2. **STEM, the paper's pipeline** (``stem``, in ``exp_agents_stem.py``): capture on the
+   microscope twin with hidden physics, rate model + sysid, PPO trained in the calibrated
+   (and nominal) simulator, agents vs ``planner`` / ``greedy-learned`` on the twin on the
+   same seeds.
+3. **Resets x replay ratio** (``resets``; cross-check ``resets-cartpole``; in
+   ``exp_agents_resets.py``): ``dqn`` without resets, with BBF's shrink-and-perturb + head
+   reset every 3,200 updates, or every 4,000 env steps, at replay ratios 1, 4, 16 and equal env
+   steps, on 12-h balloon flights (CartPole-v1 as a cross-check); held-out greedy TWR50
+   (return) per seed, IQM with 95 % stratified bootstrap intervals, probability of
+   improvement, learning curves.
+4. **SEM on and off** (``sem``, in ``exp_agents_stem.py``): simplicial embeddings on the
+   encoder vs none on LangRearrange-v0 rgb views; written, not run here (accelerator-sized).
+5. **Locomotion on the robot twin** (``locomotion``, in ``exp_agents_tasks.py``): PPO with
+   domain randomisation on ``twinloop/QuadrupedVelocity-v0``, then the same episodes on an
+   in-process robot twin with a hidden device profile; the sim-to-twin gap in velocity
+   tracking error with paired bootstrap intervals, beside ``stand`` and ``trot``.
+6. **Rearrangement splits** (``rearrangement``, in ``exp_agents_tasks.py``): PPO on
+   LangRearrange's training split (tokens + world state, no goal), success per LLaRP split
+   against ``oracle`` and ``scripted`` on the same episodes.
 
-The other five experiments of the issue (the STEM pipeline, resets x replay ratio, SEM on
-and off, locomotion PPO on the robot twin, rearrangement splits) are not written yet.
+What each run showed, failures included, is in ``benchmarks/README.md`` (Evidence 1-6).
 
 Prints a table and writes ``benchmarks/results/exp_agents_<name>.json`` and a PNG.
 """
