@@ -96,12 +96,13 @@ from typing import Any
 
 import numpy as np
 
-from twinloop.core.config import field_param, from_dict, override
+from twinloop.core.config import field_param, override
 from twinloop.sim.balloon import kernel as K
 from twinloop.sim.balloon import wind as W
 from twinloop.sim.balloon.config import BalloonConfig
 from twinloop.sim.balloon.profile import PRIORS
 from twinloop.sysid import balloon_vertical as V
+from twinloop.sysid.balloon_vertical import config_of
 from twinloop.sysid.base import ParameterEstimate, Progress, SysidResult
 
 #: The parameters of the power fit, in the order of the columns of ``(S, H_night, H_day, A)``.
@@ -183,23 +184,6 @@ class PowerSteps:
 
 
 # --- reading captures ---------------------------------------------------------------------------
-def config_of(dataset: Any) -> BalloonConfig:
-    """The recorded (nominal) config of a balloon capture.
-
-    Raises:
-        ValueError: Not a balloon capture.
-    """
-    tl = dataset.metadata.get("twinloop") or {}
-    raw = tl.get("env_config")
-    meta = tl.get("env_metadata") or {}
-    if meta.get("system") != "balloon" or not isinstance(raw, dict):
-        raise ValueError(f"{dataset.path} is not a balloon capture (no balloon config)")
-    try:
-        return from_dict(BalloonConfig, raw)
-    except Exception as exc:  # any mismatch means "not ours"
-        raise ValueError(f"{dataset.path}: recorded config is not a BalloonConfig: {exc}") from None
-
-
 def _field(obs: np.ndarray, layout: dict[str, Any], name: str) -> np.ndarray:
     if name not in layout:
         raise ValueError(f"observation has no field {name!r}; fields: {sorted(layout)}")

@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from twinloop.core.config import from_dict
 from twinloop.core.jit import njit
 from twinloop.sim.balloon import kernel as K
 from twinloop.sim.balloon.config import N_ACS_EFF_POWERS, N_ACS_EFF_RATIOS, BalloonConfig
@@ -107,6 +108,23 @@ CONVERGENCE_LOG = 1e-4
 IDENTIFIED_FRACTION = 0.25
 #: Step (ln units) of the central differences of the Laplace approximation.
 JACOBIAN_STEP = 1e-6
+
+
+def config_of(dataset: Any) -> BalloonConfig:
+    """The recorded (nominal) config of a balloon capture.
+
+    Raises:
+        ValueError: Not a balloon capture.
+    """
+    tl = dataset.metadata.get("twinloop") or {}
+    raw = tl.get("env_config")
+    meta = tl.get("env_metadata") or {}
+    if meta.get("system") != "balloon" or not isinstance(raw, dict):
+        raise ValueError(f"{dataset.path} is not a balloon capture (no balloon config)")
+    try:
+        return from_dict(BalloonConfig, raw)
+    except Exception as exc:  # any mismatch means "not ours"
+        raise ValueError(f"{dataset.path}: recorded config is not a BalloonConfig: {exc}") from None
 
 
 @dataclasses.dataclass
@@ -248,7 +266,6 @@ def read_vertical(datasets: Sequence[Any], max_episodes: int | None = None) -> V
         ValueError: Not balloon captures, or captures of different nominal configs.
     """
     from twinloop.sim.balloon.env import BalloonSimBackend
-    from twinloop.sysid.balloon import config_of
 
     episodes: list[VerticalEpisode] = []
     dropped: dict[str, int] = {}

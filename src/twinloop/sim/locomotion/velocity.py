@@ -119,7 +119,7 @@ N_TP = 14
 TS_CMD, TS_ACT, TS_AIR, TS_CONTACT = 0, 3, 15, 19
 TS_ERR_LIN, TS_ERR_YAW, TS_ERR_N = 23, 24, 25  # tracking errors summed over the episode's steps
 N_TS = 26
-#: Episode metrics (``info`` keys, the mean over the episode's steps so far; 0 at reset): the
+#: Episode metrics (step ``info`` keys, the mean over the episode's steps so far): the
 #: true trunk velocity's distance from the command in the plane, and the yaw rate's.
 TRACKING_METRICS = ("lin_vel_error_m_per_s", "yaw_rate_error_rad_per_s")
 
@@ -850,13 +850,14 @@ class VelocityTask:
         self._rows = np.zeros(1, dtype=np.int64)
         self._steps = 0
 
-    def _info(self) -> dict[str, Any]:
-        lin, yaw = tracking_errors(self._ta.ts[:1])[0]
-        return {
-            "true/observation_delay_steps": int(self._ta.odelay[0]),
-            TRACKING_METRICS[0]: float(lin),
-            TRACKING_METRICS[1]: float(yaw),
-        }
+    def _info(self, step: bool = True) -> dict[str, Any]:
+        """The observation delay; after a step also the tracking errors (as in a vector env)."""
+        info: dict[str, Any] = {"true/observation_delay_steps": int(self._ta.odelay[0])}
+        if step:
+            lin, yaw = tracking_errors(self._ta.ts[:1])[0]
+            info[TRACKING_METRICS[0]] = float(lin)
+            info[TRACKING_METRICS[1]] = float(yaw)
+        return info
 
     def reset(
         self, measurement: np.ndarray, seed: int | None, options: dict[str, Any] | None
@@ -866,7 +867,7 @@ class VelocityTask:
             seed_streams(self._rng, 0, int(seed))
         self._steps = 0
         task_reset_batch(self._rows, measurement[None, :], self._ta, self._rng, self._obs)
-        return self._obs[0].copy(), self._info()
+        return self._obs[0].copy(), self._info(step=False)
 
     def command(self, action: np.ndarray, measurement: np.ndarray) -> np.ndarray:
         """Joint targets from the action (remembered for the action-rate term)."""
