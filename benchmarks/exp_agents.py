@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from exp_plots import on_grid, pyplot
 
 BALLOON = "twinloop/BalloonStationKeeping-v0"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -140,20 +141,15 @@ def reincarnation(args: argparse.Namespace) -> dict:
 
 def _plot_curves(curves: dict, path: Path, args: argparse.Namespace) -> None:
     """Recent training return against env steps: IQM over seeds with the min-max band."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: the learning-curve figure is skipped")
+    plt = pyplot()
+    if plt is None:
         return
     from twinloop.eval.metrics import iqm
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     grid = np.linspace(0, args.steps, 40)
     for name, runs in curves.items():
-        ys = np.array([np.interp(grid, s[np.isfinite(r)], r[np.isfinite(r)]) for s, r in runs])
+        ys = on_grid(grid, runs)
         ax.plot(grid, iqm(ys, axis=0), label=f"{name} (IQM of {len(runs)} seeds)")
         ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
     ax.set_xlabel("env steps")

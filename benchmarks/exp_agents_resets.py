@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from exp_plots import pyplot
 
 BALLOON = "twinloop/BalloonStationKeeping-v0"
 CARTPOLE = "CartPole-v1"
@@ -410,13 +411,8 @@ def _plot(
     baselines: dict[str, tuple[float, float]],
 ) -> None:
     """Final score against replay ratio (IQM, CI band) and the learning curves per ratio."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: the figure is skipped")
+    plt = pyplot()
+    if plt is None:
         return
     from twinloop.eval.metrics import iqm
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from exp_plots import on_grid, pyplot
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -357,22 +358,15 @@ def _plot(
     summary: Mapping[str, Any], curves: Mapping[str, list], arms: Sequence[str], path: Path, args
 ) -> None:
     """Learning curves (IQM, min-max band) and success on the twin per arm and controller."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: the figure is skipped")
+    plt = pyplot()
+    if plt is None:
         return
     from twinloop.eval.metrics import iqm
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.0))
     grid = np.linspace(0, args.stem_steps, 50)
     for arm in arms:
-        ys = np.array(
-            [np.interp(grid, s[np.isfinite(r)], r[np.isfinite(r)]) for s, r in curves[arm]]
-        )
+        ys = on_grid(grid, curves[arm])
         ax.plot(grid, iqm(ys, axis=0), label=f"{arm} sim (IQM of {len(ys)} seeds)")
         ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
@@ -492,20 +486,15 @@ def sem(args: argparse.Namespace) -> dict:
 
 def _plot_sem(curves: Mapping[str, list], path: Path, args: argparse.Namespace) -> None:
     """Recent training return against env steps per arm: IQM over seeds, min-max band."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: the figure is skipped")
+    plt = pyplot()
+    if plt is None:
         return
     from twinloop.eval.metrics import iqm
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     grid = np.linspace(0, args.stem_sem_steps, 40)
     for arm, runs in curves.items():
-        ys = np.array([np.interp(grid, s[np.isfinite(r)], r[np.isfinite(r)]) for s, r in runs])
+        ys = on_grid(grid, runs)
         ax.plot(grid, iqm(ys, axis=0), label=f"{arm} (IQM of {len(runs)} seeds)")
         ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))

@@ -48,6 +48,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from exp_plots import on_grid, pyplot
 
 LANG = "twinloop/LangRearrange-v0"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -270,13 +271,8 @@ def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _plot_lang(table: dict, curves: list, splits: list[str], path: Path, args) -> None:
     """Success per split (three arms, intervals) and PPO's learning curve (IQM, min-max band)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: the figure is skipped")
+    plt = pyplot()
+    if plt is None:
         return
     from twinloop.eval.metrics import iqm
 
@@ -301,7 +297,7 @@ def _plot_lang(table: dict, curves: list, splits: list[str], path: Path, args) -
     ax1.set_ylabel("success rate")
     ax1.legend(fontsize=7)
     grid = np.linspace(0, args.lang_steps, 40)
-    ys = np.array([np.interp(grid, s[np.isfinite(r)], r[np.isfinite(r)]) for s, r in curves])
+    ys = on_grid(grid, curves)
     ax2.plot(grid, iqm(ys, axis=0), label=f"PPO (IQM of {len(curves)} seeds)")
     ax2.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
     ax2.set_xlabel("env steps (skills)")
@@ -516,19 +512,14 @@ def locomotion(args: argparse.Namespace) -> dict:
 
 def _plot_loco(curves: list, summary: dict, agents: list[str], path: Path, args) -> None:
     """Learning curve (IQM, min-max band) and tracking error on sim and twin per arm."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: the figure is skipped")
+    plt = pyplot()
+    if plt is None:
         return
     from twinloop.eval.metrics import iqm
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     grid = np.linspace(0, args.loco_steps, 40)
-    ys = np.array([np.interp(grid, s[np.isfinite(r)], r[np.isfinite(r)]) for s, r in curves])
+    ys = on_grid(grid, curves)
     ax1.plot(grid, iqm(ys, axis=0), label=f"PPO (IQM of {len(curves)} seeds)")
     ax1.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
     ax1.set_xlabel("env steps (50 Hz)")
