@@ -48,11 +48,10 @@ replay also needs the start drawn from the seed, so episodes started by ``reset(
 ...)`` (not recorded by captures; recognised by a start pressure, sun or charge that differs
 from the seed's) are left out and counted.
 
-Not working yet: captures taken through the MAVLink twin (``--backend mavlink``). Its
-telemetry is rounded differently from the simulator's observation (pressures as float32 hPa,
-the in-situ winds the replay moves the balloon with as whole cm/s), and on such a capture the
-replay does not reach the rounding floor, so all seven come back not identified (measured on
-a 3-flight capture of ``twinloop transfer``). The likelihood needs that telemetry's rounding.
+Captures through the MAVLink twin (``--backend mavlink``): its telemetry sends the in-situ
+winds in whole cm/s, and a replay that integrated them drifted ~100 m in 100 steps, enough
+for the sun on the envelope to move the pressure by ~0.007 Pa (47 rounding sds). Each step
+therefore starts from the reported position (distance and direction to the station).
 """
 
 from __future__ import annotations
@@ -141,6 +140,8 @@ class VerticalEpisode:
         start: ``(lat0, lon0, jd0, x, y, p0, ir, alpha, soc)`` as the seed draws them.
         commands: ``(T,)`` applied command of each step.
         winds: ``(T, 2)`` in-situ wind of each step (held over the step by the kernel).
+        positions: ``(T + 1, 2)`` reported position (m east, north of the station); each step
+            starts from it, so rounded winds do not accumulate into a track error.
         pressure: ``(T + 1,)`` observed ambient pressure (Pa).
         superpressure: ``(T + 1,)`` observed superpressure (Pa), from the pressure ratio.
         sd: ``(T + 1, 2)`` standard deviation of the float32 rounding of both.
@@ -150,6 +151,7 @@ class VerticalEpisode:
     start: np.ndarray
     commands: np.ndarray
     winds: np.ndarray
+    positions: np.ndarray
     pressure: np.ndarray
     superpressure: np.ndarray
     sd: np.ndarray
@@ -161,12 +163,17 @@ def replay(
     start: np.ndarray,
     commands: np.ndarray,
     winds: np.ndarray,
+    positions: np.ndarray,
     params: np.ndarray,
     fstate: np.ndarray,
     istate: np.ndarray,
     out: np.ndarray,
 ) -> None:
     """Fly one episode with the kernel from its start under the recorded commands and winds.
+
+    Every step after the first starts from the reported position: integrating the reported
+    winds instead would accumulate their rounding (MAVLink sends whole cm/s: ~100 m after 100
+    steps), which moves the sun on the envelope enough to show in the pressure.
 
     Writes the pressure and superpressure after each step into ``out`` (``(T + 1, 2)``, the
     start in row 0); rows after a failure are NaN. The battery never fails here (the
@@ -185,6 +192,9 @@ def replay(
             out[t + 1, 0] = math.nan
             out[t + 1, 1] = math.nan
             continue
+        if t > 0:
+            f[K.F_X] = positions[t, 0]
+            f[K.F_Y] = positions[t, 1]
         K.update_sun(f, params, True)
         cmd = int(commands[t])
         istate[0, K.I_CMD] = cmd
@@ -328,6 +338,9 @@ def read_vertical(datasets: Sequence[Any], max_episodes: int | None = None) -> V
             )  # fmt: skip
             ratio = _field(obs, layout, "pressure_ratio")[:, 0]
             wind = _field(obs, layout, "wind_measured_m_per_s")
+            dist = _field(obs, layout, "distance_km")[:, 0] * 1000.0
+            toward = _field(obs, layout, "station_direction")  # unit vector to the station
+            positions = np.column_stack([-dist * toward[:, 0], -dist * toward[:, 1]])
             sd_p = rounding_sd(p)
             sd_sp = np.hypot(p * rounding_sd(ratio), (ratio - 1.0) * sd_p)
             episodes.append(
@@ -335,6 +348,7 @@ def read_vertical(datasets: Sequence[Any], max_episodes: int | None = None) -> V
                     start=start,
                     commands=np.round(applied).astype(np.int64),
                     winds=wind[1:].copy(),
+                    positions=positions,
                     pressure=p,
                     superpressure=(ratio - 1.0) * p,
                     sd=np.column_stack([sd_p, sd_sp]),
@@ -367,7 +381,10 @@ def residuals(
     for ep in episodes:
         n = ep.n_fit if horizon is None else min(ep.n_fit, horizon + 1)
         out = np.empty((n, 2))
-        replay(ep.start, ep.commands[: n - 1], ep.winds[: n - 1], params, fstate, istate, out)
+        replay(
+            ep.start, ep.commands[: n - 1], ep.winds[: n - 1], ep.positions, params, fstate,
+            istate, out,
+        )  # fmt: skip
         r = (out - np.column_stack([ep.pressure[:n], ep.superpressure[:n]])) / ep.sd[:n]
         parts.append(np.where(np.isfinite(r), r, FAILED_RESIDUAL).ravel())
     return np.concatenate(parts)
