@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from exp_plots import on_grid, pyplot
+from exp_plots import iqm_band, pyplot
 
 BALLOON = "twinloop/BalloonStationKeeping-v0"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -144,14 +144,11 @@ def _plot_curves(curves: dict, path: Path, args: argparse.Namespace) -> None:
     plt = pyplot()
     if plt is None:
         return
-    from twinloop.eval.metrics import iqm
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     grid = np.linspace(0, args.steps, 40)
     for name, runs in curves.items():
-        ys = on_grid(grid, runs)
-        ax.plot(grid, iqm(ys, axis=0), label=f"{name} (IQM of {len(runs)} seeds)")
-        ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
+        iqm_band(ax, grid, runs, name)
     ax.set_xlabel("env steps")
     ax.set_ylabel("recent training return (last 20 flights)")
     ax.set_title("QR-DQN on the balloon: reincarnated from station-seeker vs tabula rasa")

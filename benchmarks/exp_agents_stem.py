@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from exp_plots import on_grid, pyplot
+from exp_plots import iqm_band, pyplot
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -361,14 +361,11 @@ def _plot(
     plt = pyplot()
     if plt is None:
         return
-    from twinloop.eval.metrics import iqm
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.0))
     grid = np.linspace(0, args.stem_steps, 50)
     for arm in arms:
-        ys = on_grid(grid, curves[arm])
-        ax.plot(grid, iqm(ys, axis=0), label=f"{arm} sim (IQM of {len(ys)} seeds)")
-        ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
+        iqm_band(ax, grid, curves[arm], f"{arm} sim")
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.set_xlabel("env steps")
     ax.set_ylabel("recent training return (shaped)")
@@ -489,14 +486,11 @@ def _plot_sem(curves: Mapping[str, list], path: Path, args: argparse.Namespace) 
     plt = pyplot()
     if plt is None:
         return
-    from twinloop.eval.metrics import iqm
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     grid = np.linspace(0, args.stem_sem_steps, 40)
     for arm, runs in curves.items():
-        ys = on_grid(grid, runs)
-        ax.plot(grid, iqm(ys, axis=0), label=f"{arm} (IQM of {len(runs)} seeds)")
-        ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
+        iqm_band(ax, grid, runs, arm)
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.set_xlabel("env steps")
     ax.set_ylabel("recent training return (last 20 episodes)")

@@ -48,7 +48,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from exp_plots import on_grid, pyplot
+from exp_plots import iqm_band, pyplot
 
 LANG = "twinloop/LangRearrange-v0"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -274,7 +274,6 @@ def _plot_lang(table: dict, curves: list, splits: list[str], path: Path, args) -
     plt = pyplot()
     if plt is None:
         return
-    from twinloop.eval.metrics import iqm
 
     names = [*splits, "overall"]
     x = np.arange(len(names))
@@ -297,9 +296,7 @@ def _plot_lang(table: dict, curves: list, splits: list[str], path: Path, args) -
     ax1.set_ylabel("success rate")
     ax1.legend(fontsize=7)
     grid = np.linspace(0, args.lang_steps, 40)
-    ys = on_grid(grid, curves)
-    ax2.plot(grid, iqm(ys, axis=0), label=f"PPO (IQM of {len(curves)} seeds)")
-    ax2.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
+    iqm_band(ax2, grid, curves, "PPO")
     ax2.set_xlabel("env steps (skills)")
     ax2.set_ylabel("recent training return (last 20 episodes)")
     ax2.legend(fontsize=7)
@@ -515,13 +512,10 @@ def _plot_loco(curves: list, summary: dict, agents: list[str], path: Path, args)
     plt = pyplot()
     if plt is None:
         return
-    from twinloop.eval.metrics import iqm
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     grid = np.linspace(0, args.loco_steps, 40)
-    ys = on_grid(grid, curves)
-    ax1.plot(grid, iqm(ys, axis=0), label=f"PPO (IQM of {len(curves)} seeds)")
-    ax1.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
+    iqm_band(ax1, grid, curves, "PPO")
     ax1.set_xlabel("env steps (50 Hz)")
     ax1.set_ylabel("recent training return (last 20 episodes)")
     ax1.legend(fontsize=7)

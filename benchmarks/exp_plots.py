@@ -24,3 +24,14 @@ def pyplot() -> Any:
 def on_grid(grid: np.ndarray, runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """``(runs, grid)``: each ``(steps, values)`` curve on ``grid``, non-finite values left out."""
     return np.array([np.interp(grid, s[np.isfinite(r)], r[np.isfinite(r)]) for s, r in runs])
+
+
+def iqm_band(
+    ax: Any, grid: np.ndarray, runs: Sequence[tuple[np.ndarray, np.ndarray]], name: str
+) -> None:
+    """The runs' IQM on ``grid`` (labelled ``name (IQM of N seeds)``) and their min-max band."""
+    from twinloop.eval.metrics import iqm
+
+    ys = on_grid(grid, runs)
+    ax.plot(grid, iqm(ys, axis=0), label=f"{name} (IQM of {len(runs)} seeds)")
+    ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.2)
