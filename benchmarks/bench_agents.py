@@ -2,10 +2,10 @@
 
 Runs each agent for a fixed number of env steps on a twinloop vector env (PPO on STEM with
 continuous actions, feed-forward and with a GRU core, DQN, QR-DQN and BBF on the balloon with
-discrete ones, and image agents on LangRearrange's rgb observation at 64 px: DQN and PPO with
-the Nature CNN, DQN with the IMPALA ResNet, each with the GRU over the instruction), after a
-short warm-up run that compiles the
-jitted functions, and prints a table; ``--json`` also writes it; ``--only`` picks rows by a
+discrete ones, image agents on LangRearrange's rgb observation at 64 px: DQN and PPO with
+the Nature CNN, DQN with the IMPALA ResNet, each with the GRU over the instruction, and PPO
+with the Nature CNN on StemSteer's 48-px HAADF crop), after a short warm-up run that compiles
+the jitted functions, and prints a table; ``--json`` also writes it; ``--only`` picks rows by a
 substring of their name (``--only rgb``)::
 
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/bench_agents.py --steps 20000 --json out.json
@@ -29,6 +29,10 @@ RGB64 = {"observation_mode": "rgb", "resolution": 64}
 #: Replay of 10k transitions of rgb observations: 2 x 12,349 bytes each, 247 MB.
 IMAGE_REPLAY = {"learning_starts": 0, "buffer_size": 10_000}
 
+#: StemSteer's frame observation (a 48-px HAADF crop of 8 A around the Si) and what PPO sees.
+STEM_FRAME = {"observation_mode": "frame"}
+STEM_FRAME_KEYS = {"obs_keys": "frame,goal_offset_angstrom"}
+
 #: (row name, agent, env id, agent settings, env settings): CPU-sized defaults of each agent.
 CASES = [
     ("ppo", "ppo", "twinloop/StemSteer-v0", {}, {}),
@@ -39,6 +43,7 @@ CASES = [
     ("dqn cnn rgb64", "dqn", LANG, IMAGE_REPLAY, RGB64),
     ("dqn impala rgb64", "dqn", LANG, {**IMAGE_REPLAY, "image_encoder": "impala"}, RGB64),
     ("ppo cnn rgb64", "ppo", LANG, {}, RGB64),
+    ("ppo cnn stem-frame48", "ppo", "twinloop/StemSteer-v0", STEM_FRAME_KEYS, STEM_FRAME),
 ]
 
 

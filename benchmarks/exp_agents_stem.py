@@ -29,9 +29,9 @@ simulator it was trained in (the sim-to-device gap of the agent itself).
 The agents learn from a shaped reward (:data:`TRAIN_REWARD`); only success and microscope
 time are scored. Writes ``benchmarks/results/exp_agents_stem.json`` and ``.png``.
 
-Experiment 4 (``sem``, :func:`sem`): PPO with and without a simplicial embedding on
-LangRearrange's rgb view. It runs (a one-seed smoke passed) but needs an accelerator: on
-the shared 2-core CPU an rgb PPO step takes about a second under load.
+Experiment 4 (``sem``, :func:`sem`): PPO with and without a simplicial embedding on a visual
+task, StemSteer's HAADF crop (``observation_mode="frame"``) by default, LangRearrange's rgb
+view with ``--stem-sem-task rearrange``.
 """
 
 from __future__ import annotations
@@ -109,7 +109,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     h = parser.add_argument_group("experiment 'sem' (simplicial embeddings on and off)")
     h.add_argument(
-        "--stem-sem-steps", type=int, default=20_000, help="env steps per run (default: 20000)"
+        "--stem-sem-task",
+        choices=("stem", "rearrange"),
+        default="stem",
+        help="visual task: StemSteer's HAADF crop (default) or LangRearrange's rgb view",
+    )
+    h.add_argument(
+        "--stem-sem-steps", type=int, default=150_000, help="env steps per run (default: 150000)"
     )
     h.add_argument("--stem-sem-n-envs", type=int, default=8, help="training envs (default: 8)")
     h.add_argument(
@@ -117,10 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     h.add_argument("--stem-sem-dim", type=int, default=8, help="simplex dimension V (default: 8)")
     h.add_argument(
-        "--stem-sem-resolution", type=int, default=64, help="rgb frame side, px (default: 64)"
+        "--stem-sem-resolution",
+        type=int,
+        default=48,
+        help="frame side, px: the STEM crop or the rgb view (default: 48)",
     )
     h.add_argument(
-        "--stem-sem-eval", type=int, default=10, help="greedy episodes per agent (default: 10)"
+        "--stem-sem-eval", type=int, default=50, help="greedy episodes per agent (default: 50)"
     )
 
 
@@ -396,33 +405,60 @@ def _plot(
 
 
 # --- experiment 4: simplicial embeddings on and off on a visual task ---------------------------
+STEM = "twinloop/StemSteer-v0"
 REARRANGE = "twinloop/LangRearrange-v0"
-#: What the agents see: the egocentric frame, the instruction's tokens and is_holding (not the
-#: symbolic world vector the rgb observation also carries, which would make the task non-visual).
-VISUAL_KEYS = "image,instruction,is_holding"
+#: The STEM visual task: the frame observation (a 48-px HAADF crop of 8 A around the Si) with
+#: goals 3 hops away and 40 steps, the experiment's training reward. The agents see the crop and
+#: the goal offset only (not the measured neighbours, which would make the task non-visual).
+SEM_STEM_ENV: dict[str, Any] = {
+    "observation_mode": "frame",
+    "goal_hops": 3,
+    "max_steps": 40,
+    **TRAIN_REWARD,
+}
+SEM_STEM_KEYS = "frame,goal_offset_angstrom"
+#: The rearrangement's: the egocentric frame, the instruction's tokens and is_holding (not the
+#: symbolic world vector the rgb observation also carries).
+SEM_REARRANGE_KEYS = "image,instruction,is_holding"
+#: Classical references run on the STEM task's flat observation (same episodes: frame mode
+#: leaves the physics and the measurement as they are).
+SEM_STEM_REFERENCES = ("greedy-neighbor", "random")
+#: Evaluation episodes start at this seed (training resets use segment seeds far below it).
+SEM_EVAL_SEED = 900_000
 
 
 def sem(args: argparse.Namespace) -> dict:
-    """Experiment 4: PPO with and without a simplicial embedding on LangRearrange's rgb view.
+    """Experiment 4: PPO with and without a simplicial embedding on a visual task.
 
-    ``twinloop/StemSteer-v0`` has no image observation (its ``sim-image`` backend renders
-    frames but turns them into measurements), so the visual task is the rearrangement's
-    egocentric frame (``observation_mode="rgb"``) with the instruction's tokens (mean of the
-    embeddings, the cheaper text encoder) and is_holding. The 'on' arm puts ``L`` simplices of
-    dimension ``V`` after the encoder torso (Lavoie et al. 2022, SEM; Obando-Ceron et al.
-    2024 for deep RL); everything else is equal. Per seed: the mean return of greedy episodes
-    on held-out seeds of the train split; IQM over seeds with 95 % bootstrap intervals, and
-    the learning curves with min-max bands.
+    ``--stem-sem-task stem`` (default): ``twinloop/StemSteer-v0`` in ``observation_mode=
+    "frame"`` (:mod:`twinloop.sim.stem.frames`): the agent sees a HAADF crop around the Si and
+    the goal's offset, so it must find the C neighbours in pixels to choose where to park the
+    beam (Nature CNN). ``rearrange``: LangRearrange's egocentric rgb view with the instruction
+    (mean of token embeddings) and is_holding; about 30x slower per step here.
+
+    The 'on' arm puts ``L`` simplices of dimension ``V`` after the encoder torso (Lavoie et al.
+    2022, SEM; Obando-Ceron et al. 2024 for deep RL); everything else is equal, seeds included.
+    Per seed: success rate and mean return (training reward) of greedy episodes on held-out
+    seeds; IQM over seeds with 95 % bootstrap intervals, the on - off difference of IQMs with its
+    interval, the learning curves (IQM, min-max band), and for STEM the classical references on
+    the same episodes.
     """
     import twinloop
     from twinloop.controllers import make_controller
     from twinloop.controllers.rl.train import train
+    from twinloop.eval.metrics import difference
     from twinloop.eval.rollout import run_single
 
     started = time.perf_counter()
     out = Path(args.work or tempfile.mkdtemp(prefix="exp_sem_"))
-    env_overrides = {"observation_mode": "rgb", "resolution": args.stem_sem_resolution}
-    base = {"obs_keys": VISUAL_KEYS, "text_encoder": "mean"}
+    if args.stem_sem_task == "stem":
+        env_id, env_overrides = STEM, dict(SEM_STEM_ENV)
+        env_overrides["frame_crop_pixels"] = args.stem_sem_resolution
+        base: dict[str, Any] = {**PPO_SETTINGS, "obs_keys": SEM_STEM_KEYS}
+    else:
+        env_id = REARRANGE
+        env_overrides = {"observation_mode": "rgb", "resolution": args.stem_sem_resolution}
+        base = {"obs_keys": SEM_REARRANGE_KEYS, "text_encoder": "mean"}
     arms = {
         "SEM off": base,
         "SEM on": {**base, "sem_simplices": args.stem_sem_simplices, "sem_dim": args.stem_sem_dim},
@@ -435,27 +471,29 @@ def sem(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         for seed in range(args.seeds):
             run = out / arm.replace(" ", "-") / f"seed-{seed}"
-            vec = twinloop.make_vec(REARRANGE, args.stem_sem_n_envs, **env_overrides)
+            vec = twinloop.make_vec(env_id, args.stem_sem_n_envs, **env_overrides)
             try:
                 train(vec, "ppo", args.stem_sem_steps, seed, run, overrides=overrides,
-                      env_id=REARRANGE, env_overrides=env_overrides,
+                      env_id=env_id, env_overrides=env_overrides,
                       checkpoint_every=args.stem_sem_steps)  # fmt: skip
             finally:
                 vec.close()
             curves[arm].append(_curve(run))
-            env = twinloop.make(REARRANGE, **env_overrides)
+            env = twinloop.make(env_id, **env_overrides)
             try:
                 res = run_single(env, make_controller(f"agent:{run}", env), args.stem_sem_eval,
-                                 300_000)  # fmt: skip
+                                 SEM_EVAL_SEED)  # fmt: skip
             finally:
                 env.close()
             returns[arm].append(float(np.mean([r.episode_return for r in res])))
             success[arm].append(float(np.mean([r.success for r in res])))
             print(
                 f"{arm} seed {seed}: return {returns[arm][-1]:.2f}, success {success[arm][-1]:.2f}"
+                f" ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
             )
         wall[arm] = time.perf_counter() - t0
-    summary = {
+    summary: dict[str, Any] = {
         arm: {
             "return_per_seed": returns[arm],
             "success_per_seed": success[arm],
@@ -466,22 +504,49 @@ def sem(args: argparse.Namespace) -> dict:
         }
         for arm in arms
     }
-    print(f"\n{'arm':10s} {'greedy return, IQM [95% CI]':>30s} {'success IQM':>22s}")
+    gap = {
+        k: difference(v["SEM on"], v["SEM off"], statistic="iqm")
+        for k, v in (("return", returns), ("success", success))
+    }
+    references: dict[str, Any] = {}
+    if args.stem_sem_task == "stem":
+        flat = {**env_overrides, "observation_mode": "vector"}
+        env = twinloop.make(env_id, **flat)
+        try:
+            for name in SEM_STEM_REFERENCES:
+                res = run_single(env, make_controller(name, env), args.stem_sem_eval, SEM_EVAL_SEED)
+                references[name] = {
+                    "return": float(np.mean([r.episode_return for r in res])),
+                    "success": float(np.mean([r.success for r in res])),
+                }
+        finally:
+            env.close()
+    print(f"\n{args.seeds} seeds per arm, {args.stem_sem_eval} greedy episodes each ({env_id})")
+    print(f"{'arm':16s} {'return, IQM [95% CI]':>26s} {'success, IQM [95% CI]':>26s}")
     for arm in arms:
         s = summary[arm]
-        print(f"{arm:10s} {_fmt(s['return']['iqm']):>30s} {_fmt(s['success']['iqm']):>22s}")
-    _plot_sem(curves, RESULTS / "exp_agents_sem.png", args)
+        print(f"{arm:16s} {_fmt(s['return']['iqm']):>26s} {_fmt(s['success']['iqm']):>26s}")
+    g = {k: [v.point, v.low, v.high] for k, v in gap.items()}
+    print(f"{'on - off':16s} {_fmt(g['return']):>26s} {_fmt(g['success']):>26s}")
+    for name, r in references.items():
+        print(f"{name:16s} {r['return']:>26.2f} {r['success']:>26.2f}")
+    _plot_sem(curves, RESULTS / "exp_agents_sem.png", args, env_id)
     return {
         "experiment": "sem",
         "settings": vars(args),
+        "env_id": env_id,
         "env_overrides": env_overrides,
         "summary": summary,
+        "on_minus_off_iqm": g,
+        "references": references,
         "wall_s": time.perf_counter() - started,
         "work_dir": str(out),
     }
 
 
-def _plot_sem(curves: Mapping[str, list], path: Path, args: argparse.Namespace) -> None:
+def _plot_sem(
+    curves: Mapping[str, list], path: Path, args: argparse.Namespace, env_id: str
+) -> None:
     """Recent training return against env steps per arm: IQM over seeds, min-max band."""
     plt = pyplot()
     if plt is None:
@@ -494,7 +559,8 @@ def _plot_sem(curves: Mapping[str, list], path: Path, args: argparse.Namespace) 
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.set_xlabel("env steps")
     ax.set_ylabel("recent training return (last 20 episodes)")
-    ax.set_title("PPO on LangRearrange rgb: simplicial embedding on vs off", fontsize=9)
+    view = "HAADF crop" if env_id == STEM else "rgb view"
+    ax.set_title(f"PPO on {env_id.split('/')[-1]} ({view}): SEM on vs off", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

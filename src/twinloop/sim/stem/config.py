@@ -294,6 +294,18 @@ class StemTaskConfig(ConfigSection):
     reward_failure: float = param(1.0, ge=-1e6, le=1e6)
     reward_time_per_s: float = param(0.01, units="1/s", ge=-1e6, le=1e6)
     reward_progress_per_angstrom: float = param(0.0, units="1/A", ge=-1e6, le=1e6)
+    observation_mode: str = param(
+        "vector",
+        choices=("vector", "frame"),
+        doc='"vector": the flat observation (task.py); "frame": a Dict that adds a HAADF crop '
+        "around the Si (frames.py)",
+    )
+    frame_crop_pixels: int = param(
+        48, units="px", ge=16, le=256, doc="side of the frame crop (observation_mode='frame')"
+    )
+    frame_crop_angstrom: float = param(
+        8.0, units="A", ge=2.0, le=100.0, doc="width of the crop's square, centred on the Si"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -347,6 +359,15 @@ class StemConfig(ConfigSection):
                 f"StemTaskConfig.goal_max_angstrom = {self.task.goal_max_angstrom} must stay "
                 f"within 0.8 x the lattice half-width ({reach:.1f} A for "
                 f"lattice_size_cells = {self.physics.lattice_size_cells})"
+            )
+        return None
+
+    @cross_check
+    def _crop_in_view(self) -> str | None:
+        if self.task.frame_crop_angstrom > self.microscope.fov_angstrom:
+            return (
+                f"StemTaskConfig.frame_crop_angstrom = {self.task.frame_crop_angstrom} exceeds "
+                f"the field of view ({self.microscope.fov_angstrom} A)"
             )
         return None
 

@@ -30,6 +30,7 @@ from twinloop.core.vector import (
     core_rows,
     zero_row,
 )
+from twinloop.sim.stem import frames as F
 from twinloop.sim.stem import kernel as K
 from twinloop.sim.stem import task as T
 from twinloop.sim.stem.config import StemConfig
@@ -142,8 +143,14 @@ def make_sim_backend(cfg: StemConfig) -> StemSimBackend:
 
 
 def make_env(cfg: StemConfig, *, backend: Any, env_id: str = ENV_ID) -> TwinEnv:
-    """Single-env factory: the STEM task on ``backend`` behind the safety layer."""
-    task = T.StemTask(cfg)
+    """Single-env factory: the STEM task on ``backend`` behind the safety layer.
+
+    With ``observation_mode="frame"`` the task adds a HAADF crop around the Si
+    (:mod:`~twinloop.sim.stem.frames`).
+    """
+    task: T.StemTask | F.FrameViewTask = (
+        F.frame_task(cfg, backend) if cfg.task.observation_mode == "frame" else T.StemTask(cfg)
+    )
     return TwinEnv(
         task,
         backend,
@@ -160,6 +167,7 @@ def _metadata(cfg: StemConfig, layout: Layout) -> dict[str, Any]:
         "system": "stem",
         "action_mode": cfg.task.action_mode,
         "action_dwell": cfg.task.action_dwell,
+        "observation_mode": cfg.task.observation_mode,
         "observation_layout": layout.describe(),
         "failure_names": T.FAILURE_NAMES,
         "reward_terms": T.REWARD_TERMS,
@@ -410,6 +418,10 @@ class StemVectorEnv(KernelVectorEnv):
         return GoalOptions(mode, goal)
 
 
-def make_vec_env(cfg: StemConfig, *, n_envs: int, env_id: str = ENV_ID) -> StemVectorEnv:
-    """Vector-env factory."""
+def make_vec_env(
+    cfg: StemConfig, *, n_envs: int, env_id: str = ENV_ID
+) -> StemVectorEnv | gym.vector.SyncVectorEnv:
+    """Vector-env factory (frame mode: single envs in a ``SyncVectorEnv``, see frames.py)."""
+    if cfg.task.observation_mode == "frame":
+        return F.make_frame_vec_env(cfg, n_envs, env_id)
     return StemVectorEnv(cfg, n_envs, env_id=env_id)
