@@ -24,8 +24,10 @@ Implemented so far:
    steps, on 12-h balloon flights (CartPole-v1 as a cross-check); held-out greedy TWR50
    (return) per seed, IQM with 95 % stratified bootstrap intervals, probability of
    improvement, learning curves.
-4. **SEM on and off** (``sem``, in ``exp_agents_stem.py``): simplicial embeddings on the
-   encoder vs none on LangRearrange-v0 rgb views; written, not run here (accelerator-sized).
+4. **SEM on and off** (``sem``, in ``exp_agents_stem.py``): PPO with a simplicial embedding
+   on the encoder vs none, on StemSteer's HAADF crop (``observation_mode="frame"``: the agent
+   must find the C neighbours in pixels); LangRearrange's rgb view with ``--stem-sem-task
+   rearrange``.
 5. **Locomotion on the robot twin** (``locomotion``, in ``exp_agents_tasks.py``): PPO with
    domain randomisation on ``twinloop/QuadrupedVelocity-v0``, then the same episodes on an
    in-process robot twin with a hidden device profile; the sim-to-twin gap in velocity

@@ -111,7 +111,14 @@ def test_tiny_balloon_transfer_flies_every_condition_on_the_same_seeds(tmp_path)
         out=str(out), episodes=3, capture_episodes=2, max_steps=30, device_winds="generative"
     )
     results = run_balloon_transfer(cfg)
-    assert set(results["conditions"]) == {"sim, generative winds", "sim, device winds", "device"}
+    conditions = {"sim, generative winds", "sim, device winds", "device", "calibrated sim"}
+    assert set(results["conditions"]) == conditions
+    # two 30-step captures hold too few DOWN steps for the power budget (its scale), which is
+    # reported not identified with the reason; the vertical physics are fitted all the same
+    notes = {e["path"]: e for e in results["sysid"]["estimates"]}
+    assert "DOWN" in notes["vehicle.battery_capacity_wh"]["note"]
+    assert not notes["vehicle.battery_capacity_wh"]["identified"]
+    assert notes["vehicle.helium_mol"]["identified"]
     for per in results["conditions"].values():
         assert set(per) == {"station-seeker", "altitude-hold"}
         assert all(r["episodes"] == 3 and 0.0 <= r["twr50"] <= 1.0 for r in per.values())

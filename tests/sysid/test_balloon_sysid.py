@@ -51,9 +51,10 @@ def capture(
     seed: int,
     *,
     start: dict | None = None,
+    commands: tuple[int, ...] = (0, 1, 2),
     **settings: object,
 ) -> Path:
-    """Record ``n_episodes`` of random commands on a simulated device with ``profile``."""
+    """Record ``n_episodes`` of random ``commands`` on a simulated device with ``profile``."""
     from twinloop.datasets import record
     from twinloop.sim.balloon.env import BalloonSimBackend, make_env
 
@@ -67,7 +68,7 @@ def capture(
         for e in range(n_episodes):
             rec.reset(seed=seed * 100_000 + e, options=options)
             while True:
-                _, _, term, trunc, _ = rec.step(int(rng.integers(0, 3)))
+                _, _, term, trunc, _ = rec.step(int(rng.choice(commands)))
                 if term or trunc:
                     break
     finally:
@@ -175,6 +176,36 @@ def test_forecast_error_recovered_within_interval(tmp_path: Path) -> None:
     column = result.sample_paths.index(FORECAST_ERROR_PATH)
     lo, hi = np.percentile(result.samples[:, column], [2.5, 97.5])
     assert lo == pytest.approx(e.low, rel=0.03) and hi == pytest.approx(e.high, rel=0.03)
+
+
+def test_without_down_the_power_budget_is_not_identified_and_the_rest_still_is(
+    tmp_path: Path,
+) -> None:
+    """Without DOWN commands the power budget is not identified; the forecast error still is.
+
+    The compressor's steps set the power budget's scale, so it is reported not identified with
+    the reason, and the forecast error, which needs no compressor, is fitted from the same
+    flights. A capture that shows nothing at all raises, listing every part's reason.
+    """
+    true_rms = 1.5 * make_config(ENV_ID).wind.forecast_error_rms_m_per_s
+    profile = DeviceProfile("windy", {FORECAST_ERROR_PATH: true_rms})
+    d = capture(tmp_path / "ds", profile, 12, seed=7, commands=(1, 2), **{"task.max_steps": 20})
+    result = scored(d)["result"]
+    for path in POWER_PATHS:
+        e = result.estimate(path)
+        assert not e.identified and "DOWN" in e.note, (path, e.note)
+    assert "compressor" in result.details["power_failure"]
+    fe = result.estimate(FORECAST_ERROR_PATH)
+    assert fe.identified and fe.low <= true_rms <= fe.high, (fe.low, fe.estimate, fe.high)
+    assert result.sample_paths[0] == FORECAST_ERROR_PATH
+    still = capture(tmp_path / "still", profile, 1, seed=8, start=START, commands=(1,),
+                    **{"task.max_steps": 10})  # fmt: skip
+    ds = open_dataset(still)
+    try:
+        with pytest.raises(ValueError, match=r"nothing could be identified.*compressor"):
+            fit_balloon([ds])
+    finally:
+        ds.close()
 
 
 def _no_down(ds: object) -> None:

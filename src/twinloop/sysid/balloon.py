@@ -83,8 +83,10 @@ sets only approximately; the regression needs neither.
 Not identified (reported with the reason, left out of the override file): a vertical fit
 that did not reach the telemetry's rounding (all seven), or whose interval is wide against
 the prior; captures without a replayable episode (every start set by reset options); BLE's
-noise for other wind sources; and the forecast error of gridded or BLE winds or of captures
-without a usable episode.
+noise for other wind sources; the forecast error of gridded or BLE winds or of captures
+without a usable episode; and the power budget of captures without enough DOWN steps (its
+scale) or whose fit is non-physical (``details["power_failure"]`` says why). Each part is
+fitted whether or not the others could be; only a capture that identifies nothing raises.
 """
 
 from __future__ import annotations
@@ -594,40 +596,31 @@ def _to_params(beta: np.ndarray, cols: list[int]) -> np.ndarray:
         return np.stack([cap if k == 3 else beta[..., j] * cap for j, k in enumerate(cols)], -1)
 
 
-def fit_balloon(
-    datasets: Sequence[Any],
-    *,
-    boot: int = 0,
-    seed: int = 0,
-    max_episodes: int | None = None,
-    progress: Progress | None = None,
-    n_samples: int = 4000,
-) -> SysidResult:
-    """Fit a balloon's power budget, winds and vertical physics to its captures (module doc).
+@dataclasses.dataclass(frozen=True)
+class _PowerFit:
+    """The power budget's fit: estimates, samples in ``paths`` order, fitted columns."""
 
-    Args:
-        datasets: Open captures of ``twinloop/BalloonStationKeeping-v0`` of one device.
-        boot: 0 for Laplace intervals, else the number of bootstrap resamples of episodes.
-        seed: Seed of the samples and of the bootstrap.
-        max_episodes: Use the first N episodes only.
-        progress: ``progress(stage, done, total)``.
-        n_samples: Samples drawn from the Laplace approximation.
+    fitted: dict[str, tuple[float, float, float, str]]
+    samples: np.ndarray
+    paths: list[str]
+    cols: list[int]
+    method: str
+    residual_sd_wh: float
+
+
+def _fit_power(
+    steps: PowerSteps,
+    boot: int,
+    rng: np.random.Generator,
+    n_samples: int,
+    progress: Progress | None,
+) -> _PowerFit:
+    """Least squares of the charge trace, with Laplace or bootstrap intervals (module doc).
 
     Raises:
-        ValueError: Bad arguments, or too little data (the message says what to capture).
+        ValueError: Too few compressor steps, or non-physical values (the message says what
+            to capture).
     """
-    if isinstance(boot, bool) or not isinstance(boot, int) or boot < 0:
-        raise ValueError(f"boot = {boot!r} must be an integer >= 0 (0: Laplace intervals)")
-    if boot and boot < 20:
-        raise ValueError(f"boot = {boot} is too few for 95 % intervals: use 0 or >= 20")
-    if not isinstance(n_samples, int) or n_samples < 100:
-        raise ValueError(f"n_samples = {n_samples!r} must be an integer >= 100")
-    if not datasets:
-        raise ValueError("no datasets given")
-    cfg = config_of(datasets[0])
-    steps = read_captures(datasets, max_episodes)
-    if progress:
-        progress("read", 1, 1)
     cols = _columns(steps)
     beta, xtx_inv, s2 = _solve(steps, cols)
     est = _to_params(beta, cols)
@@ -636,13 +629,7 @@ def fit_balloon(
             f"the power fit gave non-physical values {est.tolist()} for "
             f"{[POWER_PATHS[k] for k in cols]}: capture more episodes with day, night and DOWN"
         )
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0xBA11,)))
     paths = [POWER_PATHS[k] for k in cols]
-    if boot and steps.n_episodes < MIN_BOOT_EPISODES:
-        raise ValueError(
-            f"boot = {boot} needs >= {MIN_BOOT_EPISODES} episodes to resample, the captures "
-            f"have {steps.n_episodes}: capture more, or use Laplace intervals (--boot 0)"
-        )
     if boot:
         reps = []
         for b in range(boot):
@@ -678,8 +665,65 @@ def fit_balloon(
     samples = samples * np.exp(z * math.log1p(PARAM_ERROR_REL) / _Z975)
     lo, hi = np.nanpercentile(samples, [2.5, 97.5], axis=0)
     fitted = {p: (float(est[j]), float(lo[j]), float(hi[j]), note) for j, p in enumerate(paths)}
-    counts = _counts(steps)
+    sd = float(math.sqrt(s2) * est[cols.index(3)])
+    return _PowerFit(fitted, samples, paths, cols, method, sd)
+
+
+def fit_balloon(
+    datasets: Sequence[Any],
+    *,
+    boot: int = 0,
+    seed: int = 0,
+    max_episodes: int | None = None,
+    progress: Progress | None = None,
+    n_samples: int = 4000,
+) -> SysidResult:
+    """Fit a balloon's power budget, winds and vertical physics to its captures (module doc).
+
+    Args:
+        datasets: Open captures of ``twinloop/BalloonStationKeeping-v0`` of one device.
+        boot: 0 for Laplace intervals, else the number of bootstrap resamples of episodes.
+        seed: Seed of the samples and of the bootstrap.
+        max_episodes: Use the first N episodes only.
+        progress: ``progress(stage, done, total)``.
+        n_samples: Samples drawn from the Laplace approximation.
+
+    Raises:
+        ValueError: Bad arguments, or too little data (the message says what to capture).
+    """
+    if isinstance(boot, bool) or not isinstance(boot, int) or boot < 0:
+        raise ValueError(f"boot = {boot!r} must be an integer >= 0 (0: Laplace intervals)")
+    if boot and boot < 20:
+        raise ValueError(f"boot = {boot} is too few for 95 % intervals: use 0 or >= 20")
+    if not isinstance(n_samples, int) or n_samples < 100:
+        raise ValueError(f"n_samples = {n_samples!r} must be an integer >= 100")
+    if not datasets:
+        raise ValueError("no datasets given")
+    cfg = config_of(datasets[0])
+    steps = read_captures(datasets, max_episodes)
+    if progress:
+        progress("read", 1, 1)
+    if boot and steps.n_episodes < MIN_BOOT_EPISODES:
+        raise ValueError(
+            f"boot = {boot} needs >= {MIN_BOOT_EPISODES} episodes to resample, the captures "
+            f"have {steps.n_episodes}: capture more, or use Laplace intervals (--boot 0)"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0xBA11,)))
     reasons = dict(_REASONS)
+    try:
+        power = _fit_power(steps, boot, rng, n_samples, progress)
+    except ValueError as exc:  # the other parts may still be identified: go on without it
+        power = _PowerFit({}, np.empty((n_samples, 0)), [], [], "", float("nan"))
+        power_failure = str(exc)
+        reasons.update({p: f"not identified: {exc}" for p in POWER_PATHS})
+    else:
+        power_failure = ""
+    fitted = dict(power.fitted)
+    samples, paths, cols = power.samples, list(power.paths), power.cols
+    method = power.method or (
+        "power budget not fitted; each other part's interval as its note says"
+    )
+    counts = _counts(steps)
     forecast: dict[str, Any] = {}
     table_overrides: dict[str, list[float]] = {}
     try:
@@ -740,7 +784,7 @@ def fit_balloon(
             samples = np.column_stack([samples, bn_samples])
             paths = [*paths, BLE_NOISE_PATH]
     for k, name in enumerate(counts):
-        if k not in cols:
+        if k not in cols and not power_failure:
             reasons[POWER_PATHS[k]] = (
                 f"not identified: {counts[name]} usable {name.replace('_', ' ')}, fewer than "
                 f"{MIN_STEPS}"
@@ -748,12 +792,18 @@ def fit_balloon(
     details: dict[str, Any] = {
         **counts,
         "dropped": dict(steps.dropped),
-        "residual_sd_wh": float(math.sqrt(s2) * est[cols.index(3)]),
+        "residual_sd_wh": power.residual_sd_wh,
+        "power_failure": power_failure,
         "forecast_error": forecast,
         "vertical": vertical,
         "ble_noise": ble,
         "table_overrides": table_overrides,
     }
+    if not fitted:
+        raise ValueError(
+            "nothing could be identified from these captures: "
+            + "; ".join(f"{p}: {reasons[p]}" for p in sorted(reasons))
+        )
     return SysidResult(
         env_id="",
         n_episodes=steps.n_episodes,
