@@ -420,6 +420,10 @@ SEM_STEM_KEYS = "frame,goal_offset_angstrom"
 #: The rearrangement's: the egocentric frame, the instruction's tokens and is_holding (not the
 #: symbolic world vector the rgb observation also carries).
 SEM_REARRANGE_KEYS = "image,instruction,is_holding"
+#: Reference arms (STEM), PPO without SEM: the goal's offset alone (no crop: how far the task
+#: can be done blind), and the flat observation (the neighbours as the image pipeline measures
+#: them: what the CNN has to find in the crop).
+SEM_STEM_CONTROLS = {"PPO, goal only": "goal_offset_angstrom", "PPO, measured neighbours": "vector"}
 #: Classical references run on the STEM task's flat observation (same episodes: frame mode
 #: leaves the physics and the measurement as they are).
 SEM_STEM_REFERENCES = ("greedy-neighbor", "random")
@@ -440,8 +444,9 @@ def sem(args: argparse.Namespace) -> dict:
     2022, SEM; Obando-Ceron et al. 2024 for deep RL); everything else is equal, seeds included.
     Per seed: success rate and mean return (training reward) of greedy episodes on held-out
     seeds; IQM over seeds with 95 % bootstrap intervals, the on - off difference of IQMs with its
-    interval, the learning curves (IQM, min-max band), and for STEM the classical references on
-    the same episodes.
+    interval, the learning curves (IQM, min-max band), and for STEM two reference arms
+    (:data:`SEM_STEM_CONTROLS`: PPO on the goal offset alone, and on the measured neighbours)
+    and the classical references on the same episodes.
     """
     import twinloop
     from twinloop.controllers import make_controller
@@ -463,6 +468,9 @@ def sem(args: argparse.Namespace) -> dict:
         "SEM off": base,
         "SEM on": {**base, "sem_simplices": args.stem_sem_simplices, "sem_dim": args.stem_sem_dim},
     }
+    if args.stem_sem_task == "stem":  # references: is the crop used, and what does it hide?
+        for name, keys in SEM_STEM_CONTROLS.items():
+            arms[name] = {**PPO_SETTINGS, "obs_keys": keys}
     curves: dict[str, list] = {a: [] for a in arms}
     returns: dict[str, list[float]] = {a: [] for a in arms}
     success: dict[str, list[float]] = {a: [] for a in arms}
@@ -475,7 +483,7 @@ def sem(args: argparse.Namespace) -> dict:
             try:
                 train(vec, "ppo", args.stem_sem_steps, seed, run, overrides=overrides,
                       env_id=env_id, env_overrides=env_overrides,
-                      checkpoint_every=args.stem_sem_steps)  # fmt: skip
+                      checkpoint_every=args.stem_sem_steps, resume=True)  # fmt: skip
             finally:
                 vec.close()
             curves[arm].append(_curve(run))
@@ -522,14 +530,14 @@ def sem(args: argparse.Namespace) -> dict:
         finally:
             env.close()
     print(f"\n{args.seeds} seeds per arm, {args.stem_sem_eval} greedy episodes each ({env_id})")
-    print(f"{'arm':16s} {'return, IQM [95% CI]':>26s} {'success, IQM [95% CI]':>26s}")
+    print(f"{'arm':24s} {'return, IQM [95% CI]':>26s} {'success, IQM [95% CI]':>26s}")
     for arm in arms:
         s = summary[arm]
-        print(f"{arm:16s} {_fmt(s['return']['iqm']):>26s} {_fmt(s['success']['iqm']):>26s}")
+        print(f"{arm:24s} {_fmt(s['return']['iqm']):>26s} {_fmt(s['success']['iqm']):>26s}")
     g = {k: [v.point, v.low, v.high] for k, v in gap.items()}
-    print(f"{'on - off':16s} {_fmt(g['return']):>26s} {_fmt(g['success']):>26s}")
+    print(f"{'on - off':24s} {_fmt(g['return']):>26s} {_fmt(g['success']):>26s}")
     for name, r in references.items():
-        print(f"{name:16s} {r['return']:>26.2f} {r['success']:>26.2f}")
+        print(f"{name:24s} {r['return']:>26.2f} {r['success']:>26.2f}")
     _plot_sem(curves, RESULTS / "exp_agents_sem.png", args, env_id)
     return {
         "experiment": "sem",

@@ -11,6 +11,7 @@ import pytest
 jax = pytest.importorskip("jax", reason="the 'learn' extra (jax, optax) trains agents")
 jnp = jax.numpy
 
+import twinloop  # noqa: E402
 from twinloop.cli import main  # noqa: E402
 from twinloop.controllers.classical.random import RandomController  # noqa: E402
 from twinloop.controllers.rl.checkpoint import (  # noqa: E402
@@ -322,3 +323,32 @@ def test_a_state_saved_before_the_encoder_settings_existed_still_loads() -> None
                        {"buffer_size": 64, "batch_size": 8, "text_encoder": "mean"})  # fmt: skip
     with pytest.raises(ValueError, match="another agent config"):
         other.load_state(meta, arrays)
+
+
+def test_a_dict_seen_through_vector_keys_only_trains_and_deploys(tmp_path) -> None:
+    """``obs_keys`` that pick only vectors of a Dict feed the torso a flat vector.
+
+    StemSteer's frame observation without its frame (the goal offset alone, a control arm of
+    the SEM experiment) once reached the torso as a dict and failed in the first act.
+    """
+    env_id = "twinloop/StemSteer-v0"
+    kw = {"observation_mode": "frame", "max_steps": 8}
+    vec = twinloop.make_vec(env_id, 2, **kw)
+    try:
+        result = train(vec, "ppo", 64, 0, tmp_path, env_id=env_id, env_overrides=kw,
+                       overrides={"obs_keys": "goal_offset_angstrom", "n_steps": 16,
+                                  "hidden": (16,), "minibatches": 2})  # fmt: skip
+    finally:
+        vec.close()
+    assert result.updates == 2 * 4 * 2  # 2 rollouts x 4 epochs x 2 minibatches
+    meta, _ = read_part(latest_checkpoint(tmp_path), "policy")
+    assert meta["observation"]["keys"] == ["goal_offset_angstrom"]
+    env = twinloop.make(env_id, **kw)
+    ctrl = AgentController(env.observation_space, env.action_space, {}, path=tmp_path)
+    obs, _ = env.reset(seed=3)
+    moved = obs["goal_offset_angstrom"] + 1.0
+    a = ctrl.act_one(obs)
+    b = ctrl.act_one({**obs, "goal_offset_angstrom": moved})
+    c = ctrl.act_one({**obs, "frame": np.zeros_like(obs["frame"])})
+    assert env.action_space.contains(np.asarray(a, np.float32))
+    assert not np.array_equal(a, b) and np.array_equal(a, c)  # it reads the goal, not the frame

@@ -310,13 +310,15 @@ class ObsLayout:
             normalized_vector: ``self.vector(rows)`` after normalisation (or as it is).
 
         Returns:
-            For a flat layout ``normalized_vector`` itself; otherwise a dict: ``vector``
-            (float32 ``(..., in_dim)``) and ``parts``, a list of the images (uint8
-            ``(..., H, W, C)``) and token ids (int32 ``(..., T)``) in the order of
-            :attr:`inputs`.
+            ``normalized_vector`` itself for a layout without images or tokens (a flat Box, or
+            a Dict whose chosen keys are all vectors); otherwise a dict: ``vector`` (float32
+            ``(..., in_dim)``) and ``parts``, a list of the images (uint8 ``(..., H, W, C)``)
+            and token ids (int32 ``(..., T)``) in the order of :attr:`inputs`.
         """
         if self.flat:
             return normalized_vector
+        if not self.inputs:
+            return np.asarray(normalized_vector, np.float32)
         rows = np.asarray(rows)
         lead = rows.shape[:-1]
         flat_rows = rows.reshape(-1, self.width)
@@ -332,7 +334,7 @@ class ObsLayout:
 
     def zeros_inputs(self, lead: tuple[int, ...]) -> Any:
         """Zero encoder inputs for a batch of shape ``lead`` (storage for rollouts)."""
-        if self.flat:
+        if self.flat or not self.inputs:
             return np.zeros((*lead, self.in_dim), np.float32)
         parts = [
             np.zeros((*lead, *s.shape), np.uint8 if s.kind == IMAGE else np.int32)
