@@ -352,3 +352,9 @@ def test_a_dict_seen_through_vector_keys_only_trains_and_deploys(tmp_path) -> No
     c = ctrl.act_one({**obs, "frame": np.zeros_like(obs["frame"])})
     assert env.action_space.contains(np.asarray(a, np.float32))
     assert not np.array_equal(a, b) and np.array_equal(a, c)  # it reads the goal, not the frame
+    # on the env without the training's settings the error says what to pass
+    flat = twinloop.make(env_id)
+    with pytest.raises(
+        ValueError, match="run it with --set observation_mode=frame --set max_steps=8"
+    ):
+        AgentController(flat.observation_space, flat.action_space, {}, path=tmp_path)

@@ -225,5 +225,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         ("learning curve", str(result.curve) if result.curve else result.note),
     ]
     print(table(rows, ("metric", "value")))
-    print(f"run it: twinloop run {args.env_id} --controller agent:{args.out}")
+    from twinloop.controllers.rl.controller import settings_flags
+
+    flags = settings_flags(env_overrides)
+    print(f"run it: twinloop run {args.env_id} --controller agent:{args.out} {flags}".rstrip())
     return 0

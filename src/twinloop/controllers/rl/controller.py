@@ -17,6 +17,7 @@ batch of another size than the held state's starts from zeros.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,27 @@ def resolve_checkpoint(path: str | Path) -> Path:
             f"{path} holds no agent checkpoint (train one with 'twinloop agent train')"
         )
     return found
+
+
+def trained_env_settings(checkpoint: Path) -> dict[str, Any]:
+    """The env settings the run of ``checkpoint`` trained on (its ``run.json``; {} if none)."""
+    for folder in (checkpoint, checkpoint.parent):
+        path = folder / "run.json"
+        if path.is_file():
+            try:
+                return dict(json.loads(path.read_text()).get("env_overrides") or {})
+            except (OSError, ValueError, AttributeError):
+                return {}
+    return {}
+
+
+def settings_flags(settings: Mapping[str, Any]) -> str:
+    """``--set NAME=VALUE`` flags of env settings (values as JSON where not plain words)."""
+    out = []
+    for k, v in settings.items():
+        text = v if isinstance(v, str) else json.dumps(v)
+        out.append(f"--set {k}={text}")
+    return " ".join(out)
 
 
 class AgentController(Controller):
@@ -121,6 +143,14 @@ class AgentController(Controller):
             raise ValueError(f"reset mask of shape {mask.shape} for {self.n_envs} env rows")
         self.state[mask] = 0.0
 
+    def _hint(self) -> str:
+        """What to pass to recreate the env the agent trained on, if it used settings."""
+        settings = trained_env_settings(self.checkpoint)
+        if not settings:
+            return ""
+        flags = settings_flags(settings)
+        return f"; it was trained with env settings {settings}: run it with {flags}"
+
     def _layout(self, space: gym.Space, meta: Mapping[str, Any]) -> ObsLayout:
         """The layout of ``space`` the agent reads; it must be the one it was trained on."""
         saved = meta.get("observation")
@@ -129,7 +159,7 @@ class AgentController(Controller):
             layout = ObsLayout(space, keys)  # the default keys for an agent of a Box
         except (TypeError, ValueError) as exc:
             raise ValueError(
-                f"agent {self.checkpoint} cannot read this env's observations: {exc}"
+                f"agent {self.checkpoint} cannot read this env's observations: {exc}{self._hint()}"
             ) from exc
         if saved is None or saved["flat"]:  # a Box of vectors (saved is None: older agents)
             shape = tuple(meta["observation_shape"])
@@ -137,12 +167,12 @@ class AgentController(Controller):
                 theirs = space.shape if layout.flat else space
                 raise ValueError(
                     f"agent {self.checkpoint} was trained on observations of shape {shape}, "
-                    f"this env's are {theirs}"
+                    f"this env's are {theirs}{self._hint()}"
                 )
         elif layout.to_json() != saved:
             raise ValueError(
                 f"agent {self.checkpoint} was trained on observations {saved}, this env's "
-                f"are {layout.to_json()}"
+                f"are {layout.to_json()}{self._hint()}"
             )
         return layout
 
