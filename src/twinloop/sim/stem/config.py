@@ -364,6 +364,8 @@ class StemConfig(ConfigSection):
 
     @cross_check
     def _crop_in_view(self) -> str | None:
+        if self.task.observation_mode != "frame":
+            return None
         if self.task.frame_crop_angstrom > self.microscope.fov_angstrom:
             return (
                 f"StemTaskConfig.frame_crop_angstrom = {self.task.frame_crop_angstrom} exceeds "

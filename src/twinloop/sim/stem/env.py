@@ -423,5 +423,18 @@ def make_vec_env(
 ) -> StemVectorEnv | gym.vector.SyncVectorEnv:
     """Vector-env factory (frame mode: single envs in a ``SyncVectorEnv``, see frames.py)."""
     if cfg.task.observation_mode == "frame":
-        return F.make_frame_vec_env(cfg, n_envs, env_id)
+        return _frame_vec_env(cfg, n_envs, env_id)
     return StemVectorEnv(cfg, n_envs, env_id=env_id)
+
+
+def _frame_vec_env(cfg: StemConfig, n_envs: int, env_id: str) -> gym.vector.SyncVectorEnv:
+    """``n_envs`` single simulator envs in frame mode, ``SAME_STEP`` autoreset (frames.py)."""
+
+    def one() -> gym.Env:
+        return make_env(cfg, backend=StemSimBackend(cfg), env_id=env_id)
+
+    vec = gym.vector.SyncVectorEnv(
+        [one] * n_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    vec.metadata = {**vec.metadata, "system": "stem", "observation_mode": "frame"}
+    return vec

@@ -34,10 +34,11 @@ Where the crop comes from:
 Counts become bytes on a fixed scale, :data:`SI_LEVEL` at the Si's expected peak
 (:func:`counts_per_level`); C columns come out near ``SI_LEVEL / 4.6`` (the Z contrast).
 
-The vector env in this mode is a :class:`gymnasium.vector.SyncVectorEnv` of single envs with
-``SAME_STEP`` autoreset (a rendered crop needs the sample of each ended episode before it is
-reset, which the kernel's in-loop autoreset does not keep); env ``i`` of ``reset(seed=s)`` gets
-``s + i``, as everywhere, so it equals ``n`` single envs.
+The vector env in this mode (:func:`twinloop.sim.stem.env.make_vec_env`) is a
+:class:`gymnasium.vector.SyncVectorEnv` of single envs with ``SAME_STEP`` autoreset (a rendered
+crop needs the sample of each ended episode before it is reset, which the kernel's in-loop
+autoreset does not keep); env ``i`` of ``reset(seed=s)`` gets ``s + i``, as everywhere, so it
+equals ``n`` single envs.
 """
 
 from __future__ import annotations
@@ -318,17 +319,3 @@ def frame_task(cfg: StemConfig, backend: Any) -> FrameViewTask:
             f"nion) or the simulator (sim); {type(backend).__name__} does neither"
         )
     return FrameViewTask(T.StemTask(cfg), source)
-
-
-def make_frame_vec_env(cfg: StemConfig, n_envs: int, env_id: str) -> gym.vector.SyncVectorEnv:
-    """``n_envs`` single simulator envs in frame mode, ``SAME_STEP`` autoreset."""
-    from twinloop.sim.stem.env import StemSimBackend, make_env
-
-    def one() -> gym.Env:
-        return make_env(cfg, backend=StemSimBackend(cfg), env_id=env_id)
-
-    vec = gym.vector.SyncVectorEnv(
-        [one] * n_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
-    vec.metadata = {**vec.metadata, "system": "stem", "observation_mode": "frame"}
-    return vec
