@@ -451,7 +451,7 @@ def sem(args: argparse.Namespace) -> dict:
     import twinloop
     from twinloop.controllers import make_controller
     from twinloop.controllers.rl.train import train
-    from twinloop.eval.metrics import difference
+    from twinloop.eval.metrics import difference, probability_of_improvement
     from twinloop.eval.rollout import run_single
 
     started = time.perf_counter()
@@ -516,6 +516,7 @@ def sem(args: argparse.Namespace) -> dict:
         k: difference(v["SEM on"], v["SEM off"], statistic="iqm")
         for k, v in (("return", returns), ("success", success))
     }
+    poi = probability_of_improvement(success["SEM on"], success["SEM off"])
     references: dict[str, Any] = {}
     if args.stem_sem_task == "stem":
         flat = {**env_overrides, "observation_mode": "vector"}
@@ -536,6 +537,7 @@ def sem(args: argparse.Namespace) -> dict:
         print(f"{arm:24s} {_fmt(s['return']['iqm']):>26s} {_fmt(s['success']['iqm']):>26s}")
     g = {k: [v.point, v.low, v.high] for k, v in gap.items()}
     print(f"{'on - off':24s} {_fmt(g['return']):>26s} {_fmt(g['success']):>26s}")
+    print(f"P(SEM on > SEM off), success per seed: {poi}")
     for name, r in references.items():
         print(f"{name:24s} {r['return']:>26.2f} {r['success']:>26.2f}")
     _plot_sem(curves, RESULTS / "exp_agents_sem.png", args, env_id)
@@ -546,6 +548,7 @@ def sem(args: argparse.Namespace) -> dict:
         "env_overrides": env_overrides,
         "summary": summary,
         "on_minus_off_iqm": g,
+        "p_on_better_success": [poi.point, poi.low, poi.high],
         "references": references,
         "wall_s": time.perf_counter() - started,
         "work_dir": str(out),
