@@ -44,7 +44,6 @@ equals ``n`` single envs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -62,8 +61,6 @@ from twinloop.sim.stem.config import StemConfig
 FRAME_STREAM = 7
 #: Byte value of the Si's expected peak count.
 SI_LEVEL = 200.0
-
-FrameSource = Callable[[np.ndarray], np.ndarray]
 
 
 def frame_space(cfg: StemConfig) -> gym.spaces.Dict:
