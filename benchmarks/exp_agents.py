@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from exp_plots import iqm_band, pyplot
+from exp_plots import iqm_band, pyplot, save
 
 BALLOON = "twinloop/BalloonStationKeeping-v0"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -155,11 +155,7 @@ def _plot_curves(curves: dict, path: Path, args: argparse.Namespace) -> None:
     ax.set_ylabel("recent training return (last 20 flights)")
     ax.set_title("QR-DQN on the balloon: reincarnated from station-seeker vs tabula rasa")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save(fig, path)
 
 
 EXPERIMENTS = {"reincarnation": reincarnation}

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from exp_plots import pyplot
+from exp_plots import pyplot, save
 
 BALLOON = "twinloop/BalloonStationKeeping-v0"
 CARTPOLE = "CartPole-v1"
@@ -467,11 +467,7 @@ def _plot(
         f"{args.rr_reset_env_steps} env steps; bands: 95 % CI (scores), min-max (curves)",
         fontsize=9,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save(fig, path)
 
 
 EXPERIMENTS = {"resets": resets, "resets-cartpole": resets_cartpole}

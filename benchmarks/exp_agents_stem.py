@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from exp_plots import iqm_band, pyplot
+from exp_plots import iqm_band, pyplot, save
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -397,11 +397,7 @@ def _plot(
     bx.set_xticks(range(len(y)), names, fontsize=7)
     bx.set_ylabel("success on the twin (95% CI)")
     bx.set_title(f"microscope twin, profile {args.stem_profile}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save(fig, path)
 
 
 # --- experiment 4: simplicial embeddings on and off on a visual task ---------------------------
@@ -573,11 +569,7 @@ def _plot_sem(
     view = "HAADF crop" if env_id == STEM else "rgb view"
     ax.set_title(f"PPO on {env_id.split('/')[-1]} ({view}): SEM on vs off", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save(fig, path)
 
 
 EXPERIMENTS = {"stem": stem, "sem": sem}

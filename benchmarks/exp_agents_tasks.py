@@ -48,7 +48,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from exp_plots import iqm_band, pyplot
+from exp_plots import iqm_band, pyplot, save
 
 LANG = "twinloop/LangRearrange-v0"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -302,11 +302,7 @@ def _plot_lang(table: dict, curves: list, splits: list[str], path: Path, args) -
     ax2.legend(fontsize=7)
     fig.suptitle("LangRearrange-v0: PPO on tokens + world state vs oracle and scripted parser",
                  fontsize=9)  # fmt: skip
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save(fig, path)
 
 
 # --- locomotion ---------------------------------------------------------------------------------
@@ -532,11 +528,7 @@ def _plot_loco(curves: list, summary: dict, agents: list[str], path: Path, args)
     ax2.legend(fontsize=7)
     fig.suptitle("QuadrupedVelocity-v0: PPO with domain randomisation, sim vs robot twin "
                  "(gap twin - sim, paired 95 % CI)", fontsize=9)  # fmt: skip
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"figure: {path}")
+    save(fig, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,17 @@ def pyplot() -> Any:
         print("no matplotlib: the figure is skipped")
         return None
     return plt
+
+
+def save(fig: Any, path: Path) -> None:
+    """Lay ``fig`` out, write it to ``path`` (folders made) at 110 dpi, close it, say where."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"figure: {path}")
 
 
 def on_grid(grid: np.ndarray, runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
