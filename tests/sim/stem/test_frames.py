@@ -160,3 +160,24 @@ def test_crop_wider_than_the_view_is_refused():
     """The crop must fit the field of view; the message names both values."""
     with pytest.raises(ValueError, match=r"frame_crop_angstrom = 30.0 exceeds the field of view"):
         twinloop.make(ENV, observation_mode="frame", frame_crop_angstrom=30.0)
+
+
+def test_sim_crop_draws_the_backends_own_probe():
+    """The crop shows the backend's sample with the backend's physics, not the task's.
+
+    A device profile may widen the probe (``physics.probe_fwhm_angstrom``): the same task on
+    a backend with a 1.5x wider probe blurs the lattice, so the hexagon centres fill in and the
+    contrast of the C neighbours over them drops.
+    """
+    from twinloop.core.registry import make_config
+    from twinloop.sim.stem.env import StemSimBackend, make_env
+
+    cfg = make_config(ENV, observation_mode="frame")
+    wide = make_config(
+        ENV, observation_mode="frame", probe_fwhm_angstrom=1.5 * cfg.physics.probe_fwhm_angstrom
+    )
+    contrast = []
+    for device in (cfg, wide):
+        _, nbr, hollow = _contrast(make_env(cfg, backend=StemSimBackend(device)), range(6))
+        contrast.append(np.mean(nbr) / np.mean(hollow))
+    assert contrast[1] < 0.8 * contrast[0], contrast

@@ -58,15 +58,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def trained_env_settings(checkpoint: Path) -> dict[str, Any]:
-    """The env settings the run of ``checkpoint`` trained on (its ``run.json``; {} if none)."""
-    for folder in (checkpoint, checkpoint.parent):
-        path = folder / "run.json"
-        if path.is_file():
-            try:
-                return dict(json.loads(path.read_text()).get("env_overrides") or {})
-            except (OSError, ValueError, AttributeError):
-                return {}
-    return {}
+    """The env settings the run of ``checkpoint`` trained on (its run folder's ``run.json``).
+
+    Returns {} when the run folder has no readable ``run.json`` (a checkpoint copied alone).
+    """
+    try:
+        run = json.loads((checkpoint.parent / "run.json").read_text())
+        return dict(run.get("env_overrides") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def settings_flags(settings: Mapping[str, Any]) -> str:

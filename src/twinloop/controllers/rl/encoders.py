@@ -207,6 +207,9 @@ class ObsLayout:
         self.keys = tuple(p.key for p in parts)
         self.parts = tuple(parts)
         self.flat = not self.dict and parts[0].kind == VECTOR
+        #: No images or tokens: the encoder's input is the vector part alone (a flat Box, or a
+        #: Dict whose chosen keys are all vectors).
+        self.vector_only = all(p.kind == VECTOR for p in parts)
         vectors = [p for p in parts if p.kind == VECTOR]
         self.in_dim = sum(p.size for p in vectors)
         if self.flat:
@@ -317,7 +320,7 @@ class ObsLayout:
         """
         if self.flat:
             return normalized_vector
-        if not self.inputs:
+        if self.vector_only:
             return np.asarray(normalized_vector, np.float32)
         rows = np.asarray(rows)
         lead = rows.shape[:-1]
@@ -334,7 +337,7 @@ class ObsLayout:
 
     def zeros_inputs(self, lead: tuple[int, ...]) -> Any:
         """Zero encoder inputs for a batch of shape ``lead`` (storage for rollouts)."""
-        if self.flat or not self.inputs:
+        if self.vector_only:
             return np.zeros((*lead, self.in_dim), np.float32)
         parts = [
             np.zeros((*lead, *s.shape), np.uint8 if s.kind == IMAGE else np.int32)

@@ -57,7 +57,7 @@ import optax
 
 from twinloop.controllers.rl.agent import Agent, AgentConfig, Arrays, Json
 from twinloop.controllers.rl.dqn import make_optimizer
-from twinloop.controllers.rl.encoders import assign, gru_cell
+from twinloop.controllers.rl.encoders import IMAGE, assign, gru_cell
 from twinloop.controllers.rl.networks import Params, dense_apply, dense_init, encoder_apply
 from twinloop.controllers.rl.policy import (
     PolicySpec,
@@ -318,7 +318,7 @@ def make_update(
     16 minibatches of the Nature CNN at 48 px, 5.0 s in a scan, 0.26 s unrolled); the price is
     a longer compile (epochs x minibatches copies).
     """
-    unroll = any(i.kind == "image" for i in spec.encoder.inputs)
+    unroll = any(i.kind == IMAGE for i in spec.encoder.inputs)
 
     def update(
         state: dict[str, Any], rollout: dict[str, Any], key: jax.Array

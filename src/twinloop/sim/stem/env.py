@@ -436,5 +436,5 @@ def _frame_vec_env(cfg: StemConfig, n_envs: int, env_id: str) -> gym.vector.Sync
     vec = gym.vector.SyncVectorEnv(
         [one] * n_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
-    vec.metadata = {**vec.metadata, "system": "stem", "observation_mode": "frame"}
+    vec.metadata = {**vec.metadata, **_metadata(cfg, T.observation_layout(cfg))}
     return vec

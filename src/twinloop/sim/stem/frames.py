@@ -77,11 +77,16 @@ def frame_space(cfg: StemConfig) -> gym.spaces.Dict:
     )
 
 
-def crop_pixel_time_s(cfg: StemConfig) -> float:
-    """Pixel time of a crop pixel with the dose per area of the configured frames."""
+def crop_pixel_ratio(cfg: StemConfig) -> float:
+    """Side of a crop pixel over that of a pixel of the configured frames."""
     frame_px = cfg.microscope.fov_angstrom / cfg.imaging.frame_pixels
     crop_px = cfg.task.frame_crop_angstrom / cfg.task.frame_crop_pixels
-    return cfg.pixel_time_s * (crop_px / frame_px) ** 2
+    return crop_px / frame_px
+
+
+def crop_pixel_time_s(cfg: StemConfig) -> float:
+    """Pixel time of a crop pixel with the dose per area of the configured frames."""
+    return cfg.pixel_time_s * crop_pixel_ratio(cfg) ** 2
 
 
 def counts_per_level(cfg: StemConfig) -> float:
@@ -136,27 +141,29 @@ def render_crop(
 class SimCropper:
     """Renders crops of a :class:`~twinloop.sim.stem.env.StemSimBackend`'s sample.
 
+    The crop's geometry and byte scale are the task's (``cfg``); the sample is drawn with the
+    backend's own physics and imaging (its ``cfg``, which a device profile may have changed).
+
     Args:
-        cfg: The system config.
-        backend: The simulated backend (its ``state`` and physics parameters are read).
+        cfg: The system config of the task.
+        backend: The simulated backend (its ``state`` and ``cfg`` are read).
     """
 
     def __init__(self, cfg: StemConfig, backend: Any) -> None:
         """Precompute the renderer's parameters; the noise stream is seeded per episode."""
         self.cfg = cfg
         self.backend = backend
-        ip = R.imaging_params(cfg)
+        device = getattr(backend, "cfg", cfg)
+        ip = R.imaging_params(device)
         ip[R.IP_FLYBACK_A] = 0.0  # the crop lies inside the frame's lines
         self.ip = ip
-        self.params = K.physics_params(cfg)
+        self.params = K.physics_params(device)
         self.n = cfg.task.frame_crop_pixels
         self.width = cfg.task.frame_crop_angstrom
         self.pixel_time_s = crop_pixel_time_s(cfg)
+        # a crop row spans this many frame lines
         frame_line_s = cfg.microscope.frame_time_s / cfg.imaging.frame_pixels
-        rows_per_crop_row = (self.width / self.n) / (
-            cfg.microscope.fov_angstrom / cfg.imaging.frame_pixels
-        )
-        self.line_s = frame_line_s * rows_per_crop_row
+        self.line_s = frame_line_s * crop_pixel_ratio(cfg)
         self.per_level = counts_per_level(cfg)
         self.rng = new_streams(1)
         self.seed(new_entropy())
